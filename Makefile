@@ -1,0 +1,37 @@
+# apiary — PGXS build.  See README.md for the two commands that matter.
+
+EXTENSION = apiary
+MODULE_big = apiary
+OBJS = \
+	src/apiary.o \
+	src/bind.o \
+	src/bindrules.o \
+	src/guc.o \
+	src/invoke.o \
+	src/journal.o \
+	src/names.o \
+	src/registry.o
+
+DATA = src/sql/apiary--0.1.sql
+PGFILEDESC = "apiary - transactional functions and workflows inside PostgreSQL"
+
+PG_CPPFLAGS = -I$(srcdir)/src
+PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare \
+	-Wno-missing-field-initializers -Wno-clobbered -Werror
+
+# The regression suite needs apiary in shared_preload_libraries, so it runs
+# on a temporary instance of its own (as pg_stat_statements does).
+REGRESS = registry invoke keys nested errors
+REGRESS_OPTS = --temp-config=$(srcdir)/test/apiary.conf \
+	--temp-instance=./tmp_check --port=54329
+ISOLATION = keys_race
+ISOLATION_OPTS = --temp-config=$(srcdir)/test/apiary.conf \
+	--temp-instance=./tmp_check_iso --port=54330
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)
+
+.PHONY: unit
+unit:
+	$(MAKE) -C test/unit

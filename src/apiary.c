@@ -1,0 +1,35 @@
+/*-------------------------------------------------------------------------
+ *
+ * apiary.c
+ *	  apiary: a transactional function-as-a-service runtime inside
+ *	  PostgreSQL.  This file only wires the pieces together; each concern
+ *	  has a file of its own:
+ *
+ *	  guc.c			the apiary.* settings
+ *	  registry.c	registering functions, and the per-backend cache of them
+ *	  bind.c		JSON arguments to a prepared call (rules in bindrules.c)
+ *	  invoke.c		apiary_invoke: synchronous, nested and keyed calls
+ *	  journal.c		the journal tables, written as their owner
+ *	  names.c		"perhaps you meant" suggestions
+ *
+ * The design and its guarantees are described in README.md.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "fmgr.h"
+
+#include "guc.h"
+#include "registry.h"
+
+PG_MODULE_MAGIC;
+
+void		_PG_init(void);
+
+void
+_PG_init(void)
+{
+	apiary_define_gucs();
+	registry_init();
+}

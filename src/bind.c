@@ -1,0 +1,423 @@
+/*-------------------------------------------------------------------------
+ *
+ * bind.c
+ *	  Calling a registered function with JSON arguments: binding values to
+ *	  parameters (bindrules.c), converting each JSON value to its
+ *	  parameter's type, and running a prepared call statement.
+ *
+ * Conversion rules, per parameter type:
+ *	- JSON null is SQL NULL, whatever the type;
+ *	- jsonb takes the value as it is, json takes its text;
+ *	- arrays and composites (and domains over them) follow jsonb_to_record:
+ *	  a JSON array fills an array, an object fills a composite by field name;
+ *	- any other type takes a JSON string, number or boolean through its
+ *	  input function, so '"2024-01-01"' is a date and '"42"' or 42 an int.
+ *	  An object or array given for such a type is a datatype mismatch.
+ *
+ * The call itself is an SQL statement, "SELECT to_jsonb(s.f($1, $2))",
+ * prepared once per function and per set of bound parameters and kept with
+ * the cached registration.  Going through the planner is what makes every
+ * function callable alike, whatever its language: defaults of omitted
+ * parameters, named notation, VARIADIC, set-returning functions (collected
+ * into a JSON array) and SQL functions that get inlined.  The statement text
+ * is built from catalog names only, quoted; user values are parameters.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "lib/stringinfo.h"
+#include "utils/builtins.h"
+#include "utils/datum.h"
+#include "utils/fmgrprotos.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+
+#include "bind.h"
+#include "bindrules.h"
+#include "guc.h"
+#include "names.h"
+
+typedef struct ConvertErrorContext
+{
+	ApiaryFunction *f;
+	int			param;
+} ConvertErrorContext;
+
+static char *
+param_label(ApiaryFunction *f, int i)
+{
+	return f->params[i].name ? f->params[i].name : psprintf("$%d", i + 1);
+}
+
+/* "item integer, qty integer DEFAULT", for hints. */
+static char *
+describe_params(ApiaryFunction *f)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	for (int i = 0; i < f->nargs; i++)
+		appendStringInfo(&buf, "%s%s %s%s", i > 0 ? ", " : "",
+						 param_label(f, i), format_type_be(f->params[i].type),
+						 i >= f->nargs - f->ndefaults ? " DEFAULT" : "");
+	return buf.data;
+}
+
+static void
+report_bind_error(ApiaryFunction *f, BindError err, int bad,
+				  const char *key, int keylen, int nvalues)
+{
+	switch (err)
+	{
+		case BIND_OK:
+			return;
+		case BIND_UNKNOWN_NAME:
+			{
+				char	   *name = pnstrdup(key, keylen);
+				int			nearest[1];
+
+				if (names_nearest(name, keylen, f->param_names, f->nargs, nearest, 1) == 1)
+					ereport(ERROR,
+							(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+							 errmsg("apiary function \"%s\" has no parameter named \"%s\"",
+									f->name, name),
+							 errhint("Perhaps you meant \"%s\".", f->param_names[nearest[0]])));
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("apiary function \"%s\" has no parameter named \"%s\"",
+								f->name, name),
+						 f->nargs == 0
+						 ? errhint("It takes no arguments: pass '{}'.")
+						 : errhint("Its parameters are: %s.", describe_params(f))));
+			}
+			break;
+		case BIND_MISSING:
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("missing argument \"%s\" for apiary function \"%s\"",
+							param_label(f, bad), f->name),
+					 errdetail("The parameter has no default."),
+					 errhint("Its parameters are: %s.", describe_params(f))));
+			break;
+		case BIND_TOO_MANY:
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("too many arguments for apiary function \"%s\"", f->name),
+					 errdetail("It takes %d, and %d were given.", f->nargs, nvalues),
+					 f->nargs > 0 ? errhint("Its parameters are: %s.", describe_params(f)) : 0));
+			break;
+		case BIND_SCALAR_AMBIGUOUS:
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("a single value cannot be bound to apiary function \"%s\"",
+							f->name),
+					 errdetail("A JSON scalar binds a function that takes one parameter; it takes %d.",
+							   f->nargs),
+					 errhint("Pass a JSON object to bind by name, or an array to bind by position.")));
+			break;
+	}
+}
+
+void
+bind_check_limits(const char *name, Jsonb *args)
+{
+	Size		size = VARSIZE(args);
+
+	if (size > (Size) apiary_max_args_size)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("arguments for apiary function \"%s\" are too large", name),
+				 errdetail("They take %zu bytes; apiary.max_args_size is %d.",
+						   size, apiary_max_args_size)));
+
+	/* every level of nesting costs at least a header and an entry */
+	if (size > (Size) apiary_max_args_depth * 2 * sizeof(uint32))
+	{
+		JsonbIterator *it = JsonbIteratorInit(&args->root);
+		JsonbValue	v;
+		JsonbIteratorToken tok;
+		int			depth = 0;
+
+		while ((tok = JsonbIteratorNext(&it, &v, false)) != WJB_DONE)
+		{
+			if (tok == WJB_BEGIN_ARRAY || tok == WJB_BEGIN_OBJECT)
+			{
+				if (++depth > apiary_max_args_depth + 1)
+					ereport(ERROR,
+							(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+							 errmsg("arguments for apiary function \"%s\" are nested too deeply", name),
+							 errdetail("apiary.max_args_depth is %d.", apiary_max_args_depth)));
+			}
+			else if (tok == WJB_END_ARRAY || tok == WJB_END_OBJECT)
+				depth--;
+		}
+	}
+}
+
+static void
+convert_errcontext(void *arg)
+{
+	ConvertErrorContext *ctx = arg;
+
+	errcontext("argument \"%s\" of apiary function \"%s\"",
+			   param_label(ctx->f, ctx->param), ctx->f->name);
+}
+
+static Datum
+convert_value(ApiaryFunction *f, int i, JsonbValue *v, bool *isnull)
+{
+	ApiaryParam *p = &f->params[i];
+	char	   *str;
+
+	*isnull = false;
+	if (v->type == jbvNull)
+	{
+		*isnull = true;
+		return (Datum) 0;
+	}
+
+	switch (p->conversion)
+	{
+		case PARAM_JSONB:
+		case PARAM_STRUCTURED:
+			return JsonbPGetDatum(JsonbValueToJsonb(v));
+		case PARAM_JSON:
+			{
+				Jsonb	   *jb = JsonbValueToJsonb(v);
+
+				str = JsonbToCString(NULL, &jb->root, VARSIZE(jb));
+				return InputFunctionCall(&p->input, str, p->ioparam, -1);
+			}
+		case PARAM_SCALAR:
+			break;
+	}
+
+	switch (v->type)
+	{
+		case jbvString:
+			str = pnstrdup(v->val.string.val, v->val.string.len);
+			break;
+		case jbvNumeric:
+			if (p->type == NUMERICOID)
+				return NumericGetDatum(v->val.numeric);
+			str = DatumGetCString(DirectFunctionCall1(numeric_out,
+													  NumericGetDatum(v->val.numeric)));
+			break;
+		case jbvBool:
+			if (p->type == BOOLOID)
+				return BoolGetDatum(v->val.boolean);
+			str = v->val.boolean ? "true" : "false";
+			break;
+		default:
+			{
+				bool		is_object = v->type == jbvBinary &&
+				JsonContainerIsObject(v->val.binary.data);
+
+				ereport(ERROR,
+						(errcode(ERRCODE_DATATYPE_MISMATCH),
+						 errmsg("argument \"%s\" of apiary function \"%s\" must be %s, not a JSON %s",
+								param_label(f, i), f->name, format_type_be(p->type),
+								is_object ? "object" : "array")));
+				str = NULL;		/* keep compiler quiet */
+			}
+	}
+	return InputFunctionCall(&p->input, str, p->ioparam, -1);
+}
+
+/* The prepared call statement for this set of bound parameters. */
+static SPIPlanPtr
+call_plan(ApiaryFunction *f, const BindMask *mask)
+{
+	StringInfoData call;
+	StringInfoData sql;
+	Oid		   *argtypes;
+	int			nparams = 0;
+	int			prefix;
+	bool		positional;
+	SPIPlanPtr	plan;
+	ApiaryCallPlan *cp;
+
+	for (cp = f->plans; cp != NULL; cp = cp->next)
+		if (bind_mask_equal(&cp->mask, mask))
+			return cp->plan;
+
+	positional = bind_mask_is_prefix(mask, &prefix);
+	argtypes = palloc(Max(f->nargs, 1) * sizeof(Oid));
+	initStringInfo(&call);
+	appendStringInfo(&call, "%s(", f->qualified_name);
+	for (int i = 0; i < f->nargs; i++)
+	{
+		ApiaryParam *p = &f->params[i];
+
+		if (!bind_mask_test(mask, i))
+			continue;
+		if (nparams > 0)
+			appendStringInfoString(&call, ", ");
+		if (f->variadic && i == f->nargs - 1)
+			appendStringInfoString(&call, "VARIADIC ");
+		if (!positional)
+			appendStringInfo(&call, "%s => ", quote_identifier(p->name));
+		nparams++;
+		switch (p->conversion)
+		{
+			case PARAM_SCALAR:
+				argtypes[nparams - 1] = p->type;
+				appendStringInfo(&call, "$%d", nparams);
+				break;
+			case PARAM_JSON:
+				argtypes[nparams - 1] = JSONOID;
+				appendStringInfo(&call, "$%d", nparams);
+				break;
+			case PARAM_JSONB:
+				argtypes[nparams - 1] = JSONBOID;
+				appendStringInfo(&call, "$%d", nparams);
+				break;
+			case PARAM_STRUCTURED:
+				argtypes[nparams - 1] = JSONBOID;
+				appendStringInfo(&call,
+								 "(SELECT x.v FROM pg_catalog.jsonb_to_record("
+								 "pg_catalog.jsonb_build_object('v', $%d)) AS x(v %s))",
+								 nparams, format_type_be_qualified(p->type));
+				break;
+		}
+	}
+	appendStringInfoChar(&call, ')');
+
+	initStringInfo(&sql);
+	if (f->retset)
+		appendStringInfo(&sql,
+						 "SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(r)),"
+						 " '[]'::pg_catalog.jsonb) FROM %s AS r", call.data);
+	else if (f->returns_void)
+		appendStringInfo(&sql, "SELECT %s", call.data);
+	else
+		appendStringInfo(&sql, "SELECT pg_catalog.to_jsonb(%s)", call.data);
+
+	plan = SPI_prepare(sql.data, nparams, argtypes);
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed for \"%s\": %s",
+			 sql.data, SPI_result_code_string(SPI_result));
+	SPI_keepplan(plan);
+
+	cp = MemoryContextAlloc(f->cxt, sizeof(ApiaryCallPlan));
+	cp->mask = *mask;
+	cp->plan = plan;
+	cp->next = f->plans;
+	f->plans = cp;
+	return plan;
+}
+
+Datum
+bind_call(ApiaryFunction *f, Jsonb *args, bool read_only,
+		  MemoryContext resultcxt, bool *isnull)
+{
+	int			count = JB_ROOT_IS_SCALAR(args) ? 1 : JB_ROOT_COUNT(args);
+	JsonbValue *given = palloc(Max(count, 1) * sizeof(JsonbValue));
+	JsonbValue **byparam = palloc0(Max(f->nargs, 1) * sizeof(JsonbValue *));
+	Datum	   *values = palloc(Max(f->nargs, 1) * sizeof(Datum));
+	char	   *nulls = palloc(Max(f->nargs, 1) * sizeof(char));
+	BindSignature sig = {f->nargs, f->param_names, f->ndefaults};
+	BindMask	mask;
+	BindError	err;
+	int			bad = 0;
+	int			nparams = 0;
+	SPIPlanPtr	plan;
+	ConvertErrorContext ctx = {f, 0};
+	ErrorContextCallback errcallback;
+	int			rc;
+	Datum		result;
+
+	if (JB_ROOT_IS_SCALAR(args))
+	{
+		JsonbExtractScalar(&args->root, &given[0]);
+		err = bind_scalar(&sig, &mask, &bad);
+		report_bind_error(f, err, bad, NULL, 0, 1);
+		byparam[0] = &given[0];
+	}
+	else
+	{
+		JsonbIterator *it = JsonbIteratorInit(&args->root);
+		JsonbIteratorToken tok;
+		JsonbValue	v;
+		const char **keys = palloc(Max(count, 1) * sizeof(char *));
+		int		   *keylens = palloc(Max(count, 1) * sizeof(int));
+		int		   *slot = palloc(Max(count, 1) * sizeof(int));
+		int			n = 0;
+
+		while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+		{
+			if (tok == WJB_KEY)
+			{
+				keys[n] = v.val.string.val;
+				keylens[n] = v.val.string.len;
+			}
+			else if (tok == WJB_VALUE || tok == WJB_ELEM)
+				given[n++] = v;
+		}
+
+		if (JB_ROOT_IS_OBJECT(args))
+		{
+			err = bind_by_name(&sig, n, keys, keylens, slot, &mask, &bad);
+			if (err == BIND_UNKNOWN_NAME)
+				report_bind_error(f, err, bad, keys[bad], keylens[bad], n);
+			report_bind_error(f, err, bad, NULL, 0, n);
+			for (int k = 0; k < n; k++)
+				byparam[slot[k]] = &given[k];
+		}
+		else
+		{
+			err = bind_by_position(&sig, n, &mask, &bad);
+			report_bind_error(f, err, bad, NULL, 0, n);
+			for (int k = 0; k < n; k++)
+				byparam[k] = &given[k];
+		}
+	}
+
+	/* convert, in parameter order: the plan's $n follow it */
+	errcallback.callback = convert_errcontext;
+	errcallback.arg = &ctx;
+	errcallback.previous = error_context_stack;
+	error_context_stack = &errcallback;
+	for (int i = 0; i < f->nargs; i++)
+	{
+		bool		null;
+
+		if (byparam[i] == NULL)
+			continue;
+		ctx.param = i;
+		values[nparams] = convert_value(f, i, byparam[i], &null);
+		nulls[nparams] = null ? 'n' : ' ';
+		nparams++;
+	}
+	error_context_stack = errcallback.previous;
+
+	plan = call_plan(f, &mask);
+	rc = SPI_execute_plan(plan, values, nulls, read_only, 0);
+	if (rc != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "unexpected result calling %s: %s",
+			 f->signature, SPI_result_code_string(rc));
+
+	if (f->returns_void)
+	{
+		JsonbValue	null = {.type = jbvNull};
+		MemoryContext old = MemoryContextSwitchTo(resultcxt);
+
+		*isnull = false;
+		result = JsonbPGetDatum(JsonbValueToJsonb(&null));
+		MemoryContextSwitchTo(old);
+		return result;
+	}
+
+	result = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, isnull);
+	if (!*isnull)
+	{
+		MemoryContext old = MemoryContextSwitchTo(resultcxt);
+
+		result = datumCopy(result, false, -1);
+		MemoryContextSwitchTo(old);
+	}
+	return result;
+}

@@ -1,0 +1,26 @@
+/*-------------------------------------------------------------------------
+ *
+ * bind.h
+ *	  Calling a registered function with JSON arguments.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef APIARY_BIND_H
+#define APIARY_BIND_H
+
+#include "utils/jsonb.h"
+
+#include "registry.h"
+
+/* Reject arguments over apiary.max_args_size or apiary.max_args_depth. */
+extern void bind_check_limits(const char *name, Jsonb *args);
+
+/*
+ * Call f with args and return its result as jsonb (or SQL NULL), allocated
+ * in resultcxt.  Requires an SPI connection.  read_only runs the call on
+ * the current snapshot, for functions that do not write.
+ */
+extern Datum bind_call(ApiaryFunction *f, Jsonb *args, bool read_only,
+					   MemoryContext resultcxt, bool *isnull);
+
+#endif							/* APIARY_BIND_H */

@@ -1,0 +1,97 @@
+/*-------------------------------------------------------------------------
+ *
+ * guc.c
+ *	  Every apiary.* configuration parameter is defined here, in one place,
+ *	  and the prefix is reserved so that a misspelt apiary.* setting is an
+ *	  error rather than a silently ignored placeholder.
+ *
+ * apiary.kind is special: it means nothing as a session setting.  It exists
+ * so that CREATE FUNCTION ... SET apiary.kind = '...' is validated (the
+ * check hook rejects unknown kinds) and so that the event trigger in
+ * registry.c can read it back from pg_proc.proconfig.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "utils/guc.h"
+#include "utils/memutils.h"
+
+#include "guc.h"
+
+char	   *apiary_kind_setting = NULL;
+int			apiary_max_args_size = 1024 * 1024;
+int			apiary_max_args_depth = 64;
+
+static const char *const kind_names[] = {
+	[APIARY_KIND_TRANSACTIONAL] = "transactional",
+	[APIARY_KIND_READONLY] = "readonly",
+	[APIARY_KIND_EXTERNAL] = "external",
+};
+
+bool
+apiary_kind_parse(const char *name, ApiaryKind *kind)
+{
+	for (int i = 0; i < lengthof(kind_names); i++)
+	{
+		if (strcmp(name, kind_names[i]) == 0)
+		{
+			*kind = (ApiaryKind) i;
+			return true;
+		}
+	}
+	return false;
+}
+
+const char *
+apiary_kind_name(ApiaryKind kind)
+{
+	return kind_names[kind];
+}
+
+static bool
+check_kind(char **newval, void **extra, GucSource source)
+{
+	ApiaryKind	kind;
+
+	if (*newval == NULL || (*newval)[0] == '\0' ||
+		apiary_kind_parse(*newval, &kind))
+		return true;
+	GUC_check_errdetail("Valid kinds are " APIARY_KIND_NAMES ".");
+	return false;
+}
+
+void
+apiary_define_gucs(void)
+{
+	DefineCustomStringVariable("apiary.kind",
+							   "Registers a function with apiary when set in its CREATE FUNCTION.",
+							   "Valid kinds are " APIARY_KIND_NAMES ". As a session setting it has no effect.",
+							   &apiary_kind_setting,
+							   "",
+							   PGC_USERSET,
+							   0,
+							   check_kind, NULL, NULL);
+
+	DefineCustomIntVariable("apiary.max_args_size",
+							"Largest arguments value accepted by apiary calls.",
+							NULL,
+							&apiary_max_args_size,
+							1024 * 1024,
+							64, MaxAllocSize,
+							PGC_SUSET,
+							GUC_UNIT_BYTE,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("apiary.max_args_depth",
+							"Deepest nesting of arrays and objects accepted in apiary call arguments.",
+							NULL,
+							&apiary_max_args_depth,
+							64,
+							1, 10000,
+							PGC_SUSET,
+							0,
+							NULL, NULL, NULL);
+
+	MarkGUCPrefixReserved("apiary");
+}

@@ -1,0 +1,31 @@
+/*-------------------------------------------------------------------------
+ *
+ * guc.h
+ *	  apiary's configuration parameters (apiary.*).
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef APIARY_GUC_H
+#define APIARY_GUC_H
+
+/* The kinds a function can be registered as. */
+typedef enum ApiaryKind
+{
+	APIARY_KIND_TRANSACTIONAL,
+	APIARY_KIND_READONLY,
+	APIARY_KIND_EXTERNAL,
+} ApiaryKind;
+
+#define APIARY_KIND_NAMES "transactional, readonly and external"
+
+extern char *apiary_kind_setting;
+extern int	apiary_max_args_size;
+extern int	apiary_max_args_depth;
+
+extern void apiary_define_gucs(void);
+
+/* Parse a kind name; false when it is none of the kinds. */
+extern bool apiary_kind_parse(const char *name, ApiaryKind *kind);
+extern const char *apiary_kind_name(ApiaryKind kind);
+
+#endif							/* APIARY_GUC_H */

@@ -1,0 +1,197 @@
+/*-------------------------------------------------------------------------
+ *
+ * invoke.c
+ *	  apiary_invoke: run a registered function now, inside the caller's
+ *	  transaction.
+ *
+ * A call runs the function through its prepared call statement (bind.c),
+ * in the caller's transaction, so its writes commit or roll back with the
+ * caller's.  Three things are added around it:
+ *
+ *	- kind: a readonly function runs with the transaction read-only for its
+ *	  duration, so a write fails with SQLSTATE 25006, and on the current
+ *	  snapshot, as a STABLE function would;
+ *	- key: the call is journaled (journal.c) in the same transaction, so a
+ *	  retry with the same key returns the recorded output instead of running
+ *	  again;
+ *	- nesting: a call made from inside another apiary call runs in a
+ *	  subtransaction of its own.  If it fails, its effects and journal rows
+ *	  are rolled back and the error goes on to the caller, which may catch
+ *	  it and carry on.  Keyed nested calls record the enclosing call's key,
+ *	  and every call in a nest uses the outermost caller's key namespace.
+ *
+ * The chain of calls in progress is a stack of frames on the C stack,
+ * unwound in PG_FINALLY/PG_CATCH so that an error leaves no stale frame.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/memutils.h"
+#include "utils/resowner.h"
+
+#include "bind.h"
+#include "invoke.h"
+#include "journal.h"
+#include "registry.h"
+
+PG_FUNCTION_INFO_V1(apiary_invoke);
+
+/* Longest key accepted: it must fit in a btree index entry. */
+#define MAX_KEY_BYTES 1024
+
+typedef struct InvokeFrame
+{
+	struct InvokeFrame *parent;
+	Oid			role;			/* key namespace */
+	text	   *key;			/* NULL when unkeyed */
+} InvokeFrame;
+
+static InvokeFrame *current_frame = NULL;
+
+/* Run f for one call: the journal, the read-only switch, the function. */
+static Datum
+invoke_body(ApiaryFunction *f, Jsonb *args, InvokeFrame *frame,
+			MemoryContext resultcxt, bool *isnull)
+{
+	Datum		result = (Datum) 0;
+	text	   *parent_key = frame->parent ? frame->parent->key : NULL;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+
+	if (frame->key != NULL &&
+		!journal_claim(frame->role, frame->key, f->name, args, parent_key,
+					   resultcxt, &result, isnull))
+	{
+		SPI_finish();
+		return result;
+	}
+
+	if (f->kind == APIARY_KIND_READONLY)
+	{
+		bool		was_read_only = XactReadOnly;
+
+		XactReadOnly = true;
+		PG_TRY();
+		{
+			result = bind_call(f, args, true, resultcxt, isnull);
+		}
+		PG_FINALLY();
+		{
+			XactReadOnly = was_read_only;
+		}
+		PG_END_TRY();
+	}
+	else
+		result = bind_call(f, args, false, resultcxt, isnull);
+
+	if (frame->key != NULL)
+		journal_finish(frame->role, frame->key, result, *isnull);
+
+	SPI_finish();
+	return result;
+}
+
+Datum
+apiary_invoke_internal(const char *name, Jsonb *args, text *key, bool *isnull)
+{
+	MemoryContext callercxt = CurrentMemoryContext;
+	ResourceOwner callerowner = CurrentResourceOwner;
+	InvokeFrame frame;
+	bool		nested = current_frame != NULL;
+	ApiaryFunction *f;
+	Datum		result = (Datum) 0;
+
+	check_stack_depth();
+	bind_check_limits(name, args);
+	if (key != NULL && VARSIZE_ANY_EXHDR(key) > MAX_KEY_BYTES)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("key for apiary function \"%s\" is too long", name),
+				 errdetail("Keys are at most %d bytes; this one has %zu.",
+						   MAX_KEY_BYTES, VARSIZE_ANY_EXHDR(key))));
+
+	frame.parent = current_frame;
+	frame.role = nested ? current_frame->role : GetUserId();
+	frame.key = key;
+
+	f = registry_acquire(name);
+	current_frame = &frame;
+
+	if (!nested)
+	{
+		PG_TRY();
+		{
+			result = invoke_body(f, args, &frame, callercxt, isnull);
+		}
+		PG_FINALLY();
+		{
+			current_frame = frame.parent;
+			registry_release(f);
+		}
+		PG_END_TRY();
+		return result;
+	}
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(callercxt);
+	PG_TRY();
+	{
+		result = invoke_body(f, args, &frame, callercxt, isnull);
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(callercxt);
+		CurrentResourceOwner = callerowner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		current_frame = frame.parent;
+		registry_release(f);
+
+		/* roll the nested call back, then let the caller see its error */
+		MemoryContextSwitchTo(callercxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(callercxt);
+		CurrentResourceOwner = callerowner;
+		ReThrowError(edata);
+	}
+	PG_END_TRY();
+
+	current_frame = frame.parent;
+	registry_release(f);
+	return result;
+}
+
+Datum
+apiary_invoke(PG_FUNCTION_ARGS)
+{
+	Datum		result;
+	bool		isnull;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("function name must not be null")));
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("arguments must not be null"),
+				 errhint("Pass '{}' to call a function without arguments.")));
+
+	result = apiary_invoke_internal(text_to_cstring(PG_GETARG_TEXT_PP(0)),
+									PG_GETARG_JSONB_P(1),
+									PG_ARGISNULL(2) ? NULL : PG_GETARG_TEXT_PP(2),
+									&isnull);
+	if (isnull)
+		PG_RETURN_NULL();
+	PG_RETURN_DATUM(result);
+}

@@ -1,0 +1,21 @@
+/*-------------------------------------------------------------------------
+ *
+ * invoke.h
+ *	  Synchronous invocation of registered functions.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef APIARY_INVOKE_H
+#define APIARY_INVOKE_H
+
+#include "utils/jsonb.h"
+
+/*
+ * Run the function registered as name with args, in the current
+ * transaction; with a key, at most once per key.  Returns the output as
+ * jsonb, or (Datum) 0 with *isnull set.
+ */
+extern Datum apiary_invoke_internal(const char *name, Jsonb *args, text *key,
+									bool *isnull);
+
+#endif							/* APIARY_INVOKE_H */

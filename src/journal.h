@@ -1,0 +1,52 @@
+/*-------------------------------------------------------------------------
+ *
+ * journal.h
+ *	  The journal tables in schema apiary, written by apiary's C code as
+ *	  their owner.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef APIARY_JOURNAL_H
+#define APIARY_JOURNAL_H
+
+#include "executor/spi.h"
+#include "utils/jsonb.h"
+
+/* Saved identity while running the journal's own SQL as its owner. */
+typedef struct JournalUser
+{
+	Oid			saved_user;
+	int			saved_sec_context;
+} JournalUser;
+
+extern Oid	journal_namespace(void);
+extern void journal_become_owner(JournalUser *save);
+extern void journal_restore_user(const JournalUser *save);
+
+/*
+ * Run one statement on the journal as its owner: sql with SPI's
+ * execute_with_args, or a prepared plan when plan is not NULL.  Requires an
+ * SPI connection; returns SPI's result code after checking it is expected.
+ */
+extern int	journal_execute(const char *sql, SPIPlanPtr plan, int nargs,
+							Oid *argtypes, Datum *values, const char *nulls,
+							int expected);
+
+/*
+ * Keyed invocations.  Both require an SPI connection.
+ *
+ * journal_claim records (role, key) for a call about to run and returns
+ * true: the caller runs the function and then calls journal_finish, all in
+ * the same (sub)transaction.  When the key was already used it returns false
+ * and sets *output to the recorded output, copied into resultcxt; if another
+ * transaction holds the key uncommitted, it first waits for that transaction
+ * to end.
+ */
+extern bool journal_claim(Oid role, text *key, const char *function,
+						  Jsonb *args, text *parent_key,
+						  MemoryContext resultcxt,
+						  Datum *output, bool *output_isnull);
+extern void journal_finish(Oid role, text *key, Datum output,
+						   bool output_isnull);
+
+#endif							/* APIARY_JOURNAL_H */

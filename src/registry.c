@@ -1,0 +1,788 @@
+/*-------------------------------------------------------------------------
+ *
+ * registry.c
+ *	  Registering functions with apiary, and finding them again fast.
+ *
+ * A registration is a row of apiary.functions: a name, the function (as a
+ * regprocedure), its kind and its retry/timeout settings.  Rows are written
+ * three ways, all here:
+ *
+ *	- apiary_register() / apiary_unregister(), by the function's owner;
+ *	- declaratively: an event trigger at ddl_command_end reads
+ *	  "SET apiary.kind = ..." back from pg_proc.proconfig after CREATE
+ *	  FUNCTION and ALTER FUNCTION, and registers, updates or (when the
+ *	  setting is gone) unregisters the function;
+ *	- an event trigger at sql_drop removes the registration of every
+ *	  function dropped, also by DROP SCHEMA ... CASCADE, DROP OWNED or the
+ *	  drop of another extension.
+ *
+ * Event triggers rather than a ProcessUtility hook: they fire in every
+ * session, whether or not this library was loaded there beforehand, and
+ * sql_drop reports functions dropped by cascade, which a utility hook never
+ * sees.  As a last line, a lookup that finds a registration whose function
+ * is gone says so instead of calling a stale OID.
+ *
+ * Each backend caches, per registered name, everything needed to call the
+ * function: its parameters and how JSON converts to each, and the prepared
+ * call statements (bind.c).  The cache is invalidated by syscache callbacks
+ * on pg_proc, and by relcache invalidations of apiary.functions, which the
+ * table's statement trigger sends whenever a row changes.  Entries in use
+ * (a call may re-enter the registry through a nested call) are pinned and
+ * freed only once released.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_proc.h"
+#include "catalog/pg_type.h"
+#include "commands/event_trigger.h"
+#include "commands/trigger.h"
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "utils/acl.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/regproc.h"
+#include "utils/rel.h"
+#include "utils/syscache.h"
+#include "utils/timestamp.h"
+
+#include "journal.h"
+#include "names.h"
+#include "registry.h"
+
+PG_FUNCTION_INFO_V1(apiary_register);
+PG_FUNCTION_INFO_V1(apiary_unregister);
+PG_FUNCTION_INFO_V1(apiary_registry_changed);
+PG_FUNCTION_INFO_V1(apiary_on_ddl_command_end);
+PG_FUNCTION_INFO_V1(apiary_on_sql_drop);
+
+typedef struct RegistryEntry
+{
+	char		name[NAMEDATALEN];	/* hash key */
+	ApiaryFunction *f;
+} RegistryEntry;
+
+static HTAB *registry_cache = NULL;
+static Oid	registry_relid = InvalidOid;	/* apiary.functions, once known */
+
+#define KIND_SETTING "apiary.kind="
+
+/* ---------------------------------------------------------------------
+ * Cache invalidation
+ * ---------------------------------------------------------------------
+ */
+
+static void
+invalidate_matching(uint32 hashvalue, bool all)
+{
+	HASH_SEQ_STATUS seq;
+	RegistryEntry *entry;
+
+	if (registry_cache == NULL)
+		return;
+	hash_seq_init(&seq, registry_cache);
+	while ((entry = hash_seq_search(&seq)) != NULL)
+	{
+		if (entry->f && (all || entry->f->proc_hash == hashvalue))
+			entry->f->valid = false;
+	}
+}
+
+static void
+proc_changed(Datum arg, int cacheid, uint32 hashvalue)
+{
+	invalidate_matching(hashvalue, hashvalue == 0);
+}
+
+static void
+relation_changed(Datum arg, Oid relid)
+{
+	if (relid == InvalidOid || relid == registry_relid)
+	{
+		invalidate_matching(0, true);
+		registry_relid = InvalidOid;
+	}
+}
+
+void
+registry_init(void)
+{
+	CacheRegisterSyscacheCallback(PROCOID, proc_changed, (Datum) 0);
+	CacheRegisterRelcacheCallback(relation_changed, (Datum) 0);
+}
+
+static void
+free_function(ApiaryFunction *f)
+{
+	for (ApiaryCallPlan *p = f->plans; p != NULL; p = p->next)
+		SPI_freeplan(p->plan);
+	MemoryContextDelete(f->cxt);
+}
+
+/* ---------------------------------------------------------------------
+ * Checks shared by apiary_register and the declarative form
+ * ---------------------------------------------------------------------
+ */
+
+static ApiaryKind
+parse_kind(const char *name)
+{
+	ApiaryKind	kind;
+
+	if (!apiary_kind_parse(name, &kind))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid apiary kind \"%s\"", name),
+				 errhint("Valid kinds are " APIARY_KIND_NAMES ".")));
+	return kind;
+}
+
+/* May apiary call this type as a parameter (or return it)? */
+static void
+check_type(Oid fn, Oid type, bool is_result)
+{
+	if (IsPolymorphicType(type))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot register polymorphic function %s",
+						format_procedure(fn)),
+				 errhint("Wrap it in a function with concrete parameter and result types.")));
+	if (get_typtype(type) == TYPTYPE_PSEUDO && type != VOIDOID &&
+		type != RECORDOID)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("cannot register function %s", format_procedure(fn)),
+				 errdetail(is_result ? "It returns pseudo-type %s." :
+						   "It takes an argument of pseudo-type %s.",
+						   format_type_be(type))));
+}
+
+/*
+ * Can apiary call this function?  Plain functions only, with types that JSON
+ * can reach.  Returns the function's name and owner.
+ */
+static void
+check_callable(Oid fn, char **proname, Oid *owner)
+{
+	HeapTuple	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(fn));
+	Form_pg_proc proc;
+	bool		has_out;
+
+	if (!HeapTupleIsValid(tup))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("function with OID %u does not exist", fn)));
+	proc = (Form_pg_proc) GETSTRUCT(tup);
+	if (proc->prokind != PROKIND_FUNCTION)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("%s is not a function", format_procedure(fn)),
+				 errdetail("apiary runs plain functions, not procedures, aggregates or window functions.")));
+	for (int i = 0; i < proc->pronargs; i++)
+		check_type(fn, proc->proargtypes.values[i], false);
+	check_type(fn, proc->prorettype, true);
+	has_out = !heap_attisnull(tup, Anum_pg_proc_proallargtypes, NULL);
+	if (proc->prorettype == RECORDOID && !has_out)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot register function %s", format_procedure(fn)),
+				 errdetail("It returns record without OUT parameters, so its columns are unknown."),
+				 errhint("Declare OUT parameters or RETURNS TABLE.")));
+	*proname = pstrdup(NameStr(proc->proname));
+	*owner = proc->proowner;
+	ReleaseSysCache(tup);
+}
+
+/* ---------------------------------------------------------------------
+ * Lookup
+ * ---------------------------------------------------------------------
+ */
+
+/* Raise "does not exist" for name, with the most useful hint there is. */
+static void
+report_not_found(const char *name)
+{
+	Oid			argtypes[1] = {TEXTOID};
+	Datum		values[1] = {CStringGetTextDatum(name)};
+	char	   *hint = NULL;
+	int			rc;
+
+	rc = SPI_execute_with_args("SELECT name FROM apiary.functions ORDER BY name",
+							   0, NULL, NULL, NULL, true, 0);
+	if (rc == SPI_OK_SELECT && SPI_processed > 0)
+	{
+		int			n = (int) SPI_processed;
+		const char **candidates = palloc(n * sizeof(char *));
+		int			nearest[3];
+		int			found;
+
+		for (int i = 0; i < n; i++)
+			candidates[i] = SPI_getvalue(SPI_tuptable->vals[i],
+										 SPI_tuptable->tupdesc, 1);
+		found = names_nearest(name, strlen(name), candidates, n, nearest, 3);
+		if (found > 0)
+		{
+			StringInfoData buf;
+
+			initStringInfo(&buf);
+			for (int i = 0; i < found; i++)
+				appendStringInfo(&buf, "%s\"%s\"",
+								 i == 0 ? "" : (i == found - 1 ? " or " : ", "),
+								 candidates[nearest[i]]);
+			hint = psprintf("Perhaps you meant %s.", buf.data);
+		}
+	}
+
+	if (hint == NULL)
+	{
+		rc = SPI_execute_with_args("SELECT p.oid::pg_catalog.regprocedure::pg_catalog.text"
+								   " FROM pg_catalog.pg_proc p"
+								   " WHERE p.proname OPERATOR(pg_catalog.=) $1::pg_catalog.name"
+								   " AND p.prokind OPERATOR(pg_catalog.=) 'f'"
+								   " ORDER BY 1 LIMIT 1",
+								   1, argtypes, values, NULL, true, 1);
+		if (rc == SPI_OK_SELECT && SPI_processed == 1)
+		{
+			char	   *sig = SPI_getvalue(SPI_tuptable->vals[0],
+										   SPI_tuptable->tupdesc, 1);
+
+			hint = psprintf("Function %s exists but is not registered with apiary: "
+							"register it with apiary_register('%s'), or add "
+							"SET apiary.kind = 'transactional' to its definition.",
+							sig, sig);
+		}
+	}
+
+	ereport(ERROR,
+			(errcode(ERRCODE_UNDEFINED_FUNCTION),
+			 errmsg("apiary function \"%s\" does not exist", name),
+			 hint ? errhint("%s", hint) : 0));
+}
+
+static ParamConversion
+conversion_for(Oid type)
+{
+	Oid			base;
+
+	if (type == JSONBOID)
+		return PARAM_JSONB;
+	if (type == JSONOID)
+		return PARAM_JSON;
+	base = getBaseType(type);
+	if (type_is_array(base) || get_typtype(base) == TYPTYPE_COMPOSITE)
+		return PARAM_STRUCTURED;
+	return PARAM_SCALAR;
+}
+
+/* Read a registration and its function's signature into a new cache entry. */
+static ApiaryFunction *
+build_function(const char *name)
+{
+	Oid			argtypes[1] = {TEXTOID};
+	Datum		values[1] = {CStringGetTextDatum(name)};
+	MemoryContext cxt;
+	MemoryContext old;
+	ApiaryFunction *f;
+	HeapTuple	tup;
+	Form_pg_proc proc;
+	Oid		   *types;
+	char	  **names;
+	char	   *modes;
+	int			nall;
+	bool		isnull;
+	int			rc;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+
+	if (!OidIsValid(registry_relid))
+		registry_relid = get_relname_relid("functions", journal_namespace());
+
+	rc = SPI_execute_with_args("SELECT fn::pg_catalog.oid, kind, max_attempts,"
+							   " (pg_catalog.date_part('epoch', timeout)"
+							   "  OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8"
+							   " FROM apiary.functions WHERE name OPERATOR(pg_catalog.=) $1",
+							   1, argtypes, values, NULL, true, 1);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute failed: %s", SPI_result_code_string(rc));
+	if (SPI_processed == 0)
+		report_not_found(name);
+
+	/* a child of the caller's context until complete, so errors free it */
+	cxt = AllocSetContextCreate(CurrentMemoryContext, "apiary function",
+								ALLOCSET_SMALL_SIZES);
+	MemoryContextCopyAndSetIdentifier(cxt, name);
+	old = MemoryContextSwitchTo(cxt);
+
+	f = palloc0(sizeof(ApiaryFunction));
+	f->cxt = cxt;
+	strlcpy(f->name, name, NAMEDATALEN);
+	f->fn = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0],
+										   SPI_tuptable->tupdesc, 1, &isnull));
+	f->kind = parse_kind(SPI_getvalue(SPI_tuptable->vals[0],
+									  SPI_tuptable->tupdesc, 2));
+	f->max_attempts = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
+												  SPI_tuptable->tupdesc, 3, &isnull));
+	if (isnull)
+		f->max_attempts = 0;
+	f->timeout_ms = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+												SPI_tuptable->tupdesc, 4, &isnull));
+	if (isnull)
+		f->timeout_ms = 0;
+	f->proc_hash = GetSysCacheHashValue1(PROCOID, ObjectIdGetDatum(f->fn));
+
+	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(f->fn));
+	if (!HeapTupleIsValid(tup))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("the function registered as \"%s\" no longer exists", name),
+				 errhint("Remove the registration with apiary_unregister('%s').", name)));
+	proc = (Form_pg_proc) GETSTRUCT(tup);
+	f->qualified_name = quote_qualified_identifier(get_namespace_name(proc->pronamespace),
+												   NameStr(proc->proname));
+	f->signature = format_procedure(f->fn);
+	f->ndefaults = proc->pronargdefaults;
+	f->variadic = OidIsValid(proc->provariadic);
+	f->retset = proc->proretset;
+	f->returns_void = proc->prorettype == VOIDOID;
+
+	nall = get_func_arg_info(tup, &types, &names, &modes);
+	f->params = palloc0(nall * sizeof(ApiaryParam));
+	f->param_names = palloc0(nall * sizeof(char *));
+	for (int i = 0; i < nall; i++)
+	{
+		char		mode = modes ? modes[i] : PROARGMODE_IN;
+		ApiaryParam *p;
+
+		if (mode == PROARGMODE_OUT || mode == PROARGMODE_TABLE)
+			continue;
+		p = &f->params[f->nargs];
+		p->name = (names && names[i][0] != '\0') ? names[i] : NULL;
+		p->type = types[i];
+		p->conversion = conversion_for(p->type);
+		if (IsPolymorphicType(p->type))
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("cannot call polymorphic function %s", f->signature)));
+		if (p->conversion == PARAM_SCALAR || p->conversion == PARAM_JSON)
+		{
+			Oid			input;
+
+			getTypeInputInfo(p->type, &input, &p->ioparam);
+			fmgr_info_cxt(input, &p->input, cxt);
+		}
+		f->param_names[f->nargs] = p->name;
+		f->nargs++;
+	}
+	ReleaseSysCache(tup);
+
+	f->valid = true;
+	MemoryContextSwitchTo(old);
+	MemoryContextSetParent(cxt, CacheMemoryContext);
+	SPI_finish();
+	return f;
+}
+
+ApiaryFunction *
+registry_acquire(const char *name)
+{
+	RegistryEntry *entry;
+	ApiaryFunction *f;
+	ApiaryFunction *old;
+	bool		found;
+
+	if (registry_cache == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = NAMEDATALEN;
+		ctl.entrysize = sizeof(RegistryEntry);
+		ctl.hcxt = CacheMemoryContext;
+		registry_cache = hash_create("apiary registry", 64, &ctl,
+									 HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+	}
+
+	if (strlen(name) >= NAMEDATALEN)
+	{
+		/* no registered name is that long (apiary.functions checks) */
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		report_not_found(name);
+	}
+
+	entry = hash_search(registry_cache, name, HASH_FIND, NULL);
+	if (entry != NULL && entry->f->valid)
+	{
+		entry->f->refcount++;
+		return entry->f;
+	}
+
+	/* Build first: if that fails, the cache is left as it was. */
+	f = build_function(name);
+
+	entry = hash_search(registry_cache, name, HASH_ENTER, &found);
+	old = found ? entry->f : NULL;
+	entry->f = f;
+	if (old != NULL && old->refcount == 0)
+		free_function(old);
+	else if (old != NULL)
+		old->valid = false;		/* freed by its last registry_release */
+
+	f->refcount++;
+	return f;
+}
+
+void
+registry_release(ApiaryFunction *f)
+{
+	RegistryEntry *entry;
+
+	Assert(f->refcount > 0);
+	if (--f->refcount > 0 || f->valid)
+		return;
+	entry = hash_search(registry_cache, f->name, HASH_FIND, NULL);
+	if (entry == NULL || entry->f != f)
+		free_function(f);
+}
+
+/* ---------------------------------------------------------------------
+ * Writing registrations
+ * ---------------------------------------------------------------------
+ */
+
+/*
+ * Insert or update the registration of fn under name, as the journal's
+ * owner.  A name held by another function, or a function registered under
+ * another name, is an error.
+ */
+static void
+store_registration(Oid fn, const char *name, ApiaryKind kind,
+				   Datum max_attempts, bool max_attempts_null,
+				   Datum timeout, bool timeout_null,
+				   bool declared, Oid registered_by)
+{
+	Oid			lookup_types[2] = {OIDOID, TEXTOID};
+	Datum		lookup_values[2] = {ObjectIdGetDatum(fn), CStringGetTextDatum(name)};
+	Oid			types[7] = {TEXTOID, OIDOID, TEXTOID, INT4OID, INTERVALOID, BOOLOID, OIDOID};
+	Datum		values[7];
+	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	int			rc;
+
+	rc = SPI_execute_with_args("SELECT name, fn::pg_catalog.text,"
+							   " fn OPERATOR(pg_catalog.=) $1::pg_catalog.regprocedure"
+							   " FROM apiary.functions"
+							   " WHERE fn OPERATOR(pg_catalog.=) $1::pg_catalog.regprocedure"
+							   " OR name OPERATOR(pg_catalog.=) $2",
+							   2, lookup_types, lookup_values, NULL, false, 0);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute failed: %s", SPI_result_code_string(rc));
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		char	   *other_name = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+		char	   *other_fn = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
+		bool		same_fn = strcmp(SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 3), "t") == 0;
+
+		if (same_fn && strcmp(other_name, name) != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_DUPLICATE_OBJECT),
+					 errmsg("function %s is already registered as \"%s\"",
+							format_procedure(fn), other_name),
+					 errhint("Unregister it with apiary_unregister('%s') first.",
+							 other_name)));
+		if (!same_fn)
+			ereport(ERROR,
+					(errcode(ERRCODE_DUPLICATE_FUNCTION),
+					 errmsg("apiary function \"%s\" is already registered for %s",
+							name, other_fn),
+					 errhint("Register this function under another name with apiary_register(..., name => '...'), or unregister the other one first.")));
+	}
+
+	values[0] = CStringGetTextDatum(name);
+	values[1] = ObjectIdGetDatum(fn);
+	values[2] = CStringGetTextDatum(apiary_kind_name(kind));
+	values[3] = max_attempts;
+	nulls[3] = max_attempts_null ? 'n' : ' ';
+	values[4] = timeout;
+	nulls[4] = timeout_null ? 'n' : ' ';
+	values[5] = BoolGetDatum(declared);
+	values[6] = ObjectIdGetDatum(registered_by);
+
+	journal_execute("INSERT INTO apiary.functions AS f"
+							   " (name, fn, kind, max_attempts, timeout, declared, registered_by)"
+							   " VALUES ($1, $2::pg_catalog.regprocedure, $3, $4, $5, $6,"
+							   " $7::pg_catalog.regrole)"
+							   " ON CONFLICT (name) DO UPDATE SET kind = excluded.kind,"
+							   " max_attempts = excluded.max_attempts, timeout = excluded.timeout,"
+							   " declared = excluded.declared, registered_by = excluded.registered_by,"
+							   " registered_at = pg_catalog.now()",
+					NULL, 7, types, values, nulls, SPI_OK_INSERT);
+}
+
+Datum
+apiary_register(PG_FUNCTION_ARGS)
+{
+	Oid			fn;
+	ApiaryKind	kind;
+	char	   *proname;
+	Oid			owner;
+	char	   *name;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("function to register must not be null")));
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("kind must not be null"),
+				 errhint("Valid kinds are " APIARY_KIND_NAMES ".")));
+	fn = PG_GETARG_OID(0);
+	kind = parse_kind(text_to_cstring(PG_GETARG_TEXT_PP(1)));
+
+	check_callable(fn, &proname, &owner);
+	if (!pg_proc_ownercheck(fn, GetUserId()))
+		aclcheck_error(ACLCHECK_NOT_OWNER, OBJECT_FUNCTION, format_procedure(fn));
+
+	name = PG_ARGISNULL(2) ? proname : text_to_cstring(PG_GETARG_TEXT_PP(2));
+	if (name[0] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("apiary function name must not be empty")));
+	if (strlen(name) >= NAMEDATALEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_NAME_TOO_LONG),
+				 errmsg("apiary function name \"%s\" is too long", name),
+				 errdetail("Names are at most %d bytes.", NAMEDATALEN - 1)));
+	if (!PG_ARGISNULL(3) && PG_GETARG_INT32(3) < 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("max_attempts must be at least 1")));
+	if (!PG_ARGISNULL(4))
+	{
+		Interval	zero = {0};
+
+		if (DatumGetInt32(DirectFunctionCall2(interval_cmp, PG_GETARG_DATUM(4),
+											  IntervalPGetDatum(&zero))) <= 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("timeout must be positive")));
+	}
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	store_registration(fn, name, kind,
+					   PG_ARGISNULL(3) ? (Datum) 0 : PG_GETARG_DATUM(3), PG_ARGISNULL(3),
+					   PG_ARGISNULL(4) ? (Datum) 0 : PG_GETARG_DATUM(4), PG_ARGISNULL(4),
+					   false, GetUserId());
+	SPI_finish();
+
+	PG_RETURN_TEXT_P(cstring_to_text(name));
+}
+
+Datum
+apiary_unregister(PG_FUNCTION_ARGS)
+{
+	Oid			argtypes[1] = {TEXTOID};
+	Datum		values[1];
+	char	   *name;
+	bool		isnull;
+	Oid			fn;
+	Oid			registered_by;
+	int			rc;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("function name must not be null")));
+	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	values[0] = PG_GETARG_DATUM(0);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	rc = SPI_execute_with_args("SELECT fn::pg_catalog.oid, registered_by::pg_catalog.oid"
+							   " FROM apiary.functions WHERE name OPERATOR(pg_catalog.=) $1"
+							   " FOR UPDATE",
+							   1, argtypes, values, NULL, false, 1);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute failed: %s", SPI_result_code_string(rc));
+	if (SPI_processed == 0)
+		report_not_found(name);
+	fn = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	registered_by = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+
+	/* The function's owner may; so may its registrant once it is gone. */
+	if (SearchSysCacheExists1(PROCOID, ObjectIdGetDatum(fn))
+		? !pg_proc_ownercheck(fn, GetUserId())
+		: !has_privs_of_role(GetUserId(), registered_by))
+		aclcheck_error(ACLCHECK_NOT_OWNER, OBJECT_FUNCTION, name);
+
+	journal_execute("DELETE FROM apiary.functions WHERE name OPERATOR(pg_catalog.=) $1",
+					NULL, 1, argtypes, values, NULL, SPI_OK_DELETE);
+	SPI_finish();
+
+	PG_RETURN_VOID();
+}
+
+/* Statement trigger on apiary.functions: every backend drops its cache. */
+Datum
+apiary_registry_changed(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("function \"%s\" was not called by trigger manager",
+						"apiary.registry_changed")));
+	CacheInvalidateRelcache(trigdata->tg_relation);
+	PG_RETURN_POINTER(NULL);
+}
+
+/* ---------------------------------------------------------------------
+ * Declarative registration (event triggers)
+ * ---------------------------------------------------------------------
+ */
+
+/* The value of "SET apiary.kind" in a function's definition, or NULL. */
+static char *
+declared_kind(HeapTuple proctup)
+{
+	bool		isnull;
+	Datum		config = SysCacheGetAttr(PROCOID, proctup,
+										 Anum_pg_proc_proconfig, &isnull);
+	Datum	   *items;
+	bool	   *nulls;
+	int			n;
+	char	   *kind = NULL;
+
+	if (isnull)
+		return NULL;
+	deconstruct_array(DatumGetArrayTypeP(config), TEXTOID, -1, false,
+					  TYPALIGN_INT, &items, &nulls, &n);
+	for (int i = 0; i < n; i++)
+	{
+		char	   *item = TextDatumGetCString(items[i]);
+
+		if (strncmp(item, KIND_SETTING, strlen(KIND_SETTING)) == 0)
+			kind = item + strlen(KIND_SETTING);
+	}
+	return (kind && kind[0] != '\0') ? kind : NULL;
+}
+
+static void
+sync_declared(Oid fn)
+{
+	HeapTuple	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(fn));
+	char	   *kind_name;
+
+	if (!HeapTupleIsValid(tup))
+		return;
+	kind_name = declared_kind(tup);
+	ReleaseSysCache(tup);
+
+	if (kind_name != NULL)
+	{
+		ApiaryKind	kind = parse_kind(kind_name);
+		Oid			argtypes[1] = {OIDOID};
+		Datum		values[1] = {ObjectIdGetDatum(fn)};
+		char	   *proname;
+		char	   *name;
+		Oid			owner;
+		int			rc;
+
+		check_callable(fn, &proname, &owner);
+
+		/* keep the name it is registered under; a new one takes its own */
+		rc = SPI_execute_with_args("SELECT name FROM apiary.functions"
+								   " WHERE fn OPERATOR(pg_catalog.=) $1::pg_catalog.regprocedure",
+								   1, argtypes, values, NULL, false, 1);
+		if (rc != SPI_OK_SELECT)
+			elog(ERROR, "SPI_execute failed: %s", SPI_result_code_string(rc));
+		name = SPI_processed == 1
+			? SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1)
+			: proname;
+		store_registration(fn, name, kind, (Datum) 0, true, (Datum) 0, true,
+						   true, owner);
+	}
+	else
+	{
+		Oid			argtypes[1] = {OIDOID};
+		Datum		values[1] = {ObjectIdGetDatum(fn)};
+		journal_execute("DELETE FROM apiary.functions"
+						" WHERE fn OPERATOR(pg_catalog.=) $1::pg_catalog.regprocedure"
+						" AND declared",
+						NULL, 1, argtypes, values, NULL, SPI_OK_DELETE);
+	}
+}
+
+Datum
+apiary_on_ddl_command_end(PG_FUNCTION_ARGS)
+{
+	Oid		   *fns;
+	int			nfns;
+	int			rc;
+
+	if (!CALLED_AS_EVENT_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("function \"%s\" was not called by event trigger manager",
+						"apiary.on_ddl_command_end")));
+	if (!OidIsValid(get_namespace_oid("apiary", true)))
+		PG_RETURN_VOID();
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	rc = SPI_execute("SELECT DISTINCT objid FROM pg_catalog.pg_event_trigger_ddl_commands()"
+					 " WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass",
+					 false, 0);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute failed: %s", SPI_result_code_string(rc));
+
+	/* copy out: sync_declared runs statements of its own */
+	nfns = (int) SPI_processed;
+	fns = palloc(Max(nfns, 1) * sizeof(Oid));
+	for (int i = 0; i < nfns; i++)
+	{
+		bool		isnull;
+
+		fns[i] = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i],
+												SPI_tuptable->tupdesc, 1, &isnull));
+	}
+	for (int i = 0; i < nfns; i++)
+		sync_declared(fns[i]);
+	SPI_finish();
+	PG_RETURN_VOID();
+}
+
+Datum
+apiary_on_sql_drop(PG_FUNCTION_ARGS)
+{
+
+	if (!CALLED_AS_EVENT_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("function \"%s\" was not called by event trigger manager",
+						"apiary.on_sql_drop")));
+	/* DROP EXTENSION apiary: nothing left to clean */
+	if (!OidIsValid(get_namespace_oid("apiary", true)))
+		PG_RETURN_VOID();
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	journal_execute("DELETE FROM apiary.functions"
+					 " WHERE fn::pg_catalog.oid OPERATOR(pg_catalog.=) ANY (ARRAY("
+					 "  SELECT objid FROM pg_catalog.pg_event_trigger_dropped_objects()"
+					"  WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass))",
+					NULL, 0, NULL, NULL, NULL, SPI_OK_DELETE);
+	SPI_finish();
+	PG_RETURN_VOID();
+}

@@ -1,0 +1,79 @@
+/*-------------------------------------------------------------------------
+ *
+ * registry.h
+ *	  Registered functions: the apiary.functions table and a per-backend
+ *	  cache of everything needed to call them.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef APIARY_REGISTRY_H
+#define APIARY_REGISTRY_H
+
+#include "fmgr.h"
+#include "executor/spi.h"
+
+#include "bindrules.h"
+#include "guc.h"
+
+/* How a JSON value becomes a value of a parameter's type. */
+typedef enum ParamConversion
+{
+	PARAM_SCALAR,				/* JSON scalar through the type's input function */
+	PARAM_JSONB,				/* passed as it is */
+	PARAM_JSON,					/* the JSON text */
+	PARAM_STRUCTURED,			/* arrays and composites: jsonb_to_record's rules */
+} ParamConversion;
+
+typedef struct ApiaryParam
+{
+	char	   *name;			/* NULL when unnamed */
+	Oid			type;
+	ParamConversion conversion;
+	FmgrInfo	input;			/* PARAM_SCALAR, PARAM_JSON */
+	Oid			ioparam;
+} ApiaryParam;
+
+/* A prepared call for one set of bound parameters. */
+typedef struct ApiaryCallPlan
+{
+	struct ApiaryCallPlan *next;
+	BindMask	mask;
+	SPIPlanPtr	plan;
+} ApiaryCallPlan;
+
+typedef struct ApiaryFunction
+{
+	char		name[NAMEDATALEN];	/* registered name */
+	Oid			fn;
+	ApiaryKind	kind;
+	int			max_attempts;	/* 0: apiary.max_attempts */
+	int64		timeout_ms;		/* 0: none */
+
+	/* from pg_proc */
+	char	   *qualified_name; /* schema.name, quoted, for SQL */
+	char	   *signature;		/* regprocedure text, for messages */
+	int			nargs;			/* input parameters */
+	ApiaryParam *params;
+	const char **param_names;	/* for the binding rules */
+	int			ndefaults;
+	bool		variadic;
+	bool		retset;
+	bool		returns_void;
+
+	ApiaryCallPlan *plans;
+	MemoryContext cxt;			/* holds all of the above */
+	uint32		proc_hash;		/* syscache hash of fn, to match invalidations */
+	bool		valid;
+	int			refcount;
+} ApiaryFunction;
+
+extern void registry_init(void);
+
+/*
+ * Look up a registered function by name, pinned until registry_release;
+ * raises "does not exist" with a hint when there is none.
+ */
+extern ApiaryFunction *registry_acquire(const char *name);
+extern void registry_release(ApiaryFunction *f);
+
+#endif							/* APIARY_REGISTRY_H */
