@@ -21,10 +21,10 @@ PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare \
 
 # The regression suite needs apiary in shared_preload_libraries, so it runs
 # on a temporary instance of its own (as pg_stat_statements does).
-REGRESS = registry invoke keys nested errors
+REGRESS = registry invoke keys nested errors lifecycle
 REGRESS_OPTS = --temp-config=$(srcdir)/test/apiary.conf \
 	--temp-instance=./tmp_check --port=54329
-ISOLATION = keys_race
+ISOLATION = keys_race registry_cache
 ISOLATION_OPTS = --temp-config=$(srcdir)/test/apiary.conf \
 	--temp-instance=./tmp_check_iso --port=54330
 

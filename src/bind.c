@@ -145,7 +145,7 @@ bind_check_limits(const char *name, Jsonb *args)
 		{
 			if (tok == WJB_BEGIN_ARRAY || tok == WJB_BEGIN_OBJECT)
 			{
-				if (++depth > apiary_max_args_depth + 1)
+				if (++depth > apiary_max_args_depth)
 					ereport(ERROR,
 							(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 							 errmsg("arguments for apiary function \"%s\" are nested too deeply", name),

@@ -25,7 +25,8 @@
  * Each backend caches, per registered name, everything needed to call the
  * function: its parameters and how JSON converts to each, and the prepared
  * call statements (bind.c).  The cache is invalidated by syscache callbacks
- * on pg_proc, and by relcache invalidations of apiary.functions, which the
+ * on pg_proc and pg_namespace (a renamed schema changes the qualified name
+ * in the statements), and by relcache invalidations of apiary.functions, which the
  * table's statement trigger sends whenever a row changes.  Entries in use
  * (a call may re-enter the registry through a nested call) are pinned and
  * freed only once released.
@@ -103,6 +104,13 @@ proc_changed(Datum arg, int cacheid, uint32 hashvalue)
 	invalidate_matching(hashvalue, hashvalue == 0);
 }
 
+/* A schema renamed: the qualified names in cached call statements change. */
+static void
+namespace_changed(Datum arg, int cacheid, uint32 hashvalue)
+{
+	invalidate_matching(0, true);
+}
+
 static void
 relation_changed(Datum arg, Oid relid)
 {
@@ -117,6 +125,7 @@ void
 registry_init(void)
 {
 	CacheRegisterSyscacheCallback(PROCOID, proc_changed, (Datum) 0);
+	CacheRegisterSyscacheCallback(NAMESPACEOID, namespace_changed, (Datum) 0);
 	CacheRegisterRelcacheCallback(relation_changed, (Datum) 0);
 }
 
@@ -216,9 +225,29 @@ report_not_found(const char *name)
 	char	   *hint = NULL;
 	int			rc;
 
-	rc = SPI_execute_with_args("SELECT name FROM apiary.functions ORDER BY name",
-							   0, NULL, NULL, NULL, true, 0);
-	if (rc == SPI_OK_SELECT && SPI_processed > 0)
+	/* a function of that name that was never registered? */
+	rc = SPI_execute_with_args("SELECT p.oid::pg_catalog.regprocedure::pg_catalog.text"
+							   " FROM pg_catalog.pg_proc p"
+							   " WHERE p.proname OPERATOR(pg_catalog.=) $1::pg_catalog.name"
+							   " AND p.prokind OPERATOR(pg_catalog.=) 'f'"
+							   " ORDER BY 1 LIMIT 1",
+							   1, argtypes, values, NULL, true, 1);
+	if (rc == SPI_OK_SELECT && SPI_processed == 1)
+	{
+		char	   *sig = SPI_getvalue(SPI_tuptable->vals[0],
+									   SPI_tuptable->tupdesc, 1);
+
+		hint = psprintf("Function %s exists but is not registered with apiary: "
+						"register it with apiary_register('%s'), or add "
+						"SET apiary.kind = 'transactional' to its definition.",
+						sig, sig);
+	}
+
+	/* else a registered name that is close */
+	if (hint == NULL)
+		rc = SPI_execute_with_args("SELECT name FROM apiary.functions ORDER BY name",
+								   0, NULL, NULL, NULL, true, 0);
+	if (hint == NULL && rc == SPI_OK_SELECT && SPI_processed > 0)
 	{
 		int			n = (int) SPI_processed;
 		const char **candidates = palloc(n * sizeof(char *));
@@ -239,26 +268,6 @@ report_not_found(const char *name)
 								 i == 0 ? "" : (i == found - 1 ? " or " : ", "),
 								 candidates[nearest[i]]);
 			hint = psprintf("Perhaps you meant %s.", buf.data);
-		}
-	}
-
-	if (hint == NULL)
-	{
-		rc = SPI_execute_with_args("SELECT p.oid::pg_catalog.regprocedure::pg_catalog.text"
-								   " FROM pg_catalog.pg_proc p"
-								   " WHERE p.proname OPERATOR(pg_catalog.=) $1::pg_catalog.name"
-								   " AND p.prokind OPERATOR(pg_catalog.=) 'f'"
-								   " ORDER BY 1 LIMIT 1",
-								   1, argtypes, values, NULL, true, 1);
-		if (rc == SPI_OK_SELECT && SPI_processed == 1)
-		{
-			char	   *sig = SPI_getvalue(SPI_tuptable->vals[0],
-										   SPI_tuptable->tupdesc, 1);
-
-			hint = psprintf("Function %s exists but is not registered with apiary: "
-							"register it with apiary_register('%s'), or add "
-							"SET apiary.kind = 'transactional' to its definition.",
-							sig, sig);
 		}
 	}
 
@@ -609,8 +618,7 @@ apiary_unregister(PG_FUNCTION_ARGS)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	rc = SPI_execute_with_args("SELECT fn::pg_catalog.oid, registered_by::pg_catalog.oid"
-							   " FROM apiary.functions WHERE name OPERATOR(pg_catalog.=) $1"
-							   " FOR UPDATE",
+							   " FROM apiary.functions WHERE name OPERATOR(pg_catalog.=) $1",
 							   1, argtypes, values, NULL, false, 1);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute failed: %s", SPI_result_code_string(rc));

@@ -88,6 +88,9 @@ CREATE EVENT TRIGGER apiary_ddl_command_end ON ddl_command_end
     EXECUTE FUNCTION apiary.on_ddl_command_end();
 CREATE EVENT TRIGGER apiary_sql_drop ON sql_drop
     EXECUTE FUNCTION apiary.on_sql_drop();
+-- also under session_replication_role = replica (restores, subscribers)
+ALTER EVENT TRIGGER apiary_ddl_command_end ENABLE ALWAYS;
+ALTER EVENT TRIGGER apiary_sql_drop ENABLE ALWAYS;
 
 -- The API.
 CREATE FUNCTION @extschema@.apiary_register(

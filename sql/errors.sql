@@ -1,0 +1,70 @@
+--
+-- Errors: each with its SQLSTATE, none leaving anything behind.
+--
+\set VERBOSITY verbose
+CREATE TABLE items (id int PRIMARY KEY, qty int NOT NULL CHECK (qty >= 0));
+INSERT INTO items VALUES (1, 3);
+CREATE FUNCTION take(id int, qty int) RETURNS int LANGUAGE sql
+SET apiary.kind = 'transactional' AS $$
+  UPDATE items SET qty = items.qty - take.qty WHERE items.id = take.id RETURNING items.qty
+$$;
+CREATE FUNCTION take_all(id int) RETURNS int LANGUAGE sql
+AS $$ UPDATE items SET qty = 0 WHERE items.id = take_all.id RETURNING 0 $$;
+
+-- Unknown names, with the nearest registered names as a hint.
+SELECT apiary_invoke('tkae', '{}');
+SELECT apiary_invoke('nonesuch', '{}');
+-- A function that exists but is not registered.
+SELECT apiary_invoke('take_all', '{"id": 1}');
+-- NULLs.
+SELECT apiary_invoke(NULL, '{}');
+SELECT apiary_invoke('take', NULL);
+
+-- Binding errors name the parameter.
+SELECT apiary_invoke('take', '{"id": 1, "qyt": 1}');
+SELECT apiary_invoke('take', '{"id": 1, "color": "red"}');
+SELECT apiary_invoke('take', '{"id": 1}');
+SELECT apiary_invoke('take', '[1, 2, 3]');
+SELECT apiary_invoke('take', '[1]');
+SELECT apiary_invoke('take', '1');
+
+-- Conversion errors keep the conversion's own SQLSTATE.
+SELECT apiary_invoke('take', '{"id": 1, "qty": "lots"}');
+SELECT apiary_invoke('take', '{"id": 1, "qty": 1.5}');
+SELECT apiary_invoke('take', '{"id": 1, "qty": 99999999999}');
+SELECT apiary_invoke('take', '{"id": 1, "qty": true}');
+SELECT apiary_invoke('take', '{"id": 1, "qty": {"n": 1}}');
+SELECT apiary_invoke('take', '{"id": [1], "qty": 1}');
+
+-- The function's own errors pass through unchanged.
+SELECT apiary_invoke('take', '{"id": 1, "qty": 5}');
+CREATE FUNCTION fussy(x int) RETURNS int LANGUAGE plpgsql
+SET apiary.kind = 'transactional' AS $$
+BEGIN
+  RAISE EXCEPTION 'x is %', x USING ERRCODE = 'AP001', DETAIL = 'Too fussy.',
+    HINT = 'Try another x.';
+END $$;
+SELECT apiary_invoke('fussy', '7');
+SELECT apiary_invoke('fussy', '"seven"');
+\set VERBOSITY default
+SELECT qty FROM items;
+
+-- Limits on arguments.
+SET apiary.max_args_size = '100B';
+SELECT apiary_invoke('take', jsonb_build_object('id', 1, 'qty', 1, 'pad', repeat('x', 200)));
+RESET apiary.max_args_size;
+SET apiary.max_args_depth = 3;
+SELECT apiary_invoke('take', '{"id": 1, "qty": [[[[1]]]]}');
+SELECT apiary_invoke('take', '{"id": 1, "qty": [[1]]}');
+RESET apiary.max_args_depth;
+-- The limits are for superusers to set.
+CREATE ROLE apiary_limited;
+SET ROLE apiary_limited;
+SET apiary.max_args_size = '1GB';
+RESET ROLE;
+-- Malformed JSON is rejected before apiary sees it.
+SELECT apiary_invoke('take', '{"id": 1,');
+
+-- Nothing was written by any of these.
+SELECT qty FROM items;
+SELECT count(*) FROM apiary.invocations WHERE function IN ('take', 'fussy');

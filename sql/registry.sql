@@ -1,0 +1,132 @@
+--
+-- Registering functions with apiary.
+--
+CREATE EXTENSION apiary;
+
+-- What the extension installs.
+SELECT pg_describe_object(classid, objid, objsubid) AS object
+FROM pg_depend
+WHERE refclassid = 'pg_extension'::regclass
+  AND refobjid = (SELECT oid FROM pg_extension WHERE extname = 'apiary')
+  AND deptype = 'e'
+ORDER BY 1;
+
+CREATE TABLE stock (item int PRIMARY KEY, qty int NOT NULL);
+INSERT INTO stock VALUES (1, 10), (2, 5);
+
+CREATE FUNCTION reserve(item int, qty int DEFAULT 1) RETURNS int
+LANGUAGE sql AS $$
+  UPDATE stock SET qty = stock.qty - reserve.qty
+  WHERE stock.item = reserve.item RETURNING stock.qty
+$$;
+
+-- Register under its own name, as a transactional function (the default).
+SELECT apiary_register('reserve(int,int)');
+SELECT name, fn, kind, max_attempts, timeout, declared, registered_by
+FROM apiary.functions;
+
+-- Registering again updates the registration.
+SELECT apiary_register('reserve(int,int)', 'external', max_attempts => 5,
+                       timeout => '30 seconds');
+SELECT name, kind, max_attempts, timeout FROM apiary.functions;
+SELECT apiary_register('reserve(int,int)');
+
+-- A function can be registered under another name, but only once.
+CREATE FUNCTION stock_of(item int) RETURNS int LANGUAGE sql STABLE
+AS $$ SELECT qty FROM stock WHERE stock.item = stock_of.item $$;
+SELECT apiary_register('stock_of(int)', 'readonly', name => 'inventory');
+SELECT apiary_register('stock_of(int)', 'readonly', name => 'inventory2');
+-- And a name belongs to one function.
+SELECT apiary_register('stock_of(int)', name => 'reserve');
+
+-- Kinds are checked.
+SELECT apiary_register('stock_of(int)', 'fast');
+SELECT apiary_register('stock_of(int)', NULL);
+SELECT apiary_register(NULL);
+SELECT apiary_register('stock_of(int)', max_attempts => 0);
+SELECT apiary_register('stock_of(int)', timeout => '-1 s');
+SELECT apiary_register('stock_of(int)', name => '');
+SELECT apiary_register('stock_of(int)', name => repeat('x', 64));
+
+-- Only plain functions with types that JSON can reach.
+CREATE PROCEDURE restock() LANGUAGE sql AS $$ UPDATE stock SET qty = 10 $$;
+SELECT apiary_register('restock()');
+SELECT apiary_register('sum(int)');
+CREATE FUNCTION ident(x anyelement) RETURNS anyelement LANGUAGE sql AS $$ SELECT x $$;
+SELECT apiary_register('ident(anyelement)');
+CREATE FUNCTION anon_record() RETURNS record LANGUAGE sql AS $$ SELECT 1, 2 $$;
+SELECT apiary_register('anon_record()');
+CREATE FUNCTION trig() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
+SELECT apiary_register('trig()');
+
+-- Only the function's owner may register it.
+CREATE ROLE apiary_stranger;
+GRANT USAGE ON SCHEMA public TO apiary_stranger;
+SET ROLE apiary_stranger;
+SELECT apiary_register('stock_of(int)', name => 'stolen');
+SELECT apiary_unregister('inventory');
+-- The registry itself is readable, but not writable, by everyone.
+SELECT count(*) FROM apiary.functions;
+DELETE FROM apiary.functions;
+RESET ROLE;
+
+--
+-- Declarative registration: SET apiary.kind in the function's definition.
+--
+CREATE FUNCTION restock_item(item int, qty int) RETURNS int
+LANGUAGE sql SET apiary.kind = 'transactional' AS $$
+  UPDATE stock SET qty = restock_item.qty WHERE stock.item = restock_item.item
+  RETURNING stock.qty
+$$;
+SELECT name, fn, kind, declared FROM apiary.functions ORDER BY name;
+
+-- ALTER FUNCTION ... SET changes the kind; RESET unregisters.
+ALTER FUNCTION restock_item(int, int) SET apiary.kind = 'external';
+SELECT name, kind FROM apiary.functions WHERE name = 'restock_item';
+ALTER FUNCTION restock_item(int, int) RESET apiary.kind;
+SELECT count(*) FROM apiary.functions WHERE name = 'restock_item';
+
+-- CREATE OR REPLACE registers again, and replaces the kind.
+CREATE OR REPLACE FUNCTION restock_item(item int, qty int) RETURNS int
+LANGUAGE sql SET apiary.kind = 'readonly' AS $$ SELECT qty $$;
+SELECT name, kind FROM apiary.functions WHERE name = 'restock_item';
+
+-- An unknown kind is rejected by the setting's own check.
+CREATE FUNCTION bad_kind() RETURNS int LANGUAGE sql
+SET apiary.kind = 'eventual' AS $$ SELECT 1 $$;
+
+-- A declared name that is taken fails the CREATE FUNCTION as a whole.
+CREATE SCHEMA other;
+CREATE FUNCTION other.reserve(item int) RETURNS int LANGUAGE sql
+SET apiary.kind = 'transactional' AS $$ SELECT item $$;
+SELECT to_regprocedure('other.reserve(int)') IS NULL AS not_created;
+
+-- Dropping a function unregisters it, also through a cascade.
+CREATE FUNCTION other.audit(item int) RETURNS int LANGUAGE sql
+SET apiary.kind = 'transactional' AS $$ SELECT item $$;
+SELECT name FROM apiary.functions ORDER BY name;
+DROP SCHEMA other CASCADE;
+DROP FUNCTION restock_item(int, int);
+SELECT name FROM apiary.functions ORDER BY name;
+
+-- A misspelt apiary setting is an error, not a silent placeholder.
+SET apiary.kindd = 'readonly';
+
+--
+-- Unregistering.
+--
+SELECT apiary_unregister('inventory');
+SELECT apiary_unregister('inventory');
+SELECT apiary_unregister('reserv');
+SELECT apiary_unregister(NULL);
+SELECT name FROM apiary.functions ORDER BY name;
+
+-- A registration left behind by a drop the event trigger did not see (it
+-- is disabled here) is reported on use, and can be removed.
+SELECT apiary_register('stock_of(int)', 'readonly', name => 'inventory');
+ALTER EVENT TRIGGER apiary_sql_drop DISABLE;
+DROP FUNCTION stock_of(int);
+ALTER EVENT TRIGGER apiary_sql_drop ENABLE ALWAYS;
+SELECT apiary_invoke('inventory', '1');
+SELECT apiary_unregister('inventory');
+SELECT name FROM apiary.functions ORDER BY name;

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Without shared_preload_libraries, registration (also declarative, in a
+# session that never loaded the library) and apiary_invoke still work.
+set -euo pipefail
+. "$(dirname "$0")/../../script/lib.sh"
+
+port=${PORT:-55472}
+dir=$(pg_tmpdir)
+trap 'pg_stop "$dir"; rm -rf "$dir"' EXIT
+pg_start "$dir" "$port" "shared_preload_libraries = ''"
+psql_() { pg_psql "$dir" "$port" -d postgres -qAt "$@"; }
+
+psql_ -c "CREATE EXTENSION apiary"
+# a fresh session: the library is loaded only when the event trigger fires
+psql_ -c "CREATE FUNCTION twice(x int) RETURNS int LANGUAGE sql SET apiary.kind = 'readonly' AS \$\$ SELECT 2 * x \$\$"
+registered=$(psql_ -c "SELECT kind FROM apiary.functions WHERE name = 'twice'")
+[ "$registered" = readonly ] || { echo "FAIL: declarative registration missed ($registered)"; exit 1; }
+out=$(psql_ -c "SELECT apiary_invoke('twice', '21', 'k')" -c "SELECT apiary_invoke('twice', '21', 'k')")
+[ "$out" = $'42\n42' ] || { echo "FAIL: invoke returned '$out'"; exit 1; }
+psql_ -c "DROP FUNCTION twice(int)"
+left=$(psql_ -c "SELECT count(*) FROM apiary.functions")
+[ "$left" -eq 0 ] || { echo "FAIL: registration survived DROP FUNCTION"; exit 1; }
+echo "ok: works without preloading"
