@@ -1,0 +1,57 @@
+-- apiary demo: a tiny shop whose logic runs inside PostgreSQL.
+\set ECHO queries
+\pset footer off
+CREATE EXTENSION apiary;
+
+CREATE TABLE items  (id int PRIMARY KEY, name text NOT NULL, price numeric NOT NULL,
+                     stock int NOT NULL CHECK (stock >= 0));
+CREATE TABLE orders (id serial PRIMARY KEY, item int REFERENCES items, qty int NOT NULL,
+                     total numeric NOT NULL);
+INSERT INTO items VALUES (1, 'honey jar', 8.50, 10), (2, 'beeswax candle', 4.00, 3);
+
+-- Functions register themselves with one SET clause...
+CREATE FUNCTION reserve(item int, qty int DEFAULT 1) RETURNS int
+LANGUAGE sql SET apiary.kind = 'transactional' AS $$
+  UPDATE items SET stock = stock - qty WHERE id = item RETURNING stock
+$$;
+
+CREATE FUNCTION place_order(item int, qty int) RETURNS jsonb
+LANGUAGE plpgsql SET apiary.kind = 'transactional' AS $$
+DECLARE
+  left_in_stock int;
+  order_id int;
+BEGIN
+  -- a nested call: runs in a subtransaction of this one, journaled as a child
+  left_in_stock := apiary_invoke('reserve', jsonb_build_object('item', item, 'qty', qty));
+  INSERT INTO orders (item, qty, total)
+  SELECT item, qty, qty * price FROM items WHERE id = item
+  RETURNING id INTO order_id;
+  RETURN jsonb_build_object('order', order_id, 'left_in_stock', left_in_stock);
+END $$;
+
+-- ... or explicitly.
+CREATE FUNCTION catalogue() RETURNS TABLE (id int, name text, price numeric, stock int)
+LANGUAGE sql STABLE AS $$ SELECT id, name, price, stock FROM items ORDER BY id $$;
+SELECT apiary_register('catalogue()', 'readonly');
+
+SELECT name, fn, kind, declared FROM apiary.functions ORDER BY name;
+
+-- Calls take JSON and give JSON.
+SELECT jsonb_pretty(apiary_invoke('catalogue'));
+SELECT apiary_invoke('place_order', '{"item": 1, "qty": 2}');
+
+-- A key makes a call exactly-once: the retry returns the recorded output.
+SELECT apiary_invoke('place_order', '{"item": 1, "qty": 3}', 'checkout-42');
+SELECT apiary_invoke('place_order', '{"item": 1, "qty": 3}', 'checkout-42');
+SELECT count(*) AS orders FROM orders;
+SELECT key, function, args, output FROM apiary.invocations;
+
+-- Errors keep their SQLSTATE and say what to do.
+\set ON_ERROR_STOP 0
+\set VERBOSITY verbose
+SELECT apiary_invoke('place_order', '{"item": 2, "qty": 5}');
+SELECT apiary_invoke('place_ordr', '{"item": 2}');
+SELECT apiary_invoke('place_order', '{"item": 2, "qtty": 1}');
+\set VERBOSITY default
+-- The failed order left nothing behind.
+SELECT * FROM catalogue();
