@@ -38,9 +38,8 @@ SET apiary.kind = 'transactional' AS $$
 BEGIN
   RETURN (apiary_invoke('write_entry', jsonb_build_object('entry', entry)))::int;
 END $$;
-\set VERBOSITY verbose
 SELECT apiary_invoke('write_strict', '"bad five"');
-\set VERBOSITY default
+\echo :LAST_ERROR_SQLSTATE
 SELECT count(*) FROM ledger WHERE entry LIKE '%five';
 
 -- Even without an exception block the subtransaction rolls back alone: a C

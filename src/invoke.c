@@ -34,6 +34,7 @@
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
 #include "utils/resowner.h"
+#include "utils/timestamp.h"
 
 #include "bind.h"
 #include "invoke.h"
@@ -54,19 +55,41 @@ typedef struct InvokeFrame
 
 static InvokeFrame *current_frame = NULL;
 
+/*
+ * A keyed call whose key is still running further up the stack would wait
+ * for its own result: refuse it.  (Its lock is ours already, and its row is
+ * not written until it returns.)
+ */
+static void
+check_not_running(InvokeFrame *frame)
+{
+	for (InvokeFrame *up = frame->parent; up != NULL; up = up->parent)
+	{
+		if (up->key != NULL && up->role == frame->role &&
+			VARSIZE_ANY_EXHDR(up->key) == VARSIZE_ANY_EXHDR(frame->key) &&
+			memcmp(VARDATA_ANY(up->key), VARDATA_ANY(frame->key),
+				   VARSIZE_ANY_EXHDR(frame->key)) == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_IN_USE),
+					 errmsg("key \"%s\" is already being executed by this transaction",
+							text_to_cstring(frame->key)),
+					 errdetail("A keyed call cannot call itself with its own key.")));
+	}
+}
+
 /* Run f for one call: the journal, the read-only switch, the function. */
 static Datum
 invoke_body(ApiaryFunction *f, Jsonb *args, InvokeFrame *frame,
 			MemoryContext resultcxt, bool *isnull)
 {
 	Datum		result = (Datum) 0;
-	text	   *parent_key = frame->parent ? frame->parent->key : NULL;
+	TimestampTz started_at = GetCurrentTimestamp();
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 
 	if (frame->key != NULL &&
-		!journal_claim(frame->role, frame->key, f->name, args, parent_key,
+		!journal_claim(frame->role, frame->key, f->name, args,
 					   resultcxt, &result, isnull))
 	{
 		SPI_finish();
@@ -92,7 +115,9 @@ invoke_body(ApiaryFunction *f, Jsonb *args, InvokeFrame *frame,
 		result = bind_call(f, args, false, resultcxt, isnull);
 
 	if (frame->key != NULL)
-		journal_finish(frame->role, frame->key, result, *isnull);
+		journal_record(frame->role, frame->key, f->name, args,
+					   frame->parent ? frame->parent->key : NULL,
+					   started_at, result, *isnull);
 
 	SPI_finish();
 	return result;
@@ -120,6 +145,8 @@ apiary_invoke_internal(const char *name, Jsonb *args, text *key, bool *isnull)
 	frame.parent = current_frame;
 	frame.role = nested ? current_frame->role : GetUserId();
 	frame.key = key;
+	if (key != NULL)
+		check_not_running(&frame);
 
 	f = registry_acquire(name);
 	current_frame = &frame;

@@ -3,22 +3,28 @@
  * journal.c
  *	  Writing apiary's journal: keyed invocations, exactly once per key.
  *
- * Exactly once per key rests on the primary key of apiary.invocations.
- * A keyed call first inserts its row with ON CONFLICT DO NOTHING, in the
- * caller's (sub)transaction, before running the function:
+ * Exactly once per key rests on a lock and the primary key of
+ * apiary.invocations.  A keyed call first takes a transaction-scoped lock on
+ * (role, key) — an advisory lock on a hash of the two, so unrelated keys
+ * rarely meet — and then looks the key up:
  *
- *	- no conflict: the key is ours; run the function, store its output in
- *	  the same row; both commit or roll back with the function's effects.
- *	- the key is held by a transaction still in progress: the insert waits
- *	  for it (the speculative-insertion protocol of the unique index), then
- *	  either sees its committed row or, if it rolled back, inserts ours.
- *	- the key is committed: read the recorded output and return it, without
- *	  running anything.  A key recorded for another function or with other
- *	  arguments is an error.
+ *	- not found: the key is ours; run the function, then insert the row with
+ *	  its output.  The row commits or rolls back with the function's effects,
+ *	  and the lock is held until then.
+ *	- another transaction holds the key: taking the lock waits for it to
+ *	  end; the lookup that follows, on a fresh snapshot, then finds its
+ *	  committed row or, if it rolled back, nothing, and we run the function.
+ *	- found: return the recorded output, without running anything.  A key
+ *	  recorded for another function or with other arguments is an error.
  *
- * Under REPEATABLE READ or SERIALIZABLE a key committed by a transaction the
- * snapshot cannot see makes the insert fail with a serialization failure,
- * which is what such a client retries anyway.
+ * Under REPEATABLE READ or SERIALIZABLE the snapshot cannot see a key
+ * committed after it was taken; the insert then meets the committed row and
+ * fails with a serialization failure, rolling back the second execution
+ * with the rest of the transaction, which is what such a client retries
+ * anyway.  The primary key stays the final arbiter either way.
+ *
+ * Inserting once, after the function, rather than claiming with an insert
+ * and filling in the output with an update, halves the journal's writes.
  *
  * Users have no privileges on the journal tables; this file's statements
  * run as the owner of schema apiary (the extension's owner), with fixed SQL
@@ -32,8 +38,10 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_namespace.h"
 #include "catalog/pg_type.h"
+#include "common/hashfn.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
+#include "storage/lock.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
 #include "utils/fmgrprotos.h"
@@ -43,9 +51,12 @@
 
 #include "journal.h"
 
-static SPIPlanPtr claim_plan = NULL;
 static SPIPlanPtr lookup_plan = NULL;
-static SPIPlanPtr finish_plan = NULL;
+static SPIPlanPtr record_plan = NULL;
+
+/* Marks apiary's advisory locks in pg_locks (objsubid); core uses 1 and 2. */
+#define KEY_LOCK_MARKER 0x4150
+
 
 Oid
 journal_namespace(void)
@@ -131,40 +142,47 @@ prepare_kept(const char *sql, int nargs, Oid *argtypes)
 static void
 prepare_plans(void)
 {
-	if (claim_plan == NULL)
-	{
-		Oid			types[6] = {OIDOID, TEXTOID, TEXTOID, JSONBOID, TEXTOID, XID8OID};
-
-		claim_plan = prepare_kept(
-								  "INSERT INTO apiary.invocations"
-								  " (role, key, function, args, parent_key, xid, started_at)"
-								  " VALUES ($1::pg_catalog.regrole, $2, $3, $4, $5, $6,"
-								  " pg_catalog.clock_timestamp())"
-								  " ON CONFLICT (role, key) DO NOTHING",
-								  6, types);
-	}
 	if (lookup_plan == NULL)
 	{
 		Oid			types[2] = {OIDOID, TEXTOID};
 
 		lookup_plan = prepare_kept(
-								   "SELECT function, args, output, finished_at IS NOT NULL"
+								   "SELECT function, args, output"
 								   " FROM apiary.invocations"
 								   " WHERE role OPERATOR(pg_catalog.=) $1::pg_catalog.regrole"
 								   " AND key OPERATOR(pg_catalog.=) $2",
 								   2, types);
 	}
-	if (finish_plan == NULL)
+	if (record_plan == NULL)
 	{
-		Oid			types[3] = {OIDOID, TEXTOID, JSONBOID};
+		Oid			types[8] = {OIDOID, TEXTOID, TEXTOID, JSONBOID, JSONBOID,
+		TEXTOID, XID8OID, TIMESTAMPTZOID};
 
-		finish_plan = prepare_kept(
-								   "UPDATE apiary.invocations"
-								   " SET output = $3, finished_at = pg_catalog.clock_timestamp()"
-								   " WHERE role OPERATOR(pg_catalog.=) $1::pg_catalog.regrole"
-								   " AND key OPERATOR(pg_catalog.=) $2",
-								   3, types);
+		record_plan = prepare_kept(
+								   "INSERT INTO apiary.invocations"
+								   " (role, key, function, args, output, parent_key, xid,"
+								   "  started_at, finished_at)"
+								   " VALUES ($1::pg_catalog.regrole, $2, $3, $4, $5, $6, $7, $8,"
+								   " pg_catalog.clock_timestamp())"
+								   " ON CONFLICT (role, key) DO NOTHING",
+								   8, types);
 	}
+}
+
+/*
+ * Lock (role, key) until the end of the (sub)transaction, waiting for any
+ * other transaction that holds it.
+ */
+static void
+lock_key(Oid role, text *key)
+{
+	uint64		h = hash_bytes_extended((const unsigned char *) VARDATA_ANY(key),
+										VARSIZE_ANY_EXHDR(key), role);
+	LOCKTAG		tag;
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) (h >> 32), (uint32) h,
+						 KEY_LOCK_MARKER);
+	(void) LockAcquire(&tag, ExclusiveLock, false, false);
 }
 
 /* Return the recorded output for a key, after checking it is the same call. */
@@ -178,7 +196,6 @@ recorded_output(text *key, const char *function, Jsonb *args,
 	char	   *recorded_fn = TextDatumGetCString(SPI_getbinval(tup, desc, 1, &isnull));
 	Datum		recorded_args = SPI_getbinval(tup, desc, 2, &isnull);
 	Datum		out = SPI_getbinval(tup, desc, 3, output_isnull);
-	bool		finished = DatumGetBool(SPI_getbinval(tup, desc, 4, &isnull));
 
 	if (strcmp(recorded_fn, function) != 0)
 		ereport(ERROR,
@@ -196,13 +213,6 @@ recorded_output(text *key, const char *function, Jsonb *args,
 				 errdetail("The recorded arguments are %s.",
 						   JsonbToCString(NULL, &DatumGetJsonbP(recorded_args)->root, 0)),
 				 errhint("Use a new key for a different call.")));
-	if (!finished)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_IN_USE),
-				 errmsg("key \"%s\" is already being executed by this transaction",
-						text_to_cstring(key)),
-				 errdetail("A keyed call cannot call itself with its own key.")));
-
 	if (!*output_isnull)
 	{
 		MemoryContext old = MemoryContextSwitchTo(resultcxt);
@@ -214,56 +224,47 @@ recorded_output(text *key, const char *function, Jsonb *args,
 
 bool
 journal_claim(Oid role, text *key, const char *function, Jsonb *args,
-			  text *parent_key, MemoryContext resultcxt,
-			  Datum *output, bool *output_isnull)
+			  MemoryContext resultcxt, Datum *output, bool *output_isnull)
 {
-	Datum		values[6];
-	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
+	Datum		values[2] = {ObjectIdGetDatum(role), PointerGetDatum(key)};
+
+	prepare_plans();
+	lock_key(role, key);
+	journal_execute(NULL, lookup_plan, 2, NULL, values, NULL, SPI_OK_SELECT);
+	if (SPI_processed == 0)
+		return true;
+	recorded_output(key, function, args, resultcxt, output, output_isnull);
+	return false;
+}
+
+void
+journal_record(Oid role, text *key, const char *function, Jsonb *args,
+			   text *parent_key, TimestampTz started_at,
+			   Datum output, bool output_isnull)
+{
+	Datum		values[8];
+	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 
 	prepare_plans();
 	values[0] = ObjectIdGetDatum(role);
 	values[1] = PointerGetDatum(key);
 	values[2] = CStringGetTextDatum(function);
 	values[3] = JsonbPGetDatum(args);
-	values[4] = PointerGetDatum(parent_key);
-	if (parent_key == NULL)
-		nulls[4] = 'n';
-	values[5] = FullTransactionIdGetDatum(GetCurrentFullTransactionId());
-
-	/*
-	 * The row can vanish between a conflict and our read of it if its
-	 * holder's transaction deletes it (retention, a cleanup); try again.
-	 */
-	for (;;)
-	{
-		journal_execute(NULL, claim_plan, 6, NULL, values, nulls, SPI_OK_INSERT);
-		if (SPI_processed == 1)
-			return true;
-		journal_execute(NULL, lookup_plan, 2, NULL, values, nulls, SPI_OK_SELECT);
-		if (SPI_processed == 1)
-		{
-			recorded_output(key, function, args, resultcxt,
-							output, output_isnull);
-			return false;
-		}
-		CHECK_FOR_INTERRUPTS();
-	}
-}
-
-void
-journal_finish(Oid role, text *key, Datum output, bool output_isnull)
-{
-	Datum		values[3];
-	char		nulls[3] = {' ', ' ', ' '};
-
-	prepare_plans();
-	values[0] = ObjectIdGetDatum(role);
-	values[1] = PointerGetDatum(key);
-	values[2] = output;
+	values[4] = output;
 	if (output_isnull)
-		nulls[2] = 'n';
-	journal_execute(NULL, finish_plan, 3, NULL, values, nulls, SPI_OK_UPDATE);
+		nulls[4] = 'n';
+	values[5] = PointerGetDatum(parent_key);
+	if (parent_key == NULL)
+		nulls[5] = 'n';
+	values[6] = FullTransactionIdGetDatum(GetCurrentFullTransactionId());
+	values[7] = TimestampTzGetDatum(started_at);
+
+	journal_execute(NULL, record_plan, 8, NULL, values, nulls, SPI_OK_INSERT);
+
+	/* only a writer that bypassed the key lock can get here first */
 	if (SPI_processed != 1)
-		elog(ERROR, "could not record the output of key \"%s\"",
-			 text_to_cstring(key));
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("could not record key \"%s\": it was recorded concurrently",
+						text_to_cstring(key))));
 }

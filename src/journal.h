@@ -11,6 +11,7 @@
 
 #include "executor/spi.h"
 #include "utils/jsonb.h"
+#include "utils/timestamp.h"
 
 /* Saved identity while running the journal's own SQL as its owner. */
 typedef struct JournalUser
@@ -35,18 +36,19 @@ extern int	journal_execute(const char *sql, SPIPlanPtr plan, int nargs,
 /*
  * Keyed invocations.  Both require an SPI connection.
  *
- * journal_claim records (role, key) for a call about to run and returns
- * true: the caller runs the function and then calls journal_finish, all in
- * the same (sub)transaction.  When the key was already used it returns false
- * and sets *output to the recorded output, copied into resultcxt; if another
- * transaction holds the key uncommitted, it first waits for that transaction
- * to end.
+ * journal_claim locks (role, key) for the rest of the (sub)transaction,
+ * waiting for any other transaction that holds it, and returns true when
+ * the key is new: the caller runs the function and then calls
+ * journal_record, in the same (sub)transaction.  When the key was already
+ * used it returns false and sets *output to the recorded output, copied
+ * into resultcxt.
  */
 extern bool journal_claim(Oid role, text *key, const char *function,
-						  Jsonb *args, text *parent_key,
-						  MemoryContext resultcxt,
+						  Jsonb *args, MemoryContext resultcxt,
 						  Datum *output, bool *output_isnull);
-extern void journal_finish(Oid role, text *key, Datum output,
-						   bool output_isnull);
+extern void journal_record(Oid role, text *key, const char *function,
+						   Jsonb *args, text *parent_key,
+						   TimestampTz started_at,
+						   Datum output, bool output_isnull);
 
 #endif							/* APIARY_JOURNAL_H */
