@@ -18,23 +18,30 @@
  *	  recorded for another function or with other arguments is an error.
  *
  * Under REPEATABLE READ or SERIALIZABLE the snapshot cannot see a key
- * committed after it was taken; the insert then meets the committed row and
- * fails with a serialization failure, rolling back the second execution
- * with the rest of the transaction, which is what such a client retries
- * anyway.  The primary key stays the final arbiter either way.
+ * committed after it was taken: a second look with the latest snapshot
+ * finds it, and the call fails with a serialization failure before running
+ * anything, which is what such a client retries anyway.  The primary key
+ * stays the final arbiter either way.
  *
- * Inserting once, after the function, rather than claiming with an insert
- * and filling in the output with an update, halves the journal's writes.
+ * The row is written once, after the function returns, and the journal is
+ * read and written through its index and heap directly: this is the hot
+ * path of every keyed call.
  *
- * Users have no privileges on the journal tables; this file's statements
- * run as the owner of schema apiary (the extension's owner), with fixed SQL
- * text and the user's values passed only as parameters.
+ * Users have no privileges on the journal tables.  apiary writes them on
+ * the users' behalf: keyed calls by direct heap access, the registry
+ * (registry.c) through journal_execute, which runs fixed SQL text, with the
+ * user's values only as parameters, as the owner of schema apiary.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/stratnum.h"
+#include "access/table.h"
 #include "access/xact.h"
+#include "catalog/indexing.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_namespace.h"
 #include "catalog/pg_type.h"
@@ -44,6 +51,10 @@
 #include "storage/lock.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
+#include "utils/fmgroids.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
 #include "utils/fmgrprotos.h"
 #include "utils/jsonb.h"
 #include "utils/syscache.h"
@@ -51,11 +62,23 @@
 
 #include "journal.h"
 
-static SPIPlanPtr lookup_plan = NULL;
-static SPIPlanPtr record_plan = NULL;
-
 /* Marks apiary's advisory locks in pg_locks (objsubid); core uses 1 and 2. */
 #define KEY_LOCK_MARKER 0x4150
+
+/* Columns of apiary.invocations, in table order. */
+enum
+{
+	INV_ROLE = 1,
+	INV_KEY,
+	INV_FUNCTION,
+	INV_ARGS,
+	INV_OUTPUT,
+	INV_PARENT_KEY,
+	INV_XID,
+	INV_STARTED_AT,
+	INV_FINISHED_AT,
+	INV_NATTS = INV_FINISHED_AT
+};
 
 
 Oid
@@ -127,48 +150,6 @@ journal_execute(const char *sql, SPIPlanPtr plan, int nargs, Oid *argtypes,
 	return rc;
 }
 
-static SPIPlanPtr
-prepare_kept(const char *sql, int nargs, Oid *argtypes)
-{
-	SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
-
-	if (plan == NULL)
-		elog(ERROR, "SPI_prepare failed for \"%s\": %s",
-			 sql, SPI_result_code_string(SPI_result));
-	SPI_keepplan(plan);
-	return plan;
-}
-
-static void
-prepare_plans(void)
-{
-	if (lookup_plan == NULL)
-	{
-		Oid			types[2] = {OIDOID, TEXTOID};
-
-		lookup_plan = prepare_kept(
-								   "SELECT function, args, output"
-								   " FROM apiary.invocations"
-								   " WHERE role OPERATOR(pg_catalog.=) $1::pg_catalog.regrole"
-								   " AND key OPERATOR(pg_catalog.=) $2",
-								   2, types);
-	}
-	if (record_plan == NULL)
-	{
-		Oid			types[8] = {OIDOID, TEXTOID, TEXTOID, JSONBOID, JSONBOID,
-		TEXTOID, XID8OID, TIMESTAMPTZOID};
-
-		record_plan = prepare_kept(
-								   "INSERT INTO apiary.invocations"
-								   " (role, key, function, args, output, parent_key, xid,"
-								   "  started_at, finished_at)"
-								   " VALUES ($1::pg_catalog.regrole, $2, $3, $4, $5, $6, $7, $8,"
-								   " pg_catalog.clock_timestamp())"
-								   " ON CONFLICT (role, key) DO NOTHING",
-								   8, types);
-	}
-}
-
 /*
  * Lock (role, key) until the end of the (sub)transaction, waiting for any
  * other transaction that holds it.
@@ -185,17 +166,30 @@ lock_key(Oid role, text *key)
 	(void) LockAcquire(&tag, ExclusiveLock, false, false);
 }
 
-/* Return the recorded output for a key, after checking it is the same call. */
-static void
-recorded_output(text *key, const char *function, Jsonb *args,
-				MemoryContext resultcxt, Datum *output, bool *output_isnull)
+static Oid
+invocations_relid(void)
 {
-	HeapTuple	tup = SPI_tuptable->vals[0];
-	TupleDesc	desc = SPI_tuptable->tupdesc;
+	Oid			relid = get_relname_relid("invocations", journal_namespace());
+
+	if (!OidIsValid(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("relation \"apiary.invocations\" does not exist"),
+				 errhint("Reinstall the extension with DROP EXTENSION apiary; CREATE EXTENSION apiary.")));
+	return relid;
+}
+
+/* Check that a recorded call is the same call, and return its output. */
+static void
+recorded_output(Relation rel, HeapTuple tup, text *key, const char *function,
+				Jsonb *args, MemoryContext resultcxt,
+				Datum *output, bool *output_isnull)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
 	bool		isnull;
-	char	   *recorded_fn = TextDatumGetCString(SPI_getbinval(tup, desc, 1, &isnull));
-	Datum		recorded_args = SPI_getbinval(tup, desc, 2, &isnull);
-	Datum		out = SPI_getbinval(tup, desc, 3, output_isnull);
+	char	   *recorded_fn = TextDatumGetCString(heap_getattr(tup, INV_FUNCTION, desc, &isnull));
+	Jsonb	   *recorded_args = DatumGetJsonbP(heap_getattr(tup, INV_ARGS, desc, &isnull));
+	Datum		out = heap_getattr(tup, INV_OUTPUT, desc, output_isnull);
 
 	if (strcmp(recorded_fn, function) != 0)
 		ereport(ERROR,
@@ -204,37 +198,96 @@ recorded_output(text *key, const char *function, Jsonb *args,
 						text_to_cstring(key), recorded_fn),
 				 errdetail("A key identifies one call: the same function with the same arguments."),
 				 errhint("Use a new key for a different call.")));
-	if (!DatumGetBool(DirectFunctionCall2(jsonb_eq, recorded_args,
+	if (!DatumGetBool(DirectFunctionCall2(jsonb_eq, JsonbPGetDatum(recorded_args),
 										  JsonbPGetDatum(args))))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNIQUE_VIOLATION),
 				 errmsg("key \"%s\" was already used to call \"%s\" with other arguments",
 						text_to_cstring(key), function),
 				 errdetail("The recorded arguments are %s.",
-						   JsonbToCString(NULL, &DatumGetJsonbP(recorded_args)->root, 0)),
+						   JsonbToCString(NULL, &recorded_args->root, 0)),
 				 errhint("Use a new key for a different call.")));
+
 	if (!*output_isnull)
 	{
 		MemoryContext old = MemoryContextSwitchTo(resultcxt);
 
-		*output = datumCopy(out, false, -1);
+		*output = PointerGetDatum(PG_DETOAST_DATUM_COPY(out));
 		MemoryContextSwitchTo(old);
 	}
+}
+
+/*
+ * Look (role, key) up through the primary key index with the given
+ * snapshot; when found and resultcxt is set, check the call and return its
+ * output.  Direct index access, not SPI: a kept SPI plan could stay the
+ * sequential scan it chose while the journal was empty.
+ */
+static bool
+lookup_key(Relation rel, Snapshot snapshot, Oid role, text *key,
+		   const char *function, Jsonb *args, MemoryContext resultcxt,
+		   Datum *output, bool *output_isnull)
+{
+	ScanKeyData skey[2];
+	SysScanDesc scan;
+	HeapTuple	tup;
+	bool		found;
+
+	/* the key column is COLLATE "C", as ScanKeyInit assumes */
+	ScanKeyInit(&skey[0], INV_ROLE, BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(role));
+	ScanKeyInit(&skey[1], INV_KEY, BTEqualStrategyNumber, F_TEXTEQ,
+				PointerGetDatum(key));
+	scan = systable_beginscan(rel, RelationGetPrimaryKeyIndex(rel), true,
+							  snapshot, 2, skey);
+	tup = systable_getnext(scan);
+	found = HeapTupleIsValid(tup);
+	if (found && resultcxt != NULL)
+		recorded_output(rel, tup, key, function, args, resultcxt,
+						output, output_isnull);
+	systable_endscan(scan);
+	return found;
 }
 
 bool
 journal_claim(Oid role, text *key, const char *function, Jsonb *args,
 			  MemoryContext resultcxt, Datum *output, bool *output_isnull)
 {
-	Datum		values[2] = {ObjectIdGetDatum(role), PointerGetDatum(key)};
+	Relation	rel;
+	Snapshot	snapshot;
+	bool		found;
 
-	prepare_plans();
 	lock_key(role, key);
-	journal_execute(NULL, lookup_plan, 2, NULL, values, NULL, SPI_OK_SELECT);
-	if (SPI_processed == 0)
-		return true;
-	recorded_output(key, function, args, resultcxt, output, output_isnull);
-	return false;
+
+	/*
+	 * READ COMMITTED takes a fresh snapshot here, so a holder we waited for
+	 * is seen; REPEATABLE READ keeps the transaction's.
+	 */
+	rel = table_open(invocations_relid(), AccessShareLock);
+	snapshot = RegisterSnapshot(GetTransactionSnapshot());
+	found = lookup_key(rel, snapshot, role, key, function, args, resultcxt,
+					   output, output_isnull);
+	UnregisterSnapshot(snapshot);
+
+	/*
+	 * A key committed after our snapshot was taken can neither be returned
+	 * nor run again: the transaction has to retry.
+	 */
+	if (!found && IsolationUsesXactSnapshot())
+	{
+		snapshot = RegisterSnapshot(GetLatestSnapshot());
+		if (lookup_key(rel, snapshot, role, key, function, args, NULL,
+					   NULL, NULL))
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					 errmsg("could not serialize access due to concurrent call with key \"%s\"",
+							text_to_cstring(key)),
+					 errdetail("The key was recorded by a transaction that committed after this transaction's snapshot was taken."),
+					 errhint("The transaction might succeed if retried.")));
+		UnregisterSnapshot(snapshot);
+	}
+	table_close(rel, NoLock);
+	return !found;
 }
 
 void
@@ -242,29 +295,32 @@ journal_record(Oid role, text *key, const char *function, Jsonb *args,
 			   text *parent_key, TimestampTz started_at,
 			   Datum output, bool output_isnull)
 {
-	Datum		values[8];
-	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	Relation	rel = table_open(invocations_relid(), RowExclusiveLock);
+	Datum		values[INV_NATTS];
+	bool		nulls[INV_NATTS] = {0};
+	HeapTuple	tup;
 
-	prepare_plans();
-	values[0] = ObjectIdGetDatum(role);
-	values[1] = PointerGetDatum(key);
-	values[2] = CStringGetTextDatum(function);
-	values[3] = JsonbPGetDatum(args);
-	values[4] = output;
-	if (output_isnull)
-		nulls[4] = 'n';
-	values[5] = PointerGetDatum(parent_key);
-	if (parent_key == NULL)
-		nulls[5] = 'n';
-	values[6] = FullTransactionIdGetDatum(GetCurrentFullTransactionId());
-	values[7] = TimestampTzGetDatum(started_at);
+	values[INV_ROLE - 1] = ObjectIdGetDatum(role);
+	values[INV_KEY - 1] = PointerGetDatum(key);
+	values[INV_FUNCTION - 1] = CStringGetTextDatum(function);
+	values[INV_ARGS - 1] = JsonbPGetDatum(args);
+	values[INV_OUTPUT - 1] = output;
+	nulls[INV_OUTPUT - 1] = output_isnull;
+	values[INV_PARENT_KEY - 1] = PointerGetDatum(parent_key);
+	nulls[INV_PARENT_KEY - 1] = parent_key == NULL;
+	values[INV_XID - 1] = FullTransactionIdGetDatum(GetCurrentFullTransactionId());
+	values[INV_STARTED_AT - 1] = TimestampTzGetDatum(started_at);
+	values[INV_FINISHED_AT - 1] = TimestampTzGetDatum(GetCurrentTimestamp());
 
-	journal_execute(NULL, record_plan, 8, NULL, values, nulls, SPI_OK_INSERT);
+	/*
+	 * Heap and index insert as for a catalog: the journal has no triggers,
+	 * and its unique index stays the last line against a duplicate key.
+	 */
+	tup = heap_form_tuple(RelationGetDescr(rel), values, nulls);
+	CatalogTupleInsert(rel, tup);
+	heap_freetuple(tup);
+	table_close(rel, NoLock);
 
-	/* only a writer that bypassed the key lock can get here first */
-	if (SPI_processed != 1)
-		ereport(ERROR,
-				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-				 errmsg("could not record key \"%s\": it was recorded concurrently",
-						text_to_cstring(key))));
+	/* later lookups in this transaction see the row */
+	CommandCounterIncrement();
 }

@@ -34,7 +34,7 @@ extern int	journal_execute(const char *sql, SPIPlanPtr plan, int nargs,
 							int expected);
 
 /*
- * Keyed invocations.  Both require an SPI connection.
+ * Keyed invocations.
  *
  * journal_claim locks (role, key) for the rest of the (sub)transaction,
  * waiting for any other transaction that holds it, and returns true when

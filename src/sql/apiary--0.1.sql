@@ -42,7 +42,7 @@ SELECT pg_catalog.pg_extension_config_dump('apiary.functions', '');
 -- Keyed synchronous invocations: (role, key) -> function, arguments, output.
 CREATE TABLE apiary.invocations (
     role          pg_catalog.regrole NOT NULL,
-    key           pg_catalog.text NOT NULL,
+    key           pg_catalog.text COLLATE "C" NOT NULL,
     function      pg_catalog.text NOT NULL,
     args          pg_catalog.jsonb NOT NULL,
     output        pg_catalog.jsonb,
