@@ -6,13 +6,16 @@ OBJS = \
 	src/apiary.o \
 	src/bind.o \
 	src/bindrules.o \
+	src/executor.o \
 	src/guc.o \
 	src/invoke.o \
 	src/journal.o \
+	src/launcher.o \
 	src/names.o \
-	src/registry.o
+	src/registry.o \
+	src/workflow.o
 
-DATA = src/sql/apiary--0.1.sql
+DATA = src/sql/apiary--0.1.sql src/sql/apiary--0.1--0.2.sql
 PGFILEDESC = "apiary - transactional functions and workflows inside PostgreSQL"
 
 PG_CPPFLAGS = -I$(srcdir)/src
@@ -21,11 +24,11 @@ PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare \
 
 # The regression suite needs apiary in shared_preload_libraries, so it runs
 # on a temporary instance of its own (as pg_stat_statements does).
-REGRESS = registry invoke keys nested errors lifecycle
+REGRESS = registry invoke keys nested errors workflows upgrade lifecycle
 REGRESS_OPTS = --temp-config=$(srcdir)/test/apiary.conf \
 	--temp-instance=./tmp_check --port=54329
 ISOLATION = keys_race registry_cache
-ISOLATION_OPTS = --temp-config=$(srcdir)/test/apiary.conf \
+ISOLATION_OPTS = --temp-config=$(srcdir)/test/apiary_isolation.conf \
 	--temp-instance=./tmp_check_iso --port=54330
 
 PG_CONFIG ?= pg_config

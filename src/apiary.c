@@ -11,6 +11,9 @@
  *	  invoke.c		apiary_invoke: synchronous, nested and keyed calls
  *	  journal.c		the journal tables, written as their owner
  *	  names.c		"perhaps you meant" suggestions
+ *	  launcher.c	shared memory, the launcher worker, wake-ups at commit
+ *	  executor.c	executor workers that run queued tasks; apiary_queue
+ *	  workflow.c	apiary_start, apiary_result, apiary_status
  *
  * The design and its guarantees are described in README.md.
  *
@@ -19,8 +22,10 @@
 #include "postgres.h"
 
 #include "fmgr.h"
+#include "miscadmin.h"
 
 #include "guc.h"
+#include "launcher.h"
 #include "registry.h"
 
 PG_MODULE_MAGIC;
@@ -32,4 +37,11 @@ _PG_init(void)
 {
 	apiary_define_gucs();
 	registry_init();
+
+	/* workers and shared memory need preloading; apiary_invoke does not */
+	if (process_shared_preload_libraries_in_progress)
+	{
+		apiary_shmem_init();
+		apiary_register_launcher();
+	}
 }

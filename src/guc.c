@@ -5,6 +5,11 @@
  *	  and the prefix is reserved so that a misspelt apiary.* setting is an
  *	  error rather than a silently ignored placeholder.
  *
+ * The workers' settings (apiary.database, apiary.workers,
+ * apiary.max_attempts) are defined only when the library is preloaded: a
+ * postmaster-level setting cannot be created later, and without preloading
+ * there are no workers for them to govern.
+ *
  * apiary.kind is special: it means nothing as a session setting.  It exists
  * so that CREATE FUNCTION ... SET apiary.kind = '...' is validated (the
  * check hook rejects unknown kinds) and so that the event trigger in
@@ -14,12 +19,18 @@
  */
 #include "postgres.h"
 
+#include "miscadmin.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
+
+#include "launcher.h"
 
 #include "guc.h"
 
 char	   *apiary_kind_setting = NULL;
+char	   *apiary_database = NULL;
+int			apiary_workers = 4;
+int			apiary_max_attempts = 3;
 int			apiary_max_args_size = 1024 * 1024;
 int			apiary_max_args_depth = 64;
 
@@ -89,6 +100,42 @@ apiary_define_gucs(void)
 							&apiary_max_args_depth,
 							64,
 							1, 10000,
+							PGC_SUSET,
+							0,
+							NULL, NULL, NULL);
+
+	/* the workers' settings exist only where the workers can */
+	if (!process_shared_preload_libraries_in_progress)
+	{
+		MarkGUCPrefixReserved("apiary");
+		return;
+	}
+
+	DefineCustomStringVariable("apiary.database",
+							   "Database in which apiary's executors run workflows.",
+							   "The extension must be installed there.",
+							   &apiary_database,
+							   "postgres",
+							   PGC_POSTMASTER,
+							   0,
+							   NULL, NULL, NULL);
+
+	DefineCustomIntVariable("apiary.workers",
+							"Number of executor workers that run queued tasks.",
+							"Each is a background worker: max_worker_processes must leave room for them.",
+							&apiary_workers,
+							4,
+							0, APIARY_MAX_WORKERS,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("apiary.max_attempts",
+							"Default number of attempts for a task that fails with a serialization failure or deadlock.",
+							"A function's own max_attempts, given to apiary_register, overrides it.",
+							&apiary_max_attempts,
+							3,
+							1, 1000,
 							PGC_SUSET,
 							0,
 							NULL, NULL, NULL);

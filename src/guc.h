@@ -19,6 +19,9 @@ typedef enum ApiaryKind
 #define APIARY_KIND_NAMES "transactional, readonly and external"
 
 extern char *apiary_kind_setting;
+extern char *apiary_database;
+extern int	apiary_workers;
+extern int	apiary_max_attempts;
 extern int	apiary_max_args_size;
 extern int	apiary_max_args_depth;
 

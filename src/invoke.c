@@ -56,6 +56,34 @@ typedef struct InvokeFrame
 static InvokeFrame *current_frame = NULL;
 
 /*
+ * Call f by the rules of its kind: a readonly function runs with the
+ * transaction read-only, on the current snapshot.  Requires an SPI
+ * connection.
+ */
+Datum
+apiary_call(ApiaryFunction *f, Jsonb *args, MemoryContext resultcxt,
+			bool *isnull)
+{
+	bool		was_read_only = XactReadOnly;
+	Datum		result;
+
+	if (f->kind != APIARY_KIND_READONLY)
+		return bind_call(f, args, false, resultcxt, isnull);
+
+	XactReadOnly = true;
+	PG_TRY();
+	{
+		result = bind_call(f, args, true, resultcxt, isnull);
+	}
+	PG_FINALLY();
+	{
+		XactReadOnly = was_read_only;
+	}
+	PG_END_TRY();
+	return result;
+}
+
+/*
  * A keyed call whose key is still running further up the stack would wait
  * for its own result: refuse it.  (Its lock is ours already, and its row is
  * not written until it returns.)
@@ -96,23 +124,7 @@ invoke_body(ApiaryFunction *f, Jsonb *args, InvokeFrame *frame,
 		return result;
 	}
 
-	if (f->kind == APIARY_KIND_READONLY)
-	{
-		bool		was_read_only = XactReadOnly;
-
-		XactReadOnly = true;
-		PG_TRY();
-		{
-			result = bind_call(f, args, true, resultcxt, isnull);
-		}
-		PG_FINALLY();
-		{
-			XactReadOnly = was_read_only;
-		}
-		PG_END_TRY();
-	}
-	else
-		result = bind_call(f, args, false, resultcxt, isnull);
+	result = apiary_call(f, args, resultcxt, isnull);
 
 	if (frame->key != NULL)
 		journal_record(frame->role, frame->key, f->name, args,

@@ -15,6 +15,9 @@
  * transaction; with a key, at most once per key.  Returns the output as
  * jsonb, or (Datum) 0 with *isnull set.
  */
+struct ApiaryFunction;
+extern Datum apiary_call(struct ApiaryFunction *f, Jsonb *args,
+						 MemoryContext resultcxt, bool *isnull);
 extern Datum apiary_invoke_internal(const char *name, Jsonb *args, text *key,
 									bool *isnull);
 

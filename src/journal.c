@@ -150,6 +150,19 @@ journal_execute(const char *sql, SPIPlanPtr plan, int nargs, Oid *argtypes,
 	return rc;
 }
 
+/* A plan kept for the life of the backend, to run with journal_execute. */
+SPIPlanPtr
+journal_prepare(const char *sql, int nargs, Oid *argtypes)
+{
+	SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
+
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed for \"%s\": %s",
+			 sql, SPI_result_code_string(SPI_result));
+	SPI_keepplan(plan);
+	return plan;
+}
+
 /*
  * Lock (role, key) until the end of the (sub)transaction, waiting for any
  * other transaction that holds it.

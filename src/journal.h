@@ -29,6 +29,7 @@ extern void journal_restore_user(const JournalUser *save);
  * execute_with_args, or a prepared plan when plan is not NULL.  Requires an
  * SPI connection; returns SPI's result code after checking it is expected.
  */
+extern SPIPlanPtr journal_prepare(const char *sql, int nargs, Oid *argtypes);
 extern int	journal_execute(const char *sql, SPIPlanPtr plan, int nargs,
 							Oid *argtypes, Datum *values, const char *nulls,
 							int expected);

@@ -1,0 +1,27 @@
+--
+-- Upgrades: install the first release, then walk ALTER EXTENSION forward.
+--
+DROP EXTENSION apiary CASCADE;
+CREATE EXTENSION apiary VERSION '0.1';
+SELECT extversion FROM pg_extension WHERE extname = 'apiary';
+CREATE FUNCTION kept(x int) RETURNS int LANGUAGE sql
+SET apiary.kind = 'readonly' AS $$ SELECT x + 1 $$;
+SELECT apiary_invoke('kept', '1', 'before-upgrade');
+SELECT to_regproc('apiary_start') IS NULL AS no_workflows_yet;
+
+ALTER EXTENSION apiary UPDATE TO '0.2';
+SELECT extversion FROM pg_extension WHERE extname = 'apiary';
+-- registrations and the journal survive the update
+SELECT name, kind FROM apiary.functions WHERE name = 'kept';
+SELECT apiary_invoke('kept', '1', 'before-upgrade');
+SELECT apiary_start('kept', '41', 'after-upgrade');
+SELECT apiary_result('after-upgrade', '60 s');
+
+-- the objects of an updated installation are those of a fresh one
+SELECT pg_describe_object(classid, objid, objsubid) AS object
+FROM pg_depend
+WHERE refclassid = 'pg_extension'::regclass
+  AND refobjid = (SELECT oid FROM pg_extension WHERE extname = 'apiary')
+  AND deptype = 'e'
+ORDER BY 1;
+DROP FUNCTION kept(int);

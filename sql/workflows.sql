@@ -1,0 +1,161 @@
+--
+-- Workflows: tasks run by the background executors, composed with futures.
+--
+CREATE TABLE carts (id int PRIMARY KEY, amount int NOT NULL, state text NOT NULL);
+INSERT INTO carts VALUES (7, 42, 'open'), (8, 10, 'open');
+CREATE TABLE payments (cart int, amount int);
+CREATE TABLE receipts (cart int, payment jsonb);
+
+CREATE FUNCTION charge_card(cart int, amount int) RETURNS jsonb LANGUAGE sql
+SET apiary.kind = 'external' AS $$
+  INSERT INTO payments VALUES (cart, amount);
+  SELECT jsonb_build_object('paid', amount, 'cart', cart)
+$$;
+CREATE FUNCTION send_receipt(cart int, payment jsonb) RETURNS text LANGUAGE sql
+SET apiary.kind = 'transactional' AS $$
+  INSERT INTO receipts VALUES (cart, payment);
+  SELECT 'receipt for cart ' || cart || ': paid ' || (payment->>'paid')
+$$;
+-- The worked example: checkout's update, the two queued tasks and the edge
+-- between them commit together.
+CREATE FUNCTION checkout(cart int) RETURNS jsonb LANGUAGE plpgsql
+SET apiary.kind = 'transactional' AS $$
+DECLARE total int; paid jsonb;
+BEGIN
+  UPDATE carts SET state = 'ordered' WHERE id = cart RETURNING amount INTO total;
+  paid := apiary_queue('charge_card', jsonb_build_object('cart', cart, 'amount', total));
+  RETURN apiary_queue('send_receipt', jsonb_build_object('cart', cart, 'payment', paid));
+END $$;
+
+SELECT apiary_start('checkout', '{"cart": 7}', key => 'order-7');
+SELECT apiary_result('order-7', timeout => '60 s');
+SELECT task, parent, function, state, attempts, waiting_for, linked_to, output
+FROM apiary_status('order-7');
+SELECT * FROM payments;
+SELECT * FROM receipts;
+SELECT state FROM carts WHERE id = 7;
+
+-- Starting the same key again is the same workflow; another call is not.
+SELECT apiary_start('checkout', '{"cart": 7}', key => 'order-7');
+SELECT apiary_start('checkout', '{"cart": 8}', key => 'order-7');
+SELECT count(*) FROM payments;
+
+-- Without a key, the workflow id is generated.
+SELECT apiary_start('checkout', '{"cart": 8}') AS id \gset
+SELECT length(:'id') AS id_length, apiary_result(:'id', '60 s');
+
+--
+-- Fan-out and fan-in: futures as arguments, chains of returned futures.
+--
+CREATE FUNCTION square(x int) RETURNS int LANGUAGE sql
+SET apiary.kind = 'readonly' AS $$ SELECT x * x $$;
+CREATE FUNCTION add3(a int, b int, c int) RETURNS int LANGUAGE sql
+SET apiary.kind = 'readonly' AS $$ SELECT a + b + c $$;
+CREATE FUNCTION sum_of_squares(a int, b int, c int) RETURNS jsonb LANGUAGE plpgsql
+SET apiary.kind = 'transactional' AS $$
+BEGIN
+  RETURN apiary_queue('add3', jsonb_build_object(
+    'a', apiary_queue('square', to_jsonb(a)),
+    'b', apiary_queue('square', to_jsonb(b)),
+    'c', apiary_queue('square', to_jsonb(c))));
+END $$;
+SELECT apiary_start('sum_of_squares', '[1, 2, 3]', 'squares');
+SELECT apiary_result('squares', '60 s');
+SELECT function, state, waiting_for, output FROM apiary_status('squares') ORDER BY task;
+
+-- A chain: each step returns the future of the next.
+CREATE FUNCTION countdown(n int) RETURNS jsonb LANGUAGE plpgsql
+SET apiary.kind = 'transactional' AS $$
+BEGIN
+  IF n = 0 THEN RETURN '"liftoff"'; END IF;
+  RETURN apiary_queue('countdown', to_jsonb(n - 1));
+END $$;
+SELECT apiary_start('countdown', '5', 'countdown');
+SELECT apiary_result('countdown', '60 s');
+SELECT count(*) AS tasks, count(*) FILTER (WHERE linked_to IS NOT NULL) AS linked
+FROM apiary_status('countdown');
+
+--
+-- Failures: re-raised with the original SQLSTATE, naming task and workflow.
+--
+CREATE FUNCTION decline(cart int) RETURNS jsonb LANGUAGE plpgsql
+SET apiary.kind = 'transactional' AS $$
+BEGIN
+  RAISE EXCEPTION 'card declined for cart %', cart USING ERRCODE = 'AP402',
+    DETAIL = 'The issuer said no.', HINT = 'Try another card.';
+END $$;
+CREATE FUNCTION checkout_declined(cart int) RETURNS jsonb LANGUAGE plpgsql
+SET apiary.kind = 'transactional' AS $$
+DECLARE paid jsonb;
+BEGIN
+  paid := apiary_queue('decline', to_jsonb(cart));
+  RETURN apiary_queue('send_receipt', jsonb_build_object('cart', cart, 'payment', paid));
+END $$;
+SELECT apiary_start('checkout_declined', '8', 'declined');
+SELECT apiary_result('declined', '60 s');
+\echo :LAST_ERROR_SQLSTATE
+-- the receipt was never sent: its task was cancelled, with the cause
+SELECT function, state, error->>'sqlstate' AS sqlstate, error->>'message' AS message,
+       error->>'function' AS failed_function, error->>'cancelled' AS cancelled
+FROM apiary_status('declined') ORDER BY task;
+SELECT count(*) FROM receipts WHERE cart = 8 AND payment IS NULL;
+
+-- A failed task rolls back its own effects only.
+CREATE FUNCTION pay_then_fail(cart int) RETURNS int LANGUAGE plpgsql
+SET apiary.kind = 'transactional' AS $$
+BEGIN
+  INSERT INTO payments VALUES (cart, -1);
+  RETURN 1 / 0;
+END $$;
+SELECT apiary_start('pay_then_fail', '99', 'div0');
+SELECT apiary_result('div0', '60 s');
+\echo :LAST_ERROR_SQLSTATE
+SELECT count(*) FROM payments WHERE cart = 99;
+
+--
+-- Waiting, and refusing to wait.
+--
+-- The transaction that starts a workflow cannot wait for it.
+BEGIN;
+SELECT apiary_start('square', '4', 'own');
+SELECT apiary_result('own');
+ROLLBACK;
+-- Nor can a REPEATABLE READ transaction, whose snapshot would never see the
+-- workflow finish.  (This session holds an advisory lock that the task waits
+-- for, so the workflow is certainly still running.)
+CREATE FUNCTION gated(x int) RETURNS int LANGUAGE sql
+SET apiary.kind = 'transactional' AS $$ SELECT x FROM pg_advisory_xact_lock(4242) $$;
+SELECT pg_advisory_lock(4242);
+SELECT apiary_start('gated', '1', 'gated');
+BEGIN ISOLATION LEVEL REPEATABLE READ;
+SELECT apiary_result('gated');
+ROLLBACK;
+-- A timeout ends the wait, not the workflow.
+SELECT apiary_result('gated', '10 ms');
+SELECT pg_advisory_unlock(4242);
+SELECT apiary_result('gated', '60 s');
+SELECT apiary_result('no-such-workflow');
+SELECT apiary_result(NULL);
+
+-- Tasks run as the role that started them, and workflow ids are per role.
+CREATE FUNCTION whoami() RETURNS text LANGUAGE sql
+SET apiary.kind = 'readonly' AS $$ SELECT current_user::text $$;
+CREATE ROLE apiary_worker_user;
+SET ROLE apiary_worker_user;
+SELECT apiary_start('whoami', '{}', 'who');
+SELECT apiary_result('who', '60 s');
+SELECT apiary_result('order-7');
+RESET ROLE;
+SELECT apiary_start('whoami', '{}', 'who');
+SELECT apiary_result('who', '60 s');
+
+-- apiary_queue belongs inside a running task.
+SELECT apiary_queue('square', '2');
+-- Futures are checked: another workflow's task is not a future of this one.
+CREATE FUNCTION forge(task bigint) RETURNS jsonb LANGUAGE plpgsql
+SET apiary.kind = 'transactional' AS $$
+BEGIN
+  RETURN apiary_queue('square', jsonb_build_array(jsonb_build_object('apiary_future', task)));
+END $$;
+SELECT apiary_start('forge', (SELECT to_jsonb(min(task)) FROM apiary_status('squares')), 'forged');
+SELECT apiary_result('forged', '60 s');

@@ -1,0 +1,258 @@
+/*-------------------------------------------------------------------------
+ *
+ * launcher.c
+ *	  The launcher background worker, apiary's shared memory, and wake-ups.
+ *
+ * With apiary in shared_preload_libraries, the postmaster starts one
+ * launcher.  It connects to apiary.database and, once a second or when
+ * signalled, checks that the server is a primary (not in recovery) and that
+ * the extension is installed there; then it keeps apiary.workers executor
+ * workers running (executor.c), starting them as dynamic background
+ * workers and starting again any that exit.  On a standby it stays idle
+ * until promotion; if the extension is dropped it stops the executors.  It
+ * rereads the configuration on SIGHUP (apiary.workers may change) and exits
+ * on SIGTERM.
+ *
+ * Shared memory holds one slot per executor, with its latch, and a
+ * condition variable.  A transaction that queues runnable tasks asks, via
+ * apiary_wake_at_commit, for the executors' latches to be set when it
+ * commits, so a queued task starts at once, with no polling interval; one
+ * that finishes a workflow asks for the condition variable to be broadcast,
+ * which wakes apiary_result's waiters.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "access/xlog.h"
+#include "commands/extension.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/proc.h"
+#include "storage/shmem.h"
+#include "utils/guc.h"
+
+#include "guc.h"
+#include "launcher.h"
+
+ApiaryShared *apiary_shared = NULL;
+
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+static bool wake_at_commit = false;
+static bool finished_at_commit = false;
+
+static void
+apiary_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(MAXALIGN(sizeof(ApiaryShared)));
+}
+
+static void
+apiary_shmem_startup(void)
+{
+	bool		found;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	apiary_shared = ShmemInitStruct("apiary", sizeof(ApiaryShared), &found);
+	if (!found)
+	{
+		memset(apiary_shared, 0, sizeof(ApiaryShared));
+		SpinLockInit(&apiary_shared->mutex);
+		ConditionVariableInit(&apiary_shared->finished);
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+static void
+apiary_xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+			if (wake_at_commit)
+				apiary_wake_executors();
+			if (finished_at_commit && apiary_shared != NULL)
+				ConditionVariableBroadcast(&apiary_shared->finished);
+			wake_at_commit = finished_at_commit = false;
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+			wake_at_commit = finished_at_commit = false;
+			break;
+		default:
+			break;
+	}
+}
+
+/* Called from _PG_init while preloading. */
+void
+apiary_shmem_init(void)
+{
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = apiary_shmem_request;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = apiary_shmem_startup;
+	RegisterXactCallback(apiary_xact_callback, NULL);
+}
+
+void
+apiary_wake_at_commit(void)
+{
+	wake_at_commit = true;
+}
+
+void
+apiary_finished_at_commit(void)
+{
+	finished_at_commit = true;
+}
+
+/*
+ * Set every executor's latch.  Setting a busy executor's latch costs next
+ * to nothing and makes it look for work once more when it is done, so no
+ * wake-up can fall between "found nothing" and going to sleep.
+ */
+void
+apiary_wake_executors(void)
+{
+	if (apiary_shared == NULL)
+		return;
+	SpinLockAcquire(&apiary_shared->mutex);
+	for (int i = 0; i < APIARY_MAX_WORKERS; i++)
+	{
+		if (apiary_shared->slots[i].pid != 0)
+			SetLatch(apiary_shared->slots[i].latch);
+	}
+	SpinLockRelease(&apiary_shared->mutex);
+}
+
+void
+apiary_register_launcher(void)
+{
+	BackgroundWorker worker;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	/* from consistency on, so that it is there, idle, on a hot standby */
+	worker.bgw_start_time = BgWorkerStart_ConsistentState;
+	worker.bgw_restart_time = 5;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "apiary");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "apiary_launcher_main");
+	snprintf(worker.bgw_name, BGW_MAXLEN, "apiary launcher");
+	snprintf(worker.bgw_type, BGW_MAXLEN, "apiary launcher");
+	RegisterBackgroundWorker(&worker);
+}
+
+static bool
+extension_installed(void)
+{
+	bool		installed;
+
+	StartTransactionCommand();
+	installed = OidIsValid(get_extension_oid("apiary", true));
+	CommitTransactionCommand();
+	return installed;
+}
+
+static BackgroundWorkerHandle *
+start_executor(int slot)
+{
+	BackgroundWorker worker;
+	BackgroundWorkerHandle *handle;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = BGW_NEVER_RESTART;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "apiary");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "apiary_executor_main");
+	snprintf(worker.bgw_name, BGW_MAXLEN, "apiary executor %d", slot);
+	snprintf(worker.bgw_type, BGW_MAXLEN, "apiary executor");
+	worker.bgw_main_arg = Int32GetDatum(slot);
+	worker.bgw_notify_pid = MyProcPid;
+
+	if (!RegisterDynamicBackgroundWorker(&worker, &handle))
+	{
+		ereport(WARNING,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("could not start apiary executor %d", slot),
+				 errhint("Raise max_worker_processes: it must leave room for apiary.workers executors.")));
+		return NULL;
+	}
+	return handle;
+}
+
+/* Keep exactly n executors running. */
+static void
+supervise(BackgroundWorkerHandle **handles, int n)
+{
+	for (int i = 0; i < APIARY_MAX_WORKERS; i++)
+	{
+		pid_t		pid;
+
+		if (i < n)
+		{
+			if (handles[i] != NULL &&
+				GetBackgroundWorkerPid(handles[i], &pid) != BGWH_STOPPED)
+				continue;
+			if (handles[i] != NULL)
+				pfree(handles[i]);
+			handles[i] = start_executor(i);
+		}
+		else if (handles[i] != NULL)
+		{
+			TerminateBackgroundWorker(handles[i]);
+			pfree(handles[i]);
+			handles[i] = NULL;
+		}
+	}
+}
+
+void
+apiary_launcher_main(Datum main_arg)
+{
+	BackgroundWorkerHandle *handles[APIARY_MAX_WORKERS] = {0};
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
+	BackgroundWorkerUnblockSignals();
+
+	BackgroundWorkerInitializeConnection(apiary_database, NULL, 0);
+	pgstat_report_appname("apiary launcher");
+
+	while (!ShutdownRequestPending)
+	{
+		int			wanted = 0;
+
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+
+		/* executors run on a primary, in a database with apiary installed */
+		if (!RecoveryInProgress() && extension_installed())
+			wanted = apiary_workers;
+		supervise(handles, wanted);
+
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 1000L, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+
+	supervise(handles, 0);
+	proc_exit(0);
+}

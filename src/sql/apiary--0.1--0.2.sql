@@ -1,0 +1,201 @@
+/* src/sql/apiary--0.1--0.2.sql */
+
+-- complain if script is sourced in psql, rather than via ALTER EXTENSION
+\echo Use "ALTER EXTENSION apiary UPDATE TO '0.2'" to load this file. \quit
+
+/*
+ * Workflows: trees of tasks run by background executors.
+ *
+ * A workflow is started by apiary_start, which queues its root task.  A
+ * running task may queue children with apiary_queue; each returns a future,
+ * {"apiary_future": <task id>}, which may stand as a top-level argument
+ * value of a later apiary_queue (that task then waits for it) or be returned
+ * as the task's result (the task's output becomes the future's output).
+ *
+ * Task states:
+ *	waiting		queued with futures among its arguments that are not done yet
+ *	pending		ready to run (run_after reached); executors claim these
+ *	linked		ran, and returned the future linked_to: done when it is
+ *	done, failed, cancelled
+ *
+ * A task runs, records its output or error, releases its waiters and
+ * commits its effects in one transaction, so it never appears as running:
+ * while an executor runs it, it is a pending row that executor has locked.
+ */
+CREATE TABLE apiary.workflows (
+    role          pg_catalog.regrole NOT NULL,
+    id            pg_catalog.text COLLATE "C" NOT NULL,
+    function      pg_catalog.text NOT NULL,
+    args          pg_catalog.jsonb NOT NULL,
+    state         pg_catalog.text NOT NULL DEFAULT 'running'
+                  CHECK (state OPERATOR(pg_catalog.=) ANY
+                         (ARRAY['running', 'done', 'failed', 'cancelled']::pg_catalog.text[])),
+    root          pg_catalog.int8,
+    output        pg_catalog.jsonb,
+    error         pg_catalog.jsonb,
+    started_at    pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    finished_at   pg_catalog.timestamptz,
+    PRIMARY KEY (role, id)
+);
+COMMENT ON TABLE apiary.workflows IS 'workflows started by apiary_start, one per (role, id)';
+
+CREATE TABLE apiary.tasks (
+    id            pg_catalog.int8 GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    role          pg_catalog.regrole NOT NULL,
+    workflow      pg_catalog.text COLLATE "C" NOT NULL,
+    parent        pg_catalog.int8,
+    function      pg_catalog.text NOT NULL,
+    args          pg_catalog.jsonb NOT NULL,
+    state         pg_catalog.text NOT NULL
+                  CHECK (state OPERATOR(pg_catalog.=) ANY
+                         (ARRAY['waiting', 'pending', 'linked', 'done', 'failed',
+                                'cancelled']::pg_catalog.text[])),
+    waiting_for   pg_catalog.int4 NOT NULL DEFAULT 0,
+    linked_to     pg_catalog.int8,
+    attempts      pg_catalog.int4 NOT NULL DEFAULT 0,
+    output        pg_catalog.jsonb,
+    error         pg_catalog.jsonb,
+    run_after     pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    queued_at     pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    started_at    pg_catalog.timestamptz,
+    finished_at   pg_catalog.timestamptz,
+    xid           pg_catalog.xid8,
+    FOREIGN KEY (role, workflow) REFERENCES apiary.workflows ON DELETE CASCADE
+);
+COMMENT ON TABLE apiary.tasks IS 'tasks of workflows: queued, run once by an executor, journaled';
+COMMENT ON COLUMN apiary.tasks.waiting_for IS 'futures among the arguments that are not done yet';
+COMMENT ON COLUMN apiary.tasks.linked_to IS 'the future this task returned: its output becomes this task''s';
+COMMENT ON COLUMN apiary.tasks.xid IS 'the transaction that ran the task';
+CREATE INDEX tasks_ready ON apiary.tasks (run_after, id) WHERE state OPERATOR(pg_catalog.=) 'pending';
+CREATE INDEX tasks_workflow ON apiary.tasks (role, workflow);
+CREATE INDEX tasks_linked ON apiary.tasks (linked_to) WHERE linked_to IS NOT NULL;
+
+-- Future -> task waiting for it.
+CREATE TABLE apiary.waits (
+    future        pg_catalog.int8 NOT NULL REFERENCES apiary.tasks ON DELETE CASCADE,
+    task          pg_catalog.int8 NOT NULL REFERENCES apiary.tasks ON DELETE CASCADE,
+    PRIMARY KEY (future, task)
+);
+CREATE INDEX waits_task ON apiary.waits (task);
+COMMENT ON TABLE apiary.waits IS 'edges from a future to the tasks that take it as an argument';
+
+REVOKE ALL ON apiary.workflows, apiary.tasks, apiary.waits FROM PUBLIC;
+
+/*
+ * Graph bookkeeping, called by the executors in the transaction that ran
+ * the task.  Returns true when a workflow finished.
+ */
+CREATE FUNCTION apiary.task_done(task pg_catalog.int8, result pg_catalog.jsonb)
+RETURNS pg_catalog.bool LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    finished bool := false;
+    linked int8;
+BEGIN
+    UPDATE apiary.tasks SET state = 'done', output = result,
+           finished_at = clock_timestamp()
+     WHERE id = task_done.task;
+    -- tasks waiting for this future become ready when it was their last
+    UPDATE apiary.tasks t SET waiting_for = t.waiting_for - 1,
+           state = CASE WHEN t.waiting_for = 1 THEN 'pending' ELSE t.state END,
+           run_after = CASE WHEN t.waiting_for = 1 THEN clock_timestamp() ELSE t.run_after END
+      FROM apiary.waits w
+     WHERE w.future = task_done.task AND t.id = w.task AND t.state = 'waiting';
+    -- the workflow's root
+    UPDATE apiary.workflows w SET state = 'done', output = result,
+           finished_at = clock_timestamp()
+      FROM apiary.tasks t
+     WHERE t.id = task_done.task AND w.role = t.role AND w.id = t.workflow
+       AND w.root = task_done.task AND w.state = 'running';
+    finished := FOUND;
+    -- tasks that returned this future are done with its output
+    FOR linked IN SELECT id FROM apiary.tasks
+                   WHERE linked_to = task_done.task AND state = 'linked'
+    LOOP
+        finished := apiary.task_done(linked, result) OR finished;
+    END LOOP;
+    RETURN finished;
+END $$;
+
+/*
+ * A task failed (new_state 'failed') or cannot run (new_state 'cancelled').
+ * What depended on it cannot run either: tasks that returned it fail with
+ * the same error, tasks waiting for it are cancelled, and each keeps the
+ * original error, so the workflow reports the task that actually failed.
+ */
+CREATE FUNCTION apiary.task_failed(task pg_catalog.int8, failure pg_catalog.jsonb,
+                                   new_state pg_catalog.text DEFAULT 'failed')
+RETURNS pg_catalog.bool LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    finished bool := false;
+    t record;
+BEGIN
+    UPDATE apiary.tasks SET state = new_state, error = failure,
+           finished_at = clock_timestamp()
+     WHERE id = task_failed.task;
+    UPDATE apiary.workflows w SET state = 'failed', error = failure,
+           finished_at = clock_timestamp()
+      FROM apiary.tasks k
+     WHERE k.id = task_failed.task AND w.role = k.role AND w.id = k.workflow
+       AND w.root = task_failed.task AND w.state = 'running';
+    finished := FOUND;
+    FOR t IN SELECT k.id, k.state FROM apiary.tasks k
+              WHERE (k.linked_to = task_failed.task AND k.state = 'linked')
+                 OR (k.state = 'waiting' AND k.id IN
+                     (SELECT w.task FROM apiary.waits w WHERE w.future = task_failed.task))
+    LOOP
+        IF t.state = 'linked' THEN
+            finished := apiary.task_failed(t.id, failure) OR finished;
+        ELSE
+            finished := apiary.task_failed(t.id, failure || jsonb_build_object(
+                'cancelled', format('future %s did not complete', task_failed.task)),
+                'cancelled') OR finished;
+        END IF;
+    END LOOP;
+    RETURN finished;
+END $$;
+REVOKE ALL ON FUNCTION apiary.task_done(pg_catalog.int8, pg_catalog.jsonb),
+    apiary.task_failed(pg_catalog.int8, pg_catalog.jsonb, pg_catalog.text) FROM PUBLIC;
+
+-- The API.
+CREATE FUNCTION @extschema@.apiary_start(
+    name pg_catalog.text,
+    args pg_catalog.jsonb DEFAULT '{}',
+    key pg_catalog.text DEFAULT NULL)
+    RETURNS pg_catalog.text
+    AS 'MODULE_PATHNAME', 'apiary_start'
+    LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.apiary_start(pg_catalog.text, pg_catalog.jsonb, pg_catalog.text) IS
+    'start a workflow: queue a call run by the background executors after this transaction commits; returns the workflow id';
+
+CREATE FUNCTION @extschema@.apiary_queue(
+    name pg_catalog.text,
+    args pg_catalog.jsonb DEFAULT '{}')
+    RETURNS pg_catalog.jsonb
+    AS 'MODULE_PATHNAME', 'apiary_queue'
+    LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.apiary_queue(pg_catalog.text, pg_catalog.jsonb) IS
+    'inside a running task: queue a child task, run after this one commits; returns its future';
+
+CREATE FUNCTION @extschema@.apiary_result(
+    workflow pg_catalog.text,
+    timeout pg_catalog.interval DEFAULT NULL)
+    RETURNS pg_catalog.jsonb
+    AS 'MODULE_PATHNAME', 'apiary_result'
+    LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.apiary_result(pg_catalog.text, pg_catalog.interval) IS
+    'wait for a workflow to finish and return its output, or raise its error';
+
+CREATE FUNCTION @extschema@.apiary_status(workflow pg_catalog.text)
+    RETURNS TABLE (task pg_catalog.int8, parent pg_catalog.int8,
+                   function pg_catalog.text, state pg_catalog.text,
+                   attempts pg_catalog.int4, waiting_for pg_catalog.int4,
+                   linked_to pg_catalog.int8, output pg_catalog.jsonb,
+                   error pg_catalog.jsonb, queued_at pg_catalog.timestamptz,
+                   started_at pg_catalog.timestamptz,
+                   finished_at pg_catalog.timestamptz)
+    AS 'MODULE_PATHNAME', 'apiary_status'
+    LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION @extschema@.apiary_status(pg_catalog.text) IS
+    'the tasks of one of your workflows';

@@ -1,0 +1,361 @@
+/*-------------------------------------------------------------------------
+ *
+ * workflow.c
+ *	  The workflow API: apiary_start, apiary_result, apiary_status.
+ *
+ * apiary_start queues a workflow's root task in the caller's transaction;
+ * executors (executor.c) run it after the caller commits.  Workflow ids are
+ * the caller's key, or a generated UUID, and belong to the calling role:
+ * two roles may use the same id without meeting.  Starting an id again
+ * returns the existing workflow, provided it is the same call.
+ *
+ * apiary_result waits for a workflow to finish.  It rereads the workflow
+ * with a fresh snapshot each time executors broadcast the shared condition
+ * variable, so it only works in READ COMMITTED: a REPEATABLE READ snapshot
+ * could never see the result, and neither can the transaction that started
+ * the workflow, whose tasks cannot run before it commits.  Both are refused
+ * at once rather than left to hang.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/timestamp.h"
+#include "utils/uuid.h"
+
+#include "bind.h"
+#include "journal.h"
+#include "launcher.h"
+#include "registry.h"
+
+PG_FUNCTION_INFO_V1(apiary_start);
+PG_FUNCTION_INFO_V1(apiary_result);
+PG_FUNCTION_INFO_V1(apiary_status);
+
+/* Longest workflow id accepted: it must fit in a btree index entry. */
+#define MAX_ID_BYTES 1024
+
+static SPIPlanPtr start_plan = NULL;
+static SPIPlanPtr existing_plan = NULL;
+static SPIPlanPtr root_plan = NULL;
+static SPIPlanPtr result_plan = NULL;
+
+static void
+require_workers(const char *function)
+{
+	if (apiary_shared == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("%s requires apiary's background workers", function),
+				 errhint("Add apiary to shared_preload_libraries in postgresql.conf, set apiary.database to this database, and restart the server.")));
+}
+
+static void
+prepare_plans(void)
+{
+	if (start_plan != NULL)
+		return;
+	{
+		Oid			t[4] = {OIDOID, TEXTOID, TEXTOID, JSONBOID};
+
+		start_plan = journal_prepare("INSERT INTO apiary.workflows (role, id, function, args)"
+									 " VALUES ($1::pg_catalog.regrole, $2, $3, $4)"
+									 " ON CONFLICT (role, id) DO NOTHING", 4, t);
+		root_plan = journal_prepare("WITH root AS ("
+									" INSERT INTO apiary.tasks (role, workflow, function, args, state)"
+									" VALUES ($1::pg_catalog.regrole, $2, $3, $4, 'pending') RETURNING id)"
+									" UPDATE apiary.workflows w SET root = root.id FROM root"
+									" WHERE w.role OPERATOR(pg_catalog.=) $1::pg_catalog.regrole"
+									" AND w.id OPERATOR(pg_catalog.=) $2", 4, t);
+	}
+	{
+		Oid			t[2] = {OIDOID, TEXTOID};
+
+		existing_plan = journal_prepare("SELECT function, args FROM apiary.workflows"
+										" WHERE role OPERATOR(pg_catalog.=) $1::pg_catalog.regrole"
+										" AND id OPERATOR(pg_catalog.=) $2", 2, t);
+		result_plan = journal_prepare("SELECT state, output, error, xmin FROM apiary.workflows"
+									  " WHERE role OPERATOR(pg_catalog.=) $1::pg_catalog.regrole"
+									  " AND id OPERATOR(pg_catalog.=) $2", 2, t);
+	}
+}
+
+static text *
+generate_id(void)
+{
+	pg_uuid_t  *uuid = palloc(sizeof(pg_uuid_t));
+
+	if (!pg_strong_random(uuid->data, UUID_LEN))
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not generate random values")));
+	/* version 4, variant RFC 4122, as gen_random_uuid() */
+	uuid->data[6] = (uuid->data[6] & 0x0f) | 0x40;
+	uuid->data[8] = (uuid->data[8] & 0x3f) | 0x80;
+	return cstring_to_text(DatumGetCString(DirectFunctionCall1(uuid_out,
+															   UUIDPGetDatum(uuid))));
+}
+
+static void
+check_id(text *id)
+{
+	if (VARSIZE_ANY_EXHDR(id) > MAX_ID_BYTES)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("workflow id is too long"),
+				 errdetail("Workflow ids are at most %d bytes; this one has %zu.",
+						   MAX_ID_BYTES, VARSIZE_ANY_EXHDR(id))));
+}
+
+Datum
+apiary_start(PG_FUNCTION_ARGS)
+{
+	char	   *name;
+	Jsonb	   *args;
+	text	   *id;
+	ApiaryFunction *f;
+	Datum		values[4];
+
+	require_workers("apiary_start");
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("function name must not be null")));
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("arguments must not be null"),
+				 errhint("Pass '{}' to call a function without arguments.")));
+	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	args = PG_GETARG_JSONB_P(1);
+	id = PG_ARGISNULL(2) ? generate_id() : PG_GETARG_TEXT_PP(2);
+	check_id(id);
+	bind_check_limits(name, args);
+
+	/* the function must exist now; the executor looks it up again */
+	f = registry_acquire(name);
+	registry_release(f);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	prepare_plans();
+	values[0] = ObjectIdGetDatum(GetUserId());
+	values[1] = PointerGetDatum(id);
+	values[2] = CStringGetTextDatum(name);
+	values[3] = JsonbPGetDatum(args);
+
+	/* a concurrent start of the same id waits here for the other to end */
+	journal_execute(NULL, start_plan, 4, NULL, values, NULL, SPI_OK_INSERT);
+	if (SPI_processed == 1)
+	{
+		journal_execute(NULL, root_plan, 4, NULL, values, NULL, SPI_OK_UPDATE);
+		apiary_wake_at_commit();
+	}
+	else
+	{
+		bool		isnull;
+		char	   *fn;
+		Datum		recorded;
+
+		journal_execute(NULL, existing_plan, 2, NULL, values, NULL, SPI_OK_SELECT);
+		if (SPI_processed != 1)
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					 errmsg("could not start workflow \"%s\": it was started concurrently",
+							text_to_cstring(id)),
+					 errhint("The transaction might succeed if retried.")));
+		fn = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+		recorded = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+		if (strcmp(fn, name) != 0 ||
+			!DatumGetBool(DirectFunctionCall2(jsonb_eq, recorded, JsonbPGetDatum(args))))
+			ereport(ERROR,
+					(errcode(ERRCODE_UNIQUE_VIOLATION),
+					 errmsg("workflow \"%s\" was already started with another call",
+							text_to_cstring(id)),
+					 errdetail("It runs %s with arguments %s.", fn,
+							   JsonbToCString(NULL, &DatumGetJsonbP(recorded)->root, 0)),
+					 errhint("Use a new key for a different workflow.")));
+	}
+	SPI_finish();
+	PG_RETURN_TEXT_P(id);
+}
+
+/* Raise a workflow's recorded failure as the error it was. */
+static void
+raise_failure(text *id, Jsonb *error)
+{
+	JsonbValue *v;
+	char	   *fields[6] = {0};
+	const char *keys[6] = {"sqlstate", "message", "detail", "hint", "function", "task"};
+	int			sqlstate = ERRCODE_INTERNAL_ERROR;
+
+	for (int i = 0; i < lengthof(keys); i++)
+	{
+		v = getKeyJsonValueFromContainer(&error->root, keys[i], strlen(keys[i]), NULL);
+		if (v == NULL)
+			continue;
+		if (v->type == jbvString)
+			fields[i] = pnstrdup(v->val.string.val, v->val.string.len);
+		else if (v->type == jbvNumeric)
+			fields[i] = DatumGetCString(DirectFunctionCall1(numeric_out,
+															NumericGetDatum(v->val.numeric)));
+	}
+	if (fields[0] && strlen(fields[0]) == 5)
+		sqlstate = MAKE_SQLSTATE(fields[0][0], fields[0][1], fields[0][2],
+								 fields[0][3], fields[0][4]);
+	ereport(ERROR,
+			(errcode(sqlstate),
+			 errmsg_internal("%s", fields[1] ? fields[1] : "workflow failed"),
+			 fields[2] ? errdetail_internal("%s", fields[2]) : 0,
+			 fields[3] ? errhint("%s", fields[3]) : 0,
+			 errcontext("task %s (%s) of workflow \"%s\"",
+						fields[5] ? fields[5] : "?", fields[4] ? fields[4] : "?",
+						text_to_cstring(id))));
+}
+
+Datum
+apiary_result(PG_FUNCTION_ARGS)
+{
+	text	   *id;
+	Datum		values[2];
+	TimestampTz deadline = 0;
+	Jsonb	   *output = NULL;
+	bool		done = false;
+
+	require_workers("apiary_result");
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("workflow id must not be null")));
+	id = PG_GETARG_TEXT_PP(0);
+	if (!PG_ARGISNULL(1))
+	{
+		Interval   *timeout = PG_GETARG_INTERVAL_P(1);
+
+		deadline = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
+														   TimestampTzGetDatum(GetCurrentTimestamp()),
+														   IntervalPGetDatum(timeout)));
+	}
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	prepare_plans();
+	values[0] = ObjectIdGetDatum(GetUserId());
+	values[1] = PointerGetDatum(id);
+
+	ConditionVariablePrepareToSleep(&apiary_shared->finished);
+	for (;;)
+	{
+		char	   *state;
+		bool		isnull;
+		long		wait_ms = -1;
+
+		/* in READ COMMITTED each execution takes a fresh snapshot */
+		journal_execute(NULL, result_plan, 2, NULL, values, NULL, SPI_OK_SELECT);
+		if (SPI_processed == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("workflow \"%s\" does not exist", text_to_cstring(id))));
+		state = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+		if (strcmp(state, "done") == 0)
+		{
+			Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+
+			if (!isnull)
+				output = (Jsonb *) SPI_datumTransfer(d, false, -1);
+			done = true;
+			break;
+		}
+		if (strcmp(state, "running") != 0)
+		{
+			Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull);
+
+			raise_failure(id, DatumGetJsonbP(d));
+		}
+
+		/* refuse to wait for what can never become visible */
+		if (TransactionIdIsCurrentTransactionId(DatumGetTransactionId(
+																	  SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull))))
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("cannot wait for workflow \"%s\" in the transaction that started it",
+							text_to_cstring(id)),
+					 errdetail("Its tasks run only after that transaction commits."),
+					 errhint("Commit first, then call apiary_result.")));
+		if (IsolationUsesXactSnapshot())
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("cannot wait for workflow \"%s\" in a %s transaction",
+							text_to_cstring(id),
+							IsolationIsSerializable() ? "SERIALIZABLE" : "REPEATABLE READ"),
+					 errdetail("The transaction's snapshot would never see the workflow finish."),
+					 errhint("Call apiary_result in a READ COMMITTED transaction.")));
+
+		if (deadline != 0)
+		{
+			long		secs;
+			int			usecs;
+
+			TimestampDifference(GetCurrentTimestamp(), deadline, &secs, &usecs);
+			wait_ms = secs * 1000 + usecs / 1000;
+			if (GetCurrentTimestamp() >= deadline)
+				ereport(ERROR,
+						(errcode(ERRCODE_QUERY_CANCELED),
+						 errmsg("timed out waiting for workflow \"%s\"", text_to_cstring(id)),
+						 errhint("The workflow goes on; call apiary_result again, or see apiary_status('%s').",
+								 text_to_cstring(id))));
+		}
+		(void) ConditionVariableTimedSleep(&apiary_shared->finished, wait_ms,
+										   PG_WAIT_EXTENSION);
+	}
+	ConditionVariableCancelSleep();
+	SPI_finish();
+
+	if (!done || output == NULL)
+		PG_RETURN_NULL();
+	PG_RETURN_JSONB_P(output);
+}
+
+Datum
+apiary_status(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	Oid			types[2] = {OIDOID, TEXTOID};
+	Datum		values[2];
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("workflow id must not be null")));
+	InitMaterializedSRF(fcinfo, 0);
+
+	values[0] = ObjectIdGetDatum(GetUserId());
+	values[1] = PG_GETARG_DATUM(0);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	journal_execute("SELECT id, parent, function, state, attempts, waiting_for, linked_to,"
+					" output, error, queued_at, started_at, finished_at"
+					" FROM apiary.tasks"
+					" WHERE role OPERATOR(pg_catalog.=) $1::pg_catalog.regrole"
+					" AND workflow OPERATOR(pg_catalog.=) $2 ORDER BY id",
+					NULL, 2, types, values, NULL, SPI_OK_SELECT);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		Datum		row[12];
+		bool		nulls[12];
+
+		for (int c = 0; c < 12; c++)
+			row[c] = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, c + 1, &nulls[c]);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, row, nulls);
+	}
+	SPI_finish();
+	return (Datum) 0;
+}
