@@ -78,11 +78,16 @@ FROM apiary_status('countdown');
 --
 -- Failures: re-raised with the original SQLSTATE, naming task and workflow.
 --
+CREATE TABLE issuer (approves bool NOT NULL);
+INSERT INTO issuer VALUES (false);
 CREATE FUNCTION decline(cart int) RETURNS jsonb LANGUAGE plpgsql
 SET apiary.kind = 'transactional' AS $$
 BEGIN
-  RAISE EXCEPTION 'card declined for cart %', cart USING ERRCODE = 'AP402',
-    DETAIL = 'The issuer said no.', HINT = 'Try another card.';
+  IF NOT (SELECT approves FROM issuer) THEN
+    RAISE EXCEPTION 'card declined for cart %', cart USING ERRCODE = 'AP402',
+      DETAIL = 'The issuer said no.', HINT = 'Try another card.';
+  END IF;
+  RETURN jsonb_build_object('paid', 10, 'cart', cart);
 END $$;
 CREATE FUNCTION checkout_declined(cart int) RETURNS jsonb LANGUAGE plpgsql
 SET apiary.kind = 'transactional' AS $$
@@ -98,7 +103,15 @@ SELECT apiary_result('declined', '60 s');
 SELECT function, state, error->>'sqlstate' AS sqlstate, error->>'message' AS message,
        error->>'function' AS failed_function, error->>'cancelled' AS cancelled
 FROM apiary_status('declined') ORDER BY task;
-SELECT count(*) FROM receipts WHERE cart = 8 AND payment IS NULL;
+SELECT count(*) FROM receipts WHERE cart = 8;
+-- Once the cause is fixed, apiary_resume queues the failed and cancelled
+-- tasks again, and the workflow completes.
+UPDATE issuer SET approves = true;
+SELECT apiary_resume('declined');
+SELECT apiary_result('declined', '60 s');
+SELECT function, state, error FROM apiary_status('declined') ORDER BY task;
+SELECT count(*) FROM receipts WHERE cart = 8;
+SELECT apiary_resume('no-such-workflow');
 
 -- A failed task rolls back its own effects only.
 CREATE FUNCTION pay_then_fail(cart int) RETURNS int LANGUAGE plpgsql
@@ -136,6 +149,68 @@ SELECT pg_advisory_unlock(4242);
 SELECT apiary_result('gated', '60 s');
 SELECT apiary_result('no-such-workflow');
 SELECT apiary_result(NULL);
+
+--
+-- Retries, timeouts, cancellation.
+--
+-- An external function is retried, with backoff, after any error, and sees
+-- the same apiary_task_key() at every attempt (a sequence counts attempts,
+-- since a failed attempt's writes roll back).
+CREATE SEQUENCE flaky_attempts;
+CREATE FUNCTION flaky_call() RETURNS jsonb LANGUAGE plpgsql AS $$
+BEGIN
+  IF nextval('flaky_attempts') < 3 THEN
+    RAISE EXCEPTION 'service unavailable' USING ERRCODE = 'AP503';
+  END IF;
+  RETURN jsonb_build_object('key', apiary_task_key());
+END $$;
+SELECT apiary_register('flaky_call()', 'external', max_attempts => 3);
+SELECT apiary_start('flaky_call', '{}', 'flaky');
+SELECT apiary_result('flaky', '60 s');
+SELECT function, state, attempts FROM apiary_status('flaky');
+SELECT apiary_task_key();
+-- A transactional function is not retried after an ordinary error (the
+-- division by zero above ran once).
+SELECT attempts FROM apiary_status('div0');
+
+-- A function's timeout ends it, as a statement timeout would.
+CREATE FUNCTION sleepy() RETURNS int LANGUAGE sql AS $$ SELECT 1 FROM pg_sleep(30) $$;
+SELECT apiary_register('sleepy()', timeout => '100 ms');
+SELECT apiary_start('sleepy', '{}', 'sleepy');
+SELECT apiary_result('sleepy', '60 s');
+\echo :LAST_ERROR_SQLSTATE
+
+-- apiary_cancel stops a workflow: a task still running rolls back.
+CREATE TABLE effects (what text);
+CREATE FUNCTION gated_write(what text) RETURNS text LANGUAGE sql
+SET apiary.kind = 'transactional' AS $$
+  INSERT INTO effects VALUES (what);
+  SELECT what FROM pg_advisory_xact_lock(4343)
+$$;
+SELECT pg_advisory_lock(4343);
+SELECT apiary_start('gated_write', '"cancelled write"', 'to-cancel');
+-- wait until an executor runs it: blocked on our lock, its write made
+DO $$
+BEGIN
+  FOR i IN 1..1200 LOOP
+    EXIT WHEN EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory'
+                       AND objid = 4343 AND NOT granted);
+    PERFORM pg_sleep(0.05);
+  END LOOP;
+END $$;
+SELECT apiary_cancel('to-cancel');
+SELECT apiary_result('to-cancel', '60 s');
+SELECT pg_advisory_unlock(4343);
+DO $$
+BEGIN
+  FOR i IN 1..1200 LOOP
+    EXIT WHEN (SELECT state FROM apiary_status('to-cancel')) = 'cancelled';
+    PERFORM pg_sleep(0.05);
+  END LOOP;
+END $$;
+SELECT function, state, error->>'cancelled' AS cancelled FROM apiary_status('to-cancel');
+SELECT count(*) FROM effects;
+SELECT apiary_cancel('no-such-workflow');
 
 -- Tasks run as the role that started them, and workflow ids are per role.
 CREATE FUNCTION whoami() RETURNS text LANGUAGE sql

@@ -13,9 +13,12 @@
  *	3. runs the function as the role that queued the task, in a
  *	   subtransaction, so that a failure can be recorded;
  *	4. records the outcome (apiary.task_done / task_failed in the install
- *	   script: output, released waiters, the workflow's end), or, for a
- *	   serialization failure or deadlock with attempts left, schedules a
- *	   retry with jittered exponential backoff;
+ *	   script: output, released waiters, the workflow's end), or, with
+ *	   attempts left, schedules a retry with jittered exponential backoff:
+ *	   after a serialization failure or deadlock for any task, after any
+ *	   error for an external one.  A function's timeout ends it with an
+ *	   error like any other; a workflow cancelled while the task ran rolls
+ *	   the task back;
  *	5. commits: the function's effects, the tasks it queued and the
  *	   bookkeeping become visible together, or not at all.
  *
@@ -53,6 +56,7 @@
 #include "utils/memutils.h"
 #include "utils/resowner.h"
 #include "utils/snapmgr.h"
+#include "utils/timeout.h"
 
 #include "bind.h"
 #include "executor.h"
@@ -63,6 +67,7 @@
 #include "registry.h"
 
 PG_FUNCTION_INFO_V1(apiary_queue);
+PG_FUNCTION_INFO_V1(apiary_task_key);
 
 /* The task this process is running, if any: apiary_queue's context. */
 typedef struct RunningTask
@@ -84,11 +89,13 @@ static SPIPlanPtr link_plan = NULL;
 static SPIPlanPtr retry_plan = NULL;
 static SPIPlanPtr queue_plan = NULL;
 static SPIPlanPtr wait_plan = NULL;
+static SPIPlanPtr cancelled_plan = NULL;
+static SPIPlanPtr cancel_task_plan = NULL;
 
 static void
 prepare_plans(void)
 {
-	Oid			int8_t[1] = {INT8OID};
+	Oid			one_int8[1] = {INT8OID};
 
 	if (claim_plan != NULL)
 		return;
@@ -107,7 +114,7 @@ prepare_plans(void)
 								 " started_at = pg_catalog.clock_timestamp(),"
 								 " xid = pg_catalog.pg_current_xact_id()"
 								 " WHERE id OPERATOR(pg_catalog.=) $1",
-								 1, int8_t);
+								 1, one_int8);
 	{
 		Oid			t[3] = {INT8OID, OIDOID, TEXTOID};
 
@@ -150,6 +157,20 @@ prepare_plans(void)
 		wait_plan = journal_prepare("INSERT INTO apiary.waits (future, task) VALUES ($1, $2)",
 									2, t);
 	}
+	{
+		Oid			t[2] = {OIDOID, TEXTOID};
+
+		/* FOR SHARE: apiary_cancel waits for a task that passed this check */
+		cancelled_plan = journal_prepare("SELECT state OPERATOR(pg_catalog.=) 'cancelled'"
+										 " FROM apiary.workflows"
+										 " WHERE role OPERATOR(pg_catalog.=) $1::pg_catalog.regrole"
+										 " AND id OPERATOR(pg_catalog.=) $2 FOR SHARE", 2, t);
+	}
+	cancel_task_plan = journal_prepare("UPDATE apiary.tasks SET state = 'cancelled',"
+									   " finished_at = pg_catalog.clock_timestamp(),"
+									   " error = pg_catalog.jsonb_build_object('sqlstate', '57014',"
+									   " 'cancelled', 'by apiary_cancel, while running')"
+									   " WHERE id OPERATOR(pg_catalog.=) $1", 1, one_int8);
 }
 
 /* ---------------------------------------------------------------------
@@ -380,6 +401,23 @@ apiary_queue(PG_FUNCTION_ARGS)
 	PG_RETURN_JSONB_P(apiary_future_jsonb(task));
 }
 
+/*
+ * A key for the running task that stays the same across its attempts: what
+ * an external function hands to the service it calls, so that a retry after
+ * a crash or timeout is not a second charge.
+ */
+Datum
+apiary_task_key(PG_FUNCTION_ARGS)
+{
+	if (running_task == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("apiary_task_key can only be called by a function running as an apiary task")));
+	PG_RETURN_TEXT_P(cstring_to_text(psprintf("%s/%lld",
+											  text_to_cstring(running_task->workflow),
+											  (long long) running_task->id)));
+}
+
 /* ---------------------------------------------------------------------
  * Running a task
  * ---------------------------------------------------------------------
@@ -468,13 +506,28 @@ link_to_future(RunningTask *t, int64 future)
 	}
 }
 
-/* Seconds before retry n (1-based): 10 ms doubling, jittered by +-50%. */
+/*
+ * Seconds before retry n (1-based), doubling from first, jittered by +-50%
+ * so that retries of conflicting tasks spread out; at most an hour.
+ */
 static double
-retry_delay(int attempt)
+retry_delay(double first, int attempt)
 {
-	double		base = 0.01 * pow(2.0, Min(attempt - 1, 16));
+	double		base = Min(first * pow(2.0, Min(attempt - 1, 30)), 3600.0);
 
 	return base * (0.5 + pg_prng_double(&pg_global_prng_state));
+}
+
+/* Was the workflow cancelled while the task ran?  Locks it against that. */
+static bool
+workflow_cancelled(RunningTask *t)
+{
+	Datum		values[2] = {ObjectIdGetDatum(t->role), PointerGetDatum(t->workflow)};
+	bool		isnull;
+
+	journal_execute(NULL, cancelled_plan, 2, NULL, values, NULL, SPI_OK_SELECT);
+	return SPI_processed == 1 &&
+		DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 }
 
 static void
@@ -487,7 +540,9 @@ run_task(RunningTask *t, const char *function, Jsonb *args, int attempt)
 	Jsonb	   *resolved = resolve_futures(args, t);
 	Datum		out = (Datum) 0;
 	bool		isnull = false;
+	bool		cancelled = false;
 	ErrorData  *edata = NULL;
+	ApiaryKind	kind = APIARY_KIND_TRANSACTIONAL;
 	int			max_attempts = apiary_max_attempts;
 
 	GetUserIdAndSecContext(&save_user, &save_sec);
@@ -501,19 +556,29 @@ run_task(RunningTask *t, const char *function, Jsonb *args, int attempt)
 		/* the task runs as the role that queued it, never as this worker */
 		SetUserIdAndSecContext(t->role, save_sec | SECURITY_LOCAL_USERID_CHANGE);
 		f = registry_acquire(function);
+		kind = f->kind;
 		if (f->max_attempts > 0)
 			max_attempts = f->max_attempts;
+		if (f->timeout_ms > 0)
+			enable_timeout_after(STATEMENT_TIMEOUT, (int) Min(f->timeout_ms, INT_MAX));
 		PG_TRY();
 		{
 			out = apiary_call(f, resolved, cxt, &isnull);
 		}
 		PG_FINALLY();
 		{
+			disable_timeout(STATEMENT_TIMEOUT, false);
 			registry_release(f);
 		}
 		PG_END_TRY();
 		SetUserIdAndSecContext(save_user, save_sec);
-		ReleaseCurrentSubTransaction();
+
+		/* a workflow cancelled meanwhile takes the task's effects back */
+		cancelled = workflow_cancelled(t);
+		if (cancelled)
+			RollbackAndReleaseCurrentSubTransaction();
+		else
+			ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(cxt);
 		CurrentResourceOwner = owner;
 	}
@@ -530,6 +595,15 @@ run_task(RunningTask *t, const char *function, Jsonb *args, int attempt)
 	PG_END_TRY();
 	running_task = NULL;
 
+	if (cancelled)
+	{
+		/* apiary_cancel skipped this task, which it found running */
+		Datum		values[1] = {Int64GetDatum(t->id)};
+
+		journal_execute(NULL, cancel_task_plan, 1, NULL, values, NULL, SPI_OK_UPDATE);
+		return;
+	}
+
 	if (edata == NULL)
 	{
 		int64		future;
@@ -541,13 +615,25 @@ run_task(RunningTask *t, const char *function, Jsonb *args, int attempt)
 		return;
 	}
 
-	if ((edata->sqlerrcode == ERRCODE_T_R_SERIALIZATION_FAILURE ||
-		 edata->sqlerrcode == ERRCODE_T_R_DEADLOCK_DETECTED) &&
-		attempt < max_attempts)
+	/*
+	 * Retry what retrying can cure: conflicts with other transactions for
+	 * any task, anything at all for an external one (its effects are
+	 * outside, and it has a stable apiary_task_key for them).
+	 */
+	if (attempt < max_attempts &&
+		(kind == APIARY_KIND_EXTERNAL ||
+		 edata->sqlerrcode == ERRCODE_T_R_SERIALIZATION_FAILURE ||
+		 edata->sqlerrcode == ERRCODE_T_R_DEADLOCK_DETECTED))
 	{
-		Datum		values[2] = {Int64GetDatum(t->id), Float8GetDatum(retry_delay(attempt))};
+		double		delay = retry_delay(kind == APIARY_KIND_EXTERNAL ? 0.5 : 0.01, attempt);
+		Datum		values[2] = {Int64GetDatum(t->id), Float8GetDatum(delay)};
 
+		ereport(LOG,
+				(errmsg("apiary task %lld (%s) failed, retrying in %.3f s (attempt %d of %d): %s",
+						(long long) t->id, function, delay, attempt, max_attempts,
+						edata->message)));
 		journal_execute(NULL, retry_plan, 2, NULL, values, NULL, SPI_OK_UPDATE);
+		apiary_wake_at_commit();
 		return;
 	}
 

@@ -39,6 +39,8 @@
 PG_FUNCTION_INFO_V1(apiary_start);
 PG_FUNCTION_INFO_V1(apiary_result);
 PG_FUNCTION_INFO_V1(apiary_status);
+PG_FUNCTION_INFO_V1(apiary_cancel);
+PG_FUNCTION_INFO_V1(apiary_resume);
 
 /* Longest workflow id accepted: it must fit in a btree index entry. */
 #define MAX_ID_BYTES 1024
@@ -216,9 +218,10 @@ raise_failure(text *id, Jsonb *error)
 			 errmsg_internal("%s", fields[1] ? fields[1] : "workflow failed"),
 			 fields[2] ? errdetail_internal("%s", fields[2]) : 0,
 			 fields[3] ? errhint("%s", fields[3]) : 0,
-			 errcontext("task %s (%s) of workflow \"%s\"",
-						fields[5] ? fields[5] : "?", fields[4] ? fields[4] : "?",
-						text_to_cstring(id))));
+			 fields[5] && fields[4]
+			 ? errcontext("task %s (%s) of workflow \"%s\"",
+						  fields[5], fields[4], text_to_cstring(id))
+			 : errcontext("workflow \"%s\"", text_to_cstring(id))));
 }
 
 Datum
@@ -358,4 +361,45 @@ apiary_status(PG_FUNCTION_ARGS)
 	}
 	SPI_finish();
 	return (Datum) 0;
+}
+
+/* Run apiary.cancel_workflow or resume_workflow for the caller's workflow. */
+static void
+change_workflow(FunctionCallInfo fcinfo, const char *sql)
+{
+	Oid			types[2] = {OIDOID, TEXTOID};
+	Datum		values[2];
+	bool		isnull;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("workflow id must not be null")));
+	values[0] = ObjectIdGetDatum(GetUserId());
+	values[1] = PG_GETARG_DATUM(0);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	journal_execute(sql, NULL, 2, types, values, NULL, SPI_OK_SELECT);
+	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("workflow \"%s\" does not exist",
+						TextDatumGetCString(PG_GETARG_DATUM(0)))));
+	SPI_finish();
+}
+
+Datum
+apiary_cancel(PG_FUNCTION_ARGS)
+{
+	change_workflow(fcinfo, "SELECT apiary.cancel_workflow($1, $2)");
+	apiary_finished_at_commit();
+	PG_RETURN_VOID();
+}
+
+Datum
+apiary_resume(PG_FUNCTION_ARGS)
+{
+	change_workflow(fcinfo, "SELECT apiary.resume_workflow($1, $2)");
+	apiary_wake_at_commit();
+	PG_RETURN_VOID();
 }

@@ -199,3 +199,86 @@ CREATE FUNCTION @extschema@.apiary_status(workflow pg_catalog.text)
     LANGUAGE C STABLE PARALLEL SAFE;
 COMMENT ON FUNCTION @extschema@.apiary_status(pg_catalog.text) IS
     'the tasks of one of your workflows';
+
+/*
+ * Cancelling and resuming, for apiary_cancel and apiary_resume (which call
+ * these as the journal's owner, for the calling role's workflow).
+ *
+ * Cancel marks the workflow first.  An executor running one of its tasks
+ * checks the workflow, locking it FOR SHARE, before it lets the task's
+ * effects stand: a task still running then rolls back and marks itself
+ * cancelled (the cancel skips the task rows executors hold, so neither
+ * waits for the other); a task already past that check holds the lock, and
+ * the cancel waits for it to commit, then cancels what it queued.
+ */
+CREATE FUNCTION apiary.cancel_workflow(wf_role pg_catalog.oid, wf_id pg_catalog.text)
+RETURNS pg_catalog.bool LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    UPDATE apiary.workflows
+       SET state = 'cancelled', finished_at = clock_timestamp(),
+           error = jsonb_build_object('sqlstate', '57014',
+                                      'message', format('workflow "%s" was cancelled', wf_id))
+     WHERE role = wf_role AND id = wf_id AND state = 'running';
+    IF NOT FOUND THEN
+        RETURN EXISTS (SELECT FROM apiary.workflows WHERE role = wf_role AND id = wf_id);
+    END IF;
+    UPDATE apiary.tasks
+       SET state = 'cancelled', finished_at = clock_timestamp(),
+           error = jsonb_build_object('sqlstate', '57014', 'cancelled', 'by apiary_cancel')
+     WHERE id IN (SELECT id FROM apiary.tasks
+                   WHERE role = wf_role AND workflow = wf_id
+                     AND state IN ('waiting', 'pending', 'linked')
+                     FOR UPDATE SKIP LOCKED);
+    RETURN true;
+END $$;
+
+CREATE FUNCTION apiary.resume_workflow(wf_role pg_catalog.oid, wf_id pg_catalog.text)
+RETURNS pg_catalog.bool LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM FROM apiary.workflows WHERE role = wf_role AND id = wf_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    -- back to where each task stood: linked to its future, waiting for the
+    -- futures not done yet, or ready to run
+    UPDATE apiary.tasks t
+       SET state = CASE WHEN t.linked_to IS NOT NULL THEN 'linked'
+                        WHEN w.open > 0 THEN 'waiting' ELSE 'pending' END,
+           waiting_for = w.open, error = NULL, finished_at = NULL,
+           run_after = clock_timestamp()
+      FROM (SELECT k.id,
+                   (SELECT count(*) FROM apiary.waits x JOIN apiary.tasks f ON f.id = x.future
+                     WHERE x.task = k.id AND f.state <> 'done') AS open
+              FROM apiary.tasks k
+             WHERE k.role = wf_role AND k.workflow = wf_id
+               AND k.state IN ('failed', 'cancelled')) w
+     WHERE t.id = w.id;
+    UPDATE apiary.workflows SET state = 'running', error = NULL, finished_at = NULL
+     WHERE role = wf_role AND id = wf_id AND state <> 'done';
+    RETURN true;
+END $$;
+REVOKE ALL ON FUNCTION apiary.cancel_workflow(pg_catalog.oid, pg_catalog.text),
+    apiary.resume_workflow(pg_catalog.oid, pg_catalog.text) FROM PUBLIC;
+
+CREATE FUNCTION @extschema@.apiary_cancel(workflow pg_catalog.text)
+    RETURNS void
+    AS 'MODULE_PATHNAME', 'apiary_cancel'
+    LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.apiary_cancel(pg_catalog.text) IS
+    'cancel every unfinished task of one of your workflows; a running task rolls back';
+
+CREATE FUNCTION @extschema@.apiary_resume(workflow pg_catalog.text)
+    RETURNS void
+    AS 'MODULE_PATHNAME', 'apiary_resume'
+    LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.apiary_resume(pg_catalog.text) IS
+    'queue the failed and cancelled tasks of one of your workflows again';
+
+CREATE FUNCTION @extschema@.apiary_task_key()
+    RETURNS pg_catalog.text
+    AS 'MODULE_PATHNAME', 'apiary_task_key'
+    LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION @extschema@.apiary_task_key() IS
+    'inside a running task: a key that stays the same across its attempts, for external idempotency';
