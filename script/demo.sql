@@ -55,3 +55,43 @@ SELECT apiary_invoke('place_order', '{"item": 2, "qtty": 1}');
 \set VERBOSITY default
 -- The failed order left nothing behind.
 SELECT * FROM catalogue();
+
+--
+-- Workflows: run by background workers after the caller commits.
+--
+\set ON_ERROR_STOP 1
+CREATE TABLE payments (order_id int, amount numeric, charged_with text);
+CREATE TABLE receipts (order_id int, line text);
+
+-- An external step: retried with backoff if it fails, with a key that stays
+-- the same across attempts, for the payment provider's idempotency.
+CREATE FUNCTION charge_card(order_id int, amount numeric) RETURNS jsonb
+LANGUAGE sql SET apiary.kind = 'external' AS $$
+  INSERT INTO payments VALUES (order_id, amount, apiary_task_key());
+  SELECT jsonb_build_object('order', order_id, 'paid', amount)
+$$;
+CREATE FUNCTION send_receipt(order_id int, payment jsonb) RETURNS text
+LANGUAGE sql SET apiary.kind = 'transactional' AS $$
+  INSERT INTO receipts VALUES (order_id, 'paid ' || (payment->>'paid'))
+  RETURNING 'receipt for order ' || order_id || ': paid ' || (payment->>'paid')
+$$;
+-- checkout places the order, queues the charge, and queues the receipt with
+-- the charge's future as an argument; all of it commits together.
+CREATE FUNCTION checkout(item int, qty int) RETURNS jsonb
+LANGUAGE plpgsql SET apiary.kind = 'transactional' AS $$
+DECLARE
+  placed jsonb;
+  paid jsonb;
+BEGIN
+  placed := apiary_invoke('place_order', jsonb_build_object('item', item, 'qty', qty));
+  paid := apiary_queue('charge_card', jsonb_build_object(
+            'order_id', placed->'order',
+            'amount', (SELECT total FROM orders WHERE id = (placed->>'order')::int)));
+  RETURN apiary_queue('send_receipt', jsonb_build_object(
+            'order_id', placed->'order', 'payment', paid));
+END $$;
+
+SELECT apiary_start('checkout', '{"item": 2, "qty": 1}', key => 'web-order-1001');
+SELECT apiary_result('web-order-1001', timeout => '30 s');
+SELECT task, parent, function, state, attempts, output FROM apiary_status('web-order-1001');
+SELECT * FROM payments;
