@@ -17,6 +17,8 @@ OBJS = \
 
 DATA = src/sql/apiary--0.1.sql src/sql/apiary--0.1--0.2.sql
 PGFILEDESC = "apiary - transactional functions and workflows inside PostgreSQL"
+# the public C API, for functions written in C
+HEADERS_apiary = src/apiary.h
 
 PG_CPPFLAGS = -I$(srcdir)/src
 PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare \

@@ -27,6 +27,12 @@
  * behind.  A function that returns a future ({"apiary_future": id}) takes
  * that future's output as its own: the task is "linked" until it is done.
  *
+ * A task whose function takes the whole server down (a crash in C code)
+ * would be claimed and crash it again after every restart.  Executors
+ * therefore leave a marker file naming the task they run; after a restart,
+ * the task named gets a crash counted, and at its max_attempts it fails
+ * instead of running again.
+ *
  * apiary_queue, called by a function while it runs as a task, adds a child
  * task to the same workflow, committed with the caller, and returns its
  * future.
@@ -47,7 +53,9 @@
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
+#include "storage/fd.h"
 #include "storage/ipc.h"
+#include "common/file_perm.h"
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
@@ -58,6 +66,7 @@
 #include "utils/snapmgr.h"
 #include "utils/timeout.h"
 
+#include "apiary.h"
 #include "bind.h"
 #include "executor.h"
 #include "guc.h"
@@ -78,6 +87,21 @@ typedef struct RunningTask
 } RunningTask;
 
 static RunningTask *running_task = NULL;
+
+/*
+ * Crash markers.  Before running a task an executor writes its id to a file
+ * of its own, and removes the file once the task's transaction has ended.
+ * A file still there when an executor starts names the task that was
+ * running when the server went down: a backend crash (every executor is
+ * then killed and restarted by the postmaster), or the postmaster's own
+ * death.  The file is not fsynced: the operating system outlives both.
+ */
+#define MARKER_DIR "pg_apiary"
+
+static char marker_path[MAXPGPATH];
+
+static void marker_write(int64 task);
+static void marker_clear(void);
 
 static SPIPlanPtr claim_plan = NULL;
 static SPIPlanPtr next_plan = NULL;
@@ -310,11 +334,9 @@ resolve_futures(Jsonb *args, RunningTask *t)
  * apiary_queue
  * ---------------------------------------------------------------------
  */
-Datum
-apiary_queue(PG_FUNCTION_ARGS)
+Jsonb *
+apiary_queue_jsonb(const char *name, Jsonb *args)
 {
-	char	   *name;
-	Jsonb	   *args;
 	ApiaryFunction *f;
 	JsonbIterator *it;
 	JsonbIteratorToken tok;
@@ -332,17 +354,6 @@ apiary_queue(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("apiary_queue can only be called by a function running as an apiary task"),
 				 errhint("Start a workflow with apiary_start; the functions it runs may queue tasks.")));
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("function name must not be null")));
-	if (PG_ARGISNULL(1))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("arguments must not be null"),
-				 errhint("Pass '{}' to call a function without arguments.")));
-	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	args = PG_GETARG_JSONB_P(1);
 	bind_check_limits(name, args);
 
 	/* the function must exist now; it is looked up again when it runs */
@@ -398,7 +409,23 @@ apiary_queue(PG_FUNCTION_ARGS)
 
 	if (waits == NIL)
 		apiary_wake_at_commit();
-	PG_RETURN_JSONB_P(apiary_future_jsonb(task));
+	return apiary_future_jsonb(task);
+}
+
+Datum
+apiary_queue(PG_FUNCTION_ARGS)
+{
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("function name must not be null")));
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("arguments must not be null"),
+				 errhint("Pass '{}' to call a function without arguments.")));
+	PG_RETURN_JSONB_P(apiary_queue_jsonb(text_to_cstring(PG_GETARG_TEXT_PP(0)),
+										 PG_GETARG_JSONB_P(1)));
 }
 
 /*
@@ -406,16 +433,25 @@ apiary_queue(PG_FUNCTION_ARGS)
  * an external function hands to the service it calls, so that a retry after
  * a crash or timeout is not a second charge.
  */
+char *
+apiary_task_key_cstring(void)
+{
+	if (running_task == NULL)
+		return NULL;
+	return psprintf("%s/%lld", text_to_cstring(running_task->workflow),
+					(long long) running_task->id);
+}
+
 Datum
 apiary_task_key(PG_FUNCTION_ARGS)
 {
-	if (running_task == NULL)
+	char	   *key = apiary_task_key_cstring();
+
+	if (key == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("apiary_task_key can only be called by a function running as an apiary task")));
-	PG_RETURN_TEXT_P(cstring_to_text(psprintf("%s/%lld",
-											  text_to_cstring(running_task->workflow),
-											  (long long) running_task->id)));
+	PG_RETURN_TEXT_P(cstring_to_text(key));
 }
 
 /* ---------------------------------------------------------------------
@@ -698,6 +734,7 @@ run_one_task(long *nap_ms)
 	attempt = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 6, &isnull)) + 1;
 
 	pgstat_report_activity(STATE_RUNNING, psprintf("apiary task %lld: %s", (long long) t.id, function));
+	marker_write(t.id);
 	{
 		Datum		values[1] = {Int64GetDatum(t.id)};
 
@@ -708,8 +745,111 @@ run_one_task(long *nap_ms)
 	PopActiveSnapshot();
 	SPI_finish();
 	CommitTransactionCommand();
+	marker_clear();
 	pgstat_report_activity(STATE_IDLE, NULL);
 	return true;
+}
+
+/* ---------------------------------------------------------------------
+ * Crash counting
+ * ---------------------------------------------------------------------
+ */
+
+static void
+marker_write(int64 task)
+{
+	char		buf[64];
+	int			len = snprintf(buf, sizeof(buf), "%u %lld\n", MyDatabaseId, (long long) task);
+	int			fd = open(marker_path, O_WRONLY | O_CREAT | O_TRUNC | PG_BINARY, pg_file_create_mode);
+
+	if (fd < 0 || write(fd, buf, len) != len)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not write file \"%s\": %m", marker_path)));
+	close(fd);
+}
+
+static void
+marker_clear(void)
+{
+	if (unlink(marker_path) != 0 && errno != ENOENT)
+		ereport(WARNING,
+				(errcode_for_file_access(),
+				 errmsg("could not remove file \"%s\": %m", marker_path)));
+}
+
+static void
+marker_clear_at_exit(int code, Datum arg)
+{
+	marker_clear();
+}
+
+/*
+ * The task this slot was running when the server went down, if any, gets a
+ * crash counted; at max_attempts crashes it fails instead of taking the
+ * server down again, and everything else goes on.
+ */
+static void
+count_crash(void)
+{
+	FILE	   *f = fopen(marker_path, "r");
+	unsigned int db;
+	long long	task;
+	bool		found;
+
+	if (f == NULL)
+		return;
+	found = fscanf(f, "%u %lld", &db, &task) == 2 && db == MyDatabaseId && task > 0;
+	fclose(f);
+
+	if (found)
+	{
+		Oid			types[1] = {INT8OID};
+		Datum		values[1] = {Int64GetDatum(task)};
+
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		PushActiveSnapshot(GetTransactionSnapshot());
+		if (OidIsValid(get_namespace_oid("apiary", true)))
+		{
+			journal_execute("UPDATE apiary.tasks t SET crashes = crashes OPERATOR(pg_catalog.+) 1"
+							" WHERE id OPERATOR(pg_catalog.=) $1"
+							" AND state OPERATOR(pg_catalog.=) 'pending'"
+							" RETURNING crashes, function, COALESCE("
+							"  (SELECT max_attempts FROM apiary.functions f"
+							"   WHERE f.name OPERATOR(pg_catalog.=) t.function),"
+							"  pg_catalog.current_setting('apiary.max_attempts')::pg_catalog.int4)",
+							NULL, 1, types, values, NULL, SPI_OK_UPDATE_RETURNING);
+			if (SPI_processed == 1)
+			{
+				bool		isnull;
+				int			crashes = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+				char	   *function = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+				int			max = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
+
+				ereport(LOG,
+						(errmsg("apiary task %lld (%s) was running when the server went down (%d of %d)",
+								task, function, crashes, max)));
+				if (crashes >= max)
+				{
+					ErrorData	edata = {0};
+
+					edata.sqlerrcode = ERRCODE_INTERNAL_ERROR;
+					edata.message = psprintf("task %lld was running when the server went down %d times",
+											 task, crashes);
+					edata.hint = "apiary will not run it again. Fix the function, then call apiary_resume.";
+					prepare_plans();
+					record_outcome(failed_plan, task, error_jsonb(&edata, task, function));
+				}
+			}
+		}
+		PopActiveSnapshot();
+		SPI_finish();
+		CommitTransactionCommand();
+	}
+	marker_clear();
 }
 
 /* ---------------------------------------------------------------------
@@ -765,6 +905,27 @@ apiary_executor_main(Datum main_arg)
 	BackgroundWorkerInitializeConnection(apiary_database, NULL, 0);
 	pgstat_report_appname("apiary executor");
 
+	snprintf(marker_path, MAXPGPATH, "%s/executor.%d", MARKER_DIR, slot);
+	if (MakePGDirectory(MARKER_DIR) != 0 && errno != EEXIST)
+		ereport(FATAL,
+				(errcode_for_file_access(),
+				 errmsg("could not create directory \"%s\": %m", MARKER_DIR)));
+	/* counting must not stop the executor: on error, log and go on */
+	PG_TRY();
+	{
+		count_crash();
+	}
+	PG_CATCH();
+	{
+		EmitErrorReport();
+		AbortCurrentTransaction();
+		FlushErrorState();
+		marker_clear();
+	}
+	PG_END_TRY();
+	/* an orderly exit, FATAL included, is no crash */
+	before_shmem_exit(marker_clear_at_exit, (Datum) 0);
+
 	for (;;)
 	{
 		volatile bool ran = false;
@@ -787,6 +948,7 @@ apiary_executor_main(Datum main_arg)
 			EmitErrorReport();
 			AbortCurrentTransaction();
 			FlushErrorState();
+			marker_clear();
 			running_task = NULL;
 			nap_ms = 1000L;
 		}

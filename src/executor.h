@@ -12,8 +12,7 @@
 
 extern PGDLLEXPORT void apiary_executor_main(Datum main_arg);
 
-/* {"apiary_future": id} */
-extern Jsonb *apiary_future_jsonb(int64 id);
-extern bool apiary_jsonb_is_future(Jsonb *jb, int64 *id);
+/* apiary_future_jsonb and apiary_jsonb_is_future are in apiary.h */
+#include "apiary.h"
 
 #endif							/* APIARY_EXECUTOR_H */

@@ -36,6 +36,7 @@
 #include "utils/resowner.h"
 #include "utils/timestamp.h"
 
+#include "apiary.h"
 #include "bind.h"
 #include "invoke.h"
 #include "journal.h"
@@ -208,6 +209,17 @@ apiary_invoke_internal(const char *name, Jsonb *args, text *key, bool *isnull)
 	current_frame = frame.parent;
 	registry_release(f);
 	return result;
+}
+
+Jsonb *
+apiary_invoke_jsonb(const char *name, Jsonb *args, const char *key)
+{
+	bool		isnull;
+	Datum		result = apiary_invoke_internal(name, args,
+												key ? cstring_to_text(key) : NULL,
+												&isnull);
+
+	return isnull ? NULL : DatumGetJsonbP(result);
 }
 
 Datum

@@ -53,6 +53,7 @@ CREATE TABLE apiary.tasks (
     waiting_for   pg_catalog.int4 NOT NULL DEFAULT 0,
     linked_to     pg_catalog.int8,
     attempts      pg_catalog.int4 NOT NULL DEFAULT 0,
+    crashes       pg_catalog.int4 NOT NULL DEFAULT 0,
     output        pg_catalog.jsonb,
     error         pg_catalog.jsonb,
     run_after     pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.now(),
@@ -66,6 +67,7 @@ COMMENT ON TABLE apiary.tasks IS 'tasks of workflows: queued, run once by an exe
 COMMENT ON COLUMN apiary.tasks.waiting_for IS 'futures among the arguments that are not done yet';
 COMMENT ON COLUMN apiary.tasks.linked_to IS 'the future this task returned: its output becomes this task''s';
 COMMENT ON COLUMN apiary.tasks.xid IS 'the transaction that ran the task';
+COMMENT ON COLUMN apiary.tasks.crashes IS 'times the server went down while the task ran';
 CREATE INDEX tasks_ready ON apiary.tasks (run_after, id) WHERE state OPERATOR(pg_catalog.=) 'pending';
 CREATE INDEX tasks_workflow ON apiary.tasks (role, workflow);
 CREATE INDEX tasks_linked ON apiary.tasks (linked_to) WHERE linked_to IS NOT NULL;

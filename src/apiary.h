@@ -1,0 +1,47 @@
+/*-------------------------------------------------------------------------
+ *
+ * apiary.h
+ *	  apiary's public C API, for functions written in C.
+ *
+ * A C function registered with apiary can call other registered functions,
+ * queue tasks and build futures without going through SQL.  Include this
+ * header after postgres.h (it is installed with the extension, in
+ * $(pg_config --includedir-server)/extension/apiary/) and load the module
+ * in a server where apiary is in shared_preload_libraries: the symbols
+ * below are resolved against the loaded apiary library.
+ *
+ * Every function here may raise errors with ereport, as its SQL
+ * counterpart does.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef APIARY_H
+#define APIARY_H
+
+#include "utils/jsonb.h"
+
+/*
+ * apiary_invoke: run the function registered as name now, in the current
+ * transaction; with a non-NULL key, at most once per key.  Returns the
+ * output, or NULL for an SQL NULL.
+ */
+extern PGDLLEXPORT Jsonb *apiary_invoke_jsonb(const char *name, Jsonb *args,
+											  const char *key);
+
+/*
+ * apiary_queue: inside a running task, queue a child task of the same
+ * workflow, committed with the current transaction.  Returns its future.
+ */
+extern PGDLLEXPORT Jsonb *apiary_queue_jsonb(const char *name, Jsonb *args);
+
+/* Futures: {"apiary_future": task}. */
+extern PGDLLEXPORT Jsonb *apiary_future_jsonb(int64 task);
+extern PGDLLEXPORT bool apiary_jsonb_is_future(Jsonb *jb, int64 *task);
+
+/*
+ * apiary_task_key: inside a running task, a key that stays the same across
+ * its attempts; NULL outside a task.
+ */
+extern PGDLLEXPORT char *apiary_task_key_cstring(void);
+
+#endif							/* APIARY_H */

@@ -1,0 +1,70 @@
+/*-------------------------------------------------------------------------
+ *
+ * apiary_example.c
+ *	  Example C functions for apiary, using only its public header.
+ *
+ * example_countdown(n) calls the registered function "square" synchronously
+ * (apiary_invoke_jsonb), then queues itself for n - 1 (apiary_queue_jsonb)
+ * and returns that future, so the workflow's output is the last step's: a
+ * text naming its task key.  example_crash() takes its backend down with
+ * SIGSEGV, as a buggy C function would; the recovery tests use it to check
+ * that such a task is given up after max_attempts crashes.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <signal.h>
+
+#include "fmgr.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+
+#include "apiary.h"
+
+PG_MODULE_MAGIC;
+
+PG_FUNCTION_INFO_V1(example_countdown);
+PG_FUNCTION_INFO_V1(example_crash);
+
+static Jsonb *
+int_jsonb(int32 n)
+{
+	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in,
+											  CStringGetDatum(psprintf("%d", n))));
+}
+
+Datum
+example_countdown(PG_FUNCTION_ARGS)
+{
+	int32		n = PG_GETARG_INT32(0);
+	Jsonb	   *squared;
+	Jsonb	   *next;
+	int64		task;
+
+	if (n <= 0)
+	{
+		char	   *key = apiary_task_key_cstring();
+		char	   *json = psprintf("\"done in task %s\"", key ? key : "(none)");
+
+		PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(json)));
+	}
+
+	/* a synchronous call, in this task's transaction */
+	squared = apiary_invoke_jsonb("square", int_jsonb(n), NULL);
+	if (squared == NULL)
+		elog(ERROR, "square returned NULL");
+
+	/* the next step, as a child task; its output becomes ours */
+	next = apiary_queue_jsonb("example_countdown", int_jsonb(n - 1));
+	if (!apiary_jsonb_is_future(next, &task))
+		elog(ERROR, "apiary_queue_jsonb did not return a future");
+	PG_RETURN_JSONB_P(apiary_future_jsonb(task));
+}
+
+Datum
+example_crash(PG_FUNCTION_ARGS)
+{
+	raise(SIGSEGV);
+	PG_RETURN_INT32(0);
+}

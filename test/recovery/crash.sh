@@ -1,0 +1,328 @@
+#!/usr/bin/env bash
+# Crash recovery: workflows complete, and every step runs exactly once,
+# across a crash of an executor and a crash of the postmaster.
+#
+# 300 workflows mix fan-out and fan-in (a root queues 2-4 leaves and a
+# merger that takes their futures as arguments), futures as arguments (the
+# merger's future feeds a chain), and chains (each chain step queues an
+# "add" task and returns the future of the next step, which takes the add's
+# future; 0-6 levels deep).  Every task records itself in steps (workflow,
+# step) in its own transaction, then sleeps a little, so that a kill lands
+# between that write and the commit; a step that ran twice would show n = 2.
+#
+# While they run: kill -9 a busy executor once a quarter of the steps are
+# done (the postmaster reinitializes and restarts every process), then, at
+# 55 %, kill -9 the postmaster itself (and any child that outlives it), and
+# restart with pg_ctl.  Then every workflow must be done with the output
+# computed independently from its input, every expected step must have run
+# exactly once and no other, and no task may be left unfinished.  The kill
+# points follow progress, not the clock, so the crashes always land mid-run.
+set -uo pipefail
+. "$(dirname "$0")/../../script/lib.sh"
+
+N=${CRASH_WORKFLOWS:-300}
+
+# time in milliseconds, without forking
+now_ms() { local t=${EPOCHREALTIME//[.,]/}; echo $((10#$t / 1000)); }
+T0=$(now_ms)
+say() { local e=$(($(now_ms) - T0)); printf '[%3d.%ds] %s\n' $((e / 1000)) $((e % 1000 / 100)) "$*"; }
+
+free_port() {
+	local p
+	for p in $(seq 55481 55580); do
+		if ! ss -Hltn "sport = :$p" 2>/dev/null | grep -q . &&
+			[ ! -e "/tmp/.s.PGSQL.$p" ]; then
+			echo "$p"
+			return 0
+		fi
+	done
+	return 1
+}
+
+port=${PORT:-$(free_port)} || { echo "FAIL: no free port"; exit 1; }
+dir=$(pg_tmpdir)
+strays=()   # children of the killed postmaster, killed again on exit
+cleanup() {
+	pg_stop "$dir"
+	local p
+	for p in "${strays[@]}"; do kill -9 "$p" 2>/dev/null; done
+	rm -rf "$dir"
+}
+trap cleanup EXIT
+
+fail() {
+	echo "FAIL: $*"
+	echo "--- server log (last 40 lines)"
+	tail -n 40 "$dir/server.log" 2>/dev/null
+	exit 1
+}
+psql_() { pg_psql "$dir" "$port" -d postgres -qAt "$@"; }
+# for polling while the server may be restarting: empty output on error
+try() { pg_psql "$dir" "$port" -d postgres -qAt -c "$1" 2>/dev/null; }
+pm_pid() { head -n 1 "$dir/data/postmaster.pid" 2>/dev/null; }
+
+# poll_steps TARGET LIMIT_S: wait until TARGET steps have committed
+poll_steps() {
+	local target=$1 limit=$2 end c
+	end=$(($(now_ms) + limit * 1000))
+	while :; do
+		c=$(try "SELECT count(*) FROM steps")
+		[ -n "$c" ] && [ "$c" -ge "$target" ] && return 0
+		[ "$(now_ms)" -gt "$end" ] && return 1
+		sleep 0.1
+	done
+}
+
+pg_start "$dir" "$port" || fail "server did not start"
+say "server on port $port, $N workflows"
+
+psql_ -v N="$N" <<'SQL' >/dev/null || fail "setup failed"
+CREATE EXTENSION apiary;
+CREATE TABLE steps (
+    workflow text NOT NULL,
+    step     text NOT NULL,
+    n        int NOT NULL DEFAULT 1,
+    at       timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (workflow, step)
+);
+
+-- Called by every task: record the step in the task's transaction, then
+-- take a while, so that kills land between this write and the commit.
+CREATE FUNCTION step(p_wf text, p_step text) RETURNS void LANGUAGE sql AS $$
+  INSERT INTO steps AS s (workflow, step) VALUES (p_wf, p_step)
+  ON CONFLICT (workflow, step) DO UPDATE SET n = s.n + 1;
+  SELECT pg_sleep(0.005 + random() * 0.02);
+$$;
+
+-- Root: fan out to k = 2 + n % 3 leaves, fan in to a merger that takes
+-- their futures, and return the future of a chain of n % 7 levels that
+-- starts from the merger's future.
+CREATE FUNCTION wf_root(wf text, n int) RETURNS jsonb LANGUAGE plpgsql
+SET apiary.kind = 'transactional' AS $$
+DECLARE
+  merge_args jsonb := jsonb_build_object('wf', wf);
+BEGIN
+  PERFORM step(wf, 'root');
+  FOR i IN 1 .. 2 + n % 3 LOOP
+    merge_args := merge_args || jsonb_build_object(chr(96 + i),
+      apiary_queue('wf_leaf', jsonb_build_object('wf', wf, 'i', i, 'x', n + i)));
+  END LOOP;
+  RETURN apiary_queue('wf_chain', jsonb_build_object('wf', wf, 'depth', n % 7,
+    'acc', apiary_queue('wf_merge', merge_args)));
+END $$;
+
+CREATE FUNCTION wf_leaf(wf text, i int, x int) RETURNS bigint LANGUAGE plpgsql
+SET apiary.kind = 'transactional' AS $$
+BEGIN
+  PERFORM step(wf, 'leaf-' || i);
+  RETURN x::bigint * x;
+END $$;
+
+-- weights catch swapped arguments
+CREATE FUNCTION wf_merge(wf text, a bigint, b bigint, c bigint DEFAULT 0, d bigint DEFAULT 0)
+RETURNS bigint LANGUAGE plpgsql
+SET apiary.kind = 'transactional' AS $$
+BEGIN
+  PERFORM step(wf, 'merge');
+  RETURN a + 2 * b + 3 * c + 4 * d;
+END $$;
+
+-- One level of a chain: acc' = acc * 3 + depth, computed by a queued task
+-- whose future the next level takes; the last level returns acc.
+CREATE FUNCTION wf_chain(wf text, depth int, acc bigint) RETURNS jsonb LANGUAGE plpgsql
+SET apiary.kind = 'transactional' AS $$
+BEGIN
+  PERFORM step(wf, 'chain-' || depth);
+  IF depth = 0 THEN
+    RETURN to_jsonb(acc);
+  END IF;
+  RETURN apiary_queue('wf_chain', jsonb_build_object('wf', wf, 'depth', depth - 1,
+    'acc', apiary_queue('wf_add', jsonb_build_object('wf', wf, 'depth', depth,
+                                                      'x', acc, 'y', depth))));
+END $$;
+
+CREATE FUNCTION wf_add(wf text, depth int, x bigint, y int) RETURNS bigint LANGUAGE plpgsql
+SET apiary.kind = 'transactional' AS $$
+BEGIN
+  PERFORM step(wf, 'add-' || depth);
+  RETURN x * 3 + y;
+END $$;
+
+-- What each workflow must produce, computed without apiary.
+CREATE FUNCTION expected_steps(n int) RETURNS SETOF text LANGUAGE sql AS $$
+  SELECT 'root' UNION ALL SELECT 'merge'
+  UNION ALL SELECT 'leaf-' || i FROM generate_series(1, 2 + n % 3) i
+  UNION ALL SELECT 'chain-' || d FROM generate_series(0, n % 7) d
+  UNION ALL SELECT 'add-' || d FROM generate_series(1, n % 7) d
+$$;
+CREATE FUNCTION expected_output(n int) RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE acc bigint;
+BEGIN
+  SELECT sum(i * (n + i)::bigint * (n + i)) INTO acc FROM generate_series(1, 2 + n % 3) i;
+  FOR d IN REVERSE n % 7 .. 1 LOOP
+    acc := acc * 3 + d;
+  END LOOP;
+  RETURN acc;
+END $$;
+CREATE TABLE expected AS
+  SELECT 'wf-' || n AS workflow, n, expected_output(n) AS output FROM generate_series(1, :N) n;
+CREATE TABLE expected_step AS
+  SELECT e.workflow, s AS step FROM expected e, expected_steps(e.n) s;
+SQL
+
+total=$(psql_ -c "SELECT count(*) FROM expected_step") || fail "setup failed"
+say "expecting $total steps (= tasks)"
+
+psql_ -c "SELECT count(apiary_start('wf_root', jsonb_build_object('wf', 'wf-' || n, 'n', n), 'wf-' || n))
+          FROM generate_series(1, $N) n" >/dev/null || fail "apiary_start failed"
+say "started $N workflows"
+
+# 1. kill -9 a busy executor a quarter of the way through
+poll_steps $((total / 4)) 60 || fail "no progress: fewer than $((total / 4)) steps after 60 s"
+victim=$(try "SELECT pid || ' ' || query FROM pg_stat_activity
+              WHERE backend_type = 'apiary executor' AND state = 'active'
+              ORDER BY random() LIMIT 1")
+[ -n "$victim" ] || victim=$(try "SELECT pid || ' (idle)' FROM pg_stat_activity
+                                 WHERE backend_type = 'apiary executor' LIMIT 1")
+[ -n "$victim" ] || fail "no apiary executor in pg_stat_activity"
+vpid=${victim%% *}
+steps_at=$(try "SELECT count(*) FROM steps")
+kill -9 "$vpid" || fail "could not kill executor $vpid"
+say "kill -9 executor $vpid (running ${victim#* }) at $steps_at/$total steps"
+
+# the postmaster reinitializes, then the executors must make progress again
+kill_ms=$(now_ms)
+for _ in $(seq 100); do
+	grep -q "all server processes terminated; reinitializing" "$dir/server.log" && break
+	sleep 0.1
+done
+grep -q "all server processes terminated; reinitializing" "$dir/server.log" ||
+	fail "the postmaster did not reinitialize within 10 s of the executor's crash"
+c0=""
+while [ -z "$c0" ] && [ $(($(now_ms) - kill_ms)) -lt 30000 ]; do
+	c0=$(try "SELECT count(*) FROM steps")
+	sleep 0.1
+done
+[ -n "$c0" ] || fail "server not accepting connections 30 s after the executor's crash"
+poll_steps $((c0 + 1)) 30 || fail "no step committed within 30 s of the crash restart"
+say "crash restart: executors running again after $(($(now_ms) - kill_ms)) ms"
+poll_steps $((total * 55 / 100)) 60 ||
+	fail "fewer than $((total * 55 / 100)) steps 60 s after the executor's crash"
+
+# 2. kill -9 the postmaster, then whatever of its children outlives it
+pm=$(pm_pid)
+[ -n "$pm" ] || fail "no postmaster.pid"
+children=$(ps -o pid= --ppid "$pm" | tr -s ' \n' ' ')
+inflight=$(try "SELECT count(*) FROM pg_stat_activity
+                WHERE backend_type = 'apiary executor' AND state = 'active'")
+kill -9 "$pm" || fail "could not kill the postmaster $pm"
+say "kill -9 postmaster $pm (${inflight:-?} tasks in flight, children:$children)"
+for _ in $(seq 50); do
+	alive=()
+	for p in $children; do kill -0 "$p" 2>/dev/null && alive+=("$p"); done
+	[ ${#alive[@]} -eq 0 ] && break
+	sleep 0.1
+done
+if [ ${#alive[@]} -gt 0 ]; then
+	strays=("${alive[@]}")
+	ps -o pid=,args= -p "$(IFS=,; echo "${alive[*]}")" | sed 's/^/  still alive after 5 s: /'
+	kill -9 "${alive[@]}" 2>/dev/null
+	say "killed ${#alive[@]} surviving children"
+fi
+for _ in $(seq 50); do
+	alive=()
+	for p in $children; do kill -0 "$p" 2>/dev/null && alive+=("$p"); done
+	[ ${#alive[@]} -eq 0 ] && break
+	sleep 0.1
+done
+[ ${#alive[@]} -eq 0 ] || fail "children of the postmaster survive kill -9: ${alive[*]}"
+
+# 3. restart and wait for every workflow
+out=$(as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start 2>&1) ||
+	fail "restart failed: $out"
+say "restarted (crash recovery done)"
+
+end=$(($(now_ms) + 120000))
+next_report=$(($(now_ms) + 5000))
+while :; do
+	fin=$(try "SELECT count(*) FILTER (WHERE state <> 'running') || ' ' ||
+	                  count(*) FILTER (WHERE state = 'done') FROM apiary.workflows")
+	[ -n "$fin" ] && [ "${fin%% *}" -eq "$N" ] && break
+	[ "$(now_ms)" -gt "$end" ] && {
+		echo "workflows finished/done: ${fin:-?}/$N"
+		echo "tasks by state:"
+		try "SELECT state, count(*) FROM apiary.tasks GROUP BY 1 ORDER BY 1" | sed 's/^/  /'
+		echo "executors:"
+		try "SELECT pid, state, query FROM pg_stat_activity WHERE backend_type LIKE 'apiary%'" | sed 's/^/  /'
+		fail "workflows did not all finish within 120 s of the restart"
+	}
+	if [ "$(now_ms)" -gt "$next_report" ]; then
+		say "  $(try "SELECT count(*) FROM steps")/$total steps, ${fin%% *} of $N workflows finished"
+		next_report=$(($(now_ms) + 5000))
+	fi
+	sleep 0.5
+done
+say "all $N workflows finished"
+
+# 4. verify
+problems=0
+check() {   # check LABEL SQL: SQL returns offending rows; none is a pass
+	local out
+	out=$(psql_ -F ' | ' -c "$2" 2>&1) || { echo "  $1: query failed: $out"; problems=$((problems + 1)); return; }
+	if [ -n "$out" ]; then
+		echo "  $1:"
+		echo "$out" | head -n 10 | sed 's/^/    /'
+		[ "$(echo "$out" | wc -l)" -gt 10 ] && echo "    ... ($(echo "$out" | wc -l) rows)"
+		problems=$((problems + 1))
+	fi
+}
+check "workflows not done" \
+	"SELECT id, state, error FROM apiary.workflows WHERE state <> 'done' ORDER BY id"
+check "missing workflows" \
+	"SELECT e.workflow FROM expected e LEFT JOIN apiary.workflows w ON w.id = e.workflow
+	 WHERE w.id IS NULL ORDER BY e.n"
+check "wrong outputs (workflow, expected, got)" \
+	"SELECT e.workflow, e.output, w.output FROM expected e JOIN apiary.workflows w ON w.id = e.workflow
+	 WHERE w.output IS DISTINCT FROM to_jsonb(e.output) ORDER BY e.n"
+check "steps that ran more than once (workflow, step, n)" \
+	"SELECT workflow, step, n FROM steps WHERE n <> 1 ORDER BY workflow, step"
+check "expected steps that never ran" \
+	"SELECT workflow, step FROM expected_step EXCEPT SELECT workflow, step FROM steps ORDER BY 1, 2"
+check "steps that should not exist" \
+	"SELECT workflow, step FROM steps EXCEPT SELECT workflow, step FROM expected_step ORDER BY 1, 2"
+check "tasks not done (task, workflow, function, state)" \
+	"SELECT id, workflow, function, state FROM apiary.tasks WHERE state <> 'done' ORDER BY id"
+check "task count differs from expected" \
+	"SELECT (SELECT count(*) FROM apiary.tasks) AS tasks, (SELECT count(*) FROM expected_step) AS expected
+	 WHERE (SELECT count(*) FROM apiary.tasks) <> (SELECT count(*) FROM expected_step)"
+
+# the crashes must have landed mid-run
+# (steps.at and finished_at are clock_timestamp() of the transaction that
+# wrote them; pg_postmaster_start_time() of the restarted server separates
+# what committed before the crash from what ran after it)
+read -r wf_before wf_after steps_before steps_after retried <<<"$(psql_ -F ' ' -c "
+	SELECT (SELECT count(*) FROM apiary.workflows WHERE finished_at < pg_postmaster_start_time()),
+	       (SELECT count(*) FROM apiary.workflows WHERE finished_at >= pg_postmaster_start_time()),
+	       (SELECT count(*) FROM steps WHERE at < pg_postmaster_start_time()),
+	       (SELECT count(*) FROM steps WHERE at >= pg_postmaster_start_time()),
+	       (SELECT count(*) FROM apiary.tasks t WHERE attempts <> 1
+	                                             OR (to_jsonb(t) ->> 'crashes')::int > 0)")"
+say "before the postmaster crash: $wf_before/$N workflows done, $steps_before/$total steps committed"
+say "after the restart: $steps_after steps ran, $wf_after workflows finished ($retried tasks show a retry or crash)"
+if [ "${wf_after:-0}" -eq 0 ] || [ "${steps_after:-0}" -eq 0 ]; then
+	echo "  vacuous: the crash came after the work was done; make the workload longer"
+	problems=$((problems + 1))
+fi
+
+# no crash but ours: one process killed by a signal, and it was our victim
+signals=$(grep -E "terminated by signal" "$dir/server.log" | grep -vF "(PID $vpid)" || true)
+if [ -n "$signals" ]; then
+	echo "  unexpected process crashes:"
+	echo "$signals" | sed 's/^/    /'
+	problems=$((problems + 1))
+fi
+
+if [ "$problems" -ne 0 ]; then
+	fail "$problems check(s) failed"
+fi
+echo "ok: $N workflows, $total steps exactly once across an executor kill at $steps_at and a postmaster kill at $steps_before steps ($wf_before workflows done before it, $wf_after after) in $((($(now_ms) - T0) / 1000)) s"

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# A task whose C function crashes the server is given up after max_attempts
+# crashes, instead of crash-looping, and every other workflow goes on.
+# Also runs the example C module built against the installed apiary.h.
+set -euo pipefail
+. "$(dirname "$0")/../../script/lib.sh"
+
+make -s -C "$APIARY_ROOT/test/c_example" >/dev/null 2>&1
+make -s -C "$APIARY_ROOT/test/c_example" install >/dev/null 2>&1
+
+port=${PORT:-55473}
+dir=$(pg_tmpdir)
+trap 'pg_stop "$dir"; rm -rf "$dir"' EXIT
+pg_start "$dir" "$port" "apiary.workers = 2"
+psql_() { pg_psql "$dir" "$port" -d postgres -qAt "$@"; }
+fail() { echo "FAIL: $*"; tail -n 30 "$dir/server.log"; exit 1; }
+
+psql_ <<'SQL'
+CREATE EXTENSION apiary;
+CREATE FUNCTION square(x int) RETURNS int LANGUAGE sql
+SET apiary.kind = 'readonly' AS $$ SELECT x * x $$;
+CREATE FUNCTION example_countdown(n int) RETURNS jsonb
+AS 'apiary_example', 'example_countdown' LANGUAGE C STRICT;
+CREATE FUNCTION example_crash() RETURNS int
+AS 'apiary_example', 'example_crash' LANGUAGE C;
+SELECT apiary_register('example_countdown(int)');
+SELECT apiary_register('example_crash()', max_attempts => 2);
+SQL
+
+# the C API: synchronous calls, queued tasks, futures, task keys
+out=$(psql_ -c "SELECT apiary_start('example_countdown', '3', 'c-api')" \
+	-c "SELECT apiary_result('c-api', '60 s')" | tail -n 1)
+[[ "$out" == '"done in task c-api/'* ]] || fail "C API workflow returned $out"
+steps=$(psql_ -c "SELECT count(*) FROM apiary_status('c-api') WHERE state = 'done'")
+[ "$steps" -eq 4 ] || fail "expected 4 done steps, got $steps"
+
+# the poison task: each run takes the server down; after 2 it is given up
+psql_ -c "SELECT apiary_start('example_crash', '{}', 'poison')" >/dev/null
+state=
+for _ in $(seq 1 240); do
+	state=$(psql_ -c "SELECT state FROM apiary.workflows WHERE id = 'poison'" 2>/dev/null || true)
+	[ "$state" = failed ] && break
+	sleep 0.5
+done
+[ "$state" = failed ] || fail "poison workflow is '$state', not failed"
+crashes=$(psql_ -c "SELECT crashes FROM apiary.tasks WHERE workflow = 'poison'")
+[ "$crashes" -eq 2 ] || fail "expected 2 crashes counted, got $crashes"
+err=$(psql_ -c "SELECT apiary_result('poison')" 2>&1 || true)
+echo "$err" | grep -q "was running when the server went down 2 times" ||
+	fail "apiary_result said: $err"
+restarts=$(grep -c "terminated by signal 11" "$dir/server.log" || true)
+[ "$restarts" -eq 2 ] || fail "expected 2 crashes in the log, found $restarts"
+
+# everything else goes on
+out=$(psql_ -c "SELECT apiary_start('example_countdown', '2', 'after')" \
+	-c "SELECT apiary_result('after', '60 s')" | tail -n 1)
+[[ "$out" == '"done in task after/'* ]] || fail "workflow after the crashes returned $out"
+echo "ok: poison task given up after $crashes crashes; C API workflows ran"
