@@ -121,6 +121,21 @@ report_bind_error(ApiaryFunction *f, BindError err, int bad,
 	}
 }
 
+/* name and args, the first two arguments of every call API, are required. */
+void
+bind_require_call_args(FunctionCallInfo fcinfo)
+{
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("function name must not be null")));
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("arguments must not be null"),
+				 errhint("Pass '{}' to call a function without arguments.")));
+}
+
 void
 bind_check_limits(const char *name, Jsonb *args)
 {

@@ -8,9 +8,13 @@
 #ifndef APIARY_BIND_H
 #define APIARY_BIND_H
 
+#include "fmgr.h"
 #include "utils/jsonb.h"
 
 #include "registry.h"
+
+/* NULL name or args to apiary_invoke, apiary_start, apiary_queue: an error. */
+extern void bind_require_call_args(FunctionCallInfo fcinfo);
 
 /* Reject arguments over apiary.max_args_size or apiary.max_args_depth. */
 extern void bind_check_limits(const char *name, Jsonb *args);

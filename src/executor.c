@@ -337,7 +337,6 @@ resolve_futures(Jsonb *args, RunningTask *t)
 Jsonb *
 apiary_queue_jsonb(const char *name, Jsonb *args)
 {
-	ApiaryFunction *f;
 	JsonbIterator *it;
 	JsonbIteratorToken tok;
 	JsonbValue	v;
@@ -357,8 +356,7 @@ apiary_queue_jsonb(const char *name, Jsonb *args)
 	bind_check_limits(name, args);
 
 	/* the function must exist now; it is looked up again when it runs */
-	f = registry_acquire(name);
-	registry_release(f);
+	registry_check_exists(name);
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -415,15 +413,7 @@ apiary_queue_jsonb(const char *name, Jsonb *args)
 Datum
 apiary_queue(PG_FUNCTION_ARGS)
 {
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("function name must not be null")));
-	if (PG_ARGISNULL(1))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("arguments must not be null"),
-				 errhint("Pass '{}' to call a function without arguments.")));
+	bind_require_call_args(fcinfo);
 	PG_RETURN_JSONB_P(apiary_queue_jsonb(text_to_cstring(PG_GETARG_TEXT_PP(0)),
 										 PG_GETARG_JSONB_P(1)));
 }

@@ -228,15 +228,7 @@ apiary_invoke(PG_FUNCTION_ARGS)
 	Datum		result;
 	bool		isnull;
 
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("function name must not be null")));
-	if (PG_ARGISNULL(1))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("arguments must not be null"),
-				 errhint("Pass '{}' to call a function without arguments.")));
+	bind_require_call_args(fcinfo);
 
 	result = apiary_invoke_internal(text_to_cstring(PG_GETARG_TEXT_PP(0)),
 									PG_GETARG_JSONB_P(1),

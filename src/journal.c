@@ -52,6 +52,7 @@
 #include "utils/builtins.h"
 #include "utils/datum.h"
 #include "utils/fmgroids.h"
+#include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
@@ -123,13 +124,23 @@ journal_restore_user(const JournalUser *save)
 	SetUserIdAndSecContext(save->saved_user, save->saved_sec_context);
 }
 
+/*
+ * Run one statement on the journal as its owner.  It is planned with
+ * enable_seqscan off: the journal's tables start empty, and a kept plan made
+ * then (a sequential scan) would stay until the next ANALYZE while the table
+ * grows.  Every lookup here has an index.  The setting is undone before
+ * returning, so user functions never see it.
+ */
 int
 journal_execute(const char *sql, SPIPlanPtr plan, int nargs, Oid *argtypes,
 				Datum *values, const char *nulls, int expected)
 {
 	JournalUser save;
+	int			nestlevel = NewGUCNestLevel();
 	int			rc;
 
+	(void) set_config_option("enable_seqscan", "off", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
 	journal_become_owner(&save);
 	PG_TRY();
 	{
@@ -144,6 +155,7 @@ journal_execute(const char *sql, SPIPlanPtr plan, int nargs, Oid *argtypes,
 		journal_restore_user(&save);
 	}
 	PG_END_TRY();
+	AtEOXact_GUC(true, nestlevel);
 
 	if (rc != expected)
 		elog(ERROR, "SPI_execute failed: %s", SPI_result_code_string(rc));

@@ -451,6 +451,12 @@ registry_acquire(const char *name)
 }
 
 void
+registry_check_exists(const char *name)
+{
+	registry_release(registry_acquire(name));
+}
+
+void
 registry_release(ApiaryFunction *f)
 {
 	RegistryEntry *entry;

@@ -76,4 +76,7 @@ extern void registry_init(void);
 extern ApiaryFunction *registry_acquire(const char *name);
 extern void registry_release(ApiaryFunction *f);
 
+/* Raise "does not exist", with its hint, unless name is registered. */
+extern void registry_check_exists(const char *name);
+
 #endif							/* APIARY_REGISTRY_H */

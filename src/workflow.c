@@ -123,19 +123,10 @@ apiary_start(PG_FUNCTION_ARGS)
 	char	   *name;
 	Jsonb	   *args;
 	text	   *id;
-	ApiaryFunction *f;
 	Datum		values[4];
 
 	require_workers("apiary_start");
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("function name must not be null")));
-	if (PG_ARGISNULL(1))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("arguments must not be null"),
-				 errhint("Pass '{}' to call a function without arguments.")));
+	bind_require_call_args(fcinfo);
 	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	args = PG_GETARG_JSONB_P(1);
 	id = PG_ARGISNULL(2) ? generate_id() : PG_GETARG_TEXT_PP(2);
@@ -143,8 +134,7 @@ apiary_start(PG_FUNCTION_ARGS)
 	bind_check_limits(name, args);
 
 	/* the function must exist now; the executor looks it up again */
-	f = registry_acquire(name);
-	registry_release(f);
+	registry_check_exists(name);
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
