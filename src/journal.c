@@ -82,6 +82,13 @@ enum
 };
 
 
+/* Saved identity while running the journal's own SQL as its owner. */
+typedef struct JournalUser
+{
+	Oid			saved_user;
+	int			saved_sec_context;
+} JournalUser;
+
 Oid
 journal_namespace(void)
 {
@@ -100,7 +107,7 @@ journal_namespace(void)
  * is undone by journal_restore_user, and by (sub)transaction abort should an
  * error come first.
  */
-void
+static void
 journal_become_owner(JournalUser *save)
 {
 	Oid			nsp = journal_namespace();
@@ -118,7 +125,7 @@ journal_become_owner(JournalUser *save)
 						   save->saved_sec_context | SECURITY_LOCAL_USERID_CHANGE);
 }
 
-void
+static void
 journal_restore_user(const JournalUser *save)
 {
 	SetUserIdAndSecContext(save->saved_user, save->saved_sec_context);

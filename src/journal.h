@@ -13,16 +13,7 @@
 #include "utils/jsonb.h"
 #include "utils/timestamp.h"
 
-/* Saved identity while running the journal's own SQL as its owner. */
-typedef struct JournalUser
-{
-	Oid			saved_user;
-	int			saved_sec_context;
-} JournalUser;
-
 extern Oid	journal_namespace(void);
-extern void journal_become_owner(JournalUser *save);
-extern void journal_restore_user(const JournalUser *save);
 
 /*
  * Run one statement on the journal as its owner: sql with SPI's

@@ -47,6 +47,8 @@ static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 static bool wake_at_commit = false;
 static bool finished_at_commit = false;
 
+static void apiary_wake_executors(void);
+
 static void
 apiary_shmem_request(void)
 {
@@ -124,7 +126,7 @@ apiary_finished_at_commit(void)
  * to nothing and makes it look for work once more when it is done, so no
  * wake-up can fall between "found nothing" and going to sleep.
  */
-void
+static void
 apiary_wake_executors(void)
 {
 	if (apiary_shared == NULL)

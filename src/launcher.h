@@ -33,7 +33,6 @@ extern ApiaryShared *apiary_shared;
 
 extern void apiary_shmem_init(void);
 extern void apiary_register_launcher(void);
-extern void apiary_wake_executors(void);
 
 /* Ask for executors to be woken, or waiters told, when this transaction commits. */
 extern void apiary_wake_at_commit(void);
