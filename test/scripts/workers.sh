@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The launcher: waits for CREATE EXTENSION, keeps apiary.workers executors
+# running (restarting one that exits), follows apiary.workers on reload, and
+# lets the server stop promptly.
+set -euo pipefail
+. "$(dirname "$0")/../../script/lib.sh"
+
+port=${PORT:-55474}
+dir=$(pg_tmpdir)
+trap 'pg_stop "$dir"; rm -rf "$dir"' EXIT
+pg_start "$dir" "$port" "apiary.workers = 2"
+psql_() { pg_psql "$dir" "$port" -d postgres -qAt "$@"; }
+fail() { echo "FAIL: $*"; tail -n 20 "$dir/server.log"; exit 1; }
+executors() { psql_ -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'apiary executor'"; }
+# wait_for N: until N executors run (bounded), else fail
+wait_for() {
+	for _ in $(seq 1 100); do
+		[ "$(executors)" -eq "$1" ] && return 0
+		sleep 0.1
+	done
+	fail "expected $1 executors, found $(executors)"
+}
+
+launchers=$(psql_ -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'apiary launcher'")
+[ "$launchers" -eq 1 ] || fail "expected one launcher, found $launchers"
+sleep 1.5   # the launcher looks once a second: give it a look before the extension exists
+[ "$(executors)" -eq 0 ] || fail "executors started before CREATE EXTENSION"
+
+psql_ -c "CREATE EXTENSION apiary"
+wait_for 2
+
+# an executor that exits is started again
+pid=$(psql_ -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'apiary executor' LIMIT 1")
+kill -TERM "$pid"
+for _ in $(seq 1 100); do
+	[ "$(psql_ -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'apiary executor' AND pid <> $pid")" -eq 2 ] && break
+	sleep 0.1
+done
+[ "$(executors)" -eq 2 ] || fail "the executor that exited was not replaced"
+
+# apiary.workers follows a reload, up and down
+psql_ -c "ALTER SYSTEM SET apiary.workers = 3" -c "SELECT pg_reload_conf()" >/dev/null
+wait_for 3
+psql_ -c "ALTER SYSTEM SET apiary.workers = 0" -c "SELECT pg_reload_conf()" >/dev/null
+wait_for 0
+psql_ -c "ALTER SYSTEM SET apiary.workers = 1" -c "SELECT pg_reload_conf()" >/dev/null
+wait_for 1
+
+# and work still flows
+psql_ -c "CREATE FUNCTION one() RETURNS int LANGUAGE sql SET apiary.kind = 'readonly' AS \$\$ SELECT 1 \$\$" >/dev/null
+out=$(psql_ -c "SELECT apiary_start('one', '{}', 'w')" -c "SELECT apiary_result('w', '30 s')" | tail -n 1)
+[ "$out" = 1 ] || fail "workflow returned '$out'"
+
+# dropping the extension stops the executors
+psql_ -c "DROP EXTENSION apiary"
+wait_for 0
+
+# a fast shutdown is not held up by the workers
+as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -m fast -w -t 20 stop >/dev/null ||
+	fail "fast shutdown took longer than 20 s"
+echo "ok: launcher waits for the extension, restarts executors, follows apiary.workers, stops promptly"
