@@ -90,11 +90,12 @@ static RunningTask *running_task = NULL;
 
 /*
  * Crash markers.  Before running a task an executor writes its id to a file
- * of its own, and removes the file once the task's transaction has ended.
- * A file still there when an executor starts names the task that was
- * running when the server went down: a backend crash (every executor is
- * then killed and restarted by the postmaster), or the postmaster's own
- * death.  The file is not fsynced: the operating system outlives both.
+ * of its own, and removes the file once the task's transaction has ended,
+ * or when the executor exits in an orderly way (shutdown, FATAL, the
+ * postmaster's death).  A file still there when an executor starts names
+ * the task it was running when a backend crashed: the postmaster then kills
+ * every backend at once and restarts them, with no exit callbacks.  The
+ * file is not fsynced: the operating system outlives a backend crash.
  */
 #define MARKER_DIR "pg_apiary"
 

@@ -17,6 +17,9 @@
 # computed independently from its input, every expected step must have run
 # exactly once and no other, and no task may be left unfinished.  The kill
 # points follow progress, not the clock, so the crashes always land mid-run.
+#
+# CRASH_WORKFLOWS=n changes the number of workflows, PORT=p fixes the port,
+# KEEP_DIR=d keeps a copy of the server log there.
 set -uo pipefail
 . "$(dirname "$0")/../../script/lib.sh"
 
@@ -27,11 +30,13 @@ now_ms() { local t=${EPOCHREALTIME//[.,]/}; echo $((10#$t / 1000)); }
 T0=$(now_ms)
 say() { local e=$(($(now_ms) - T0)); printf '[%3d.%ds] %s\n' $((e / 1000)) $((e % 1000 / 100)) "$*"; }
 
+# a port nobody listens on, from a random start so that concurrent runs
+# rarely pick the same one (a collision is retried below)
 free_port() {
-	local p
-	for p in $(seq 55481 55580); do
-		if ! ss -Hltn "sport = :$p" 2>/dev/null | grep -q . &&
-			[ ! -e "/tmp/.s.PGSQL.$p" ]; then
+	local i p start=$RANDOM
+	for i in $(seq 0 99); do
+		p=$((55481 + (start + i) % 100))
+		if ! ss -Hltn "sport = :$p" 2>/dev/null | grep -q .; then
 			echo "$p"
 			return 0
 		fi
@@ -39,14 +44,14 @@ free_port() {
 	return 1
 }
 
-port=${PORT:-$(free_port)} || { echo "FAIL: no free port"; exit 1; }
-dir=$(pg_tmpdir)
+dir=
 strays=()   # children of the killed postmaster, killed again on exit
 cleanup() {
+	[ -n "$dir" ] || return 0
 	pg_stop "$dir"
 	local p
 	for p in "${strays[@]}"; do kill -9 "$p" 2>/dev/null; done
-	rm -rf "$dir"
+	[ -n "${KEEP_DIR:-}" ] && cp "$dir/server.log" "$KEEP_DIR/" 2>/dev/null; rm -rf "$dir"
 }
 trap cleanup EXIT
 
@@ -73,7 +78,15 @@ poll_steps() {
 	done
 }
 
-pg_start "$dir" "$port" || fail "server did not start"
+for try_start in 1 2 3; do
+	port=${PORT:-$(free_port)} || { echo "FAIL: no free port"; exit 1; }
+	dir=$(pg_tmpdir)
+	pg_start "$dir" "$port" && break
+	[ "$try_start" -eq 3 ] && fail "server did not start"
+	echo "server did not start on port $port; trying another"
+	pg_stop "$dir"
+	rm -rf "$dir"
+done
 say "server on port $port, $N workflows"
 
 psql_ -v N="$N" <<'SQL' >/dev/null || fail "setup failed"
@@ -188,7 +201,7 @@ victim=$(try "SELECT pid || ' ' || query FROM pg_stat_activity
 vpid=${victim%% *}
 steps_at=$(try "SELECT count(*) FROM steps")
 kill -9 "$vpid" || fail "could not kill executor $vpid"
-say "kill -9 executor $vpid (running ${victim#* }) at $steps_at/$total steps"
+say "kill -9 executor $vpid (just seen running ${victim#* }) at $steps_at/$total steps"
 
 # the postmaster reinitializes, then the executors must make progress again
 kill_ms=$(now_ms)
@@ -216,7 +229,7 @@ children=$(ps -o pid= --ppid "$pm" | tr -s ' \n' ' ')
 inflight=$(try "SELECT count(*) FROM pg_stat_activity
                 WHERE backend_type = 'apiary executor' AND state = 'active'")
 kill -9 "$pm" || fail "could not kill the postmaster $pm"
-say "kill -9 postmaster $pm (${inflight:-?} tasks in flight, children:$children)"
+say "kill -9 postmaster $pm (${inflight:-?} tasks in flight, $(echo $children | wc -w) children)"
 for _ in $(seq 50); do
 	alive=()
 	for p in $children; do kill -0 "$p" 2>/dev/null && alive+=("$p"); done
@@ -305,10 +318,11 @@ read -r wf_before wf_after steps_before steps_after retried <<<"$(psql_ -F ' ' -
 	       (SELECT count(*) FROM apiary.workflows WHERE finished_at >= pg_postmaster_start_time()),
 	       (SELECT count(*) FROM steps WHERE at < pg_postmaster_start_time()),
 	       (SELECT count(*) FROM steps WHERE at >= pg_postmaster_start_time()),
-	       (SELECT count(*) FROM apiary.tasks t WHERE attempts <> 1
-	                                             OR (to_jsonb(t) ->> 'crashes')::int > 0)")"
+	       (SELECT coalesce(string_agg(id || ':' || function || coalesce('/crashes=' || (to_jsonb(t) ->> 'crashes'), '')
+	                                   || '/attempts=' || attempts, ',' ORDER BY id), 'none')
+	          FROM apiary.tasks t WHERE attempts <> 1 OR (to_jsonb(t) ->> 'crashes')::int > 0)")"
 say "before the postmaster crash: $wf_before/$N workflows done, $steps_before/$total steps committed"
-say "after the restart: $steps_after steps ran, $wf_after workflows finished ($retried tasks show a retry or crash)"
+say "after the restart: $steps_after steps ran, $wf_after workflows finished; tasks retried or counted as crashed: $retried"
 if [ "${wf_after:-0}" -eq 0 ] || [ "${steps_after:-0}" -eq 0 ]; then
 	echo "  vacuous: the crash came after the work was done; make the workload longer"
 	problems=$((problems + 1))
