@@ -84,6 +84,7 @@ typedef struct RunningTask
 	int64		id;
 	Oid			role;
 	text	   *workflow;
+	TimestampTz started;
 } RunningTask;
 
 static RunningTask *running_task = NULL;
@@ -106,7 +107,6 @@ static void marker_clear(void);
 
 static SPIPlanPtr claim_plan = NULL;
 static SPIPlanPtr next_plan = NULL;
-static SPIPlanPtr start_plan = NULL;
 static SPIPlanPtr future_plan = NULL;
 static SPIPlanPtr done_plan = NULL;
 static SPIPlanPtr failed_plan = NULL;
@@ -117,11 +117,14 @@ static SPIPlanPtr wait_plan = NULL;
 static SPIPlanPtr cancelled_plan = NULL;
 static SPIPlanPtr cancel_task_plan = NULL;
 
+/* The attempt just made, recorded in the same row version as its outcome. */
+#define RAN_COLUMNS(started) \
+	"attempts = attempts OPERATOR(pg_catalog.+) 1, started_at = " started ", " \
+	"xid = pg_catalog.pg_current_xact_id()"
+
 static void
 prepare_plans(void)
 {
-	Oid			one_int8[1] = {INT8OID};
-
 	if (claim_plan != NULL)
 		return;
 	claim_plan = journal_prepare("SELECT id, role::pg_catalog.oid, workflow, function, args, attempts"
@@ -135,11 +138,6 @@ prepare_plans(void)
 								" OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8"
 								" FROM apiary.tasks WHERE state OPERATOR(pg_catalog.=) 'pending'",
 								0, NULL);
-	start_plan = journal_prepare("UPDATE apiary.tasks SET attempts = attempts OPERATOR(pg_catalog.+) 1,"
-								 " started_at = pg_catalog.clock_timestamp(),"
-								 " xid = pg_catalog.pg_current_xact_id()"
-								 " WHERE id OPERATOR(pg_catalog.=) $1",
-								 1, one_int8);
 	{
 		Oid			t[3] = {INT8OID, OIDOID, TEXTOID};
 
@@ -150,23 +148,25 @@ prepare_plans(void)
 									  3, t);
 	}
 	{
-		Oid			t[2] = {INT8OID, JSONBOID};
+		Oid			t[3] = {INT8OID, JSONBOID, TIMESTAMPTZOID};
 
-		done_plan = journal_prepare("SELECT apiary.task_done($1, $2)", 2, t);
-		failed_plan = journal_prepare("SELECT apiary.task_failed($1, $2)", 2, t);
+		done_plan = journal_prepare("SELECT apiary.task_done($1, $2, $3)", 3, t);
+		failed_plan = journal_prepare("SELECT apiary.task_failed($1, $2, 'failed', $3)", 3, t);
 	}
 	{
-		Oid			t[2] = {INT8OID, INT8OID};
+		Oid			t[3] = {INT8OID, INT8OID, TIMESTAMPTZOID};
 
-		link_plan = journal_prepare("UPDATE apiary.tasks SET state = 'linked', linked_to = $2"
-									" WHERE id OPERATOR(pg_catalog.=) $1", 2, t);
+		link_plan = journal_prepare("UPDATE apiary.tasks SET state = 'linked', linked_to = $2,"
+									" " RAN_COLUMNS("$3")
+									" WHERE id OPERATOR(pg_catalog.=) $1", 3, t);
 	}
 	{
-		Oid			t[2] = {INT8OID, FLOAT8OID};
+		Oid			t[3] = {INT8OID, FLOAT8OID, TIMESTAMPTZOID};
 
 		retry_plan = journal_prepare("UPDATE apiary.tasks SET run_after = pg_catalog.clock_timestamp()"
-									 " OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => $2)"
-									 " WHERE id OPERATOR(pg_catalog.=) $1", 2, t);
+									 " OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => $2),"
+									 " " RAN_COLUMNS("$3")
+									 " WHERE id OPERATOR(pg_catalog.=) $1", 3, t);
 	}
 	{
 		Oid			t[7] = {OIDOID, TEXTOID, INT8OID, TEXTOID, JSONBOID, TEXTOID, INT4OID};
@@ -191,11 +191,16 @@ prepare_plans(void)
 										 " WHERE role OPERATOR(pg_catalog.=) $1::pg_catalog.regrole"
 										 " AND id OPERATOR(pg_catalog.=) $2 FOR SHARE", 2, t);
 	}
-	cancel_task_plan = journal_prepare("UPDATE apiary.tasks SET state = 'cancelled',"
-									   " finished_at = pg_catalog.clock_timestamp(),"
-									   " error = pg_catalog.jsonb_build_object('sqlstate', '57014',"
-									   " 'cancelled', 'by apiary_cancel, while running')"
-									   " WHERE id OPERATOR(pg_catalog.=) $1", 1, one_int8);
+	{
+		Oid			t[2] = {INT8OID, TIMESTAMPTZOID};
+
+		cancel_task_plan = journal_prepare("UPDATE apiary.tasks SET state = 'cancelled',"
+										   " finished_at = pg_catalog.clock_timestamp(),"
+										   " error = pg_catalog.jsonb_build_object('sqlstate', '57014',"
+										   " 'cancelled', 'by apiary_cancel, while running'),"
+										   " " RAN_COLUMNS("$2")
+										   " WHERE id OPERATOR(pg_catalog.=) $1", 2, t);
+	}
 }
 
 /* ---------------------------------------------------------------------
@@ -499,14 +504,19 @@ error_jsonb(ErrorData *edata, int64 task, const char *function)
 	return JsonbValueToJsonb(res);
 }
 
+/*
+ * Record a task's outcome with done_plan or failed_plan; started is when the
+ * attempt that produced it began, or 0 when none ran (a crash counted).
+ */
 static void
-record_outcome(SPIPlanPtr plan, int64 task, Jsonb *value)
+record_outcome(SPIPlanPtr plan, int64 task, Jsonb *value, TimestampTz started)
 {
-	Datum		values[2] = {Int64GetDatum(task), JsonbPGetDatum(value)};
-	char		nulls[2] = {' ', value == NULL ? 'n' : ' '};
+	Datum		values[3] = {Int64GetDatum(task), JsonbPGetDatum(value),
+	TimestampTzGetDatum(started)};
+	char		nulls[3] = {' ', value == NULL ? 'n' : ' ', started == 0 ? 'n' : ' '};
 	bool		isnull;
 
-	journal_execute(NULL, plan, 2, NULL, values, nulls, SPI_OK_SELECT);
+	journal_execute(NULL, plan, 3, NULL, values, nulls, SPI_OK_SELECT);
 	if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
 		apiary_finished_at_commit();
 	/* released waiters may be ready now */
@@ -522,14 +532,15 @@ link_to_future(RunningTask *t, int64 future)
 	char	   *st = future_state(future, t->role, t->workflow, &output, &error);
 
 	if (strcmp(st, "done") == 0)
-		record_outcome(done_plan, t->id, output);
+		record_outcome(done_plan, t->id, output, t->started);
 	else if (strcmp(st, "failed") == 0 || strcmp(st, "cancelled") == 0)
-		record_outcome(failed_plan, t->id, error);
+		record_outcome(failed_plan, t->id, error, t->started);
 	else
 	{
-		Datum		values[2] = {Int64GetDatum(t->id), Int64GetDatum(future)};
+		Datum		values[3] = {Int64GetDatum(t->id), Int64GetDatum(future),
+		TimestampTzGetDatum(t->started)};
 
-		journal_execute(NULL, link_plan, 2, NULL, values, NULL, SPI_OK_UPDATE);
+		journal_execute(NULL, link_plan, 3, NULL, values, NULL, SPI_OK_UPDATE);
 	}
 }
 
@@ -625,9 +636,9 @@ run_task(RunningTask *t, const char *function, Jsonb *args, int attempt)
 	if (cancelled)
 	{
 		/* apiary_cancel skipped this task, which it found running */
-		Datum		values[1] = {Int64GetDatum(t->id)};
+		Datum		values[2] = {Int64GetDatum(t->id), TimestampTzGetDatum(t->started)};
 
-		journal_execute(NULL, cancel_task_plan, 1, NULL, values, NULL, SPI_OK_UPDATE);
+		journal_execute(NULL, cancel_task_plan, 2, NULL, values, NULL, SPI_OK_UPDATE);
 		return;
 	}
 
@@ -638,7 +649,7 @@ run_task(RunningTask *t, const char *function, Jsonb *args, int attempt)
 		if (!isnull && apiary_jsonb_is_future(DatumGetJsonbP(out), &future))
 			link_to_future(t, future);
 		else
-			record_outcome(done_plan, t->id, isnull ? NULL : DatumGetJsonbP(out));
+			record_outcome(done_plan, t->id, isnull ? NULL : DatumGetJsonbP(out), t->started);
 		return;
 	}
 
@@ -653,13 +664,14 @@ run_task(RunningTask *t, const char *function, Jsonb *args, int attempt)
 		 edata->sqlerrcode == ERRCODE_T_R_DEADLOCK_DETECTED))
 	{
 		double		delay = retry_delay(kind == APIARY_KIND_EXTERNAL ? 0.5 : 0.01, attempt);
-		Datum		values[2] = {Int64GetDatum(t->id), Float8GetDatum(delay)};
+		Datum		values[3] = {Int64GetDatum(t->id), Float8GetDatum(delay),
+		TimestampTzGetDatum(t->started)};
 
 		ereport(LOG,
 				(errmsg("apiary task %lld (%s) failed, retrying in %.3f s (attempt %d of %d): %s",
 						(long long) t->id, function, delay, attempt, max_attempts,
 						edata->message)));
-		journal_execute(NULL, retry_plan, 2, NULL, values, NULL, SPI_OK_UPDATE);
+		journal_execute(NULL, retry_plan, 3, NULL, values, NULL, SPI_OK_UPDATE);
 		apiary_wake_at_commit();
 		return;
 	}
@@ -668,7 +680,7 @@ run_task(RunningTask *t, const char *function, Jsonb *args, int attempt)
 			(errmsg("apiary task %lld (%s) of workflow \"%s\" failed: %s",
 					(long long) t->id, function, text_to_cstring(t->workflow),
 					edata->message)));
-	record_outcome(failed_plan, t->id, error_jsonb(edata, t->id, function));
+	record_outcome(failed_plan, t->id, error_jsonb(edata, t->id, function), t->started);
 }
 
 /*
@@ -723,14 +735,10 @@ run_one_task(long *nap_ms)
 	function = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4);
 	args = DatumGetJsonbPCopy(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5, &isnull));
 	attempt = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 6, &isnull)) + 1;
+	t.started = GetCurrentTimestamp();
 
 	pgstat_report_activity(STATE_RUNNING, psprintf("apiary task %lld: %s", (long long) t.id, function));
 	marker_write(t.id);
-	{
-		Datum		values[1] = {Int64GetDatum(t.id)};
-
-		journal_execute(NULL, start_plan, 1, NULL, values, NULL, SPI_OK_UPDATE);
-	}
 	run_task(&t, function, args, attempt);
 
 	PopActiveSnapshot();
@@ -832,7 +840,7 @@ count_crash(void)
 											 task, crashes);
 					edata.hint = "apiary will not run it again. Fix the function, then call apiary_resume.";
 					prepare_plans();
-					record_outcome(failed_plan, task, error_jsonb(&edata, task, function));
+					record_outcome(failed_plan, task, error_jsonb(&edata, task, function), 0);
 				}
 			}
 		}

@@ -60,10 +60,11 @@ CREATE TABLE apiary.tasks (
     queued_at     pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.now(),
     started_at    pg_catalog.timestamptz,
     finished_at   pg_catalog.timestamptz,
-    xid           pg_catalog.xid8,
-    FOREIGN KEY (role, workflow) REFERENCES apiary.workflows ON DELETE CASCADE
+    xid           pg_catalog.xid8
 );
 COMMENT ON TABLE apiary.tasks IS 'tasks of workflows: queued, run once by an executor, journaled';
+-- No foreign keys between the workflow tables: every row is written by
+-- apiary's own code, and each key check would cost a locking lookup per task.
 COMMENT ON COLUMN apiary.tasks.waiting_for IS 'futures among the arguments that are not done yet';
 COMMENT ON COLUMN apiary.tasks.linked_to IS 'the future this task returned: its output becomes this task''s';
 COMMENT ON COLUMN apiary.tasks.xid IS 'the transaction that ran the task';
@@ -74,8 +75,8 @@ CREATE INDEX tasks_linked ON apiary.tasks (linked_to) WHERE linked_to IS NOT NUL
 
 -- Future -> task waiting for it.
 CREATE TABLE apiary.waits (
-    future        pg_catalog.int8 NOT NULL REFERENCES apiary.tasks ON DELETE CASCADE,
-    task          pg_catalog.int8 NOT NULL REFERENCES apiary.tasks ON DELETE CASCADE,
+    future        pg_catalog.int8 NOT NULL,
+    task          pg_catalog.int8 NOT NULL,
     PRIMARY KEY (future, task)
 );
 CREATE INDEX waits_task ON apiary.waits (task);
@@ -87,15 +88,20 @@ REVOKE ALL ON apiary.workflows, apiary.tasks, apiary.waits FROM PUBLIC;
  * Graph bookkeeping, called by the executors in the transaction that ran
  * the task.  Returns true when a workflow finished.
  */
-CREATE FUNCTION apiary.task_done(task pg_catalog.int8, result pg_catalog.jsonb)
+CREATE FUNCTION apiary.task_done(task pg_catalog.int8, result pg_catalog.jsonb,
+                                 ran_at pg_catalog.timestamptz DEFAULT NULL)
 RETURNS pg_catalog.bool LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     finished bool := false;
     linked int8;
 BEGIN
+    -- ran_at: the attempt that just ran, recorded in the same row version
     UPDATE apiary.tasks SET state = 'done', output = result,
-           finished_at = clock_timestamp()
+           finished_at = clock_timestamp(),
+           attempts = attempts + (ran_at IS NOT NULL)::int,
+           started_at = coalesce(ran_at, started_at),
+           xid = CASE WHEN ran_at IS NULL THEN xid ELSE pg_current_xact_id() END
      WHERE id = task_done.task;
     -- tasks waiting for this future become ready when it was their last
     UPDATE apiary.tasks t SET waiting_for = t.waiting_for - 1,
@@ -126,7 +132,8 @@ END $$;
  * original error, so the workflow reports the task that actually failed.
  */
 CREATE FUNCTION apiary.task_failed(task pg_catalog.int8, failure pg_catalog.jsonb,
-                                   new_state pg_catalog.text DEFAULT 'failed')
+                                   new_state pg_catalog.text DEFAULT 'failed',
+                                   ran_at pg_catalog.timestamptz DEFAULT NULL)
 RETURNS pg_catalog.bool LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -134,7 +141,10 @@ DECLARE
     t record;
 BEGIN
     UPDATE apiary.tasks SET state = new_state, error = failure,
-           finished_at = clock_timestamp()
+           finished_at = clock_timestamp(),
+           attempts = attempts + (ran_at IS NOT NULL)::int,
+           started_at = coalesce(ran_at, started_at),
+           xid = CASE WHEN ran_at IS NULL THEN xid ELSE pg_current_xact_id() END
      WHERE id = task_failed.task;
     UPDATE apiary.workflows w SET state = 'failed', error = failure,
            finished_at = clock_timestamp()
@@ -157,8 +167,9 @@ BEGIN
     END LOOP;
     RETURN finished;
 END $$;
-REVOKE ALL ON FUNCTION apiary.task_done(pg_catalog.int8, pg_catalog.jsonb),
-    apiary.task_failed(pg_catalog.int8, pg_catalog.jsonb, pg_catalog.text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION apiary.task_done(pg_catalog.int8, pg_catalog.jsonb, pg_catalog.timestamptz),
+    apiary.task_failed(pg_catalog.int8, pg_catalog.jsonb, pg_catalog.text,
+                       pg_catalog.timestamptz) FROM PUBLIC;
 
 -- The API.
 CREATE FUNCTION @extschema@.apiary_start(

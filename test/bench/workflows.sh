@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# Benchmark (not a test): workflows against the plain commits they are made
+# of, on one throwaway server with fsync and synchronous_commit on.
+#
+#   latency      enqueue -> start of a one-step workflow with idle executors,
+#                300 times in a row: from the commit of the apiary_start
+#                transaction (track_commit_timestamp) to the task's start,
+#                and from the apiary_start statement to the task's start
+#   wf1, wf3     workflows of 1 and 3 steps (a chain: each step updates a
+#                counter row in its own transaction and queues the next),
+#                started by pgbench clients for BENCH_SECONDS; throughput is
+#                completed workflows / time from first start to last finish
+#   plain1/3     the same updates as 1 and as 3 autocommit statements per
+#                pgbench transaction: the physical limit of the commits
+#
+# Prints ratios measured in this run and writes test/bench/results/workflows.md.
+# Environment: BENCH_SECONDS (default 10), BENCH_CLIENTS (default "1 4 16").
+set -euo pipefail
+. "$(dirname "$0")/../../script/lib.sh"
+
+secs=${BENCH_SECONDS:-10}
+read -r -a clients <<<"${BENCH_CLIENTS:-1 4 16}"
+port=${BENCH_PORT:-55590}
+out="$APIARY_ROOT/test/bench/results/workflows.md"
+
+apiary_deps
+apiary_install
+while (: </dev/tcp/127.0.0.1/"$port") 2>/dev/null; do port=$((port + 1)); done
+dir=$(pg_tmpdir)
+trap 'pg_stop "$dir"; rm -rf "$dir"' EXIT
+pg_start "$dir" "$port" "fsync = on" "synchronous_commit = on" "max_connections = 60" \
+	"track_commit_timestamp = on" "apiary.workers = 4"
+psql_() { pg_psql "$dir" "$port" -d postgres -qAt "$@"; }
+bench() { "$PG_BIN/pgbench" -h "$dir" -p "$port" -U postgres -n -M prepared "$@" postgres; }
+
+psql_ >/dev/null <<'SQL'
+CREATE EXTENSION apiary;
+CREATE TABLE counters (id int PRIMARY KEY, n bigint NOT NULL);
+INSERT INTO counters SELECT g, 0 FROM generate_series(1, 1000) g;
+CREATE TABLE probes (sent timestamptz, started timestamptz);
+CREATE FUNCTION probe(sent timestamptz, xid text) RETURNS int LANGUAGE sql
+SET apiary.kind = 'transactional' AS $$
+  INSERT INTO probes VALUES (sent, clock_timestamp()) RETURNING 1
+$$;
+-- step k of a chain: update, then queue step k+1 and return its future
+CREATE FUNCTION step(id int, k int, steps int) RETURNS jsonb LANGUAGE plpgsql
+SET apiary.kind = 'transactional' AS $$
+BEGIN
+  UPDATE counters SET n = n + 1 WHERE counters.id = step.id;
+  IF k < steps THEN
+    RETURN apiary_queue('step', jsonb_build_object('id', id, 'k', k + 1, 'steps', steps));
+  END IF;
+  RETURN to_jsonb(k);
+END $$;
+SQL
+
+# --- latency: one workflow at a time, executors idle -----------------------
+for i in $(seq 1 300); do
+	echo "SELECT apiary_start('probe', jsonb_build_object('sent', clock_timestamp(), 'xid', pg_current_xact_id()::text), 'p$i');"
+	echo "SELECT apiary_result('p$i', '30 s');"
+done >"$dir/probes.sql"
+psql_ -f "$dir/probes.sql" >/dev/null
+read -r c50 c99 s50 s99 <<<"$(psql_ -F ' ' -c "
+  SELECT round((percentile_cont(0.5) WITHIN GROUP (ORDER BY c) * 1000)::numeric, 3),
+         round((percentile_cont(0.99) WITHIN GROUP (ORDER BY c) * 1000)::numeric, 3),
+         round((percentile_cont(0.5) WITHIN GROUP (ORDER BY s) * 1000)::numeric, 3),
+         round((percentile_cont(0.99) WITHIN GROUP (ORDER BY s) * 1000)::numeric, 3)
+  FROM (SELECT extract(epoch FROM p.started - pg_xact_commit_timestamp((w.args->>'xid')::xid)) AS c,
+               extract(epoch FROM p.started - p.sent) AS s
+        FROM probes p JOIN apiary.workflows w ON w.args->>'sent' = to_jsonb(p.sent)->>0) x")"
+echo "enqueue->start, from commit:    p50 ${c50} ms  p99 ${c99} ms  (target p50 < 1 ms)"
+echo "enqueue->start, from statement: p50 ${s50} ms  p99 ${s99} ms  (includes the commit's WAL flush)"
+
+# --- throughput -------------------------------------------------------------
+printf '\\set id random(1, 1000)\nSELECT apiary_start('"'"'step'"'"', jsonb_build_object('"'"'id'"'"', :id::int, '"'"'k'"'"', 1, '"'"'steps'"'"', 1));\n' >"$dir/wf1.sql"
+printf '\\set id random(1, 1000)\nSELECT apiary_start('"'"'step'"'"', jsonb_build_object('"'"'id'"'"', :id::int, '"'"'k'"'"', 1, '"'"'steps'"'"', 3));\n' >"$dir/wf3.sql"
+printf '\\set id random(1, 1000)\nUPDATE counters SET n = n + 1 WHERE id = :id;\n' >"$dir/plain1.sql"
+printf '\\set id random(1, 1000)\nUPDATE counters SET n = n + 1 WHERE id = :id;\nUPDATE counters SET n = n + 1 WHERE id = :id;\nUPDATE counters SET n = n + 1 WHERE id = :id;\n' >"$dir/plain3.sql"
+chmod 644 "$dir"/*.sql
+
+declare -A rate
+run_plain() { # name clients
+	local tps
+	tps=$(bench -c "$2" -j "$(( $2 < 2 ? $2 : 2 ))" -T "$secs" -f "$dir/$1.sql" 2>&1 |
+		awk '/^tps = /{print $3}')
+	[ -n "$tps" ] || { echo "pgbench failed for $1"; exit 1; }
+	# a pgbench transaction of plain3 is three commits: count transactions
+	rate[$1,$2]=$tps
+}
+run_workflows() { # name steps clients
+	local before total t0 t1 left
+	psql_ -c "VACUUM apiary.tasks, apiary.workflows, counters" >/dev/null
+	before=$(psql_ -c "SELECT count(*) FROM apiary.workflows")
+	t0=$(psql_ -c "SELECT extract(epoch FROM clock_timestamp())")
+	bench -c "$3" -j "$(( $3 < 2 ? $3 : 2 ))" -T "$secs" -f "$dir/$1.sql" >"$dir/$1.log" 2>&1 ||
+		{ cat "$dir/$1.log"; echo "pgbench failed for $1"; exit 1; }
+	for _ in $(seq 1 1200); do
+		left=$(psql_ -c "SELECT count(*) FROM apiary.workflows WHERE state = 'running'")
+		[ "$left" -eq 0 ] && break
+		sleep 0.1
+	done
+	[ "$left" -eq 0 ] || { echo "workflows did not drain"; exit 1; }
+	t1=$(psql_ -c "SELECT extract(epoch FROM max(finished_at)) FROM apiary.workflows")
+	total=$(( $(psql_ -c "SELECT count(*) FROM apiary.workflows") - before ))
+	failed=$(psql_ -c "SELECT count(*) FROM apiary.workflows WHERE state <> 'done'")
+	[ "$failed" -eq 0 ] || { echo "$failed workflows did not complete"; exit 1; }
+	rate[$1,$3]=$(awk -v n="$total" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", n / (b - a) }')
+}
+
+for c in "${clients[@]}"; do
+	run_plain plain1 "$c"
+	run_workflows wf1 1 "$c"
+	run_plain plain3 "$c"
+	run_workflows wf3 3 "$c"
+	echo "  $c client(s): plain1 ${rate[plain1,$c]} tps, wf1 ${rate[wf1,$c]}/s, plain3 ${rate[plain3,$c]} tps, wf3 ${rate[wf3,$c]}/s"
+done
+
+# every step took effect exactly once: counters = steps of all workflows
+steps=$(psql_ -c "SELECT coalesce(sum((args->>'steps')::int), 0) FROM apiary.workflows WHERE function = 'step'")
+plain=$(psql_ -c "SELECT sum(n) FROM counters")
+tasks=$(psql_ -c "SELECT count(*) FROM apiary.tasks WHERE state = 'done' AND function = 'step'")
+[ "$tasks" -eq "$steps" ] || { echo "expected $steps step tasks done, found $tasks"; exit 1; }
+echo "checked: $steps workflow steps done, each once (counters also carry the plain runs: $plain)"
+
+{
+	echo "# workflow benchmark"
+	echo
+	echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(pg_config --version), nproc $(nproc), ${secs} s per run, fsync and synchronous_commit on, apiary.workers = 4."
+	echo
+	echo "| | p50 | p99 | target |"
+	echo "|---|---:|---:|---|"
+	echo "| enqueue→start, from the enqueuing commit | ${c50} ms | ${c99} ms | p50 < 1 ms |"
+	echo "| enqueue→start, from the apiary_start statement | ${s50} ms | ${s99} ms | |"
+	echo
+	echo "| clients | plain commits/s | 1-step workflows/s | ratio | 3 plain commits/s (pgbench tx) | 3-step workflows/s | ratio (target ≥ 0.5) |"
+	echo "|---:|---:|---:|---:|---:|---:|---:|"
+	for c in "${clients[@]}"; do
+		awk -v c="$c" -v p1="${rate[plain1,$c]}" -v w1="${rate[wf1,$c]}" -v p3="${rate[plain3,$c]}" -v w3="${rate[wf3,$c]}" \
+			'BEGIN { printf "| %s | %.0f | %.0f | %.2fx | %.0f | %.0f | %.2fx |\n", c, p1, w1, w1 / p1, p3, w3, w3 / p3 }'
+	done
+} >"$out"
+echo
+sed -n '/^| clients/,$p' "$out"
+echo "written to $out"
