@@ -133,10 +133,15 @@ prepare_plans(void)
 								 " AND run_after OPERATOR(pg_catalog.<=) pg_catalog.clock_timestamp()"
 								 " ORDER BY run_after, id LIMIT 1 FOR UPDATE SKIP LOCKED",
 								 0, NULL);
+	/*
+	 * When to look again: at the next retry that falls due.  Ready tasks
+	 * that another executor holds need no timer: their commit wakes us.
+	 */
 	next_plan = journal_prepare("SELECT (pg_catalog.date_part('epoch', pg_catalog.min(run_after)"
 								" OPERATOR(pg_catalog.-) pg_catalog.clock_timestamp())"
 								" OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8"
-								" FROM apiary.tasks WHERE state OPERATOR(pg_catalog.=) 'pending'",
+								" FROM apiary.tasks WHERE state OPERATOR(pg_catalog.=) 'pending'"
+								" AND run_after OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp()",
 								0, NULL);
 	{
 		Oid			t[3] = {INT8OID, OIDOID, TEXTOID};
@@ -955,6 +960,8 @@ apiary_executor_main(Datum main_arg)
 
 		if (ran)
 			continue;
+		/* background workers report their statistics themselves */
+		pgstat_report_stat(false);
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 nap_ms, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);

@@ -51,6 +51,19 @@ psql_ -c "CREATE FUNCTION one() RETURNS int LANGUAGE sql SET apiary.kind = 'read
 out=$(psql_ -c "SELECT apiary_start('one', '{}', 'w')" -c "SELECT apiary_result('w', '30 s')" | tail -n 1)
 [ "$out" = 1 ] || fail "workflow returned '$out'"
 
+# idle executors sleep while another runs a long task: count the scans of
+# apiary.tasks meanwhile (a polling loop would make thousands)
+psql_ -c "ALTER SYSTEM SET apiary.workers = 3" -c "SELECT pg_reload_conf()" >/dev/null
+wait_for 3
+psql_ -c "CREATE FUNCTION nap() RETURNS int LANGUAGE sql SET apiary.kind = 'readonly' AS \$\$ SELECT 1 FROM pg_sleep(2) \$\$" >/dev/null
+scans() { psql_ -c "SELECT pg_stat_force_next_flush()" -c "SELECT coalesce(seq_scan, 0) + coalesce(idx_scan, 0) FROM pg_stat_all_tables WHERE relid = 'apiary.tasks'::regclass" | tail -n 1; }
+before=$(scans)
+out=$(psql_ -c "SELECT apiary_start('nap', '{}', 'nap')" -c "SELECT apiary_result('nap', '30 s')" | tail -n 1)
+[ "$out" = 1 ] || fail "nap returned '$out'"
+sleep 0.5   # executors report their statistics when idle
+after=$(scans)
+[ $((after - before)) -lt 300 ] || fail "executors scanned apiary.tasks $((after - before)) times during one 2 s task"
+
 # dropping the extension stops the executors
 psql_ -c "DROP EXTENSION apiary"
 wait_for 0
