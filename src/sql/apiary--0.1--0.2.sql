@@ -70,6 +70,11 @@ COMMENT ON COLUMN apiary.tasks.linked_to IS 'the future this task returned: its 
 COMMENT ON COLUMN apiary.tasks.xid IS 'the transaction that ran the task';
 COMMENT ON COLUMN apiary.tasks.crashes IS 'times the server went down while the task ran';
 CREATE INDEX tasks_ready ON apiary.tasks (run_after, id) WHERE state OPERATOR(pg_catalog.=) 'pending';
+-- A queue: every task leaves a dead entry in tasks_ready when it runs, and
+-- the claim walks those until VACUUM removes them, so vacuum it early.
+ALTER TABLE apiary.tasks SET (autovacuum_vacuum_scale_factor = 0.01,
+                              autovacuum_vacuum_threshold = 1000,
+                              autovacuum_vacuum_insert_scale_factor = 0.01);
 CREATE INDEX tasks_workflow ON apiary.tasks (role, workflow);
 CREATE INDEX tasks_linked ON apiary.tasks (linked_to) WHERE linked_to IS NOT NULL;
 
