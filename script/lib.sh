@@ -85,3 +85,16 @@ pg_psql() {
 	shift 2
 	"$PG_BIN/psql" -h "$dir" -p "$port" -U postgres -X -v ON_ERROR_STOP=1 "$@"
 }
+
+# throwaway_server PORT [extra postgresql.conf lines...]
+# For script tests: a server in a new temp dir on PORT, stopped and removed
+# when the script exits.  Sets $dir and $port; psql_ runs quiet, unaligned
+# psql in its postgres database.
+throwaway_server() {
+	port=$1
+	shift
+	dir=$(pg_tmpdir)
+	trap 'pg_stop "$dir"; rm -rf "$dir"' EXIT
+	pg_start "$dir" "$port" "$@"
+}
+psql_() { pg_psql "$dir" "$port" -d postgres -qAt "$@"; }

@@ -701,6 +701,7 @@ run_one_task(long *nap_ms)
 	int			attempt;
 	bool		isnull;
 	Datum		next;
+	Oid			nsp;
 
 	*nap_ms = 60 * 1000L;
 	SetCurrentStatementStartTimestamp();
@@ -709,8 +710,8 @@ run_one_task(long *nap_ms)
 		elog(ERROR, "SPI_connect failed");
 	PushActiveSnapshot(GetTransactionSnapshot());
 
-	if (!OidIsValid(get_namespace_oid("apiary", true)) ||
-		!OidIsValid(get_relname_relid("tasks", get_namespace_oid("apiary", true))))
+	nsp = get_namespace_oid("apiary", true);
+	if (!OidIsValid(nsp) || !OidIsValid(get_relname_relid("tasks", nsp)))
 	{
 		/* the extension is gone, or not at version 0.2 yet */
 		*nap_ms = 1000L;

@@ -8,11 +8,7 @@ set -euo pipefail
 make -s -C "$APIARY_ROOT/test/c_example" >/dev/null 2>&1
 make -s -C "$APIARY_ROOT/test/c_example" install >/dev/null 2>&1
 
-port=${PORT:-55473}
-dir=$(pg_tmpdir)
-trap 'pg_stop "$dir"; rm -rf "$dir"' EXIT
-pg_start "$dir" "$port" "apiary.workers = 2"
-psql_() { pg_psql "$dir" "$port" -d postgres -qAt "$@"; }
+throwaway_server "${PORT:-55473}" "apiary.workers = 2"
 fail() { echo "FAIL: $*"; tail -n 30 "$dir/server.log"; exit 1; }
 
 psql_ <<'SQL'

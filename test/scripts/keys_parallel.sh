@@ -8,11 +8,7 @@
 set -euo pipefail
 . "$(dirname "$0")/../../script/lib.sh"
 
-port=${PORT:-55471}
-dir=$(pg_tmpdir)
-trap 'pg_stop "$dir"; rm -rf "$dir"' EXIT
-pg_start "$dir" "$port"
-psql_() { pg_psql "$dir" "$port" -d postgres -qAt "$@"; }
+throwaway_server "${PORT:-55471}"
 
 psql_ <<'SQL'
 CREATE EXTENSION apiary;

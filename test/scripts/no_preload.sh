@@ -5,11 +5,7 @@
 set -euo pipefail
 . "$(dirname "$0")/../../script/lib.sh"
 
-port=${PORT:-55472}
-dir=$(pg_tmpdir)
-trap 'pg_stop "$dir"; rm -rf "$dir"' EXIT
-pg_start "$dir" "$port" "shared_preload_libraries = ''"
-psql_() { pg_psql "$dir" "$port" -d postgres -qAt "$@"; }
+throwaway_server "${PORT:-55472}" "shared_preload_libraries = ''"
 
 psql_ -c "CREATE EXTENSION apiary"
 # a fresh session: the library is loaded only when the event trigger fires

@@ -5,11 +5,7 @@
 set -euo pipefail
 . "$(dirname "$0")/../../script/lib.sh"
 
-port=${PORT:-55474}
-dir=$(pg_tmpdir)
-trap 'pg_stop "$dir"; rm -rf "$dir"' EXIT
-pg_start "$dir" "$port" "apiary.workers = 2"
-psql_() { pg_psql "$dir" "$port" -d postgres -qAt "$@"; }
+throwaway_server "${PORT:-55474}" "apiary.workers = 2"
 fail() { echo "FAIL: $*"; tail -n 20 "$dir/server.log"; exit 1; }
 executors() { psql_ -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'apiary executor'"; }
 # wait_for N: until N executors run (bounded), else fail
