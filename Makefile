@@ -12,6 +12,7 @@ OBJS = \
 	src/journal.o \
 	src/launcher.o \
 	src/names.o \
+	src/queue.o \
 	src/registry.o \
 	src/workflow.o
 
@@ -36,6 +37,9 @@ ISOLATION_OPTS = --temp-config=$(srcdir)/test/apiary_isolation.conf \
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# PGXS tracks no header dependencies: rebuild everything when a header changes
+$(OBJS): $(wildcard src/*.h)
 
 .PHONY: unit
 unit:

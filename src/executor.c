@@ -3,24 +3,25 @@
  * executor.c
  *	  Executor background workers: run queued tasks, each in one transaction.
  *
- * An executor sleeps on its latch until a committing transaction that
- * queued runnable tasks sets it (launcher.c), or until the earliest retry
- * is due.  Then, in one transaction, it
+ * An executor sleeps on its latch until a committing transaction that made
+ * tasks ready sets it (launcher.c), or until the earliest retry is due.
+ * Then, in one transaction, it
  *
- *	1. claims the oldest ready task with FOR UPDATE SKIP LOCKED, so that
- *	   executors never block one another;
+ *	1. claims a ready task, skipping those other executors hold (queue.c):
+ *	   first the task its previous transaction made ready, if any, so that
+ *	   a workflow under way goes on before new ones start; else the oldest;
  *	2. substitutes the outputs of the futures among its arguments;
  *	3. runs the function as the role that queued the task, in a
  *	   subtransaction, so that a failure can be recorded;
- *	4. records the outcome (apiary.task_done / task_failed in the install
- *	   script: output, released waiters, the workflow's end), or, with
- *	   attempts left, schedules a retry with jittered exponential backoff:
- *	   after a serialization failure or deadlock for any task, after any
- *	   error for an external one.  A function's timeout ends it with an
- *	   error like any other; a workflow cancelled while the task ran rolls
- *	   the task back;
+ *	4. records the outcome (queue_finish: output, released waiters, the
+ *	   workflow's end), or, with attempts left, schedules a retry with
+ *	   jittered exponential backoff: after a serialization failure or
+ *	   deadlock for any task, after any error for an external one.  A
+ *	   function's timeout ends it with an error like any other; a workflow
+ *	   cancelled while the task ran rolls the task back;
  *	5. commits: the function's effects, the tasks it queued and the
- *	   bookkeeping become visible together, or not at all.
+ *	   bookkeeping become visible together, or not at all.  The commit
+ *	   wakes one idle executor for each further task it made ready.
  *
  * A crash anywhere before the commit leaves the task pending, to be claimed
  * again after restart: there is no "running" state that could be left
@@ -29,7 +30,7 @@
  *
  * A task whose function takes the whole server down (a crash in C code)
  * would be claimed and crash it again after every restart.  Executors
- * therefore leave a marker file naming the task they run; after a restart,
+ * therefore keep a marker file naming the task they run; after a restart,
  * the task named gets a crash counted, and at its max_attempts it fails
  * instead of running again.
  *
@@ -72,6 +73,7 @@
 #include "guc.h"
 #include "invoke.h"
 #include "journal.h"
+#include "queue.h"
 #include "launcher.h"
 #include "registry.h"
 
@@ -90,122 +92,40 @@ typedef struct RunningTask
 static RunningTask *running_task = NULL;
 
 /*
- * Crash markers.  Before running a task an executor writes its id to a file
- * of its own, and removes the file once the task's transaction has ended,
- * or when the executor exits in an orderly way (shutdown, FATAL, the
- * postmaster's death).  A file still there when an executor starts names
- * the task it was running when a backend crashed: the postmaster then kills
- * every backend at once and restarts them, with no exit callbacks.  The
- * file is not fsynced: the operating system outlives a backend crash.
+ * Crash markers.  Before running a task an executor writes its id into a
+ * file of its own, and overwrites it with 0 once the task's transaction has
+ * ended, or when the executor exits in an orderly way (shutdown, FATAL, the
+ * postmaster's death).  A task id still there when an executor starts
+ * names the task it was running when a backend crashed: the postmaster then
+ * kills every backend at once and restarts them, with no exit callbacks.
+ * The file stays open and is rewritten in place, and is not fsynced: the
+ * operating system outlives a backend crash.
  */
 #define MARKER_DIR "pg_apiary"
+#define MARKER_SIZE 32			/* "<database oid> <task id>", padded */
 
 static char marker_path[MAXPGPATH];
+static int	marker_fd = -1;
+static int	executor_slot = -1;
 
 static void marker_write(int64 task);
-static void marker_clear(void);
+static void marker_clear_at_exit(int code, Datum arg);
 
-static SPIPlanPtr claim_plan = NULL;
-static SPIPlanPtr next_plan = NULL;
-static SPIPlanPtr future_plan = NULL;
-static SPIPlanPtr done_plan = NULL;
-static SPIPlanPtr failed_plan = NULL;
-static SPIPlanPtr link_plan = NULL;
-static SPIPlanPtr retry_plan = NULL;
-static SPIPlanPtr queue_plan = NULL;
-static SPIPlanPtr wait_plan = NULL;
-static SPIPlanPtr cancelled_plan = NULL;
-static SPIPlanPtr cancel_task_plan = NULL;
-
-/* The attempt just made, recorded in the same row version as its outcome. */
-#define RAN_COLUMNS(started) \
-	"attempts = attempts OPERATOR(pg_catalog.+) 1, started_at = " started ", " \
-	"xid = pg_catalog.pg_current_xact_id()"
+/*
+ * Tasks this executor's transaction made ready (queued, or released from
+ * waiting): after the commit it runs the first itself, so a workflow under
+ * way goes on before new ones start, and wakes idle executors for the rest.
+ */
+#define MAX_READY 8
+static int64 ready_ids[MAX_READY];
+static int	nready = 0;
 
 static void
-prepare_plans(void)
+note_ready(int64 id)
 {
-	if (claim_plan != NULL)
-		return;
-	claim_plan = journal_prepare("SELECT id, role::pg_catalog.oid, workflow, function, args, attempts"
-								 " FROM apiary.tasks"
-								 " WHERE state OPERATOR(pg_catalog.=) 'pending'"
-								 " AND run_after OPERATOR(pg_catalog.<=) pg_catalog.clock_timestamp()"
-								 " ORDER BY run_after, id LIMIT 1 FOR UPDATE SKIP LOCKED",
-								 0, NULL);
-	/*
-	 * When to look again: at the next retry that falls due.  Ready tasks
-	 * that another executor holds need no timer: their commit wakes us.
-	 */
-	next_plan = journal_prepare("SELECT (pg_catalog.date_part('epoch', pg_catalog.min(run_after)"
-								" OPERATOR(pg_catalog.-) pg_catalog.clock_timestamp())"
-								" OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8"
-								" FROM apiary.tasks WHERE state OPERATOR(pg_catalog.=) 'pending'"
-								" AND run_after OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp()",
-								0, NULL);
-	{
-		Oid			t[3] = {INT8OID, OIDOID, TEXTOID};
-
-		future_plan = journal_prepare("SELECT state, output, error FROM apiary.tasks"
-									  " WHERE id OPERATOR(pg_catalog.=) $1"
-									  " AND role OPERATOR(pg_catalog.=) $2::pg_catalog.regrole"
-									  " AND workflow OPERATOR(pg_catalog.=) $3",
-									  3, t);
-	}
-	{
-		Oid			t[3] = {INT8OID, JSONBOID, TIMESTAMPTZOID};
-
-		done_plan = journal_prepare("SELECT apiary.task_done($1, $2, $3)", 3, t);
-		failed_plan = journal_prepare("SELECT apiary.task_failed($1, $2, 'failed', $3)", 3, t);
-	}
-	{
-		Oid			t[3] = {INT8OID, INT8OID, TIMESTAMPTZOID};
-
-		link_plan = journal_prepare("UPDATE apiary.tasks SET state = 'linked', linked_to = $2,"
-									" " RAN_COLUMNS("$3")
-									" WHERE id OPERATOR(pg_catalog.=) $1", 3, t);
-	}
-	{
-		Oid			t[3] = {INT8OID, FLOAT8OID, TIMESTAMPTZOID};
-
-		retry_plan = journal_prepare("UPDATE apiary.tasks SET run_after = pg_catalog.clock_timestamp()"
-									 " OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => $2),"
-									 " " RAN_COLUMNS("$3")
-									 " WHERE id OPERATOR(pg_catalog.=) $1", 3, t);
-	}
-	{
-		Oid			t[7] = {OIDOID, TEXTOID, INT8OID, TEXTOID, JSONBOID, TEXTOID, INT4OID};
-
-		queue_plan = journal_prepare("INSERT INTO apiary.tasks"
-									 " (role, workflow, parent, function, args, state, waiting_for)"
-									 " VALUES ($1::pg_catalog.regrole, $2, $3, $4, $5, $6, $7)"
-									 " RETURNING id", 7, t);
-	}
-	{
-		Oid			t[2] = {INT8OID, INT8OID};
-
-		wait_plan = journal_prepare("INSERT INTO apiary.waits (future, task) VALUES ($1, $2)",
-									2, t);
-	}
-	{
-		Oid			t[2] = {OIDOID, TEXTOID};
-
-		/* FOR SHARE: apiary_cancel waits for a task that passed this check */
-		cancelled_plan = journal_prepare("SELECT state OPERATOR(pg_catalog.=) 'cancelled'"
-										 " FROM apiary.workflows"
-										 " WHERE role OPERATOR(pg_catalog.=) $1::pg_catalog.regrole"
-										 " AND id OPERATOR(pg_catalog.=) $2 FOR SHARE", 2, t);
-	}
-	{
-		Oid			t[2] = {INT8OID, TIMESTAMPTZOID};
-
-		cancel_task_plan = journal_prepare("UPDATE apiary.tasks SET state = 'cancelled',"
-										   " finished_at = pg_catalog.clock_timestamp(),"
-										   " error = pg_catalog.jsonb_build_object('sqlstate', '57014',"
-										   " 'cancelled', 'by apiary_cancel, while running'),"
-										   " " RAN_COLUMNS("$2")
-										   " WHERE id OPERATOR(pg_catalog.=) $1", 2, t);
-	}
+	if (nready < MAX_READY)
+		ready_ids[nready] = id;
+	nready++;
 }
 
 /* ---------------------------------------------------------------------
@@ -263,41 +183,6 @@ apiary_future_jsonb(int64 id)
 }
 
 /*
- * Look a future up in the task's workflow: its state, and its output (or
- * error).  A future of another workflow, or of another role, is not found.
- */
-static char *
-future_state(int64 id, Oid role, text *workflow, Jsonb **output, Jsonb **error)
-{
-	Datum		values[3] = {Int64GetDatum(id), ObjectIdGetDatum(role),
-	PointerGetDatum(workflow)};
-	bool		isnull;
-	char	   *state;
-
-	prepare_plans();
-	journal_execute(NULL, future_plan, 3, NULL, values, NULL, SPI_OK_SELECT);
-	if (SPI_processed == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("future %lld does not belong to this workflow", (long long) id),
-				 errdetail("Futures are task outputs of the same workflow, as returned by apiary_queue.")));
-	state = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-	if (output)
-	{
-		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
-
-		*output = isnull ? NULL : DatumGetJsonbPCopy(d);
-	}
-	if (error)
-	{
-		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull);
-
-		*error = isnull ? NULL : DatumGetJsonbPCopy(d);
-	}
-	return state;
-}
-
-/*
  * Replace the futures among args' top-level values by their outputs (all
  * done: the task would not be pending otherwise).
  */
@@ -321,11 +206,11 @@ resolve_futures(Jsonb *args, RunningTask *t)
 		if ((tok == WJB_VALUE || tok == WJB_ELEM) && value_is_future(&v, &id))
 		{
 			Jsonb	   *out = NULL;
-			char	   *st = future_state(id, t->role, t->workflow, &out, NULL);
+			QueueState st = queue_future(id, t->role, t->workflow, &out, NULL);
 
-			if (strcmp(st, "done") != 0)
+			if (st != QS_DONE)
 				elog(ERROR, "future %lld of task %lld is %s, not done",
-					 (long long) id, (long long) t->id, st);
+					 (long long) id, (long long) t->id, queue_state_name(st));
 			if (out == NULL)
 				v.type = jbvNull;
 			else
@@ -352,12 +237,8 @@ apiary_queue_jsonb(const char *name, Jsonb *args)
 	JsonbIteratorToken tok;
 	JsonbValue	v;
 	List	   *waits = NIL;
-	ListCell   *lc;
 	int64		id;
 	int64		task;
-	Datum		values[7];
-	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
-	bool		isnull;
 
 	if (running_task == NULL)
 		ereport(ERROR,
@@ -369,26 +250,29 @@ apiary_queue_jsonb(const char *name, Jsonb *args)
 	/* the function must exist now; it is looked up again when it runs */
 	registry_check_exists(name);
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	prepare_plans();
-
 	/* futures among the top-level values: wait for those not done yet */
 	if (!JB_ROOT_IS_SCALAR(args))
 	{
 		it = JsonbIteratorInit(&args->root);
 		while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
 		{
-			char	   *st;
+			QueueState	st;
+			ListCell   *lc;
+			bool		seen = false;
 
 			if ((tok != WJB_VALUE && tok != WJB_ELEM) || !value_is_future(&v, &id))
 				continue;
-			st = future_state(id, running_task->role, running_task->workflow, NULL, NULL);
-			if (strcmp(st, "failed") == 0 || strcmp(st, "cancelled") == 0)
+			st = queue_future(id, running_task->role, running_task->workflow, NULL, NULL);
+			if (st == QS_FAILED || st == QS_CANCELLED)
 				ereport(ERROR,
 						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-						 errmsg("future %lld has %s", (long long) id, st)));
-			if (strcmp(st, "done") != 0)
+						 errmsg("future %lld has %s", (long long) id, queue_state_name(st))));
+			if (st == QS_DONE)
+				continue;
+			/* the same future twice is one wait */
+			foreach(lc, waits)
+				seen |= *(int64 *) lfirst(lc) == id;
+			if (!seen)
 			{
 				int64	   *future = palloc_object(int64);
 
@@ -398,26 +282,10 @@ apiary_queue_jsonb(const char *name, Jsonb *args)
 		}
 	}
 
-	values[0] = ObjectIdGetDatum(running_task->role);
-	values[1] = PointerGetDatum(running_task->workflow);
-	values[2] = Int64GetDatum(running_task->id);
-	values[3] = CStringGetTextDatum(name);
-	values[4] = JsonbPGetDatum(args);
-	values[5] = CStringGetTextDatum(waits == NIL ? "pending" : "waiting");
-	values[6] = Int32GetDatum(list_length(waits));
-	journal_execute(NULL, queue_plan, 7, NULL, values, nulls, SPI_OK_INSERT_RETURNING);
-	task = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-
-	foreach(lc, waits)
-	{
-		Datum		w[2] = {Int64GetDatum(*(int64 *) lfirst(lc)), Int64GetDatum(task)};
-
-		journal_execute(NULL, wait_plan, 2, NULL, w, NULL, SPI_OK_INSERT);
-	}
-	SPI_finish();
-
+	task = queue_add_task(running_task->role, running_task->workflow,
+						  running_task->id, name, args, waits);
 	if (waits == NIL)
-		apiary_wake_at_commit();
+		note_ready(task);
 	return apiary_future_jsonb(task);
 }
 
@@ -510,22 +378,21 @@ error_jsonb(ErrorData *edata, int64 task, const char *function)
 }
 
 /*
- * Record a task's outcome with done_plan or failed_plan; started is when the
+ * Record a task's outcome (and what follows from it); started is when the
  * attempt that produced it began, or 0 when none ran (a crash counted).
  */
 static void
-record_outcome(SPIPlanPtr plan, int64 task, Jsonb *value, TimestampTz started)
+record_outcome(int64 task, QueueState state, Jsonb *value, TimestampTz started)
 {
-	Datum		values[3] = {Int64GetDatum(task), JsonbPGetDatum(value),
-	TimestampTzGetDatum(started)};
-	char		nulls[3] = {' ', value == NULL ? 'n' : ' ', started == 0 ? 'n' : ' '};
-	bool		isnull;
+	int64		released[MAX_READY];
+	bool		finished;
+	int			n = queue_finish(task, state, value, started, released,
+								 MAX_READY, &finished);
 
-	journal_execute(NULL, plan, 3, NULL, values, nulls, SPI_OK_SELECT);
-	if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
+	for (int i = 0; i < n; i++)
+		note_ready(i < MAX_READY ? released[i] : 0);
+	if (finished)
 		apiary_finished_at_commit();
-	/* released waiters may be ready now */
-	apiary_wake_at_commit();
 }
 
 /* The task returned a future: take its output, now or once it is done. */
@@ -534,19 +401,14 @@ link_to_future(RunningTask *t, int64 future)
 {
 	Jsonb	   *output = NULL;
 	Jsonb	   *error = NULL;
-	char	   *st = future_state(future, t->role, t->workflow, &output, &error);
+	QueueState	st = queue_future(future, t->role, t->workflow, &output, &error);
 
-	if (strcmp(st, "done") == 0)
-		record_outcome(done_plan, t->id, output, t->started);
-	else if (strcmp(st, "failed") == 0 || strcmp(st, "cancelled") == 0)
-		record_outcome(failed_plan, t->id, error, t->started);
+	if (st == QS_DONE)
+		record_outcome(t->id, QS_DONE, output, t->started);
+	else if (st == QS_FAILED || st == QS_CANCELLED)
+		record_outcome(t->id, QS_FAILED, error, t->started);
 	else
-	{
-		Datum		values[3] = {Int64GetDatum(t->id), Int64GetDatum(future),
-		TimestampTzGetDatum(t->started)};
-
-		journal_execute(NULL, link_plan, 3, NULL, values, NULL, SPI_OK_UPDATE);
-	}
+		queue_link(t->id, future, t->started);
 }
 
 /*
@@ -559,18 +421,6 @@ retry_delay(double first, int attempt)
 	double		base = Min(first * pow(2.0, Min(attempt - 1, 30)), 3600.0);
 
 	return base * (0.5 + pg_prng_double(&pg_global_prng_state));
-}
-
-/* Was the workflow cancelled while the task ran?  Locks it against that. */
-static bool
-workflow_cancelled(RunningTask *t)
-{
-	Datum		values[2] = {ObjectIdGetDatum(t->role), PointerGetDatum(t->workflow)};
-	bool		isnull;
-
-	journal_execute(NULL, cancelled_plan, 2, NULL, values, NULL, SPI_OK_SELECT);
-	return SPI_processed == 1 &&
-		DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 }
 
 static void
@@ -617,7 +467,7 @@ run_task(RunningTask *t, const char *function, Jsonb *args, int attempt)
 		SetUserIdAndSecContext(save_user, save_sec);
 
 		/* a workflow cancelled meanwhile takes the task's effects back */
-		cancelled = workflow_cancelled(t);
+		cancelled = queue_workflow_cancelled(t->role, t->workflow);
 		if (cancelled)
 			RollbackAndReleaseCurrentSubTransaction();
 		else
@@ -638,12 +488,17 @@ run_task(RunningTask *t, const char *function, Jsonb *args, int attempt)
 	PG_END_TRY();
 	running_task = NULL;
 
+	if (cancelled || edata != NULL)
+		nready = 0;				/* what it queued is gone */
+
 	if (cancelled)
 	{
 		/* apiary_cancel skipped this task, which it found running */
-		Datum		values[2] = {Int64GetDatum(t->id), TimestampTzGetDatum(t->started)};
+		Datum		error = DirectFunctionCall1(jsonb_in,
+												CStringGetDatum("{\"sqlstate\": \"57014\", "
+																"\"cancelled\": \"by apiary_cancel, while running\"}"));
 
-		journal_execute(NULL, cancel_task_plan, 2, NULL, values, NULL, SPI_OK_UPDATE);
+		record_outcome(t->id, QS_CANCELLED, DatumGetJsonbP(error), t->started);
 		return;
 	}
 
@@ -654,7 +509,7 @@ run_task(RunningTask *t, const char *function, Jsonb *args, int attempt)
 		if (!isnull && apiary_jsonb_is_future(DatumGetJsonbP(out), &future))
 			link_to_future(t, future);
 		else
-			record_outcome(done_plan, t->id, isnull ? NULL : DatumGetJsonbP(out), t->started);
+			record_outcome(t->id, QS_DONE, isnull ? NULL : DatumGetJsonbP(out), t->started);
 		return;
 	}
 
@@ -669,15 +524,13 @@ run_task(RunningTask *t, const char *function, Jsonb *args, int attempt)
 		 edata->sqlerrcode == ERRCODE_T_R_DEADLOCK_DETECTED))
 	{
 		double		delay = retry_delay(kind == APIARY_KIND_EXTERNAL ? 0.5 : 0.01, attempt);
-		Datum		values[3] = {Int64GetDatum(t->id), Float8GetDatum(delay),
-		TimestampTzGetDatum(t->started)};
 
 		ereport(LOG,
 				(errmsg("apiary task %lld (%s) failed, retrying in %.3f s (attempt %d of %d): %s",
 						(long long) t->id, function, delay, attempt, max_attempts,
 						edata->message)));
-		journal_execute(NULL, retry_plan, 3, NULL, values, NULL, SPI_OK_UPDATE);
-		apiary_wake_at_commit();
+		/* this executor looks for work next, and sleeps until it is due */
+		queue_retry(t->id, delay, t->started);
 		return;
 	}
 
@@ -685,72 +538,70 @@ run_task(RunningTask *t, const char *function, Jsonb *args, int attempt)
 			(errmsg("apiary task %lld (%s) of workflow \"%s\" failed: %s",
 					(long long) t->id, function, text_to_cstring(t->workflow),
 					edata->message)));
-	record_outcome(failed_plan, t->id, error_jsonb(edata, t->id, function), t->started);
+	record_outcome(t->id, QS_FAILED, error_jsonb(edata, t->id, function), t->started);
 }
 
 /*
- * Claim and run one ready task, in a transaction of its own.  Returns false
- * when there was none, with *nap_ms set to when to look again.
+ * Claim and run one ready task, in a transaction of its own; prefer is a
+ * task to try first (0: none).  Returns false when there was none, with
+ * *nap_ms set to when to look again.
  */
 static bool
-run_one_task(long *nap_ms)
+run_one_task(int64 prefer, long *nap_ms)
 {
+	QueueTask	task;
 	RunningTask t;
-	char	   *function;
-	Jsonb	   *args;
-	int			attempt;
-	bool		isnull;
-	Datum		next;
-	Oid			nsp;
+	TimestampTz next_due;
 
 	*nap_ms = 60 * 1000L;
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
 	PushActiveSnapshot(GetTransactionSnapshot());
 
-	nsp = get_namespace_oid("apiary", true);
-	if (!OidIsValid(nsp) || !OidIsValid(get_relname_relid("tasks", nsp)))
+	if (!queue_installed())
 	{
 		/* the extension is gone, or not at version 0.2 yet */
 		*nap_ms = 1000L;
 		PopActiveSnapshot();
-		SPI_finish();
 		CommitTransactionCommand();
 		return false;
 	}
 
-	prepare_plans();
-	journal_execute(NULL, claim_plan, 0, NULL, NULL, NULL, SPI_OK_SELECT);
-	if (SPI_processed == 0)
+	if (!queue_claim(prefer, &task, &next_due))
 	{
-		journal_execute(NULL, next_plan, 0, NULL, NULL, NULL, SPI_OK_SELECT);
-		next = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-		if (!isnull)
-			*nap_ms = Max(1L, Min(DatumGetInt64(next) + 1, *nap_ms));
+		if (next_due != 0)
+		{
+			long		secs;
+			int			usecs;
+
+			TimestampDifference(GetCurrentTimestamp(), next_due, &secs, &usecs);
+			*nap_ms = Max(1L, Min(secs * 1000L + usecs / 1000 + 1, *nap_ms));
+		}
 		PopActiveSnapshot();
-		SPI_finish();
 		CommitTransactionCommand();
 		return false;
 	}
+	apiary_executor_idle(executor_slot, false);
 
-	t.id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	t.role = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
-	t.workflow = DatumGetTextPCopy(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
-	function = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4);
-	args = DatumGetJsonbPCopy(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5, &isnull));
-	attempt = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 6, &isnull)) + 1;
+	t.id = task.id;
+	t.role = task.role;
+	t.workflow = task.workflow;
 	t.started = GetCurrentTimestamp();
+	nready = 0;
 
-	pgstat_report_activity(STATE_RUNNING, psprintf("apiary task %lld: %s", (long long) t.id, function));
+	pgstat_report_activity(STATE_RUNNING, psprintf("apiary task %lld: %s", (long long) t.id, task.function));
 	marker_write(t.id);
-	run_task(&t, function, args, attempt);
-
-	PopActiveSnapshot();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	run_task(&t, task.function, task.args, task.attempts + 1);
 	SPI_finish();
+
+	/* this executor runs the first task made ready next; others the rest */
+	if (nready > 1)
+		apiary_wake_at_commit(nready - 1);
+	PopActiveSnapshot();
 	CommitTransactionCommand();
-	marker_clear();
+	marker_write(0);
 	pgstat_report_activity(STATE_IDLE, NULL);
 	return true;
 }
@@ -760,101 +611,170 @@ run_one_task(long *nap_ms)
  * ---------------------------------------------------------------------
  */
 
+/*
+ * Name the task this executor runs (0: none) in its marker file, in place:
+ * a write to an open file, no file created or removed per task.
+ */
 static void
 marker_write(int64 task)
 {
-	char		buf[64];
-	int			len = snprintf(buf, sizeof(buf), "%u %lld\n", MyDatabaseId, (long long) task);
-	int			fd = open(marker_path, O_WRONLY | O_CREAT | O_TRUNC | PG_BINARY, pg_file_create_mode);
+	char		buf[MARKER_SIZE];
 
-	if (fd < 0 || write(fd, buf, len) != len)
+	int			len = snprintf(buf, sizeof(buf), "%u %lld", MyDatabaseId, (long long) task);
+
+	memset(buf + len, ' ', sizeof(buf) - len);
+	buf[sizeof(buf) - 1] = '\n';
+	if (pwrite(marker_fd, buf, sizeof(buf), 0) != sizeof(buf))
 		ereport(ERROR,
 				(errcode_for_file_access(),
 				 errmsg("could not write file \"%s\": %m", marker_path)));
-	close(fd);
 }
 
-static void
-marker_clear(void)
-{
-	if (unlink(marker_path) != 0 && errno != ENOENT)
-		ereport(WARNING,
-				(errcode_for_file_access(),
-				 errmsg("could not remove file \"%s\": %m", marker_path)));
-}
-
+/* Clear the marker without raising errors: at exit, or after one. */
 static void
 marker_clear_at_exit(int code, Datum arg)
 {
-	marker_clear();
+	char		buf[MARKER_SIZE];
+
+	memset(buf, ' ', sizeof(buf));
+	buf[0] = '0';
+	buf[sizeof(buf) - 1] = '\n';
+	if (marker_fd >= 0 && pwrite(marker_fd, buf, sizeof(buf), 0) != sizeof(buf))
+		ereport(LOG,
+				(errcode_for_file_access(),
+				 errmsg("could not write file \"%s\": %m", marker_path)));
+}
+
+/* The task a marker file names, or 0. */
+static int64
+marker_read(const char *path)
+{
+	char		buf[MARKER_SIZE + 1];
+	int			fd = open(path, O_RDONLY | PG_BINARY, 0);
+	ssize_t		len;
+	unsigned int db;
+	long long	task;
+
+	if (fd < 0)
+		return 0;
+	len = read(fd, buf, MARKER_SIZE);
+	close(fd);
+	if (len <= 0)
+		return 0;
+	buf[len] = '\0';
+	if (sscanf(buf, "%u %lld", &db, &task) != 2 || db != MyDatabaseId || task <= 0)
+		return 0;
+	return task;
 }
 
 /*
- * The task this slot was running when the server went down, if any, gets a
- * crash counted; at max_attempts crashes it fails instead of taking the
- * server down again, and everything else goes on.
+ * A task that was running when the server went down gets a crash counted;
+ * at max_attempts crashes it fails instead of taking the server down again,
+ * and everything else goes on.
  */
 static void
-count_crash(void)
+count_crash(int64 task)
 {
-	FILE	   *f = fopen(marker_path, "r");
-	unsigned int db;
-	long long	task;
-	bool		found;
-
-	if (f == NULL)
-		return;
-	found = fscanf(f, "%u %lld", &db, &task) == 2 && db == MyDatabaseId && task > 0;
-	fclose(f);
-
-	if (found)
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (queue_installed())
 	{
-		Oid			types[1] = {INT8OID};
-		Datum		values[1] = {Int64GetDatum(task)};
+		char	   *function = NULL;
+		int			crashes = queue_count_crash(task, &function);
+		int			max = apiary_max_attempts;
 
-		SetCurrentStatementStartTimestamp();
-		StartTransactionCommand();
-		if (SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "SPI_connect failed");
-		PushActiveSnapshot(GetTransactionSnapshot());
-		if (OidIsValid(get_namespace_oid("apiary", true)))
+		if (crashes > 0)
 		{
-			journal_execute("UPDATE apiary.tasks t SET crashes = crashes OPERATOR(pg_catalog.+) 1"
-							" WHERE id OPERATOR(pg_catalog.=) $1"
-							" AND state OPERATOR(pg_catalog.=) 'pending'"
-							" RETURNING crashes, function, COALESCE("
-							"  (SELECT max_attempts FROM apiary.functions f"
-							"   WHERE f.name OPERATOR(pg_catalog.=) t.function),"
-							"  pg_catalog.current_setting('apiary.max_attempts')::pg_catalog.int4)",
-							NULL, 1, types, values, NULL, SPI_OK_UPDATE_RETURNING);
+			Oid			types[1] = {TEXTOID};
+			Datum		values[1] = {CStringGetTextDatum(function)};
+			bool		isnull;
+
+			/* the function's own limit, if it is still registered */
+			if (SPI_connect() != SPI_OK_CONNECT)
+				elog(ERROR, "SPI_connect failed");
+			journal_execute("SELECT max_attempts FROM apiary.functions"
+							" WHERE name OPERATOR(pg_catalog.=) $1",
+							NULL, 1, types, values, NULL, SPI_OK_SELECT);
 			if (SPI_processed == 1)
 			{
-				bool		isnull;
-				int			crashes = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-				char	   *function = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
-				int			max = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
+				Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 
-				ereport(LOG,
-						(errmsg("apiary task %lld (%s) was running when the server went down (%d of %d)",
-								task, function, crashes, max)));
-				if (crashes >= max)
-				{
-					ErrorData	edata = {0};
+				if (!isnull)
+					max = DatumGetInt32(d);
+			}
+			SPI_finish();
 
-					edata.sqlerrcode = ERRCODE_INTERNAL_ERROR;
-					edata.message = psprintf("task %lld was running when the server went down %d times",
-											 task, crashes);
-					edata.hint = "apiary will not run it again. Fix the function, then call apiary_resume.";
-					prepare_plans();
-					record_outcome(failed_plan, task, error_jsonb(&edata, task, function), 0);
-				}
+			ereport(LOG,
+					(errmsg("apiary task %lld (%s) was running when the server went down (%d of %d)",
+							(long long) task, function, crashes, max)));
+			if (crashes >= max)
+			{
+				ErrorData	edata = {0};
+
+				edata.sqlerrcode = ERRCODE_INTERNAL_ERROR;
+				edata.message = psprintf("task %lld was running when the server went down %d times",
+										 (long long) task, crashes);
+				edata.hint = "apiary will not run it again. Fix the function, then call apiary_resume.";
+				record_outcome(task, QS_FAILED, error_jsonb(&edata, task, function), 0);
+				if (nready > 0)
+					apiary_wake_at_commit(nready);
+				nready = 0;
 			}
 		}
-		PopActiveSnapshot();
-		SPI_finish();
-		CommitTransactionCommand();
 	}
-	marker_clear();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+}
+
+/*
+ * Called by the launcher before it starts executors: count a crash for
+ * each task a marker names, in the slots no executor holds (after a crash
+ * restart, all of them), and remove those markers.  Counting before any
+ * executor runs keeps one from claiming the task first.
+ */
+void
+apiary_count_crashes(void)
+{
+	if (MakePGDirectory(MARKER_DIR) != 0 && errno != EEXIST)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not create directory \"%s\": %m", MARKER_DIR)));
+	for (int slot = 0; slot < APIARY_MAX_WORKERS; slot++)
+	{
+		char		path[MAXPGPATH];
+		int64		task;
+		bool		held;
+
+		SpinLockAcquire(&apiary_shared->mutex);
+		held = apiary_shared->slots[slot].pid != 0 &&
+			kill(apiary_shared->slots[slot].pid, 0) == 0;
+		SpinLockRelease(&apiary_shared->mutex);
+		if (held)
+			continue;
+
+		snprintf(path, MAXPGPATH, "%s/executor.%d", MARKER_DIR, slot);
+		task = marker_read(path);
+		if (task != 0)
+		{
+			/* counting must not stop the launcher: on error, log and go on */
+			PG_TRY();
+			{
+				count_crash(task);
+			}
+			PG_CATCH();
+			{
+				EmitErrorReport();
+				AbortCurrentTransaction();
+				FlushErrorState();
+			}
+			PG_END_TRY();
+		}
+		if (unlink(path) != 0 && errno != ENOENT)
+			ereport(LOG,
+					(errcode_for_file_access(),
+					 errmsg("could not remove file \"%s\": %m", path)));
+	}
 }
 
 /* ---------------------------------------------------------------------
@@ -910,24 +830,19 @@ apiary_executor_main(Datum main_arg)
 	BackgroundWorkerInitializeConnection(apiary_database, NULL, 0);
 	pgstat_report_appname("apiary executor");
 
+	executor_slot = slot;
 	snprintf(marker_path, MAXPGPATH, "%s/executor.%d", MARKER_DIR, slot);
 	if (MakePGDirectory(MARKER_DIR) != 0 && errno != EEXIST)
 		ereport(FATAL,
 				(errcode_for_file_access(),
 				 errmsg("could not create directory \"%s\": %m", MARKER_DIR)));
-	/* counting must not stop the executor: on error, log and go on */
-	PG_TRY();
-	{
-		count_crash();
-	}
-	PG_CATCH();
-	{
-		EmitErrorReport();
-		AbortCurrentTransaction();
-		FlushErrorState();
-		marker_clear();
-	}
-	PG_END_TRY();
+	/* the launcher counted what the last marker named before starting us */
+	marker_fd = open(marker_path, O_RDWR | O_CREAT | O_TRUNC | PG_BINARY,
+					 pg_file_create_mode);
+	if (marker_fd < 0)
+		ereport(FATAL,
+				(errcode_for_file_access(),
+				 errmsg("could not open file \"%s\": %m", marker_path)));
 	/* an orderly exit, FATAL included, is no crash */
 	before_shmem_exit(marker_clear_at_exit, (Datum) 0);
 
@@ -935,6 +850,7 @@ apiary_executor_main(Datum main_arg)
 	{
 		volatile bool ran = false;
 		long		nap_ms = 1000L;
+		int64		prefer = nready > 0 && nready <= MAX_READY ? ready_ids[0] : 0;
 
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
@@ -943,9 +859,12 @@ apiary_executor_main(Datum main_arg)
 			ProcessConfigFile(PGC_SIGHUP);
 		}
 
+		/* idle before the snapshot: a commit after it wakes us (launcher.c) */
+		apiary_executor_idle(slot, true);
+		nready = 0;
 		PG_TRY();
 		{
-			ran = run_one_task(&nap_ms);
+			ran = run_one_task(prefer, &nap_ms);
 		}
 		PG_CATCH();
 		{
@@ -953,8 +872,9 @@ apiary_executor_main(Datum main_arg)
 			EmitErrorReport();
 			AbortCurrentTransaction();
 			FlushErrorState();
-			marker_clear();
+			marker_clear_at_exit(0, (Datum) 0);
 			running_task = NULL;
+			nready = 0;
 			nap_ms = 1000L;
 		}
 		PG_END_TRY();

@@ -12,6 +12,9 @@
 
 extern PGDLLEXPORT void apiary_executor_main(Datum main_arg);
 
+/* For the launcher: count crashes of tasks that took the server down. */
+extern void apiary_count_crashes(void);
+
 /* apiary_future_jsonb and apiary_jsonb_is_future are in apiary.h */
 #include "apiary.h"
 

@@ -183,19 +183,20 @@ journal_prepare(const char *sql, int nargs, Oid *argtypes)
 }
 
 /*
- * Lock (role, key) until the end of the (sub)transaction, waiting for any
- * other transaction that holds it.
+ * Lock (role, key) in mode until the end of the (sub)transaction, waiting
+ * for any other transaction that holds it: an advisory lock on a hash of
+ * the two, told apart from other uses by marker.
  */
-static void
-lock_key(Oid role, text *key)
+void
+journal_lock(uint16 marker, Oid role, text *key, LOCKMODE mode)
 {
 	uint64		h = hash_bytes_extended((const unsigned char *) VARDATA_ANY(key),
 										VARSIZE_ANY_EXHDR(key), role);
 	LOCKTAG		tag;
 
 	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) (h >> 32), (uint32) h,
-						 KEY_LOCK_MARKER);
-	(void) LockAcquire(&tag, ExclusiveLock, false, false);
+						 marker);
+	(void) LockAcquire(&tag, mode, false, false);
 }
 
 static Oid
@@ -289,7 +290,7 @@ journal_claim(Oid role, text *key, const char *function, Jsonb *args,
 	Snapshot	snapshot;
 	bool		found;
 
-	lock_key(role, key);
+	journal_lock(KEY_LOCK_MARKER, role, key, ExclusiveLock);
 
 	/*
 	 * READ COMMITTED takes a fresh snapshot here, so a holder we waited for

@@ -10,6 +10,7 @@
 #define APIARY_JOURNAL_H
 
 #include "executor/spi.h"
+#include "storage/lockdefs.h"
 #include "utils/jsonb.h"
 #include "utils/timestamp.h"
 
@@ -24,6 +25,12 @@ extern SPIPlanPtr journal_prepare(const char *sql, int nargs, Oid *argtypes);
 extern int	journal_execute(const char *sql, SPIPlanPtr plan, int nargs,
 							Oid *argtypes, Datum *values, const char *nulls,
 							int expected);
+
+/*
+ * Lock (role, key) until the end of the (sub)transaction; marker tells
+ * apiary's uses of such locks apart.
+ */
+extern void journal_lock(uint16 marker, Oid role, text *key, LOCKMODE mode);
 
 /*
  * Keyed invocations.

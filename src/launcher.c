@@ -36,6 +36,7 @@
 #include "storage/shmem.h"
 #include "utils/guc.h"
 
+#include "executor.h"
 #include "guc.h"
 #include "launcher.h"
 
@@ -44,10 +45,10 @@ ApiaryShared *apiary_shared = NULL;
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
-static bool wake_at_commit = false;
+static int	wake_at_commit = 0;
 static bool finished_at_commit = false;
 
-static void apiary_wake_executors(void);
+static void apiary_wake_executors(int n);
 
 static void
 apiary_shmem_request(void)
@@ -83,15 +84,17 @@ apiary_xact_callback(XactEvent event, void *arg)
 	{
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:
-			if (wake_at_commit)
-				apiary_wake_executors();
+			if (wake_at_commit > 0)
+				apiary_wake_executors(wake_at_commit);
 			if (finished_at_commit && apiary_shared != NULL)
 				ConditionVariableBroadcast(&apiary_shared->finished);
-			wake_at_commit = finished_at_commit = false;
+			wake_at_commit = 0;
+			finished_at_commit = false;
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
-			wake_at_commit = finished_at_commit = false;
+			wake_at_commit = 0;
+			finished_at_commit = false;
 			break;
 		default:
 			break;
@@ -110,9 +113,9 @@ apiary_shmem_init(void)
 }
 
 void
-apiary_wake_at_commit(void)
+apiary_wake_at_commit(int n)
 {
-	wake_at_commit = true;
+	wake_at_commit = n > APIARY_WAKE_ALL - wake_at_commit ? APIARY_WAKE_ALL : wake_at_commit + n;
 }
 
 void
@@ -122,21 +125,42 @@ apiary_finished_at_commit(void)
 }
 
 /*
- * Set every executor's latch.  Setting a busy executor's latch costs next
- * to nothing and makes it look for work once more when it is done, so no
- * wake-up can fall between "found nothing" and going to sleep.
+ * Wake up to n idle executors, one per task that became ready.  An
+ * executor marks itself idle before it takes the snapshot it looks for
+ * work with, and this runs after our commit is visible: either it sees our
+ * tasks, or we see it idle and set its latch, so no wake-up can fall
+ * between "found nothing" and going to sleep.  Busy executors look for
+ * work again as soon as they are done, and are left alone.
  */
 static void
-apiary_wake_executors(void)
+apiary_wake_executors(int n)
 {
+	Latch	   *latches[APIARY_MAX_WORKERS];
+	int			nlatches = 0;
+
 	if (apiary_shared == NULL)
 		return;
 	SpinLockAcquire(&apiary_shared->mutex);
-	for (int i = 0; i < APIARY_MAX_WORKERS; i++)
+	for (int i = 0; i < APIARY_MAX_WORKERS && nlatches < n; i++)
 	{
-		if (apiary_shared->slots[i].pid != 0)
-			SetLatch(apiary_shared->slots[i].latch);
+		ExecutorSlot *slot = &apiary_shared->slots[i];
+
+		if (slot->pid != 0 && slot->idle)
+		{
+			slot->idle = false;
+			latches[nlatches++] = slot->latch;
+		}
 	}
+	SpinLockRelease(&apiary_shared->mutex);
+	for (int i = 0; i < nlatches; i++)
+		SetLatch(latches[i]);
+}
+
+void
+apiary_executor_idle(int slot, bool idle)
+{
+	SpinLockAcquire(&apiary_shared->mutex);
+	apiary_shared->slots[slot].idle = idle;
 	SpinLockRelease(&apiary_shared->mutex);
 }
 
@@ -226,6 +250,7 @@ void
 apiary_launcher_main(Datum main_arg)
 {
 	BackgroundWorkerHandle *handles[APIARY_MAX_WORKERS] = {0};
+	bool		crashes_counted = false;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
@@ -247,6 +272,11 @@ apiary_launcher_main(Datum main_arg)
 		/* executors run on a primary, in a database with apiary installed */
 		if (!RecoveryInProgress() && extension_installed())
 			wanted = apiary_workers;
+		if (wanted > 0 && !crashes_counted)
+		{
+			apiary_count_crashes();
+			crashes_counted = true;
+		}
 		supervise(handles, wanted);
 
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,

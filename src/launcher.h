@@ -19,6 +19,7 @@ typedef struct ExecutorSlot
 {
 	pid_t		pid;			/* 0 when free */
 	Latch	   *latch;
+	bool		idle;			/* looking for work or asleep, not woken yet */
 } ExecutorSlot;
 
 typedef struct ApiaryShared
@@ -34,9 +35,16 @@ extern ApiaryShared *apiary_shared;
 extern void apiary_shmem_init(void);
 extern void apiary_register_launcher(void);
 
-/* Ask for executors to be woken, or waiters told, when this transaction commits. */
-extern void apiary_wake_at_commit(void);
+/*
+ * Ask for n idle executors to be woken (APIARY_WAKE_ALL: all), or waiters
+ * told, when this transaction commits.
+ */
+#define APIARY_WAKE_ALL INT_MAX
+extern void apiary_wake_at_commit(int n);
 extern void apiary_finished_at_commit(void);
+
+/* An executor marks itself idle before it looks for work. */
+extern void apiary_executor_idle(int slot, bool idle);
 
 extern PGDLLEXPORT void apiary_launcher_main(Datum main_arg);
 

@@ -34,6 +34,7 @@
 #include "bind.h"
 #include "journal.h"
 #include "launcher.h"
+#include "queue.h"
 #include "registry.h"
 
 PG_FUNCTION_INFO_V1(apiary_start);
@@ -45,9 +46,6 @@ PG_FUNCTION_INFO_V1(apiary_resume);
 /* Longest workflow id accepted: it must fit in a btree index entry. */
 #define MAX_ID_BYTES 1024
 
-static SPIPlanPtr start_plan = NULL;
-static SPIPlanPtr existing_plan = NULL;
-static SPIPlanPtr root_plan = NULL;
 static SPIPlanPtr result_plan = NULL;
 
 static void
@@ -63,27 +61,11 @@ require_workers(const char *function)
 static void
 prepare_plans(void)
 {
-	if (start_plan != NULL)
+	if (result_plan != NULL)
 		return;
-	{
-		Oid			t[4] = {OIDOID, TEXTOID, TEXTOID, JSONBOID};
-
-		start_plan = journal_prepare("INSERT INTO apiary.workflows (role, id, function, args)"
-									 " VALUES ($1::pg_catalog.regrole, $2, $3, $4)"
-									 " ON CONFLICT (role, id) DO NOTHING", 4, t);
-		root_plan = journal_prepare("WITH root AS ("
-									" INSERT INTO apiary.tasks (role, workflow, function, args, state)"
-									" VALUES ($1::pg_catalog.regrole, $2, $3, $4, 'pending') RETURNING id)"
-									" UPDATE apiary.workflows w SET root = root.id FROM root"
-									" WHERE w.role OPERATOR(pg_catalog.=) $1::pg_catalog.regrole"
-									" AND w.id OPERATOR(pg_catalog.=) $2", 4, t);
-	}
 	{
 		Oid			t[2] = {OIDOID, TEXTOID};
 
-		existing_plan = journal_prepare("SELECT function, args FROM apiary.workflows"
-										" WHERE role OPERATOR(pg_catalog.=) $1::pg_catalog.regrole"
-										" AND id OPERATOR(pg_catalog.=) $2", 2, t);
 		result_plan = journal_prepare("SELECT state, output, error, xmin FROM apiary.workflows"
 									  " WHERE role OPERATOR(pg_catalog.=) $1::pg_catalog.regrole"
 									  " AND id OPERATOR(pg_catalog.=) $2", 2, t);
@@ -123,7 +105,8 @@ apiary_start(PG_FUNCTION_ARGS)
 	char	   *name;
 	Jsonb	   *args;
 	text	   *id;
-	Datum		values[4];
+	char	   *fn;
+	Jsonb	   *recorded;
 
 	require_workers("apiary_start");
 	bind_require_call_args(fcinfo);
@@ -136,47 +119,18 @@ apiary_start(PG_FUNCTION_ARGS)
 	/* the function must exist now; the executor looks it up again */
 	registry_check_exists(name);
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	prepare_plans();
-	values[0] = ObjectIdGetDatum(GetUserId());
-	values[1] = PointerGetDatum(id);
-	values[2] = CStringGetTextDatum(name);
-	values[3] = JsonbPGetDatum(args);
-
-	/* a concurrent start of the same id waits here for the other to end */
-	journal_execute(NULL, start_plan, 4, NULL, values, NULL, SPI_OK_INSERT);
-	if (SPI_processed == 1)
-	{
-		journal_execute(NULL, root_plan, 4, NULL, values, NULL, SPI_OK_UPDATE);
-		apiary_wake_at_commit();
-	}
-	else
-	{
-		bool		isnull;
-		char	   *fn;
-		Datum		recorded;
-
-		journal_execute(NULL, existing_plan, 2, NULL, values, NULL, SPI_OK_SELECT);
-		if (SPI_processed != 1)
-			ereport(ERROR,
-					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-					 errmsg("could not start workflow \"%s\": it was started concurrently",
-							text_to_cstring(id)),
-					 errhint("The transaction might succeed if retried.")));
-		fn = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-		recorded = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
-		if (strcmp(fn, name) != 0 ||
-			!DatumGetBool(DirectFunctionCall2(jsonb_eq, recorded, JsonbPGetDatum(args))))
-			ereport(ERROR,
-					(errcode(ERRCODE_UNIQUE_VIOLATION),
-					 errmsg("workflow \"%s\" was already started with another call",
-							text_to_cstring(id)),
-					 errdetail("It runs %s with arguments %s.", fn,
-							   JsonbToCString(NULL, &DatumGetJsonbP(recorded)->root, 0)),
-					 errhint("Use a new key for a different workflow.")));
-	}
-	SPI_finish();
+	if (queue_add_workflow(GetUserId(), id, name, args, &fn, &recorded))
+		apiary_wake_at_commit(1);
+	else if (strcmp(fn, name) != 0 ||
+			 !DatumGetBool(DirectFunctionCall2(jsonb_eq, JsonbPGetDatum(recorded),
+											   JsonbPGetDatum(args))))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNIQUE_VIOLATION),
+				 errmsg("workflow \"%s\" was already started with another call",
+						text_to_cstring(id)),
+				 errdetail("It runs %s with arguments %s.", fn,
+						   JsonbToCString(NULL, &recorded->root, 0)),
+				 errhint("Use a new key for a different workflow.")));
 	PG_RETURN_TEXT_P(id);
 }
 
@@ -381,6 +335,9 @@ change_workflow(FunctionCallInfo fcinfo, const char *sql)
 Datum
 apiary_cancel(PG_FUNCTION_ARGS)
 {
+	/* running tasks past their cancel check commit first (queue.h) */
+	if (!PG_ARGISNULL(0))
+		queue_lock_workflow(GetUserId(), PG_GETARG_TEXT_PP(0));
 	change_workflow(fcinfo, "SELECT apiary.cancel_workflow($1, $2)");
 	apiary_finished_at_commit();
 	PG_RETURN_VOID();
@@ -390,6 +347,6 @@ Datum
 apiary_resume(PG_FUNCTION_ARGS)
 {
 	change_workflow(fcinfo, "SELECT apiary.resume_workflow($1, $2)");
-	apiary_wake_at_commit();
+	apiary_wake_at_commit(APIARY_WAKE_ALL);
 	PG_RETURN_VOID();
 }

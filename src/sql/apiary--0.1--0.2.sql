@@ -89,93 +89,6 @@ COMMENT ON TABLE apiary.waits IS 'edges from a future to the tasks that take it 
 
 REVOKE ALL ON apiary.workflows, apiary.tasks, apiary.waits FROM PUBLIC;
 
-/*
- * Graph bookkeeping, called by the executors in the transaction that ran
- * the task.  Returns true when a workflow finished.
- */
-CREATE FUNCTION apiary.task_done(task pg_catalog.int8, result pg_catalog.jsonb,
-                                 ran_at pg_catalog.timestamptz DEFAULT NULL)
-RETURNS pg_catalog.bool LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    finished bool := false;
-    linked int8;
-BEGIN
-    -- ran_at: the attempt that just ran, recorded in the same row version
-    UPDATE apiary.tasks SET state = 'done', output = result,
-           finished_at = clock_timestamp(),
-           attempts = attempts + (ran_at IS NOT NULL)::int,
-           started_at = coalesce(ran_at, started_at),
-           xid = CASE WHEN ran_at IS NULL THEN xid ELSE pg_current_xact_id() END
-     WHERE id = task_done.task;
-    -- tasks waiting for this future become ready when it was their last
-    UPDATE apiary.tasks t SET waiting_for = t.waiting_for - 1,
-           state = CASE WHEN t.waiting_for = 1 THEN 'pending' ELSE t.state END,
-           run_after = CASE WHEN t.waiting_for = 1 THEN clock_timestamp() ELSE t.run_after END
-      FROM apiary.waits w
-     WHERE w.future = task_done.task AND t.id = w.task AND t.state = 'waiting';
-    -- the workflow's root
-    UPDATE apiary.workflows w SET state = 'done', output = result,
-           finished_at = clock_timestamp()
-      FROM apiary.tasks t
-     WHERE t.id = task_done.task AND w.role = t.role AND w.id = t.workflow
-       AND w.root = task_done.task AND w.state = 'running';
-    finished := FOUND;
-    -- tasks that returned this future are done with its output
-    FOR linked IN SELECT id FROM apiary.tasks
-                   WHERE linked_to = task_done.task AND state = 'linked'
-    LOOP
-        finished := apiary.task_done(linked, result) OR finished;
-    END LOOP;
-    RETURN finished;
-END $$;
-
-/*
- * A task failed (new_state 'failed') or cannot run (new_state 'cancelled').
- * What depended on it cannot run either: tasks that returned it fail with
- * the same error, tasks waiting for it are cancelled, and each keeps the
- * original error, so the workflow reports the task that actually failed.
- */
-CREATE FUNCTION apiary.task_failed(task pg_catalog.int8, failure pg_catalog.jsonb,
-                                   new_state pg_catalog.text DEFAULT 'failed',
-                                   ran_at pg_catalog.timestamptz DEFAULT NULL)
-RETURNS pg_catalog.bool LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    finished bool := false;
-    t record;
-BEGIN
-    UPDATE apiary.tasks SET state = new_state, error = failure,
-           finished_at = clock_timestamp(),
-           attempts = attempts + (ran_at IS NOT NULL)::int,
-           started_at = coalesce(ran_at, started_at),
-           xid = CASE WHEN ran_at IS NULL THEN xid ELSE pg_current_xact_id() END
-     WHERE id = task_failed.task;
-    UPDATE apiary.workflows w SET state = 'failed', error = failure,
-           finished_at = clock_timestamp()
-      FROM apiary.tasks k
-     WHERE k.id = task_failed.task AND w.role = k.role AND w.id = k.workflow
-       AND w.root = task_failed.task AND w.state = 'running';
-    finished := FOUND;
-    FOR t IN SELECT k.id, k.state FROM apiary.tasks k
-              WHERE (k.linked_to = task_failed.task AND k.state = 'linked')
-                 OR (k.state = 'waiting' AND k.id IN
-                     (SELECT w.task FROM apiary.waits w WHERE w.future = task_failed.task))
-    LOOP
-        IF t.state = 'linked' THEN
-            finished := apiary.task_failed(t.id, failure) OR finished;
-        ELSE
-            finished := apiary.task_failed(t.id, failure || jsonb_build_object(
-                'cancelled', format('future %s did not complete', task_failed.task)),
-                'cancelled') OR finished;
-        END IF;
-    END LOOP;
-    RETURN finished;
-END $$;
-REVOKE ALL ON FUNCTION apiary.task_done(pg_catalog.int8, pg_catalog.jsonb, pg_catalog.timestamptz),
-    apiary.task_failed(pg_catalog.int8, pg_catalog.jsonb, pg_catalog.text,
-                       pg_catalog.timestamptz) FROM PUBLIC;
-
 -- The API.
 CREATE FUNCTION @extschema@.apiary_start(
     name pg_catalog.text,
@@ -223,11 +136,13 @@ COMMENT ON FUNCTION @extschema@.apiary_status(pg_catalog.text) IS
  * these as the journal's owner, for the calling role's workflow).
  *
  * Cancel marks the workflow first.  An executor running one of its tasks
- * checks the workflow, locking it FOR SHARE, before it lets the task's
- * effects stand: a task still running then rolls back and marks itself
- * cancelled (the cancel skips the task rows executors hold, so neither
- * waits for the other); a task already past that check holds the lock, and
- * the cancel waits for it to commit, then cancels what it queued.
+ * checks the workflow before it lets the task's effects stand, and holds a
+ * lock on the workflow's id from that check to its commit; apiary_cancel
+ * takes that lock (exclusively) before calling cancel_workflow.  A task
+ * still running then rolls back and marks itself cancelled (the cancel
+ * skips the task rows executors hold, so neither waits for the other); a
+ * task already past that check makes the cancel wait for its commit, and
+ * what it queued is cancelled then.
  */
 CREATE FUNCTION apiary.cancel_workflow(wf_role pg_catalog.oid, wf_id pg_catalog.text)
 RETURNS pg_catalog.bool LANGUAGE plpgsql

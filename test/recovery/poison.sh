@@ -9,7 +9,7 @@ make -s -C "$APIARY_ROOT/test/c_example" >/dev/null 2>&1
 make -s -C "$APIARY_ROOT/test/c_example" install >/dev/null 2>&1
 
 throwaway_server "${PORT:-55473}" "apiary.workers = 2"
-fail() { echo "FAIL: $*"; tail -n 30 "$dir/server.log"; exit 1; }
+fail() { echo "FAIL: $*"; tail -n ${LOGLINES:-30} "$dir/server.log"; exit 1; }
 
 psql_ <<'SQL'
 CREATE EXTENSION apiary;

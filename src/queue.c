@@ -1,0 +1,1041 @@
+/*-------------------------------------------------------------------------
+ *
+ * queue.c
+ *	  The workflow tables, read and written by direct heap and index access.
+ *
+ * Every task an executor runs touches these tables several times: the
+ * claim, the tasks it queues, its outcome, the tasks that waited for it or
+ * returned it as their future, its workflow.  Through SPI each of those is
+ * a statement with an executor start-up around a few microseconds of
+ * work, several times the cost of the task's own bookkeeping; so they are
+ * done here as the keyed journal does them (journal.c): index scans, heap
+ * inserts and updates, and index entries made by ExecInsertIndexTuples,
+ * which honours every index on the table, partial ones included.  Rarer
+ * paths (status, cancel, resume) stay in SQL.
+ *
+ * Concurrency follows what UPDATE does under READ COMMITTED.  A row is
+ * read with the latest snapshot and updated with waiting; when another
+ * transaction changed it meanwhile, the update reports that, and the row
+ * is read again and the change recomputed from its new contents.  The
+ * claim locks its task as SELECT ... FOR UPDATE SKIP LOCKED does, skipping
+ * tasks that another executor holds or that changed since the snapshot.
+ *
+ * Nothing here checks privileges: the callers are apiary's own code,
+ * acting for the role recorded in each row.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/heapam.h"
+#include "access/htup_details.h"
+#include "access/stratnum.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/dependency.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_collation.h"
+#include "commands/sequence.h"
+#include "executor/executor.h"
+#include "miscadmin.h"
+#include "storage/lmgr.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+#include "utils/xid8.h"
+
+#include "journal.h"
+#include "queue.h"
+
+/* Columns of apiary.tasks, in table order. */
+enum
+{
+	T_ID = 1, T_ROLE, T_WORKFLOW, T_PARENT, T_FUNCTION, T_ARGS, T_STATE,
+	T_WAITING_FOR, T_LINKED_TO, T_ATTEMPTS, T_CRASHES, T_OUTPUT, T_ERROR,
+	T_RUN_AFTER, T_QUEUED_AT, T_STARTED_AT, T_FINISHED_AT, T_XID,
+	T_NATTS = T_XID
+};
+
+/* Columns of apiary.workflows. */
+enum
+{
+	W_ROLE = 1, W_ID, W_FUNCTION, W_ARGS, W_STATE, W_ROOT, W_OUTPUT, W_ERROR,
+	W_STARTED_AT, W_FINISHED_AT,
+	W_NATTS = W_FINISHED_AT
+};
+
+/* Columns of apiary.waits. */
+enum
+{
+	X_FUTURE = 1, X_TASK,
+	X_NATTS = X_TASK
+};
+
+/* Marks apiary's advisory locks on workflow ids in pg_locks (objsubid). */
+#define START_LOCK_MARKER 0x4151
+#define CANCEL_LOCK_MARKER 0x4152
+
+static const char *const state_names[] = {
+	[QS_WAITING] = "waiting",
+	[QS_PENDING] = "pending",
+	[QS_LINKED] = "linked",
+	[QS_DONE] = "done",
+	[QS_FAILED] = "failed",
+	[QS_CANCELLED] = "cancelled",
+};
+
+const char *
+queue_state_name(QueueState state)
+{
+	return state_names[state];
+}
+
+static QueueState
+state_from_datum(Datum d)
+{
+	char	   *s = TextDatumGetCString(d);
+
+	for (int i = 0; i < lengthof(state_names); i++)
+		if (strcmp(s, state_names[i]) == 0)
+			return (QueueState) i;
+	elog(ERROR, "unknown task state \"%s\"", s);
+	return QS_FAILED;			/* keep compiler quiet */
+}
+
+static Datum
+state_datum(QueueState state)
+{
+	return CStringGetTextDatum(state_names[state]);
+}
+
+/* ---------------------------------------------------------------------
+ * Opening the tables
+ * ---------------------------------------------------------------------
+ */
+
+/* A table opened for reading and writing, for one operation. */
+typedef struct QRel
+{
+	Relation	rel;
+	EState	   *estate;			/* for index insertion, once needed */
+	ResultRelInfo *rri;
+	TupleTableSlot *slot;		/* a heap tuple slot for writes */
+} QRel;
+
+static Oid
+table_oid(const char *name)
+{
+	Oid			relid = get_relname_relid(name, journal_namespace());
+
+	if (!OidIsValid(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("relation \"apiary.%s\" does not exist", name),
+				 errhint("Update the extension with ALTER EXTENSION apiary UPDATE.")));
+	return relid;
+}
+
+static void
+qrel_open(QRel *q, const char *name, int natts)
+{
+	q->rel = table_open(table_oid(name), RowExclusiveLock);
+	if (RelationGetDescr(q->rel)->natts != natts)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("relation \"apiary.%s\" does not have the columns this version of apiary expects",
+						name),
+				 errhint("Update the extension with ALTER EXTENSION apiary UPDATE.")));
+	q->estate = NULL;
+	q->rri = NULL;
+	q->slot = NULL;
+}
+
+static void
+qrel_prepare_writes(QRel *q)
+{
+	if (q->estate != NULL)
+		return;
+	q->estate = CreateExecutorState();
+	q->rri = makeNode(ResultRelInfo);
+	InitResultRelInfo(q->rri, q->rel, 0, NULL, 0);
+	ExecOpenIndices(q->rri, false);
+	q->slot = ExecInitExtraTupleSlot(q->estate, RelationGetDescr(q->rel),
+									 &TTSOpsHeapTuple);
+}
+
+static void
+qrel_close(QRel *q)
+{
+	if (q->estate != NULL)
+	{
+		ExecCloseIndices(q->rri);
+		ExecResetTupleTable(q->estate->es_tupleTable, false);
+		FreeExecutorState(q->estate);
+	}
+	table_close(q->rel, NoLock);
+}
+
+static Oid
+index_oid(const char *name)
+{
+	Oid			relid = get_relname_relid(name, journal_namespace());
+
+	if (!OidIsValid(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("index \"apiary.%s\" does not exist", name),
+				 errhint("Reinstall the extension with DROP EXTENSION apiary; CREATE EXTENSION apiary.")));
+	return relid;
+}
+
+bool
+queue_installed(void)
+{
+	Oid			nsp = get_namespace_oid("apiary", true);
+
+	return OidIsValid(nsp) && OidIsValid(get_relname_relid("tasks", nsp));
+}
+
+/* Store a new row version and make its index entries. */
+static void
+qrel_insert(QRel *q, Datum *values, bool *nulls)
+{
+	HeapTuple	tup;
+
+	qrel_prepare_writes(q);
+	tup = heap_form_tuple(RelationGetDescr(q->rel), values, nulls);
+	ExecStoreHeapTuple(tup, q->slot, true);
+	table_tuple_insert(q->rel, q->slot, GetCurrentCommandId(true), 0, NULL);
+	ExecInsertIndexTuples(q->rri, q->slot, q->estate, false, false, NULL, NIL);
+	ResetPerTupleExprContext(q->estate);
+	ExecClearTuple(q->slot);
+	CommandCounterIncrement();
+}
+
+/*
+ * Change the row found by the index scan keys: mutate gets its current
+ * values and sets new ones (and replace flags), or returns false to leave
+ * it.  A row changed by another transaction meanwhile is read again and
+ * mutated afresh, as UPDATE does under READ COMMITTED.  Returns false when
+ * there is no such row, or mutate declined.
+ */
+typedef bool (*RowMutator) (Datum *values, bool *nulls, bool *replace,
+							void *arg);
+
+static bool
+qrel_update(QRel *q, Oid indexoid, int nkeys, ScanKey keys,
+			RowMutator mutate, void *arg)
+{
+	TupleDesc	desc = RelationGetDescr(q->rel);
+	Datum	   *values = palloc(desc->natts * sizeof(Datum));
+	bool	   *nulls = palloc(desc->natts * sizeof(bool));
+	bool	   *replace = palloc(desc->natts * sizeof(bool));
+
+	qrel_prepare_writes(q);
+	for (;;)
+	{
+		Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
+		SysScanDesc scan = systable_beginscan(q->rel, indexoid, true, snapshot,
+											  nkeys, keys);
+		HeapTuple	old = systable_getnext(scan);
+		HeapTuple	tup;
+		ItemPointerData tid;
+		TM_Result	res;
+		TM_FailureData tmfd;
+		LockTupleMode lockmode;
+		bool		update_indexes;
+
+		if (!HeapTupleIsValid(old))
+		{
+			systable_endscan(scan);
+			UnregisterSnapshot(snapshot);
+			return false;
+		}
+		old = heap_copytuple(old);
+		systable_endscan(scan);
+		tid = old->t_self;
+		heap_deform_tuple(old, desc, values, nulls);
+		memset(replace, 0, desc->natts * sizeof(bool));
+		if (!mutate(values, nulls, replace, arg))
+		{
+			UnregisterSnapshot(snapshot);
+			return false;
+		}
+		tup = heap_modify_tuple(old, desc, values, nulls, replace);
+		ExecStoreHeapTuple(tup, q->slot, true);
+		res = table_tuple_update(q->rel, &tid, q->slot,
+								 GetCurrentCommandId(true), snapshot,
+								 InvalidSnapshot, true, &tmfd, &lockmode,
+								 &update_indexes);
+		UnregisterSnapshot(snapshot);
+		if (res == TM_Ok)
+		{
+			if (update_indexes)
+				ExecInsertIndexTuples(q->rri, q->slot, q->estate, true, false,
+									  NULL, NIL);
+			ResetPerTupleExprContext(q->estate);
+			ExecClearTuple(q->slot);
+			CommandCounterIncrement();
+			return true;
+		}
+		ExecClearTuple(q->slot);
+		if (res != TM_Updated && res != TM_Deleted)
+			elog(ERROR, "unexpected result %d updating a row of \"%s\"",
+				 (int) res, RelationGetRelationName(q->rel));
+		/* another transaction changed it first: look again */
+		CHECK_FOR_INTERRUPTS();
+	}
+}
+
+static void
+task_key(ScanKey key, int64 *id)
+{
+	ScanKeyInit(key, T_ID, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(*id));
+}
+
+static void
+workflow_keys(ScanKey keys, Oid role, text *id)
+{
+	/* the id column is COLLATE "C", as ScanKeyInit assumes */
+	ScanKeyInit(&keys[0], W_ROLE, BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(role));
+	ScanKeyInit(&keys[1], W_ID, BTEqualStrategyNumber, F_TEXTEQ,
+				PointerGetDatum(id));
+}
+
+/* ---------------------------------------------------------------------
+ * Claiming
+ * ---------------------------------------------------------------------
+ */
+
+/* Copy what the executor needs out of a locked task row. */
+static void
+claimed(TupleTableSlot *slot, QueueTask *task)
+{
+	bool		isnull;
+
+	task->id = DatumGetInt64(slot_getattr(slot, T_ID, &isnull));
+	task->role = DatumGetObjectId(slot_getattr(slot, T_ROLE, &isnull));
+	task->workflow = DatumGetTextPCopy(slot_getattr(slot, T_WORKFLOW, &isnull));
+	task->function = TextDatumGetCString(slot_getattr(slot, T_FUNCTION, &isnull));
+	task->args = DatumGetJsonbPCopy(slot_getattr(slot, T_ARGS, &isnull));
+	task->attempts = DatumGetInt32(slot_getattr(slot, T_ATTEMPTS, &isnull));
+}
+
+/* Lock a task row as FOR UPDATE SKIP LOCKED would; true if we have it. */
+static bool
+try_lock(Relation rel, ItemPointer tid, Snapshot snapshot, TupleTableSlot *slot)
+{
+	TM_FailureData tmfd;
+	TM_Result	res;
+	bool		isnull;
+
+	res = table_tuple_lock(rel, tid, snapshot, slot, GetCurrentCommandId(false),
+						   LockTupleExclusive, LockWaitSkip, 0, &tmfd);
+	if (res != TM_Ok)
+		return false;			/* held by another executor, or changed */
+	return state_from_datum(slot_getattr(slot, T_STATE, &isnull)) == QS_PENDING;
+}
+
+bool
+queue_claim(int64 prefer, QueueTask *task, TimestampTz *next_due)
+{
+	Relation	rel = table_open(table_oid("tasks"), RowShareLock);
+	Snapshot	snapshot = GetActiveSnapshot();
+	TupleTableSlot *slot = table_slot_create(rel, NULL);
+	TimestampTz now = GetCurrentTimestamp();
+	bool		found = false;
+	bool		isnull;
+
+	*next_due = 0;
+
+	/* the task this executor just made ready: the workflow under way */
+	if (prefer != 0)
+	{
+		ScanKeyData key;
+		SysScanDesc scan;
+		HeapTuple	tup;
+
+		task_key(&key, &prefer);
+		scan = systable_beginscan(rel, RelationGetPrimaryKeyIndex(rel), true,
+								  snapshot, 1, &key);
+		tup = systable_getnext(scan);
+		if (HeapTupleIsValid(tup))
+		{
+			ItemPointerData tid = tup->t_self;
+			TimestampTz run_after = DatumGetTimestampTz(heap_getattr(tup, T_RUN_AFTER,
+																	 RelationGetDescr(rel), &isnull));
+
+			found = run_after <= now && try_lock(rel, &tid, snapshot, slot);
+		}
+		systable_endscan(scan);
+	}
+
+	/* else the oldest ready task: tasks_ready is (run_after, id) of pending ones */
+	if (!found)
+	{
+		Relation	index = index_open(index_oid("tasks_ready"), AccessShareLock);
+		SysScanDesc scan = systable_beginscan_ordered(rel, index, snapshot, 0, NULL);
+		HeapTuple	tup;
+
+		while (HeapTupleIsValid(tup = systable_getnext_ordered(scan, ForwardScanDirection)))
+		{
+			TimestampTz run_after = DatumGetTimestampTz(heap_getattr(tup, T_RUN_AFTER,
+																	 RelationGetDescr(rel), &isnull));
+			ItemPointerData tid = tup->t_self;
+
+			if (run_after > now)
+			{
+				*next_due = run_after;
+				break;
+			}
+			if (try_lock(rel, &tid, snapshot, slot))
+			{
+				found = true;
+				break;
+			}
+			CHECK_FOR_INTERRUPTS();
+		}
+		systable_endscan_ordered(scan);
+		index_close(index, AccessShareLock);
+	}
+
+	if (found)
+		claimed(slot, task);
+	ExecDropSingleTupleTableSlot(slot);
+	table_close(rel, NoLock);
+	return found;
+}
+
+/* ---------------------------------------------------------------------
+ * Queueing
+ * ---------------------------------------------------------------------
+ */
+
+static int64
+next_task_id(Relation tasks)
+{
+	static Oid	cached_rel = InvalidOid;
+	static Oid	cached_seq = InvalidOid;
+
+	if (cached_rel != RelationGetRelid(tasks))
+	{
+		cached_seq = getIdentitySequence(RelationGetRelid(tasks), T_ID, false);
+		cached_rel = RelationGetRelid(tasks);
+	}
+	return nextval_internal(cached_seq, false);
+}
+
+static int64
+insert_task(QRel *tasks, Oid role, text *workflow, int64 parent,
+			const char *function, Jsonb *args, int nwaiting)
+{
+	Datum		values[T_NATTS] = {0};
+	bool		nulls[T_NATTS] = {0};
+	TimestampTz now = GetCurrentTransactionStartTimestamp();
+	int64		id = next_task_id(tasks->rel);
+
+	values[T_ID - 1] = Int64GetDatum(id);
+	values[T_ROLE - 1] = ObjectIdGetDatum(role);
+	values[T_WORKFLOW - 1] = PointerGetDatum(workflow);
+	values[T_PARENT - 1] = Int64GetDatum(parent);
+	nulls[T_PARENT - 1] = parent == 0;
+	values[T_FUNCTION - 1] = CStringGetTextDatum(function);
+	values[T_ARGS - 1] = JsonbPGetDatum(args);
+	values[T_STATE - 1] = state_datum(nwaiting > 0 ? QS_WAITING : QS_PENDING);
+	values[T_WAITING_FOR - 1] = Int32GetDatum(nwaiting);
+	nulls[T_LINKED_TO - 1] = true;
+	values[T_ATTEMPTS - 1] = Int32GetDatum(0);
+	values[T_CRASHES - 1] = Int32GetDatum(0);
+	nulls[T_OUTPUT - 1] = true;
+	nulls[T_ERROR - 1] = true;
+	values[T_RUN_AFTER - 1] = TimestampTzGetDatum(now);
+	values[T_QUEUED_AT - 1] = TimestampTzGetDatum(now);
+	nulls[T_STARTED_AT - 1] = true;
+	nulls[T_FINISHED_AT - 1] = true;
+	nulls[T_XID - 1] = true;
+	qrel_insert(tasks, values, nulls);
+	return id;
+}
+
+int64
+queue_add_task(Oid role, text *workflow, int64 parent, const char *function,
+			   Jsonb *args, List *futures)
+{
+	QRel		tasks;
+	int64		id;
+	ListCell   *lc;
+
+	qrel_open(&tasks, "tasks", T_NATTS);
+	id = insert_task(&tasks, role, workflow, parent, function, args,
+					 list_length(futures));
+	qrel_close(&tasks);
+
+	if (futures != NIL)
+	{
+		QRel		waits;
+
+		qrel_open(&waits, "waits", X_NATTS);
+		foreach(lc, futures)
+		{
+			Datum		values[X_NATTS] = {Int64GetDatum(*(int64 *) lfirst(lc)),
+			Int64GetDatum(id)};
+			bool		nulls[X_NATTS] = {0};
+
+			qrel_insert(&waits, values, nulls);
+		}
+		qrel_close(&waits);
+	}
+	return id;
+}
+
+/* Look workflow (role, id) up with snapshot; on a hit return its call. */
+static bool
+find_workflow(Relation rel, Snapshot snapshot, Oid role, text *id,
+			  char **function, Jsonb **args)
+{
+	ScanKeyData keys[2];
+	SysScanDesc scan;
+	HeapTuple	tup;
+	bool		found;
+
+	workflow_keys(keys, role, id);
+	scan = systable_beginscan(rel, RelationGetPrimaryKeyIndex(rel), true,
+							  snapshot, 2, keys);
+	tup = systable_getnext(scan);
+	found = HeapTupleIsValid(tup);
+	if (found && function != NULL)
+	{
+		bool		isnull;
+
+		*function = TextDatumGetCString(heap_getattr(tup, W_FUNCTION, RelationGetDescr(rel), &isnull));
+		*args = DatumGetJsonbPCopy(heap_getattr(tup, W_ARGS, RelationGetDescr(rel), &isnull));
+	}
+	systable_endscan(scan);
+	return found;
+}
+
+bool
+queue_add_workflow(Oid role, text *id, const char *function, Jsonb *args,
+				   char **recorded_function, Jsonb **recorded_args)
+{
+	QRel		workflows;
+	QRel		tasks;
+	Snapshot	snapshot;
+	bool		found;
+	int64		root;
+
+	/* a concurrent start of the same id: wait for it to end, then look */
+	journal_lock(START_LOCK_MARKER, role, id, ExclusiveLock);
+	qrel_open(&workflows, "workflows", W_NATTS);
+	snapshot = RegisterSnapshot(GetTransactionSnapshot());
+	found = find_workflow(workflows.rel, snapshot, role, id,
+						  recorded_function, recorded_args);
+	UnregisterSnapshot(snapshot);
+	if (!found && IsolationUsesXactSnapshot())
+	{
+		/* one committed after our snapshot can be neither seen nor redone */
+		snapshot = RegisterSnapshot(GetLatestSnapshot());
+		if (find_workflow(workflows.rel, snapshot, role, id, NULL, NULL))
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					 errmsg("could not start workflow \"%s\": it was started concurrently",
+							text_to_cstring(id)),
+					 errhint("The transaction might succeed if retried.")));
+		UnregisterSnapshot(snapshot);
+	}
+	if (found)
+	{
+		qrel_close(&workflows);
+		return false;
+	}
+
+	qrel_open(&tasks, "tasks", T_NATTS);
+	root = insert_task(&tasks, role, id, 0, function, args, 0);
+	qrel_close(&tasks);
+	{
+		Datum		values[W_NATTS] = {0};
+		bool		nulls[W_NATTS] = {0};
+
+		values[W_ROLE - 1] = ObjectIdGetDatum(role);
+		values[W_ID - 1] = PointerGetDatum(id);
+		values[W_FUNCTION - 1] = CStringGetTextDatum(function);
+		values[W_ARGS - 1] = JsonbPGetDatum(args);
+		values[W_STATE - 1] = CStringGetTextDatum("running");
+		values[W_ROOT - 1] = Int64GetDatum(root);
+		nulls[W_OUTPUT - 1] = true;
+		nulls[W_ERROR - 1] = true;
+		values[W_STARTED_AT - 1] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
+		nulls[W_FINISHED_AT - 1] = true;
+		qrel_insert(&workflows, values, nulls);
+	}
+	qrel_close(&workflows);
+	return true;
+}
+
+QueueState
+queue_future(int64 id, Oid role, text *workflow, Jsonb **output, Jsonb **error)
+{
+	Relation	rel = table_open(table_oid("tasks"), AccessShareLock);
+	TupleDesc	desc = RelationGetDescr(rel);
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tup;
+	QueueState	state = QS_FAILED;
+	bool		found = false;
+	bool		isnull;
+	/* the latest: a future queued earlier in this transaction, too */
+	Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
+
+	task_key(&key, &id);
+	scan = systable_beginscan(rel, RelationGetPrimaryKeyIndex(rel), true,
+							  snapshot, 1, &key);
+	tup = systable_getnext(scan);
+	if (HeapTupleIsValid(tup) &&
+		DatumGetObjectId(heap_getattr(tup, T_ROLE, desc, &isnull)) == role &&
+		DatumGetBool(DirectFunctionCall2Coll(texteq, C_COLLATION_OID,
+											 heap_getattr(tup, T_WORKFLOW, desc, &isnull),
+										 PointerGetDatum(workflow))))
+	{
+		Datum		d;
+
+		found = true;
+		state = state_from_datum(heap_getattr(tup, T_STATE, desc, &isnull));
+		if (output)
+		{
+			d = heap_getattr(tup, T_OUTPUT, desc, &isnull);
+			*output = isnull ? NULL : DatumGetJsonbPCopy(d);
+		}
+		if (error)
+		{
+			d = heap_getattr(tup, T_ERROR, desc, &isnull);
+			*error = isnull ? NULL : DatumGetJsonbPCopy(d);
+		}
+	}
+	systable_endscan(scan);
+	UnregisterSnapshot(snapshot);
+	table_close(rel, NoLock);
+	if (!found)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("future %lld does not belong to this workflow", (long long) id),
+				 errdetail("Futures are task outputs of the same workflow, as returned by apiary_queue.")));
+	return state;
+}
+
+/* ---------------------------------------------------------------------
+ * Outcomes
+ * ---------------------------------------------------------------------
+ */
+
+/* The attempt just made, recorded in the same row version as its outcome. */
+static void
+record_attempt(Datum *values, bool *nulls, bool *replace, TimestampTz ran_at)
+{
+	if (ran_at == 0)
+		return;
+	values[T_ATTEMPTS - 1] = Int32GetDatum(DatumGetInt32(values[T_ATTEMPTS - 1]) + 1);
+	values[T_STARTED_AT - 1] = TimestampTzGetDatum(ran_at);
+	nulls[T_STARTED_AT - 1] = false;
+	values[T_XID - 1] = FullTransactionIdGetDatum(GetTopFullTransactionId());
+	nulls[T_XID - 1] = false;
+	replace[T_ATTEMPTS - 1] = replace[T_STARTED_AT - 1] = replace[T_XID - 1] = true;
+}
+
+/* An outcome to record, and what the row held (for what follows). */
+typedef struct Outcome
+{
+	int64		id;
+	QueueState	state;			/* done, failed or cancelled */
+	Jsonb	   *value;			/* output or error */
+	TimestampTz ran_at;
+	QueueState	only_from;		/* record it only over this state, unless
+								 * it is the task that ran */
+	/* read from the row */
+	bool		root;			/* no parent */
+	Oid			role;
+	text	   *workflow;
+} Outcome;
+
+static bool
+mutate_outcome(Datum *values, bool *nulls, bool *replace, void *arg)
+{
+	Outcome    *o = arg;
+	int			col = o->state == QS_DONE ? T_OUTPUT : T_ERROR;
+
+	if (o->ran_at == 0 && state_from_datum(values[T_STATE - 1]) != o->only_from)
+		return false;
+	o->root = nulls[T_PARENT - 1];
+	o->role = DatumGetObjectId(values[T_ROLE - 1]);
+	o->workflow = DatumGetTextPCopy(values[T_WORKFLOW - 1]);
+	values[T_STATE - 1] = state_datum(o->state);
+	values[col - 1] = JsonbPGetDatum(o->value);
+	nulls[col - 1] = o->value == NULL;
+	values[T_FINISHED_AT - 1] = TimestampTzGetDatum(GetCurrentTimestamp());
+	nulls[T_FINISHED_AT - 1] = false;
+	replace[T_STATE - 1] = replace[col - 1] = replace[T_FINISHED_AT - 1] = true;
+	record_attempt(values, nulls, replace, o->ran_at);
+	return true;
+}
+
+/* A waiting task loses a future: ready when it was the last. */
+typedef struct Release
+{
+	bool		ready;
+} Release;
+
+static bool
+mutate_release(Datum *values, bool *nulls, bool *replace, void *arg)
+{
+	Release    *r = arg;
+	int32		left = DatumGetInt32(values[T_WAITING_FOR - 1]) - 1;
+
+	if (state_from_datum(values[T_STATE - 1]) != QS_WAITING)
+		return false;
+	values[T_WAITING_FOR - 1] = Int32GetDatum(left);
+	replace[T_WAITING_FOR - 1] = true;
+	r->ready = left <= 0;
+	if (r->ready)
+	{
+		values[T_STATE - 1] = state_datum(QS_PENDING);
+		values[T_RUN_AFTER - 1] = TimestampTzGetDatum(GetCurrentTimestamp());
+		replace[T_STATE - 1] = replace[T_RUN_AFTER - 1] = true;
+	}
+	return true;
+}
+
+static bool
+mutate_workflow(Datum *values, bool *nulls, bool *replace, void *arg)
+{
+	Outcome    *o = arg;
+	int			col = o->state == QS_DONE ? W_OUTPUT : W_ERROR;
+	char	   *state = TextDatumGetCString(values[W_STATE - 1]);
+
+	if (strcmp(state, "running") != 0 || nulls[W_ROOT - 1] ||
+		DatumGetInt64(values[W_ROOT - 1]) != o->id)
+		return false;
+	values[W_STATE - 1] = CStringGetTextDatum(o->state == QS_DONE ? "done" : "failed");
+	values[col - 1] = JsonbPGetDatum(o->value);
+	nulls[col - 1] = o->value == NULL;
+	values[W_FINISHED_AT - 1] = TimestampTzGetDatum(GetCurrentTimestamp());
+	nulls[W_FINISHED_AT - 1] = false;
+	replace[W_STATE - 1] = replace[col - 1] = replace[W_FINISHED_AT - 1] = true;
+	return true;
+}
+
+/* Ids of the rows an index scan with one int8 key finds in column col. */
+static List *
+scan_ids(Relation rel, Oid indexoid, AttrNumber keycol, int64 key,
+		 AttrNumber col)
+{
+	ScanKeyData skey;
+	Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	SysScanDesc scan;
+	HeapTuple	tup;
+	List	   *ids = NIL;
+	bool		isnull;
+
+	ScanKeyInit(&skey, keycol, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(key));
+	scan = systable_beginscan(rel, indexoid, true, snapshot, 1, &skey);
+	while (HeapTupleIsValid(tup = systable_getnext(scan)))
+	{
+		int64	   *id = palloc_object(int64);
+
+		*id = DatumGetInt64(heap_getattr(tup, col, RelationGetDescr(rel), &isnull));
+		ids = lappend(ids, id);
+	}
+	systable_endscan(scan);
+	UnregisterSnapshot(snapshot);
+	return ids;
+}
+
+static Jsonb *
+cancelled_error(Jsonb *failure, int64 future)
+{
+	JsonbParseState *state = NULL;
+	JsonbIterator *it;
+	JsonbIteratorToken tok;
+	JsonbValue	v;
+	JsonbValue *res = NULL;
+	char	   *msg = psprintf("future %lld did not complete", (long long) future);
+
+	/* failure's fields, then "cancelled" */
+	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
+	if (failure != NULL && JB_ROOT_IS_OBJECT(failure))
+	{
+		it = JsonbIteratorInit(&failure->root);
+		while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+		{
+			if (tok == WJB_KEY || tok == WJB_VALUE)
+			{
+				if (tok == WJB_KEY && v.val.string.len == 9 &&
+					memcmp(v.val.string.val, "cancelled", 9) == 0)
+				{
+					(void) JsonbIteratorNext(&it, &v, true);	/* its value */
+					continue;
+				}
+				pushJsonbValue(&state, tok, &v);
+			}
+		}
+	}
+	v.type = jbvString;
+	v.val.string.val = "cancelled";
+	v.val.string.len = 9;
+	pushJsonbValue(&state, WJB_KEY, &v);
+	v.val.string.val = msg;
+	v.val.string.len = strlen(msg);
+	pushJsonbValue(&state, WJB_VALUE, &v);
+	res = pushJsonbValue(&state, WJB_END_OBJECT, NULL);
+	return JsonbValueToJsonb(res);
+}
+
+int
+queue_finish(int64 id, QueueState state, Jsonb *value, TimestampTz ran_at,
+			 int64 *released, int max_released, bool *workflow_finished)
+{
+	QRel		tasks;
+	QRel		waits;
+	QRel		workflows;
+	Oid			linked_index = index_oid("tasks_linked");
+	List	   *work = NIL;
+	int			nreleased = 0;
+
+	Assert(state == QS_DONE || state == QS_FAILED || state == QS_CANCELLED);
+	*workflow_finished = false;
+	qrel_open(&tasks, "tasks", T_NATTS);
+	qrel_open(&waits, "waits", X_NATTS);
+	qrel_open(&workflows, "workflows", W_NATTS);
+
+	{
+		Outcome    *o = palloc0_object(Outcome);
+
+		o->id = id;
+		o->state = state;
+		o->value = value;
+		o->ran_at = ran_at;
+		/* a crash counted to the limit: the task is pending */
+		o->only_from = QS_PENDING;
+		work = lappend(work, o);
+	}
+
+	/* a worklist, not recursion: chains of futures have any length */
+	while (work != NIL)
+	{
+		Outcome    *o = linitial(work);
+		ScanKeyData key;
+		List	   *ids;
+		ListCell   *lc;
+
+		work = list_delete_first(work);
+		task_key(&key, &o->id);
+		if (!qrel_update(&tasks, RelationGetPrimaryKeyIndex(tasks.rel), 1, &key,
+						 mutate_outcome, o))
+			continue;
+
+		if (o->root)
+		{
+			ScanKeyData wkeys[2];
+
+			workflow_keys(wkeys, o->role, o->workflow);
+			if (qrel_update(&workflows, RelationGetPrimaryKeyIndex(workflows.rel),
+							2, wkeys, mutate_workflow, o))
+				*workflow_finished = true;
+		}
+
+		/* the tasks waiting for this one */
+		ids = scan_ids(waits.rel, RelationGetPrimaryKeyIndex(waits.rel),
+					   X_FUTURE, o->id, X_TASK);
+		foreach(lc, ids)
+		{
+			int64		waiter = *(int64 *) lfirst(lc);
+
+			if (o->state == QS_DONE)
+			{
+				Release		r = {false};
+
+				task_key(&key, &waiter);
+				if (qrel_update(&tasks, RelationGetPrimaryKeyIndex(tasks.rel), 1, &key,
+								mutate_release, &r) && r.ready)
+				{
+					if (nreleased < max_released)
+						released[nreleased] = waiter;
+					nreleased++;
+				}
+			}
+			else
+			{
+				Outcome    *c = palloc0_object(Outcome);
+
+				c->id = waiter;
+				c->state = QS_CANCELLED;
+				c->value = cancelled_error(o->value, o->id);
+				c->only_from = QS_WAITING;
+				work = lappend(work, c);
+			}
+		}
+
+		/* the tasks that returned this one as their future */
+		ids = scan_ids(tasks.rel, linked_index, T_LINKED_TO, o->id, T_ID);
+		foreach(lc, ids)
+		{
+			Outcome    *l = palloc0_object(Outcome);
+
+			l->id = *(int64 *) lfirst(lc);
+			l->state = o->state == QS_DONE ? QS_DONE : QS_FAILED;
+			l->value = o->value;
+			l->only_from = QS_LINKED;
+			work = lappend(work, l);
+		}
+	}
+
+	qrel_close(&workflows);
+	qrel_close(&waits);
+	qrel_close(&tasks);
+	return nreleased;
+}
+
+typedef struct Link
+{
+	int64		future;
+	TimestampTz ran_at;
+} Link;
+
+static bool
+mutate_link(Datum *values, bool *nulls, bool *replace, void *arg)
+{
+	Link	   *l = arg;
+
+	values[T_STATE - 1] = state_datum(QS_LINKED);
+	values[T_LINKED_TO - 1] = Int64GetDatum(l->future);
+	nulls[T_LINKED_TO - 1] = false;
+	replace[T_STATE - 1] = replace[T_LINKED_TO - 1] = true;
+	record_attempt(values, nulls, replace, l->ran_at);
+	return true;
+}
+
+void
+queue_link(int64 id, int64 future, TimestampTz ran_at)
+{
+	QRel		tasks;
+	ScanKeyData key;
+	Link		l = {future, ran_at};
+
+	qrel_open(&tasks, "tasks", T_NATTS);
+	task_key(&key, &id);
+	(void) qrel_update(&tasks, RelationGetPrimaryKeyIndex(tasks.rel), 1, &key,
+					   mutate_link, &l);
+	qrel_close(&tasks);
+}
+
+typedef struct Retry
+{
+	double		delay;
+	TimestampTz ran_at;
+} Retry;
+
+static bool
+mutate_retry(Datum *values, bool *nulls, bool *replace, void *arg)
+{
+	Retry	   *r = arg;
+
+	values[T_RUN_AFTER - 1] = TimestampTzGetDatum(GetCurrentTimestamp() +
+												  (int64) (r->delay * USECS_PER_SEC));
+	replace[T_RUN_AFTER - 1] = true;
+	record_attempt(values, nulls, replace, r->ran_at);
+	return true;
+}
+
+void
+queue_retry(int64 id, double delay, TimestampTz ran_at)
+{
+	QRel		tasks;
+	ScanKeyData key;
+	Retry		r = {delay, ran_at};
+
+	qrel_open(&tasks, "tasks", T_NATTS);
+	task_key(&key, &id);
+	(void) qrel_update(&tasks, RelationGetPrimaryKeyIndex(tasks.rel), 1, &key,
+					   mutate_retry, &r);
+	qrel_close(&tasks);
+}
+
+typedef struct Crash
+{
+	int			crashes;
+	char	   *function;
+} Crash;
+
+static bool
+mutate_crash(Datum *values, bool *nulls, bool *replace, void *arg)
+{
+	Crash	   *c = arg;
+
+	if (state_from_datum(values[T_STATE - 1]) != QS_PENDING)
+		return false;
+	c->crashes = DatumGetInt32(values[T_CRASHES - 1]) + 1;
+	c->function = TextDatumGetCString(values[T_FUNCTION - 1]);
+	values[T_CRASHES - 1] = Int32GetDatum(c->crashes);
+	replace[T_CRASHES - 1] = true;
+	return true;
+}
+
+int
+queue_count_crash(int64 id, char **function)
+{
+	QRel		tasks;
+	ScanKeyData key;
+	Crash		c = {0, NULL};
+
+	qrel_open(&tasks, "tasks", T_NATTS);
+	task_key(&key, &id);
+	if (!qrel_update(&tasks, RelationGetPrimaryKeyIndex(tasks.rel), 1, &key,
+					 mutate_crash, &c))
+		c.crashes = 0;			/* not pending (any more) */
+	qrel_close(&tasks);
+	*function = c.function;
+	return c.crashes;
+}
+
+/* ---------------------------------------------------------------------
+ * Cancelling
+ * ---------------------------------------------------------------------
+ */
+
+bool
+queue_workflow_cancelled(Oid role, text *workflow)
+{
+	Relation	rel;
+	Snapshot	snapshot;
+	ScanKeyData keys[2];
+	SysScanDesc scan;
+	HeapTuple	tup;
+	bool		cancelled = false;
+	bool		isnull;
+
+	/* held to our commit: a cancel waits for it, and we for a cancel */
+	journal_lock(CANCEL_LOCK_MARKER, role, workflow, ShareLock);
+	rel = table_open(table_oid("workflows"), AccessShareLock);
+	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	workflow_keys(keys, role, workflow);
+	scan = systable_beginscan(rel, RelationGetPrimaryKeyIndex(rel), true,
+							  snapshot, 2, keys);
+	tup = systable_getnext(scan);
+	if (HeapTupleIsValid(tup))
+		cancelled = strcmp(TextDatumGetCString(heap_getattr(tup, W_STATE, RelationGetDescr(rel), &isnull)),
+						   "cancelled") == 0;
+	systable_endscan(scan);
+	UnregisterSnapshot(snapshot);
+	table_close(rel, NoLock);
+	return cancelled;
+}
+
+void
+queue_lock_workflow(Oid role, text *workflow)
+{
+	journal_lock(CANCEL_LOCK_MARKER, role, workflow, ExclusiveLock);
+}

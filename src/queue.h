@@ -1,0 +1,104 @@
+/*-------------------------------------------------------------------------
+ *
+ * queue.h
+ *	  The workflow tables (apiary.workflows, apiary.tasks, apiary.waits),
+ *	  read and written by direct heap and index access.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef APIARY_QUEUE_H
+#define APIARY_QUEUE_H
+
+#include "nodes/pg_list.h"
+#include "utils/jsonb.h"
+#include "utils/timestamp.h"
+
+typedef enum QueueState
+{
+	QS_WAITING,					/* futures among its arguments not done yet */
+	QS_PENDING,					/* ready to run at run_after */
+	QS_LINKED,					/* ran, and returned a future not done yet */
+	QS_DONE,
+	QS_FAILED,
+	QS_CANCELLED,
+} QueueState;
+
+extern const char *queue_state_name(QueueState state);
+
+/* A task an executor claimed. */
+typedef struct QueueTask
+{
+	int64		id;
+	Oid			role;
+	text	   *workflow;
+	char	   *function;
+	Jsonb	   *args;
+	int			attempts;		/* attempts made before this one */
+} QueueTask;
+
+/* Are the workflow tables there (the extension at version 0.2 or later)? */
+extern bool queue_installed(void);
+
+/*
+ * Claim a ready task: lock it, skipping tasks other executors hold.  Tries
+ * task prefer first, when not 0.  Returns false when none is ready, with
+ * *next_due set to the earliest retry that is not due yet (0 if none).
+ */
+extern bool queue_claim(int64 prefer, QueueTask *task, TimestampTz *next_due);
+
+/*
+ * Queue a task; futures lists the ids (int64 *) of the futures among its
+ * arguments that are not done yet: it waits for them.  Returns its id.
+ */
+extern int64 queue_add_task(Oid role, text *workflow, int64 parent,
+							const char *function, Jsonb *args, List *futures);
+
+/*
+ * Start workflow (role, id) with its root task, unless it exists: then
+ * return false with the recorded call.  Waits for a concurrent start of
+ * the same id to end.
+ */
+extern bool queue_add_workflow(Oid role, text *id, const char *function,
+							   Jsonb *args, char **recorded_function,
+							   Jsonb **recorded_args);
+
+/*
+ * A future's state and its output or error, if it is a task of this
+ * workflow; errors out otherwise.
+ */
+extern QueueState queue_future(int64 id, Oid role, text *workflow,
+							   Jsonb **output, Jsonb **error);
+
+/*
+ * Record a task's outcome: QS_DONE with its output, QS_FAILED or
+ * QS_CANCELLED with its error.  ran_at is when the attempt that produced
+ * it started, or 0 when none ran.  What depended on the task follows:
+ * tasks that returned it as their future take the same outcome, tasks
+ * waiting for it become ready when it was their last future (done) or are
+ * cancelled (failed), and a root task finishes its workflow.  Returns how
+ * many tasks became ready; their ids go to released, up to max_released.
+ */
+extern int	queue_finish(int64 id, QueueState state, Jsonb *value,
+						 TimestampTz ran_at, int64 *released, int max_released,
+						 bool *workflow_finished);
+
+/* The task ran and returned future, which is not done yet. */
+extern void queue_link(int64 id, int64 future, TimestampTz ran_at);
+
+/* The task ran and failed; run it again after delay seconds. */
+extern void queue_retry(int64 id, double delay, TimestampTz ran_at);
+
+/* Count a crash of the server while task ran: the new count, 0 if not pending. */
+extern int	queue_count_crash(int64 id, char **function);
+
+/*
+ * Cancelling.  An executor calls queue_workflow_cancelled before it lets a
+ * task's effects stand; apiary_cancel calls queue_lock_workflow before it
+ * marks a workflow cancelled.  The locks they take (shared, exclusive; until
+ * the end of the transaction) keep a cancel from falling between an
+ * executor's check and its commit.
+ */
+extern bool queue_workflow_cancelled(Oid role, text *workflow);
+extern void queue_lock_workflow(Oid role, text *workflow);
+
+#endif							/* APIARY_QUEUE_H */
