@@ -27,13 +27,15 @@
  *              length byte and that many bytes, cut at the first NUL
  *   nvalues    1 byte: the length of the array (0-255)
  *   nkeys      1 byte: the keys of the object (0-255), then per key 1 byte
- *              c: if c & 1 == 0 and a parameter is named, a copy of the
- *              name of parameter (next byte) with the edit (c >> 1) & 3
- *              (none, replace, delete, insert: a position byte, and a byte
- *              for replace and insert) and, if c & 8, its ASCII case
- *              swapped; else 1 length byte and raw bytes (NULs included)
+ *              c: if c is even and a parameter is named, the name of a
+ *              named parameter (the next byte picks which) with the edit
+ *              (c >> 1) & 3 (none, replace, delete, insert: a position
+ *              byte, and a byte for replace and insert) and, if c & 8, its
+ *              ASCII case swapped; else 1 length byte and raw bytes (NULs
+ *              included)
  *   mask       the rest: 1 byte, odd for a mask that starts with a prefix
- *              {0, ..., next byte % 129 - 1}; then one index per byte
+ *              {0, ..., next byte % 129 - 1}; then one index per byte,
+ *              modulo BIND_MAX_PARAMS
  *
  * Preconditions, as PostgreSQL and the JSON parser guarantee them to
  * bind.c: names of input parameters are unique (CREATE FUNCTION rejects a
