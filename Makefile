@@ -16,7 +16,7 @@ OBJS = \
 	src/registry.o \
 	src/workflow.o
 
-DATA = src/sql/apiary--0.1.sql src/sql/apiary--0.1--0.2.sql
+DATA = src/sql/apiary--0.1.sql src/sql/apiary--0.1--0.2.sql src/sql/apiary--0.2--0.3.sql
 PGFILEDESC = "apiary - transactional functions and workflows inside PostgreSQL"
 # the public C API, for functions written in C
 HEADERS_apiary = src/apiary.h
@@ -27,7 +27,7 @@ PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare \
 
 # The regression suite needs apiary in shared_preload_libraries, so it runs
 # on a temporary instance of its own (as pg_stat_statements does).
-REGRESS = registry invoke keys nested errors workflows upgrade lifecycle
+REGRESS = registry invoke keys nested errors workflows security upgrade lifecycle
 REGRESS_OPTS = --temp-config=$(srcdir)/test/apiary.conf \
 	--temp-instance=./tmp_check --port=54329
 ISOLATION = keys_race registry_cache

@@ -137,6 +137,20 @@ bind_require_call_args(FunctionCallInfo fcinfo)
 }
 
 void
+bind_check_output(const char *name, Datum output, bool isnull)
+{
+	Size		size = isnull ? 0 : VARSIZE_ANY(DatumGetPointer(output));
+
+	if (size > (Size) apiary_max_output_size)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("output of apiary function \"%s\" is too large to record", name),
+				 errdetail("It takes %zu bytes; apiary.max_output_size is %d.",
+						   size, apiary_max_output_size),
+				 errhint("Store large results in a table and return a reference to them.")));
+}
+
+void
 bind_check_limits(const char *name, Jsonb *args)
 {
 	Size		size = VARSIZE(args);

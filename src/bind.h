@@ -19,6 +19,9 @@ extern void bind_require_call_args(FunctionCallInfo fcinfo);
 /* Reject arguments over apiary.max_args_size or apiary.max_args_depth. */
 extern void bind_check_limits(const char *name, Jsonb *args);
 
+/* An output to be journaled must fit apiary.max_output_size. */
+extern void bind_check_output(const char *name, Datum output, bool isnull);
+
 /*
  * Call f with args and return its result as jsonb (or SQL NULL), allocated
  * in resultcxt.  Requires an SPI connection.  read_only runs the call on

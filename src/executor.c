@@ -87,6 +87,7 @@ typedef struct RunningTask
 	Oid			role;
 	text	   *workflow;
 	TimestampTz started;
+	int			queued;			/* tasks it queued (apiary.max_queued) */
 } RunningTask;
 
 static RunningTask *running_task = NULL;
@@ -182,6 +183,28 @@ apiary_future_jsonb(int64 id)
 	return JsonbValueToJsonb(pushJsonbValue(&state, WJB_END_OBJECT, NULL));
 }
 
+void
+apiary_check_no_futures(const char *caller, Jsonb *args)
+{
+	JsonbIterator *it;
+	JsonbIteratorToken tok;
+	JsonbValue	v;
+	int64		id;
+
+	if (JB_ROOT_IS_SCALAR(args))
+		return;
+	it = JsonbIteratorInit(&args->root);
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		if ((tok == WJB_VALUE || tok == WJB_ELEM) && value_is_future(&v, &id))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("%s cannot take future %lld as an argument", caller, (long long) id),
+					 errdetail("Only tasks queued with apiary_queue wait for futures."),
+					 errhint("Pass the future to apiary_queue inside a running task, or return it.")));
+	}
+}
+
 /*
  * Replace the futures among args' top-level values by their outputs (all
  * done: the task would not be pending otherwise).
@@ -247,8 +270,13 @@ apiary_queue_jsonb(const char *name, Jsonb *args)
 				 errhint("Start a workflow with apiary_start; the functions it runs may queue tasks.")));
 	bind_check_limits(name, args);
 
-	/* the function must exist now; it is looked up again when it runs */
-	registry_check_exists(name);
+	/* callable now; it is looked up, and checked, again when it runs */
+	registry_check_callable(name);
+	if (++running_task->queued > apiary_max_queued)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("a task may queue at most %d tasks", apiary_max_queued),
+				 errhint("Raise apiary.max_queued, or queue the work in stages.")));
 
 	/* futures among the top-level values: wait for those not done yet */
 	if (!JB_ROOT_IS_SCALAR(args))
@@ -424,7 +452,8 @@ retry_delay(double first, int attempt)
 }
 
 static void
-run_task(RunningTask *t, const char *function, Jsonb *args, int attempt)
+run_task(RunningTask *t, const char *function, Jsonb *args,
+		 const char *search_path, int attempt)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
@@ -446,8 +475,15 @@ run_task(RunningTask *t, const char *function, Jsonb *args, int attempt)
 	{
 		ApiaryFunction *f;
 
-		/* the task runs as the role that queued it, never as this worker */
+		/*
+		 * The task runs as the role that queued it, never as this worker,
+		 * with the search_path it was queued with (undone with the
+		 * subtransaction).
+		 */
 		SetUserIdAndSecContext(t->role, save_sec | SECURITY_LOCAL_USERID_CHANGE);
+		if (search_path != NULL)
+			(void) set_config_option("search_path", search_path, PGC_USERSET,
+									 PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
 		f = registry_acquire(function);
 		kind = f->kind;
 		if (f->max_attempts > 0)
@@ -457,6 +493,7 @@ run_task(RunningTask *t, const char *function, Jsonb *args, int attempt)
 		PG_TRY();
 		{
 			out = apiary_call(f, resolved, cxt, &isnull);
+			bind_check_output(f->name, out, isnull);
 		}
 		PG_FINALLY();
 		{
@@ -587,13 +624,14 @@ run_one_task(int64 prefer, long *nap_ms)
 	t.role = task.role;
 	t.workflow = task.workflow;
 	t.started = GetCurrentTimestamp();
+	t.queued = 0;
 	nready = 0;
 
 	pgstat_report_activity(STATE_RUNNING, psprintf("apiary task %lld: %s", (long long) t.id, task.function));
 	marker_write(t.id);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	run_task(&t, task.function, task.args, task.attempts + 1);
+	run_task(&t, task.function, task.args, task.search_path, task.attempts + 1);
 	SPI_finish();
 
 	/* this executor runs the first task made ready next; others the rest */

@@ -12,6 +12,12 @@
 
 extern PGDLLEXPORT void apiary_executor_main(Datum main_arg);
 
+/*
+ * Futures mean something to apiary_queue only: elsewhere (apiary_start,
+ * apiary_invoke) one among the top-level arguments is an error.
+ */
+extern void apiary_check_no_futures(const char *caller, Jsonb *args);
+
 /* For the launcher: count crashes of tasks that took the server down. */
 extern void apiary_count_crashes(void);
 

@@ -19,6 +19,8 @@
  */
 #include "postgres.h"
 
+#include <limits.h>
+
 #include "miscadmin.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
@@ -33,6 +35,8 @@ int			apiary_workers = 4;
 int			apiary_max_attempts = 3;
 int			apiary_max_args_size = 1024 * 1024;
 int			apiary_max_args_depth = 64;
+int			apiary_max_output_size = 64 * 1024 * 1024;
+int			apiary_max_queued = 10000;
 
 static const char *const kind_names[] = {
 	[APIARY_KIND_TRANSACTIONAL] = "transactional",
@@ -100,6 +104,26 @@ apiary_define_gucs(void)
 							&apiary_max_args_depth,
 							64,
 							1, 10000,
+							PGC_SUSET,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("apiary.max_output_size",
+							"Largest output of a task or keyed call that apiary records.",
+							"A larger output fails the call, which rolls back.",
+							&apiary_max_output_size,
+							64 * 1024 * 1024,
+							1024, MaxAllocSize,
+							PGC_SUSET,
+							GUC_UNIT_BYTE,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("apiary.max_queued",
+							"Most tasks one task may queue with apiary_queue.",
+							NULL,
+							&apiary_max_queued,
+							10000,
+							1, INT_MAX,
 							PGC_SUSET,
 							0,
 							NULL, NULL, NULL);

@@ -24,6 +24,8 @@ extern int	apiary_workers;
 extern int	apiary_max_attempts;
 extern int	apiary_max_args_size;
 extern int	apiary_max_args_depth;
+extern int	apiary_max_output_size;
+extern int	apiary_max_queued;
 
 extern void apiary_define_gucs(void);
 

@@ -39,6 +39,7 @@
 #include "apiary.h"
 #include "bind.h"
 #include "invoke.h"
+#include "executor.h"
 #include "journal.h"
 #include "registry.h"
 
@@ -128,9 +129,12 @@ invoke_body(ApiaryFunction *f, Jsonb *args, InvokeFrame *frame,
 	result = apiary_call(f, args, resultcxt, isnull);
 
 	if (frame->key != NULL)
+	{
+		bind_check_output(f->name, result, *isnull);
 		journal_record(frame->role, frame->key, f->name, args,
 					   frame->parent ? frame->parent->key : NULL,
 					   started_at, result, *isnull);
+	}
 
 	SPI_finish();
 	return result;
@@ -148,6 +152,7 @@ apiary_invoke_internal(const char *name, Jsonb *args, text *key, bool *isnull)
 
 	check_stack_depth();
 	bind_check_limits(name, args);
+	apiary_check_no_futures("apiary_invoke", args);
 	if (key != NULL && VARSIZE_ANY_EXHDR(key) > MAX_KEY_BYTES)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),

@@ -36,6 +36,7 @@
 #include "access/xact.h"
 #include "catalog/dependency.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_class.h"
 #include "catalog/pg_collation.h"
 #include "commands/sequence.h"
 #include "executor/executor.h"
@@ -47,6 +48,7 @@
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
 #include "utils/xid8.h"
 
 #include "journal.h"
@@ -58,7 +60,8 @@ enum
 	T_ID = 1, T_ROLE, T_WORKFLOW, T_PARENT, T_FUNCTION, T_ARGS, T_STATE,
 	T_WAITING_FOR, T_LINKED_TO, T_ATTEMPTS, T_CRASHES, T_OUTPUT, T_ERROR,
 	T_RUN_AFTER, T_QUEUED_AT, T_STARTED_AT, T_FINISHED_AT, T_XID,
-	T_NATTS = T_XID
+	T_SEARCH_PATH,
+	T_NATTS = T_SEARCH_PATH
 };
 
 /* Columns of apiary.workflows. */
@@ -197,8 +200,20 @@ bool
 queue_installed(void)
 {
 	Oid			nsp = get_namespace_oid("apiary", true);
+	Oid			relid = OidIsValid(nsp) ? get_relname_relid("tasks", nsp) : InvalidOid;
+	HeapTuple	tup;
+	bool		current = false;
 
-	return OidIsValid(nsp) && OidIsValid(get_relname_relid("tasks", nsp));
+	/* the table as this library writes it: not before ALTER EXTENSION UPDATE */
+	if (!OidIsValid(relid))
+		return false;
+	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	if (HeapTupleIsValid(tup))
+	{
+		current = ((Form_pg_class) GETSTRUCT(tup))->relnatts == T_NATTS;
+		ReleaseSysCache(tup);
+	}
+	return current;
 }
 
 /* Store a new row version and make its index entries. */
@@ -325,6 +340,11 @@ claimed(TupleTableSlot *slot, QueueTask *task)
 	task->function = TextDatumGetCString(slot_getattr(slot, T_FUNCTION, &isnull));
 	task->args = DatumGetJsonbPCopy(slot_getattr(slot, T_ARGS, &isnull));
 	task->attempts = DatumGetInt32(slot_getattr(slot, T_ATTEMPTS, &isnull));
+	{
+		Datum		d = slot_getattr(slot, T_SEARCH_PATH, &isnull);
+
+		task->search_path = isnull ? NULL : TextDatumGetCString(d);
+	}
 }
 
 /* Lock a task row as FOR UPDATE SKIP LOCKED would; true if we have it. */
@@ -459,6 +479,7 @@ insert_task(QRel *tasks, Oid role, text *workflow, int64 parent,
 	nulls[T_STARTED_AT - 1] = true;
 	nulls[T_FINISHED_AT - 1] = true;
 	nulls[T_XID - 1] = true;
+	values[T_SEARCH_PATH - 1] = CStringGetTextDatum(namespace_search_path);
 	qrel_insert(tasks, values, nulls);
 	return id;
 }

@@ -34,9 +34,10 @@ typedef struct QueueTask
 	char	   *function;
 	Jsonb	   *args;
 	int			attempts;		/* attempts made before this one */
+	char	   *search_path;	/* when it was queued */
 } QueueTask;
 
-/* Are the workflow tables there (the extension at version 0.2 or later)? */
+/* Are the workflow tables there, as this library writes them? */
 extern bool queue_installed(void);
 
 /*

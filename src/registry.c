@@ -451,9 +451,15 @@ registry_acquire(const char *name)
 }
 
 void
-registry_check_exists(const char *name)
+registry_check_callable(const char *name)
 {
-	registry_release(registry_acquire(name));
+	ApiaryFunction *f = registry_acquire(name);
+	Oid			fn = f->fn;
+	AclResult	acl = pg_proc_aclcheck(fn, GetUserId(), ACL_EXECUTE);
+
+	registry_release(f);
+	if (acl != ACLCHECK_OK)
+		aclcheck_error(acl, OBJECT_FUNCTION, get_func_name(fn));
 }
 
 void

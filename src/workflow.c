@@ -26,12 +26,14 @@
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 #include "utils/timestamp.h"
 #include "utils/uuid.h"
 
 #include "bind.h"
+#include "executor.h"
 #include "journal.h"
 #include "launcher.h"
 #include "queue.h"
@@ -116,8 +118,9 @@ apiary_start(PG_FUNCTION_ARGS)
 	check_id(id);
 	bind_check_limits(name, args);
 
-	/* the function must exist now; the executor looks it up again */
-	registry_check_exists(name);
+	/* callable now; the executor looks it up, and checks, again */
+	registry_check_callable(name);
+	apiary_check_no_futures("apiary_start", args);
 
 	if (queue_add_workflow(GetUserId(), id, name, args, &fn, &recorded))
 		apiary_wake_at_commit(1);
@@ -132,6 +135,41 @@ apiary_start(PG_FUNCTION_ARGS)
 						   JsonbToCString(NULL, &recorded->root, 0)),
 				 errhint("Use a new key for a different workflow.")));
 	PG_RETURN_TEXT_P(id);
+}
+
+/*
+ * Whose workflow is id: the caller's own.  Members of apiary_admin may also
+ * name another role's workflow, when they have none by that id and exactly
+ * one role has.  Anyone else learns nothing of other roles' ids: they are
+ * simply not found.  Requires an SPI connection.
+ */
+static Oid
+workflow_role(text *id)
+{
+	Oid			me = GetUserId();
+	Oid			admin = get_role_oid("apiary_admin", true);
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1] = {PointerGetDatum(id)};
+	Oid			role = me;
+	bool		isnull;
+
+	if (!OidIsValid(admin) || !is_member_of_role(me, admin))
+		return me;
+	journal_execute("SELECT role::pg_catalog.oid FROM apiary.workflows"
+					" WHERE id OPERATOR(pg_catalog.=) $1",
+					NULL, 1, types, values, NULL, SPI_OK_SELECT);
+	for (uint64 i = 0; i < SPI_processed; i++)
+		if (DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull)) == me)
+			return me;
+	if (SPI_processed > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_AMBIGUOUS_PARAMETER),
+				 errmsg("workflow id \"%s\" is used by %llu roles", text_to_cstring(id),
+						(unsigned long long) SPI_processed),
+				 errhint("Find the one you mean in apiary.workflows, and SET ROLE to its role.")));
+	if (SPI_processed == 1)
+		role = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	return role;
 }
 
 /* Raise a workflow's recorded failure as the error it was. */
@@ -183,6 +221,7 @@ apiary_result(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("workflow id must not be null")));
 	id = PG_GETARG_TEXT_PP(0);
+	check_id(id);
 	if (!PG_ARGISNULL(1))
 	{
 		Interval   *timeout = PG_GETARG_INTERVAL_P(1);
@@ -195,7 +234,7 @@ apiary_result(PG_FUNCTION_ARGS)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	prepare_plans();
-	values[0] = ObjectIdGetDatum(GetUserId());
+	values[0] = ObjectIdGetDatum(workflow_role(id));
 	values[1] = PointerGetDatum(id);
 
 	ConditionVariablePrepareToSleep(&apiary_shared->finished);
@@ -282,18 +321,25 @@ apiary_status(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("workflow id must not be null")));
+	check_id(PG_GETARG_TEXT_PP(0));
 	InitMaterializedSRF(fcinfo, 0);
 
-	values[0] = ObjectIdGetDatum(GetUserId());
-	values[1] = PG_GETARG_DATUM(0);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
+	values[0] = ObjectIdGetDatum(workflow_role(PG_GETARG_TEXT_PP(0)));
+	values[1] = PG_GETARG_DATUM(0);
 	journal_execute("SELECT id, parent, function, state, attempts, waiting_for, linked_to,"
 					" output, error, queued_at, started_at, finished_at"
 					" FROM apiary.tasks"
 					" WHERE role OPERATOR(pg_catalog.=) $1::pg_catalog.regrole"
 					" AND workflow OPERATOR(pg_catalog.=) $2 ORDER BY id",
 					NULL, 2, types, values, NULL, SPI_OK_SELECT);
+	/* every workflow has its root task: none, no such workflow of ours */
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("workflow \"%s\" does not exist",
+						TextDatumGetCString(PG_GETARG_DATUM(0)))));
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
 		Datum		row[12];
@@ -307,22 +353,30 @@ apiary_status(PG_FUNCTION_ARGS)
 	return (Datum) 0;
 }
 
-/* Run apiary.cancel_workflow or resume_workflow for the caller's workflow. */
+/*
+ * Run apiary.cancel_workflow or resume_workflow for the caller's workflow;
+ * a cancel first takes the lock that running tasks hold (queue.h).
+ */
 static void
-change_workflow(FunctionCallInfo fcinfo, const char *sql)
+change_workflow(FunctionCallInfo fcinfo, const char *sql, bool cancel)
 {
 	Oid			types[2] = {OIDOID, TEXTOID};
 	Datum		values[2];
 	bool		isnull;
+	Oid			role;
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("workflow id must not be null")));
-	values[0] = ObjectIdGetDatum(GetUserId());
-	values[1] = PG_GETARG_DATUM(0);
+	check_id(PG_GETARG_TEXT_PP(0));
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
+	role = workflow_role(PG_GETARG_TEXT_PP(0));
+	if (cancel)
+		queue_lock_workflow(role, PG_GETARG_TEXT_PP(0));
+	values[0] = ObjectIdGetDatum(role);
+	values[1] = PG_GETARG_DATUM(0);
 	journal_execute(sql, NULL, 2, types, values, NULL, SPI_OK_SELECT);
 	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
 		ereport(ERROR,
@@ -335,10 +389,7 @@ change_workflow(FunctionCallInfo fcinfo, const char *sql)
 Datum
 apiary_cancel(PG_FUNCTION_ARGS)
 {
-	/* running tasks past their cancel check commit first (queue.h) */
-	if (!PG_ARGISNULL(0))
-		queue_lock_workflow(GetUserId(), PG_GETARG_TEXT_PP(0));
-	change_workflow(fcinfo, "SELECT apiary.cancel_workflow($1, $2)");
+	change_workflow(fcinfo, "SELECT apiary.cancel_workflow($1, $2)", true);
 	apiary_finished_at_commit();
 	PG_RETURN_VOID();
 }
@@ -346,7 +397,7 @@ apiary_cancel(PG_FUNCTION_ARGS)
 Datum
 apiary_resume(PG_FUNCTION_ARGS)
 {
-	change_workflow(fcinfo, "SELECT apiary.resume_workflow($1, $2)");
+	change_workflow(fcinfo, "SELECT apiary.resume_workflow($1, $2)", false);
 	apiary_wake_at_commit(APIARY_WAKE_ALL);
 	PG_RETURN_VOID();
 }

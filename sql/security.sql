@@ -1,0 +1,199 @@
+--
+-- Security: a queued task never gains privilege, journal rows are private
+-- to their role, and bad input is refused with a clear error.
+--
+-- err runs a statement as the current role and shows the error it raises.
+CREATE FUNCTION err(stmt text) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+  EXECUTE stmt;
+  RETURN 'no error';
+EXCEPTION WHEN OTHERS THEN
+  RETURN SQLSTATE || ': ' || SQLERRM;
+END $$;
+GRANT EXECUTE ON FUNCTION err(text) TO PUBLIC;
+
+-- Three roles: an owner of functions, a stranger, and an administrator.
+CREATE ROLE regress_owner;
+CREATE ROLE regress_stranger;
+CREATE ROLE regress_admin IN ROLE apiary_admin;
+CREATE SCHEMA sec AUTHORIZATION regress_owner;
+CREATE SCHEMA sec_a AUTHORIZATION regress_owner;
+CREATE SCHEMA sec_b AUTHORIZATION regress_owner;
+GRANT USAGE ON SCHEMA sec, sec_a, sec_b TO PUBLIC;
+
+SET ROLE regress_owner;
+CREATE FUNCTION sec.s_whoami() RETURNS text LANGUAGE sql
+SET apiary.kind = 'transactional' AS $$ SELECT current_user::text $$;
+CREATE FUNCTION sec.s_secret() RETURNS text LANGUAGE sql
+SET apiary.kind = 'transactional' AS $$ SELECT 'the secret' $$;
+REVOKE EXECUTE ON FUNCTION sec.s_secret() FROM PUBLIC;
+CREATE FUNCTION sec.s_echo(x jsonb) RETURNS jsonb LANGUAGE sql
+SET apiary.kind = 'transactional' AS $$ SELECT x $$;
+-- resolves "label" through the search_path it runs with
+CREATE TABLE sec_a.label (v text);
+CREATE TABLE sec_b.label (v text);
+INSERT INTO sec_a.label VALUES ('a');
+INSERT INTO sec_b.label VALUES ('b');
+GRANT SELECT ON sec_a.label, sec_b.label TO PUBLIC;
+CREATE FUNCTION sec.s_label() RETURNS text LANGUAGE plpgsql
+SET apiary.kind = 'readonly' AS $$
+BEGIN
+  RETURN (SELECT v FROM label);
+END $$;
+-- queues n tasks
+CREATE FUNCTION sec.s_fan(n int) RETURNS int LANGUAGE plpgsql
+SET apiary.kind = 'transactional' AS $$
+BEGIN
+  FOR i IN 1..n LOOP
+    PERFORM apiary_queue('s_whoami');
+  END LOOP;
+  RETURN n;
+END $$;
+-- a future made up from an id
+CREATE FUNCTION sec.s_forge(id bigint) RETURNS jsonb LANGUAGE plpgsql
+SET apiary.kind = 'transactional' AS $$
+BEGIN
+  RETURN apiary_queue('s_echo', jsonb_build_object('x', jsonb_build_object('apiary_future', id)));
+END $$;
+-- returns n bytes
+CREATE FUNCTION sec.s_big(n int) RETURNS text LANGUAGE sql
+SET apiary.kind = 'transactional' AS $$ SELECT repeat('x', n) $$;
+RESET ROLE;
+
+-- A task runs as the role that queued it, not as the executor's superuser.
+SET ROLE regress_owner;
+SELECT apiary_start('s_whoami', '{}', 'who-sec');
+RESET ROLE;
+SET ROLE regress_stranger;
+SELECT apiary_start('s_whoami', '{}', 'who-sec');
+RESET ROLE;
+SET ROLE regress_owner;
+SELECT apiary_result('who-sec', '60 s');
+RESET ROLE;
+SET ROLE regress_stranger;
+SELECT apiary_result('who-sec', '60 s');
+RESET ROLE;
+
+-- It runs with the search_path it was queued with.
+SET ROLE regress_owner;
+SET search_path = sec_b, public;
+SELECT apiary_start('s_label', '{}', 'label-b');
+RESET search_path;
+SELECT apiary_result('label-b', '60 s');
+RESET ROLE;
+
+-- EXECUTE is checked when a task is queued ...
+SET ROLE regress_stranger;
+SELECT err($$SELECT apiary_start('s_secret', '{}', 'steal')$$);
+RESET ROLE;
+-- ... and again when it runs: a REVOKE in between wins.
+GRANT EXECUTE ON FUNCTION sec.s_secret() TO regress_stranger;
+BEGIN;
+SET LOCAL ROLE regress_stranger;
+SELECT apiary_start('s_secret', '{}', 'revoked');
+RESET ROLE;
+REVOKE EXECUTE ON FUNCTION sec.s_secret() FROM regress_stranger;
+COMMIT;
+SET ROLE regress_stranger;
+SELECT err($$SELECT apiary_result('revoked', '60 s')$$);
+RESET ROLE;
+
+-- Journal rows are private: each role sees its own, apiary_admin all.
+SET ROLE regress_owner;
+SELECT apiary_invoke('s_whoami', '{}', key => 'same-key');
+SELECT role, id, state FROM apiary.workflows ORDER BY role::text, id;
+SELECT role, key, output FROM apiary.invocations ORDER BY role::text, key;
+RESET ROLE;
+SET ROLE regress_stranger;
+-- the same key in another role is another call
+SELECT apiary_invoke('s_whoami', '{}', key => 'same-key');
+SELECT role, id, state FROM apiary.workflows ORDER BY role::text, id;
+SELECT count(*) AS tasks_seen FROM apiary.tasks;
+RESET ROLE;
+SET ROLE regress_admin;
+SELECT role, id, state FROM apiary.workflows
+WHERE role::text LIKE 'regress_%' ORDER BY role::text, id;
+SELECT role, key FROM apiary.invocations WHERE key = 'same-key' ORDER BY role::text;
+RESET ROLE;
+
+-- Another role's workflow is not found, whatever one does with it ...
+SET ROLE regress_owner;
+SELECT apiary_start('s_whoami', '{}', 'owners-only');
+RESET ROLE;
+SET ROLE regress_stranger;
+SELECT err($$SELECT apiary_result('owners-only', '60 s')$$);
+SELECT err($$SELECT * FROM apiary_status('owners-only')$$);
+SELECT err($$SELECT apiary_cancel('owners-only')$$);
+SELECT err($$SELECT apiary_resume('owners-only')$$);
+RESET ROLE;
+-- ... except for apiary_admin.
+SET ROLE regress_admin;
+SELECT apiary_result('owners-only', '60 s');
+SELECT function, state FROM apiary_status('owners-only');
+-- an id two roles use is ambiguous to an administrator
+SELECT err($$SELECT apiary_result('who-sec', '60 s')$$);
+RESET ROLE;
+
+-- A future must come from the same workflow: a forged one is refused.
+SET ROLE regress_owner;
+SELECT task AS owners_task FROM apiary_status('owners-only') \gset
+RESET ROLE;
+SET ROLE regress_stranger;
+SELECT apiary_start('s_forge', jsonb_build_object('id', :owners_task), 'forged');
+SELECT regexp_replace(err($$SELECT apiary_result('forged', '60 s')$$), 'future \d+', 'future N') AS err;
+RESET ROLE;
+
+-- Futures mean something to apiary_queue only.
+SELECT err($$SELECT apiary_start('s_echo', '{"x": {"apiary_future": 1}}')$$);
+SELECT err($$SELECT apiary_invoke('s_echo', '{"x": {"apiary_future": 1}}')$$);
+SELECT err($$SELECT apiary_invoke('s_echo', '[{"apiary_future": 1}]')$$);
+-- nested deeper, it is plain data
+SELECT apiary_invoke('s_echo', '{"x": {"y": {"apiary_future": 1}}}');
+
+-- A task may queue at most apiary.max_queued tasks (100 in this test's
+-- server): a runaway fan-out fails, and nothing it queued remains.
+SELECT apiary_start('s_fan', '{"n": 100000}', 'runaway');
+SELECT err($$SELECT apiary_result('runaway', '60 s')$$);
+SELECT count(*) AS queued_by_runaway FROM apiary.tasks WHERE workflow = 'runaway';
+SELECT apiary_start('s_fan', '{"n": 100}', 'at-the-limit');
+SELECT apiary_result('at-the-limit', '60 s');
+
+-- Outputs to be recorded are bounded by apiary.max_output_size (1 MB here).
+SELECT apiary_start('s_big', '{"n": 2000000}', 'too-big');
+SELECT err($$SELECT apiary_result('too-big', '60 s')$$);
+SELECT err($$SELECT apiary_invoke('s_big', '{"n": 2000000}', key => 'too-big')$$);
+SELECT count(*) AS recorded FROM apiary.invocations WHERE key = 'too-big';
+-- unkeyed calls record nothing, and are not bounded
+SELECT length(apiary_invoke('s_big', '{"n": 2000000}')::text);
+
+-- Bad input: a clear error and nothing written.
+SELECT err($$SELECT apiary_start(NULL, '{}')$$);
+SELECT err($$SELECT apiary_start('s_whoami', NULL)$$);
+SELECT err($$SELECT apiary_start('nosuch', '{}')$$);
+SELECT err($$SELECT apiary_start('s_whoami', '{')$$);
+SELECT err($$SELECT apiary_start('s_whoami', '{}', repeat('k', 10240))$$);
+SELECT err($$SELECT apiary_invoke('s_whoami', '{}', repeat('k', 10240))$$);
+SELECT err($$SELECT apiary_result(NULL)$$);
+SELECT err($$SELECT apiary_result(repeat('k', 10240), '1 ms')$$);
+SELECT err($$SELECT * FROM apiary_status(NULL)$$);
+SELECT err($$SELECT apiary_cancel(NULL)$$);
+SELECT err($$SELECT apiary_resume(NULL)$$);
+SELECT err($$SELECT apiary_queue('s_whoami', '{}')$$);
+SELECT err($$SELECT apiary_queue(NULL, NULL)$$);
+SELECT err($$SELECT apiary_task_key()$$);
+SELECT count(*) AS nothing_written FROM apiary.workflows
+WHERE id LIKE 'kkk%' OR function = 'nosuch';
+
+-- Users read the journal; they cannot write it.
+SET ROLE regress_stranger;
+SELECT err($$DELETE FROM apiary.tasks$$);
+SELECT err($$UPDATE apiary.workflows SET state = 'done'$$);
+SELECT err($$INSERT INTO apiary.invocations VALUES ('regress_owner', 'k', 'f', '{}', NULL, NULL, '1', now(), now())$$);
+SELECT err($$SELECT apiary.cancel_workflow('regress_owner'::regrole, 'owners-only')$$);
+RESET ROLE;
+
+DROP SCHEMA sec, sec_a, sec_b CASCADE;
+DELETE FROM apiary.invocations WHERE role::text LIKE 'regress_%';
+DELETE FROM apiary.tasks WHERE role::text LIKE 'regress_%';
+DELETE FROM apiary.workflows WHERE role::text LIKE 'regress_%';
+DROP ROLE regress_owner, regress_stranger, regress_admin;
