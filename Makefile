@@ -14,9 +14,11 @@ OBJS = \
 	src/names.o \
 	src/queue.o \
 	src/registry.o \
+	src/sketch.o \
+	src/stats.o \
 	src/workflow.o
 
-DATA = src/sql/apiary--0.1.sql src/sql/apiary--0.1--0.2.sql src/sql/apiary--0.2--0.3.sql
+DATA = src/sql/apiary--0.1.sql src/sql/apiary--0.1--0.2.sql src/sql/apiary--0.2--0.3.sql src/sql/apiary--0.3--0.4.sql
 PGFILEDESC = "apiary - transactional functions and workflows inside PostgreSQL"
 # the public C API, for functions written in C
 HEADERS_apiary = src/apiary.h
@@ -27,7 +29,7 @@ PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare \
 
 # The regression suite needs apiary in shared_preload_libraries, so it runs
 # on a temporary instance of its own (as pg_stat_statements does).
-REGRESS = registry invoke keys nested errors workflows security upgrade lifecycle
+REGRESS = registry invoke keys nested errors workflows security observability upgrade lifecycle
 REGRESS_OPTS = --temp-config=$(srcdir)/test/apiary.conf \
 	--temp-instance=./tmp_check --port=54329
 ISOLATION = keys_race registry_cache

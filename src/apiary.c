@@ -27,6 +27,7 @@
 #include "guc.h"
 #include "launcher.h"
 #include "registry.h"
+#include "stats.h"
 
 PG_MODULE_MAGIC;
 
@@ -42,6 +43,7 @@ _PG_init(void)
 	if (process_shared_preload_libraries_in_progress)
 	{
 		apiary_shmem_init();
+		apiary_stats_init();
 		apiary_register_launcher();
 	}
 }

@@ -76,6 +76,7 @@
 #include "queue.h"
 #include "launcher.h"
 #include "registry.h"
+#include "stats.h"
 
 PG_FUNCTION_INFO_V1(apiary_queue);
 PG_FUNCTION_INFO_V1(apiary_task_key);
@@ -463,6 +464,7 @@ run_task(RunningTask *t, const char *function, Jsonb *args,
 	Datum		out = (Datum) 0;
 	bool		isnull = false;
 	bool		cancelled = false;
+	bool		retry;
 	ErrorData  *edata = NULL;
 	ApiaryKind	kind = APIARY_KIND_TRANSACTIONAL;
 	int			max_attempts = apiary_max_attempts;
@@ -525,6 +527,17 @@ run_task(RunningTask *t, const char *function, Jsonb *args,
 	PG_END_TRY();
 	running_task = NULL;
 
+	/*
+	 * Retry what retrying can cure: conflicts with other transactions for
+	 * any task, anything at all for an external one (its effects are
+	 * outside, and it has a stable apiary_task_key for them).
+	 */
+	retry = edata != NULL && attempt < max_attempts &&
+		(kind == APIARY_KIND_EXTERNAL ||
+		 edata->sqlerrcode == ERRCODE_T_R_SERIALIZATION_FAILURE ||
+		 edata->sqlerrcode == ERRCODE_T_R_DEADLOCK_DETECTED);
+	apiary_stats_record(function, t->started, edata != NULL, retry);
+
 	if (cancelled || edata != NULL)
 		nready = 0;				/* what it queued is gone */
 
@@ -550,15 +563,7 @@ run_task(RunningTask *t, const char *function, Jsonb *args,
 		return;
 	}
 
-	/*
-	 * Retry what retrying can cure: conflicts with other transactions for
-	 * any task, anything at all for an external one (its effects are
-	 * outside, and it has a stable apiary_task_key for them).
-	 */
-	if (attempt < max_attempts &&
-		(kind == APIARY_KIND_EXTERNAL ||
-		 edata->sqlerrcode == ERRCODE_T_R_SERIALIZATION_FAILURE ||
-		 edata->sqlerrcode == ERRCODE_T_R_DEADLOCK_DETECTED))
+	if (retry)
 	{
 		double		delay = retry_delay(kind == APIARY_KIND_EXTERNAL ? 0.5 : 0.01, attempt);
 

@@ -37,6 +37,8 @@ int			apiary_max_args_size = 1024 * 1024;
 int			apiary_max_args_depth = 64;
 int			apiary_max_output_size = 64 * 1024 * 1024;
 int			apiary_max_queued = 10000;
+int			apiary_stats_max = 1000;
+int			apiary_retention = 7 * 24 * 3600;
 
 static const char *const kind_names[] = {
 	[APIARY_KIND_TRANSACTIONAL] = "transactional",
@@ -152,6 +154,26 @@ apiary_define_gucs(void)
 							0, APIARY_MAX_WORKERS,
 							PGC_SIGHUP,
 							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("apiary.stats_max",
+							"Number of functions apiary.stats keeps statistics for, per server.",
+							"Functions beyond it are counted together in a row named (other).",
+							&apiary_stats_max,
+							1000,
+							10, 100000,
+							PGC_POSTMASTER,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("apiary.retention",
+							"How long finished workflows and keyed calls are kept.",
+							"The launcher deletes older ones in small batches; 0 keeps them forever.",
+							&apiary_retention,
+							7 * 24 * 3600,
+							0, INT_MAX,
+							PGC_SIGHUP,
+							GUC_UNIT_S,
 							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("apiary.max_attempts",

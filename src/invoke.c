@@ -42,6 +42,7 @@
 #include "executor.h"
 #include "journal.h"
 #include "registry.h"
+#include "stats.h"
 
 PG_FUNCTION_INFO_V1(apiary_invoke);
 
@@ -114,6 +115,7 @@ invoke_body(ApiaryFunction *f, Jsonb *args, InvokeFrame *frame,
 {
 	Datum		result = (Datum) 0;
 	TimestampTz started_at = GetCurrentTimestamp();
+	TimestampTz call_started;
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -126,7 +128,19 @@ invoke_body(ApiaryFunction *f, Jsonb *args, InvokeFrame *frame,
 		return result;
 	}
 
-	result = apiary_call(f, args, resultcxt, isnull);
+	/* a failed call counts too, though its transaction rolls back */
+	call_started = GetCurrentTimestamp();
+	PG_TRY();
+	{
+		result = apiary_call(f, args, resultcxt, isnull);
+	}
+	PG_CATCH();
+	{
+		apiary_stats_record(f->name, call_started, true, false);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	apiary_stats_record(f->name, call_started, false, false);
 
 	if (frame->key != NULL)
 	{

@@ -25,6 +25,13 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
 #include "access/xlog.h"
 #include "commands/extension.h"
 #include "miscadmin.h"
@@ -38,6 +45,7 @@
 
 #include "executor.h"
 #include "guc.h"
+#include "journal.h"
 #include "launcher.h"
 
 ApiaryShared *apiary_shared = NULL;
@@ -220,6 +228,53 @@ start_executor(int slot)
 	return handle;
 }
 
+/*
+ * Delete finished workflows and keyed calls older than apiary.retention, a
+ * batch per transaction, until a batch comes back short or a limit per
+ * call is reached (the launcher has executors to look after).  Returns
+ * whether it stopped at that limit.
+ */
+#define PRUNE_BATCH 500
+#define PRUNE_BATCHES 20
+
+static bool
+prune(void)
+{
+	for (int i = 0; i < PRUNE_BATCHES; i++)
+	{
+		int			n = 0;
+
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		if (OidIsValid(get_namespace_oid("apiary", true)) &&
+			OidIsValid(get_relname_relid("stats", get_namespace_oid("apiary", true))))
+		{
+			Oid			types[2] = {INTERVALOID, INT4OID};
+			Datum		values[2];
+			bool		isnull;
+
+			values[0] = DirectFunctionCall3(interval_in,
+											CStringGetDatum(psprintf("%d s", apiary_retention)),
+											ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1));
+			values[1] = Int32GetDatum(PRUNE_BATCH);
+			journal_execute("SELECT apiary.prune($1, $2)", NULL, 2, types, values,
+							NULL, SPI_OK_SELECT);
+			n = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		}
+		SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		pgstat_report_stat(false);
+		if (n < PRUNE_BATCH)
+			return false;
+		CHECK_FOR_INTERRUPTS();
+	}
+	return true;
+}
+
 /* Keep exactly n executors running. */
 static void
 supervise(BackgroundWorkerHandle **handles, int n)
@@ -251,6 +306,7 @@ apiary_launcher_main(Datum main_arg)
 {
 	BackgroundWorkerHandle *handles[APIARY_MAX_WORKERS] = {0};
 	bool		crashes_counted = false;
+	TimestampTz next_prune = 0;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
@@ -267,6 +323,7 @@ apiary_launcher_main(Datum main_arg)
 		{
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
+			next_prune = 0;		/* apiary.retention may have changed */
 		}
 
 		/* executors run on a primary, in a database with apiary installed */
@@ -278,6 +335,27 @@ apiary_launcher_main(Datum main_arg)
 			crashes_counted = true;
 		}
 		supervise(handles, wanted);
+
+		/* retention: once a minute, or at once while there is a backlog */
+		if (wanted > 0 && apiary_retention > 0 && GetCurrentTimestamp() >= next_prune)
+		{
+			volatile bool more = false;
+
+			PG_TRY();
+			{
+				more = prune();
+			}
+			PG_CATCH();
+			{
+				/* log it and try again later: the launcher must go on */
+				EmitErrorReport();
+				AbortCurrentTransaction();
+				FlushErrorState();
+			}
+			PG_END_TRY();
+			next_prune = more ? 0 :
+				TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 60 * 1000);
+		}
 
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 1000L, PG_WAIT_EXTENSION);

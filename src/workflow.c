@@ -354,11 +354,14 @@ apiary_status(PG_FUNCTION_ARGS)
 }
 
 /*
- * Run apiary.cancel_workflow or resume_workflow for the caller's workflow;
- * a cancel first takes the lock that running tasks hold (queue.h).
+ * Run apiary.cancel_workflow or resume_workflow for the caller's workflow,
+ * first taking the lock running tasks hold from their cancel check to
+ * their commit (queue.h): a task that saw the workflow cancelled commits
+ * as cancelled before a resume looks at it, and one that saw it running
+ * commits before a cancel does.
  */
 static void
-change_workflow(FunctionCallInfo fcinfo, const char *sql, bool cancel)
+change_workflow(FunctionCallInfo fcinfo, const char *sql)
 {
 	Oid			types[2] = {OIDOID, TEXTOID};
 	Datum		values[2];
@@ -373,8 +376,7 @@ change_workflow(FunctionCallInfo fcinfo, const char *sql, bool cancel)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	role = workflow_role(PG_GETARG_TEXT_PP(0));
-	if (cancel)
-		queue_lock_workflow(role, PG_GETARG_TEXT_PP(0));
+	queue_lock_workflow(role, PG_GETARG_TEXT_PP(0));
 	values[0] = ObjectIdGetDatum(role);
 	values[1] = PG_GETARG_DATUM(0);
 	journal_execute(sql, NULL, 2, types, values, NULL, SPI_OK_SELECT);
@@ -389,7 +391,7 @@ change_workflow(FunctionCallInfo fcinfo, const char *sql, bool cancel)
 Datum
 apiary_cancel(PG_FUNCTION_ARGS)
 {
-	change_workflow(fcinfo, "SELECT apiary.cancel_workflow($1, $2)", true);
+	change_workflow(fcinfo, "SELECT apiary.cancel_workflow($1, $2)");
 	apiary_finished_at_commit();
 	PG_RETURN_VOID();
 }
@@ -397,7 +399,7 @@ apiary_cancel(PG_FUNCTION_ARGS)
 Datum
 apiary_resume(PG_FUNCTION_ARGS)
 {
-	change_workflow(fcinfo, "SELECT apiary.resume_workflow($1, $2)", false);
+	change_workflow(fcinfo, "SELECT apiary.resume_workflow($1, $2)");
 	apiary_wake_at_commit(APIARY_WAKE_ALL);
 	PG_RETURN_VOID();
 }

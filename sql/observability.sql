@@ -1,0 +1,88 @@
+--
+-- Observability: per-function statistics, workflow graphs, retention.
+--
+SELECT apiary_stats_reset();
+-- a failed attempt rolls back, a sequence does not
+CREATE SEQUENCE obs_attempts;
+CREATE FUNCTION obs_add(a int, b int) RETURNS int LANGUAGE sql
+SET apiary.kind = 'readonly' AS $$ SELECT a + b $$;
+CREATE FUNCTION obs_fail() RETURNS int LANGUAGE plpgsql
+SET apiary.kind = 'transactional' AS $$
+BEGIN
+  RAISE EXCEPTION 'always fails' USING ERRCODE = 'P0001';
+END $$;
+-- fails twice, then succeeds: an external function is retried
+CREATE FUNCTION obs_flaky() RETURNS int LANGUAGE plpgsql
+SET apiary.kind = 'external' AS $$
+DECLARE k int := nextval('obs_attempts');
+BEGIN
+  IF k < 3 THEN
+    RAISE EXCEPTION 'not yet (%)', k;
+  END IF;
+  RETURN k;
+END $$;
+SELECT apiary_register('obs_flaky()', 'external', max_attempts => 5);
+CREATE FUNCTION obs_fan(n int) RETURNS jsonb LANGUAGE plpgsql
+SET apiary.kind = 'transactional' AS $$
+DECLARE parts jsonb := '[]';
+BEGIN
+  FOR i IN 1..n LOOP
+    parts := parts || jsonb_build_array(apiary_queue('obs_add', jsonb_build_object('a', i, 'b', i)));
+  END LOOP;
+  RETURN apiary_queue('obs_sum', jsonb_build_object('x', parts->0, 'y', parts->1));
+END $$;
+CREATE FUNCTION obs_sum(x int, y int) RETURNS int LANGUAGE sql
+SET apiary.kind = 'transactional' AS $$ SELECT x + y $$;
+
+-- Synchronous calls count, and so do failed ones, though they roll back.
+SELECT apiary_invoke('obs_add', '[1, 2]');
+SELECT apiary_invoke('obs_add', '[3, 4]', key => 'obs-old');
+SELECT apiary_invoke('obs_add', '[3, 4]', key => 'obs-new');
+BEGIN;
+SELECT apiary_invoke('obs_fail');
+ROLLBACK;
+-- Tasks count too: every attempt, with its retries.
+SELECT apiary_start('obs_flaky', '{}', 'obs-flaky');
+SELECT apiary_result('obs-flaky', '60 s');
+SELECT apiary_start('obs_fan', '{"n": 2}', 'obs-fan');
+SELECT apiary_result('obs-fan', '60 s');
+
+SELECT function, calls, errors, retries,
+       total_ms >= 0 AS total, mean_ms * calls BETWEEN total_ms * 0.999 AND total_ms * 1.001 AS mean,
+       min_ms <= p50_ms AND p50_ms <= p99_ms AND p99_ms <= max_ms AS ordered
+FROM apiary.stats WHERE function LIKE 'obs_%' ORDER BY function;
+SELECT apiary_stats_reset();
+SELECT count(*) FROM apiary.stats WHERE function LIKE 'obs_%';
+-- resetting is for superusers (and those it is granted to)
+CREATE ROLE regress_obs;
+SET ROLE regress_obs;
+SELECT apiary_stats_reset();
+SELECT count(*) >= 0 AS can_read FROM apiary.stats;
+RESET ROLE;
+DROP ROLE regress_obs;
+
+-- A workflow as a graph, for Graphviz: tasks, parent edges (solid),
+-- futures as arguments (dashed), returned futures (dotted).  Task ids and
+-- run times vary from run to run.
+SELECT regexp_replace(regexp_replace(regexp_replace(apiary_graph('obs-fan'),
+         '\mt\d+', 'tN', 'g'), '"\d+: ', '"N: ', 'g'), '[0-9.]+ ms', 'N ms', 'g');
+SELECT apiary_graph('no-such-workflow');
+
+-- Retention: finished workflows older than apiary.retention go, with their
+-- tasks, in batches, by the launcher; recent ones and running ones stay.
+UPDATE apiary.workflows SET finished_at = now() - interval '3 days' WHERE id = 'obs-fan';
+UPDATE apiary.invocations SET finished_at = now() - interval '3 days' WHERE key = 'obs-old';
+ALTER SYSTEM SET apiary.retention = '2d';
+SELECT pg_reload_conf();
+DO $$
+BEGIN
+  FOR i IN 1..600 LOOP
+    EXIT WHEN NOT EXISTS (SELECT FROM apiary.workflows WHERE id = 'obs-fan');
+    PERFORM pg_sleep(0.1);
+  END LOOP;
+END $$;
+SELECT id FROM apiary.workflows WHERE id LIKE 'obs-%' ORDER BY id;
+SELECT count(*) AS tasks_left FROM apiary.tasks WHERE workflow = 'obs-fan';
+SELECT key FROM apiary.invocations WHERE key LIKE 'obs-%' ORDER BY key;
+ALTER SYSTEM RESET apiary.retention;
+SELECT pg_reload_conf();
