@@ -95,3 +95,9 @@ SELECT apiary_start('checkout', '{"item": 2, "qty": 1}', key => 'web-order-1001'
 SELECT apiary_result('web-order-1001', timeout => '30 s');
 SELECT task, parent, function, state, attempts, output FROM apiary_status('web-order-1001');
 SELECT * FROM payments;
+
+-- The workflow as a graph (Graphviz DOT), and what each function cost.
+SELECT apiary_graph('web-order-1001');
+SELECT function, calls, errors, round(mean_ms::numeric, 2) AS mean_ms,
+       round(p99_ms::numeric, 2) AS p99_ms
+FROM apiary.stats ORDER BY function;
