@@ -86,3 +86,56 @@ SELECT count(*) AS tasks_left FROM apiary.tasks WHERE workflow = 'obs-fan';
 SELECT key FROM apiary.invocations WHERE key LIKE 'obs-%' ORDER BY key;
 ALTER SYSTEM RESET apiary.retention;
 SELECT pg_reload_conf();
+
+-- Provenance: with apiary.provenance = writes, the rows apiary functions
+-- write are read back from the WAL (logical decoding, wal2json) and joined
+-- to the task or call that wrote them.
+SELECT setting, state FROM apiary.provenance_status;
+ALTER SYSTEM SET apiary.provenance = 'writes';
+SELECT pg_reload_conf();
+DO $$
+BEGIN
+  FOR i IN 1..600 LOOP
+    EXIT WHEN EXISTS (SELECT FROM apiary.provenance_status WHERE state = 'recording');
+    PERFORM pg_sleep(0.1);
+  END LOOP;
+END $$;
+SELECT setting, wal_level, slot, state FROM apiary.provenance_status;
+CREATE TABLE obs_items (id int PRIMARY KEY, qty int);
+INSERT INTO obs_items VALUES (1, 10), (2, 20);
+CREATE FUNCTION obs_write(id int, qty int) RETURNS int LANGUAGE plpgsql
+SET apiary.kind = 'transactional' AS $$
+BEGIN
+  INSERT INTO obs_items VALUES (100 + id, qty);
+  UPDATE obs_items SET qty = obs_write.qty WHERE obs_items.id = obs_write.id;
+  DELETE FROM obs_items WHERE obs_items.id = 2 AND obs_write.id = 1;
+  RETURN id;
+END $$;
+-- in a task, and in a synchronous call; nested calls count as their caller's
+SELECT apiary_start('obs_write', '{"id": 1, "qty": 11}', 'obs-writes');
+SELECT apiary_result('obs-writes', '60 s');
+SELECT apiary_invoke('obs_write', '{"id": 3, "qty": 33}');
+-- a write outside apiary is not apiary's
+INSERT INTO obs_items VALUES (9, 99);
+DO $$
+BEGIN
+  FOR i IN 1..600 LOOP
+    EXIT WHEN (SELECT count(*) FROM apiary.provenance WHERE relname = 'public.obs_items') >= 4;
+    PERFORM pg_sleep(0.1);
+  END LOOP;
+END $$;
+SELECT workflow, task IS NOT NULL AS in_task, function, relation, operation, "row"
+FROM apiary.provenance WHERE relname = 'public.obs_items'
+ORDER BY workflow NULLS LAST, at, operation, "row"::text;
+SELECT count(*) AS noted_left FROM apiary.provenance_xids;
+-- off again: the slot goes, and holds no WAL back
+ALTER SYSTEM RESET apiary.provenance;
+SELECT pg_reload_conf();
+DO $$
+BEGIN
+  FOR i IN 1..600 LOOP
+    EXIT WHEN NOT EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = 'apiary_provenance');
+    PERFORM pg_sleep(0.1);
+  END LOOP;
+END $$;
+SELECT setting, slot, state FROM apiary.provenance_status;

@@ -331,6 +331,12 @@ apiary_queue(PG_FUNCTION_ARGS)
  * an external function hands to the service it calls, so that a retry after
  * a crash or timeout is not a second charge.
  */
+bool
+apiary_in_task(void)
+{
+	return running_task != NULL;
+}
+
 char *
 apiary_task_key_cstring(void)
 {
@@ -555,6 +561,9 @@ run_task(RunningTask *t, const char *function, Jsonb *args,
 	if (edata == NULL)
 	{
 		int64		future;
+
+		if (apiary_provenance == APIARY_PROVENANCE_WRITES)
+			queue_note_xid(t->role, t->workflow, t->id, function);
 
 		if (!isnull && apiary_jsonb_is_future(DatumGetJsonbP(out), &future))
 			link_to_future(t, future);

@@ -39,6 +39,13 @@ int			apiary_max_output_size = 64 * 1024 * 1024;
 int			apiary_max_queued = 10000;
 int			apiary_stats_max = 1000;
 int			apiary_retention = 7 * 24 * 3600;
+int			apiary_provenance = APIARY_PROVENANCE_OFF;
+
+static const struct config_enum_entry provenance_options[] = {
+	{"off", APIARY_PROVENANCE_OFF, false},
+	{"writes", APIARY_PROVENANCE_WRITES, false},
+	{NULL, 0, false}
+};
 
 static const char *const kind_names[] = {
 	[APIARY_KIND_TRANSACTIONAL] = "transactional",
@@ -129,6 +136,16 @@ apiary_define_gucs(void)
 							PGC_SUSET,
 							0,
 							NULL, NULL, NULL);
+
+	DefineCustomEnumVariable("apiary.provenance",
+							 "Record which rows apiary functions write: off or writes.",
+							 "writes needs wal_level = logical and the wal2json output plugin.",
+							 &apiary_provenance,
+							 APIARY_PROVENANCE_OFF,
+							 provenance_options,
+							 PGC_SIGHUP,
+							 0,
+							 NULL, NULL, NULL);
 
 	/* the workers' settings exist only where the workers can */
 	if (!process_shared_preload_libraries_in_progress)

@@ -29,6 +29,13 @@ extern int	apiary_max_queued;
 extern int	apiary_stats_max;
 extern int	apiary_retention;
 
+typedef enum ApiaryProvenance
+{
+	APIARY_PROVENANCE_OFF,
+	APIARY_PROVENANCE_WRITES,
+} ApiaryProvenance;
+extern int	apiary_provenance;
+
 extern void apiary_define_gucs(void);
 
 /* Parse a kind name; false when it is none of the kinds. */

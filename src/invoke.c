@@ -41,6 +41,8 @@
 #include "invoke.h"
 #include "executor.h"
 #include "journal.h"
+#include "guc.h"
+#include "queue.h"
 #include "registry.h"
 #include "stats.h"
 
@@ -188,6 +190,9 @@ apiary_invoke_internal(const char *name, Jsonb *args, text *key, bool *isnull)
 		PG_TRY();
 		{
 			result = invoke_body(f, args, &frame, callercxt, isnull);
+			/* a task's writes are the task's; a client's, the call's */
+			if (apiary_provenance == APIARY_PROVENANCE_WRITES && !apiary_in_task())
+				queue_note_xid(frame.role, NULL, 0, f->name);
 		}
 		PG_FINALLY();
 		{

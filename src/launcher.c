@@ -275,6 +275,100 @@ prune(void)
 	return true;
 }
 
+/*
+ * Provenance: with apiary.provenance = writes, keep the slot
+ * apiary_provenance and collect from it (apiary.collect_provenance) the
+ * writes of the transactions apiary noted; the slot moves only after what
+ * it gave was committed, so a crash loses nothing.  Otherwise drop the
+ * slot, so that it never holds WAL back.  Returns whether it collected a
+ * full batch (more may be waiting).
+ */
+#define PROVENANCE_SLOT "apiary_provenance"
+#define PROVENANCE_BATCH 2000
+
+static bool
+provenance_step(void)
+{
+	static bool warned = false;
+	bool		want = apiary_provenance == APIARY_PROVENANCE_WRITES;
+	bool		exists;
+	bool		isnull;
+	Datum		upto = (Datum) 0;
+	bool		found_upto = false;
+	int			changes = 0;
+
+	if (want && wal_level < WAL_LEVEL_LOGICAL)
+	{
+		if (!warned)
+			ereport(WARNING,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("apiary.provenance = writes records nothing: wal_level is not logical"),
+					 errhint("Set wal_level = logical and restart; apiary.provenance_status shows the state.")));
+		warned = true;
+		want = false;
+	}
+	else if (want)
+		warned = false;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	journal_execute("SELECT FROM pg_catalog.pg_replication_slots"
+					" WHERE slot_name OPERATOR(pg_catalog.=) '" PROVENANCE_SLOT "'"
+					" AND database OPERATOR(pg_catalog.=) pg_catalog.current_database()",
+					NULL, 0, NULL, NULL, NULL, SPI_OK_SELECT);
+	exists = SPI_processed > 0;
+	/* the tables of 0.4 */
+	want = want && OidIsValid(get_relname_relid("provenance_xids", get_namespace_oid("apiary", false)));
+	if (!want && exists)
+	{
+		journal_execute("SELECT pg_catalog.pg_drop_replication_slot('" PROVENANCE_SLOT "')",
+						NULL, 0, NULL, NULL, NULL, SPI_OK_SELECT);
+		ereport(LOG, (errmsg("apiary provenance is off: dropped replication slot \"%s\"",
+							 PROVENANCE_SLOT)));
+	}
+	else if (want && !exists)
+	{
+		journal_execute("SELECT pg_catalog.pg_create_logical_replication_slot('" PROVENANCE_SLOT "', 'wal2json')",
+						NULL, 0, NULL, NULL, NULL, SPI_OK_SELECT);
+		ereport(LOG, (errmsg("apiary provenance: created replication slot \"%s\"",
+							 PROVENANCE_SLOT)));
+	}
+	else if (want)
+	{
+		Oid			types[1] = {INT4OID};
+		Datum		values[1] = {Int32GetDatum(PROVENANCE_BATCH)};
+
+		journal_execute("SELECT apiary.collect_provenance($1)", NULL, 1, types, values,
+						NULL, SPI_OK_SELECT);
+		upto = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+		found_upto = !isnull;
+	}
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+
+	/* only once the rows are committed: the slot moves past them */
+	if (found_upto)
+	{
+		Oid			types[1] = {LSNOID};
+
+		StartTransactionCommand();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		journal_execute("SELECT FROM pg_catalog.pg_replication_slot_advance('" PROVENANCE_SLOT "', $1)",
+						NULL, 1, types, &upto, NULL, SPI_OK_SELECT);
+		changes = PROVENANCE_BATCH;	/* look again soon */
+		SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+	}
+	return changes > 0;
+}
+
 /* Keep exactly n executors running. */
 static void
 supervise(BackgroundWorkerHandle **handles, int n)
@@ -307,6 +401,7 @@ apiary_launcher_main(Datum main_arg)
 	BackgroundWorkerHandle *handles[APIARY_MAX_WORKERS] = {0};
 	bool		crashes_counted = false;
 	TimestampTz next_prune = 0;
+	volatile bool provenance_more = false;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
@@ -336,6 +431,22 @@ apiary_launcher_main(Datum main_arg)
 		}
 		supervise(handles, wanted);
 
+		if (wanted > 0)
+		{
+			PG_TRY();
+			{
+				provenance_more = provenance_step();
+			}
+			PG_CATCH();
+			{
+				EmitErrorReport();
+				AbortCurrentTransaction();
+				FlushErrorState();
+				provenance_more = false;
+			}
+			PG_END_TRY();
+		}
+
 		/* retention: once a minute, or at once while there is a backlog */
 		if (wanted > 0 && apiary_retention > 0 && GetCurrentTimestamp() >= next_prune)
 		{
@@ -358,7 +469,7 @@ apiary_launcher_main(Datum main_arg)
 		}
 
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 1000L, PG_WAIT_EXTENSION);
+						 provenance_more ? 10L : 1000L, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
 	}

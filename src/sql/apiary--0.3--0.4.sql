@@ -103,7 +103,8 @@ COMMENT ON FUNCTION @extschema@.apiary_graph(pg_catalog.text) IS
  * Retention: the launcher calls this with apiary.retention, in a
  * transaction of its own per batch, until a batch comes back short.  It
  * deletes finished workflows older than that with their tasks and waits,
- * and keyed calls older than that, skipping rows others hold.  A keyed
+ * and keyed calls and provenance rows older than that, skipping rows
+ * others hold.  A keyed
  * call pruned can run again under its key: the retention is the keys'
  * lifetime.
  */
@@ -117,6 +118,7 @@ DECLARE
     cutoff timestamptz := clock_timestamp() OPERATOR(pg_catalog.-) older_than;
     workflows int;
     calls int;
+    rows_gone int;
 BEGIN
     WITH gone AS (
         DELETE FROM apiary.workflows w
@@ -139,9 +141,148 @@ BEGIN
             WHERE x.finished_at OPERATOR(pg_catalog.<) cutoff
             LIMIT batch FOR UPDATE SKIP LOCKED));
     GET DIAGNOSTICS calls = ROW_COUNT;
-    RETURN greatest(workflows, calls);
+    DELETE FROM apiary.provenance_rows p
+     WHERE p.ctid OPERATOR(pg_catalog.=) ANY (ARRAY(
+           SELECT x.ctid FROM apiary.provenance_rows x
+            WHERE x.at OPERATOR(pg_catalog.<) cutoff
+            LIMIT batch FOR UPDATE SKIP LOCKED));
+    GET DIAGNOSTICS rows_gone = ROW_COUNT;
+    RETURN greatest(workflows, calls, rows_gone);
 END $$;
 REVOKE ALL ON FUNCTION apiary.prune(pg_catalog.interval, pg_catalog.int4) FROM PUBLIC;
 -- No index on the ages: each would cost every call and every workflow an
 -- index entry (and the workflow's last update its HOT chance).  Rows come
 -- in age order, so a batch is found at the start of a scan.
+
+/*
+ * Provenance (apiary.provenance = writes): the rows functions write, read
+ * back from the WAL by logical decoding (wal2json) and kept here.
+ *
+ * While provenance is on, each task's transaction, and each client
+ * transaction in which a synchronous apiary call wrote, notes its
+ * transaction id in provenance_xids.  The launcher peeks at the changes in
+ * the slot apiary_provenance, keeps those of noted transactions, and only
+ * after that commits moves the slot past them: a crash in between decodes
+ * them again (the slot keeps the WAL), and the key (begin_lsn, n) keeps
+ * them once.  Nested calls are attributed to the task or outermost call of
+ * their transaction.
+ */
+CREATE TABLE apiary.provenance_xids (
+    xid           pg_catalog.xid8 PRIMARY KEY,
+    role          pg_catalog.regrole NOT NULL,
+    workflow      pg_catalog.text COLLATE "C",
+    task          pg_catalog.int8,
+    function      pg_catalog.text NOT NULL
+);
+COMMENT ON TABLE apiary.provenance_xids IS
+    'transactions of apiary functions whose writes the launcher has yet to decode';
+
+CREATE TABLE apiary.provenance_rows (
+    begin_lsn     pg_catalog.pg_lsn NOT NULL,
+    n             pg_catalog.int4 NOT NULL,
+    role          pg_catalog.regrole NOT NULL,
+    workflow      pg_catalog.text COLLATE "C",
+    task          pg_catalog.int8,
+    function      pg_catalog.text NOT NULL,
+    xid           pg_catalog.xid8 NOT NULL,
+    relation      pg_catalog.regclass,
+    relname       pg_catalog.text NOT NULL,
+    operation     pg_catalog.text NOT NULL,
+    "row"         pg_catalog.jsonb,
+    at            pg_catalog.timestamptz NOT NULL,
+    PRIMARY KEY (begin_lsn, n)
+);
+COMMENT ON TABLE apiary.provenance_rows IS
+    'one row per row an apiary function wrote: the new image, or the old key of a delete';
+CREATE INDEX provenance_rows_workflow ON apiary.provenance_rows (role, workflow);
+
+ALTER TABLE apiary.provenance_xids ENABLE ROW LEVEL SECURITY;
+ALTER TABLE apiary.provenance_rows ENABLE ROW LEVEL SECURITY;
+CREATE POLICY own_rows ON apiary.provenance_rows FOR SELECT
+    USING (role OPERATOR(pg_catalog.=) pg_catalog.to_regrole(CURRENT_USER)
+           OR pg_catalog.pg_has_role('apiary_admin', 'MEMBER'));
+REVOKE ALL ON apiary.provenance_xids, apiary.provenance_rows FROM PUBLIC;
+GRANT SELECT ON apiary.provenance_rows TO PUBLIC;
+
+CREATE VIEW apiary.provenance WITH (security_barrier) AS
+    SELECT workflow, task, function, xid, relation, relname, operation, "row", at
+      FROM apiary.provenance_rows;
+COMMENT ON VIEW apiary.provenance IS
+    'which apiary function wrote which row: workflow, task, function, transaction, relation, insert/update/delete, the row';
+GRANT SELECT ON apiary.provenance TO PUBLIC;
+
+-- Is provenance being recorded, and if not, why.
+CREATE VIEW apiary.provenance_status AS
+    SELECT pg_catalog.current_setting('apiary.provenance', true) AS setting,
+           pg_catalog.current_setting('wal_level') AS wal_level,
+           s.slot_name IS NOT NULL AS slot,
+           pg_catalog.pg_wal_lsn_diff(
+               CASE WHEN pg_catalog.pg_is_in_recovery() THEN NULL ELSE pg_catalog.pg_current_wal_lsn() END,
+               s.confirmed_flush_lsn)::pg_catalog.int8 AS lag_bytes,
+           CASE
+             WHEN coalesce(pg_catalog.current_setting('apiary.provenance', true), 'off')
+                  OPERATOR(pg_catalog.=) 'off' THEN 'off'
+             WHEN pg_catalog.current_setting('wal_level') OPERATOR(pg_catalog.<>) 'logical'
+               THEN 'not recording: wal_level is ' || pg_catalog.current_setting('wal_level')
+                    || '; set wal_level = logical and restart'
+             WHEN s.slot_name IS NULL THEN 'starting (or failing: see the server log)'
+             ELSE 'recording'
+           END AS state
+      FROM (SELECT 1) one
+      LEFT JOIN pg_catalog.pg_replication_slots s
+             ON s.slot_name OPERATOR(pg_catalog.=) 'apiary_provenance';
+GRANT SELECT ON apiary.provenance_status TO PUBLIC;
+
+/*
+ * Called by the launcher: keep the decoded writes of noted transactions,
+ * forget the notes, and return the commit position to move the slot to
+ * (NULL when there was nothing).
+ */
+CREATE FUNCTION apiary.collect_provenance(max_changes pg_catalog.int4)
+RETURNS pg_catalog.pg_lsn LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+    d jsonb;
+    begin_lsn pg_lsn;
+    last_commit pg_lsn;
+    n int := 0;
+    x apiary.provenance_xids;
+    action text;
+BEGIN
+    FOR r IN SELECT c.lsn, c.data::jsonb AS data
+               FROM pg_logical_slot_peek_changes('apiary_provenance', NULL, max_changes,
+                        'format-version', '2', 'include-xids', '1',
+                        'include-timestamp', '1', 'filter-tables', 'apiary.*') c
+    LOOP
+        d := r.data;
+        action := d->>'action';
+        IF action = 'B' THEN
+            begin_lsn := r.lsn;
+            n := 0;
+            SELECT * INTO x FROM apiary.provenance_xids p
+             WHERE p.xid::xid = (d->>'xid')::xid;
+        ELSIF action = 'C' THEN
+            last_commit := r.lsn;
+            DELETE FROM apiary.provenance_xids p WHERE p.xid::xid = (d->>'xid')::xid;
+        ELSIF action IN ('I', 'U', 'D') THEN
+            n := n + 1;
+            IF x.xid IS NOT NULL AND x.xid::xid = (d->>'xid')::xid THEN
+                INSERT INTO apiary.provenance_rows
+                    (begin_lsn, n, role, workflow, task, function, xid, relation, relname,
+                     operation, "row", at)
+                VALUES (begin_lsn, n, x.role, x.workflow, x.task, x.function, x.xid,
+                        to_regclass(quote_ident(d->>'schema') || '.' || quote_ident(d->>'table')),
+                        (d->>'schema') || '.' || (d->>'table'),
+                        CASE action WHEN 'I' THEN 'insert' WHEN 'U' THEN 'update' ELSE 'delete' END,
+                        (SELECT jsonb_object_agg(c->>'name', c->'value')
+                           FROM jsonb_array_elements(CASE action WHEN 'D' THEN d->'identity'
+                                                                 ELSE d->'columns' END) c),
+                        (d->>'timestamp')::timestamptz)
+                ON CONFLICT DO NOTHING;
+            END IF;
+        END IF;
+    END LOOP;
+    RETURN last_commit;
+END $$;
+REVOKE ALL ON FUNCTION apiary.collect_provenance(pg_catalog.int4) FROM PUBLIC;
