@@ -74,6 +74,7 @@ on_exit() {
 	rm -rf "$dir"
 }
 trap on_exit EXIT
+trap 'exit 130' INT TERM
 
 # the driver, and the C functions (their own library, apiary_paper)
 gcc -O2 -Wall -Wextra -Werror -o "$dir/driver" "$here/driver.c" \
@@ -236,6 +237,48 @@ run() { # op system clients [rate]
 	printf '  %-10s %-11s %-6s %3s  %s  xacts/op=%s stmts/op=%s\n' "$op" "$sys" "$mode" "$c" "$line" $cost
 	echo "$op $sys $mode $c $(sed 's/[a-z0-9]*=//g' <<<"$line") $cost" >>"$dir/runs.tsv"
 }
+
+# BENCH_PROFILE="OP SYSTEM CLIENTS": instead of the benchmark, one run of that
+# point with perf recording the server's processes (not the client's) for
+# its middle seconds; prints where the server's CPU time goes, by role
+# (executor, client backend) and by function.
+if [ -n "${BENCH_PROFILE:-}" ]; then
+	read -r pop psys pc <<<"$BENCH_PROFILE"
+	[ "$secs" -ge 4 ] || secs=6
+	command -v perf >/dev/null || { echo "ERROR: perf is not installed" >&2; exit 1; }
+	pm=$(head -1 "$dir/data/postmaster.pid")
+	run "$pop" "$psys" "$pc" &
+	runner=$!
+	sleep 1.5
+	ps -o pid=,args= --ppid "$pm" >"$dir/roles"
+	perf record -q -g -o "$dir/perf.data" -p "$(awk '{ print $1 }' "$dir/roles" | paste -sd,)" \
+		-- sleep $((secs - 3)) 2>"$dir/perf.err" || { cat "$dir/perf.err" >&2; echo "ERROR: perf record failed" >&2; exit 1; }
+	wait "$runner"
+	prof=$results/paper-profile-$pop-$psys.txt
+	mkdir -p "$results"
+	{
+		echo "perf, $pop on $psys at $pc client(s), the server's processes:"
+		sed 's/^/  /' "$dir/roles"
+		echo
+		echo "share of the server's CPU samples by process role"
+		perf report -i "$dir/perf.data" --no-children --sort pid -g none --stdio 2>/dev/null |
+			awk 'NR == FNR { role[$1] = ($0 ~ /apiary executor/ ? "executor" : $0 ~ /apiary launcher/ ? "launcher" : ($0 ~ /127.0.0.1|local/ ? "client backend" : "other")); next }
+				/%/ { split($2, a, ":"); r = role[a[1]]; if (r == "") r = "other"; share[r] += $1 }
+				END { for (r in share) printf "  %-15s %6.1f%%\n", r, share[r] }' "$dir/roles" - | sort -k2 -rn
+		for r in executor "client backend"; do
+			pids=$(awk -v r="$r" '{ x = ($0 ~ /apiary executor/ ? "executor" : ($0 ~ /127.0.0.1|local/ ? "client backend" : "other")) } x == r { print $1 }' "$dir/roles" | paste -sd,)
+			[ -n "$pids" ] || continue
+			perf report -i "$dir/perf.data" --pid="$pids" --stdio 2>/dev/null | grep -q '%' || continue
+			echo
+			echo "top functions in the ${r}s (self time, share of their samples)"
+			perf report -i "$dir/perf.data" --no-children --percentage relative --pid="$pids" --sort dso,sym -g none --stdio 2>/dev/null |
+				awk '/%/ && n++ < 40'
+		done
+	} >"$prof"
+	cat "$prof"
+	echo "written to $prof"
+	exit 0
+fi
 
 dbos_ops=" checkout increment "
 echo "paper benchmark: ${#ops[@]} operations x ${#clients[@]} client counts x ${secs} s, systems: ${systems[*]}"
