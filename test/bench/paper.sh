@@ -39,6 +39,9 @@
 set -euo pipefail
 . "$(dirname "$0")/../../script/lib.sh"
 
+# BENCH_PG_BIN: the bin directory of another PostgreSQL 15 installation to run
+# (with its own apiary), instead of the system's
+PG_BIN=${BENCH_PG_BIN:-$PG_BIN}
 here=$APIARY_ROOT/test/bench/paper
 secs=${BENCH_SECONDS:-5}
 read -r -a clients <<<"${BENCH_CLIENTS:-1 8 32}"
@@ -78,10 +81,10 @@ trap 'exit 130' INT TERM
 
 # the driver, and the C functions (their own library, apiary_paper)
 gcc -O2 -Wall -Wextra -Werror -o "$dir/driver" "$here/driver.c" \
-	-I"$(pg_config --includedir)" -L"$(pg_config --libdir)" -lpq -lpthread -lm
+	-I"$("$PG_BIN/pg_config" --includedir)" -L"$("$PG_BIN/pg_config" --libdir)" -lpq -lpthread -lm
 cp -r "$here/module" "$dir/module"
-make -C "$dir/module" -s >/dev/null
-make -C "$dir/module" -s install >/dev/null
+make -C "$dir/module" -s PG_CONFIG="$PG_BIN/pg_config" >/dev/null
+make -C "$dir/module" -s PG_CONFIG="$PG_BIN/pg_config" install >/dev/null
 # DBOS: the versions pinned in package-lock.json
 if [[ " ${systems[*]} " == *" dbos "* ]]; then
 	(cd "$here/dbos" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
@@ -128,16 +131,17 @@ snapshot() {
 	  (SELECT count(*) FROM apiary.workflows WHERE state = 'done'),
 	  (SELECT count(*) FROM apiary.workflows WHERE state <> 'done'),
 	  (SELECT count(*) FROM orders o WHERE NOT EXISTS (SELECT 1 FROM payments p WHERE p.oid = o.id)),
-	  (SELECT sum(xact_commit + xact_rollback) FROM pg_stat_database),
+	  pg_current_wal_insert_lsn() - '0/0',
 	  (SELECT sum(calls) FROM pg_stat_statements)"
 }
-# the cost of an operation, server-wide: transactions and top-level
-# statements (pg_stat_database, pg_stat_statements; the last two columns)
+# the cost of an operation, server-wide: WAL bytes and top-level statements
+# (pg_stat_statements, which also counts BEGIN, COMMIT and every statement
+# an executor runs for a task), the last two columns of a snapshot
 per_op() { # BEFORE AFTER OPS
 	local -a b a
 	read -r -a b <<<"$1"
 	read -r -a a <<<"$2"
-	awk -v n="$3" -v c=$((a[15] - b[15])) -v s=$((a[16] - b[16])) 'BEGIN { printf "%.2f %.1f", c / n, s / n }'
+	awk -v n="$3" -v w=$((a[15] - b[15])) -v s=$((a[16] - b[16])) 'BEGIN { printf "%.0f %.1f", w / n, s / n }'
 }
 # check OP SYSTEM OPS BEFORE AFTER: every delta as the operation implies
 check() {
@@ -176,7 +180,7 @@ check() {
 # --- one run: prints and records "op system mode clients ops tput p50 p90 p99 retries" ---
 : >"$dir/runs.tsv"
 run() { # op system clients [rate]
-	local op=$1 sys=$2 c=$3 r=${4:-0} before after line log="$dir/run.log" mode=closed
+	local op=$1 sys=$2 c=$3 r=${4:-0} before after line log="$dir/run.log" mode=closed warm=0 dbos_cost=
 	[ "$r" != 0 ] && mode=open
 	psql_ -c "VACUUM" >/dev/null
 	before=$(snapshot)
@@ -203,6 +207,10 @@ run() { # op system clients [rate]
 			exit 1
 		fi
 		line=$(grep '^ops=' "$log" | tail -1)
+		# DBOS measures its own cost over the timed window (its launch and
+		# warm-up are outside it); the check counts the warm-up's workflows
+		warm=$(sed -n 's/^warmup=\([0-9]*\).*/\1/p' "$log")
+		dbos_cost=$(sed -n 's/^warmup=[0-9]* wal=\([0-9.]*\) stmts=\([0-9.]*\)$/\1 \2/p' "$log")
 		;;
 	raw)
 		local ropt=() lagcol=0
@@ -231,10 +239,10 @@ run() { # op system clients [rate]
 	local n
 	n=$(sed 's/.*ops=\([0-9]*\).*/\1/' <<<"$line")
 	after=$(snapshot)
-	check "$op" "$sys" "$n" "$before" "$after"
+	check "$op" "$sys" $((n + warm)) "$before" "$after"
 	local cost
-	cost=$(per_op "$before" "$after" "$n")
-	printf '  %-10s %-11s %-6s %3s  %s  xacts/op=%s stmts/op=%s\n' "$op" "$sys" "$mode" "$c" "$line" $cost
+	cost=${dbos_cost:-$(per_op "$before" "$after" "$n")}
+	printf '  %-10s %-11s %-6s %3s  %s  wal/op=%s stmts/op=%s\n' "$op" "$sys" "$mode" "$c" "$line" $cost
 	echo "$op $sys $mode $c $(sed 's/[a-z0-9]*=//g' <<<"$line") $cost" >>"$dir/runs.tsv"
 }
 
@@ -260,6 +268,8 @@ if [ -n "${BENCH_PROFILE:-}" ]; then
 		echo "perf, $pop on $psys at $pc client(s), the server's processes:"
 		sed 's/^/  /' "$dir/roles"
 		echo
+		perf report -i "$dir/perf.data" --stdio -g none 2>/dev/null |
+			awk -v t=$((secs - 3)) '/^# Event count/ { printf "server CPU: %.2f s in %d s of wall time (%.0f%% of one core)\n\n", $NF / 1e9, t, $NF / 1e9 / t * 100 }'
 		echo "share of the server's CPU samples by process role"
 		perf report -i "$dir/perf.data" --no-children --sort pid -g none --stdio 2>/dev/null |
 			awk 'NR == FNR { role[$1] = ($0 ~ /apiary executor/ ? "executor" : $0 ~ /apiary launcher/ ? "launcher" : ($0 ~ /127.0.0.1|local/ ? "client backend" : "other")); next }
@@ -268,7 +278,7 @@ if [ -n "${BENCH_PROFILE:-}" ]; then
 		for r in executor "client backend"; do
 			pids=$(awk -v r="$r" '{ x = ($0 ~ /apiary executor/ ? "executor" : ($0 ~ /127.0.0.1|local/ ? "client backend" : "other")) } x == r { print $1 }' "$dir/roles" | paste -sd,)
 			[ -n "$pids" ] || continue
-			perf report -i "$dir/perf.data" --pid="$pids" --stdio 2>/dev/null | grep -q '%' || continue
+			[ "$(perf report -i "$dir/perf.data" --pid="$pids" --stdio 2>/dev/null | grep -c '%')" -gt 0 ] || continue
 			echo
 			echo "top functions in the ${r}s (self time, share of their samples)"
 			perf report -i "$dir/perf.data" --no-children --percentage relative --pid="$pids" --sort dso,sym -g none --stdio 2>/dev/null |
@@ -277,6 +287,8 @@ if [ -n "${BENCH_PROFILE:-}" ]; then
 	} >"$prof"
 	cat "$prof"
 	echo "written to $prof"
+	# BENCH_PERF_DATA=FILE keeps the recording, for perf report -g
+	[ -z "${BENCH_PERF_DATA:-}" ] || { cp "$dir/perf.data" "$BENCH_PERF_DATA"; cp "$dir/roles" "$BENCH_PERF_DATA.roles"; }
 	exit 0
 fi
 

@@ -219,7 +219,7 @@ workflow(Client *c, const char *fn, const char *args)
 	if (one(c, "start", "SELECT apiary_start($1, $2::jsonb)", 2, p, id, sizeof id))
 		return RETRY;
 	p[0] = id;
-	res = PQexecParams(c->conn, "SELECT apiary_result($1, '120 s')", 1, NULL, p, NULL, NULL, 0);
+	res = PQexecParams(c->conn, "SELECT apiary_result($1, '60 s')", 1, NULL, p, NULL, NULL, 0);
 	if (PQresultStatus(res) != PGRES_TUPLES_OK)
 	{
 		/* loud, with the workflow's tasks as apiary sees them */

@@ -17,11 +17,14 @@
 // at most N workflows in flight; latency counts from the arrival.  Prints
 // the same line as the C driver:
 //   ops=N retries=0 elapsed=S tput=OPS/S p50=MS p90=MS p99=MS
-// and exits non-zero on any failure.
+// after a line "warmup=N wal=BYTES/OP stmts=STATEMENTS/OP" (workflows run
+// before the clock started, and the server's cost per workflow in the timed
+// window), and exits non-zero on any failure.
 'use strict';
 
 const { DBOS } = require('@dbos-inc/dbos-sdk');
 const { PostgresDataSource } = require('@dbos-inc/postgres-datasource');
+const postgres = require('postgres'); // the datasource's client library
 
 const opts = {
   port: 5432, op: 'checkout', clients: 8, secs: 5, rate: 0, seed: 1,
@@ -108,6 +111,19 @@ async function main() {
   else if (opts.op === 'increment') op = () => increment(1 + Math.floor(rand() * opts.counters));
   else fail(`unknown op ${opts.op}`);
 
+  // warm-up: every caller runs two workflows first, so that the pools'
+  // connections are open and the code is compiled before the clock starts,
+  // as the C driver's connections are
+  let warmup = 0;
+  await Promise.all(Array.from({ length: opts.clients }, async () => {
+    for (let i = 0; i < 2; i++) { await op(); warmup++; }
+  }));
+  // the cost of the timed window: WAL bytes and top-level statements
+  const probe = postgres({ host: '127.0.0.1', port: opts.port, username: 'postgres', database: 'postgres', max: 1 });
+  const cost = async () => (await probe`SELECT (pg_current_wal_insert_lsn() - '0/0')::text AS wal,
+    (SELECT sum(calls) FROM pg_stat_statements)::text AS stmts`)[0];
+  const c0 = await cost();
+
   const lat = [];
   const t0 = performance.now();
   const tEnd = t0 + opts.secs * 1000;
@@ -142,11 +158,16 @@ async function main() {
     await Promise.all(Array.from({ length: opts.clients }, loop));
   }
   const elapsed = (performance.now() - t0) / 1000;
+  const c1 = await cost();
+  await probe.end();
   await DBOS.shutdown();
 
   if (lat.length === 0) fail('no workflow completed');
   lat.sort((a, b) => a - b);
   const pct = (q) => lat[Math.max(0, Math.ceil(q * lat.length) - 1)].toFixed(3);
+  // the statement that reads the cost counts once in the window
+  console.log(`warmup=${warmup} wal=${((c1.wal - c0.wal) / lat.length).toFixed(0)} ` +
+    `stmts=${((c1.stmts - c0.stmts - 1) / lat.length).toFixed(1)}`);
   console.log(`ops=${lat.length} retries=0 elapsed=${elapsed.toFixed(3)} ` +
     `tput=${(lat.length / elapsed).toFixed(1)} p50=${pct(0.5)} p90=${pct(0.9)} p99=${pct(0.99)}`);
 }
