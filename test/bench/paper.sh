@@ -255,7 +255,8 @@ if [ -n "${BENCH_PROFILE:-}" ]; then
 	[ "$secs" -ge 4 ] || secs=6
 	command -v perf >/dev/null || { echo "ERROR: perf is not installed" >&2; exit 1; }
 	pm=$(head -1 "$dir/data/postmaster.pid")
-	run "$pop" "$psys" "$pc" &
+	# times: the CPU the client side used (driver, node or pgbench, and psql)
+	(run "$pop" "$psys" "$pc" && times >"$dir/client-times") &
 	runner=$!
 	sleep 1.5
 	ps -o pid=,args= --ppid "$pm" >"$dir/roles"
@@ -270,6 +271,7 @@ if [ -n "${BENCH_PROFILE:-}" ]; then
 		echo
 		perf report -i "$dir/perf.data" --stdio -g none 2>/dev/null |
 			awk -v t=$((secs - 3)) '/^# Event count/ { printf "server CPU: %.2f s in %d s of wall time (%.0f%% of one core)\n\n", $NF / 1e9, t, $NF / 1e9 / t * 100 }'
+		awk -v t="$secs" 'NR == 2 { gsub(/[ms]/, " "); printf "client-side CPU over the whole run: %.2f s user + %.2f s system in about %d s\n\n", $1 * 60 + $2, $3 * 60 + $4, t }' "$dir/client-times"
 		echo "share of the server's CPU samples by process role"
 		perf report -i "$dir/perf.data" --no-children --sort pid -g none --stdio 2>/dev/null |
 			awk 'NR == FNR { role[$1] = ($0 ~ /apiary executor/ ? "executor" : $0 ~ /apiary launcher/ ? "launcher" : ($0 ~ /127.0.0.1|local/ ? "client backend" : "other")); next }
@@ -319,7 +321,7 @@ node_ver=$(node --version 2>/dev/null || echo none)
 pkgver() { sed -n 's/^  "version": "\(.*\)",$/\1/p' "$here/dbos/node_modules/@dbos-inc/$1/package.json" 2>/dev/null; }
 dbos_ver="$(pkgver dbos-sdk) with postgres-datasource $(pkgver postgres-datasource)"
 BENCH_RATE=$open_rate node "$here/report.js" "$dir/runs.tsv" "$out" "$results/paper.png" \
-	"$(date -u '+%Y-%m-%d %H:%M UTC'), PostgreSQL $pgver, nproc $(nproc), ${secs} s per run, fsync and synchronous_commit on, apiary.workers = 4, node $node_ver, DBOS Transact $dbos_ver, commit $(git -C "$APIARY_ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')."
+	"$(date -u '+%Y-%m-%d %H:%M UTC'), PostgreSQL $pgver${BENCH_PG_BIN:+ (from $BENCH_PG_BIN)}, apiary $(psql_ -c "SELECT extversion FROM pg_extension WHERE extname = 'apiary'"), nproc $(nproc), ${secs} s per run, fsync and synchronous_commit on, apiary.workers = 4, node $node_ver, DBOS Transact $dbos_ver, commit $(git -C "$APIARY_ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')."
 echo
 sed -n '/^## Ratios/,/^## All runs/p' "$out" | sed '$d'
 echo "written to $out and $results/paper.png"
