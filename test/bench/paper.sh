@@ -32,7 +32,7 @@
 #
 # Environment: BENCH_SECONDS (per run, default 5), BENCH_CLIENTS (default
 # "1 8 32"), BENCH_OPS (default all), BENCH_SYSTEMS (default "apiary
-# interactive raw dbos"), BENCH_RATE (open-loop arrivals/s, default 100;
+# interactive raw dbos"), BENCH_RATE (open-loop arrivals/s, default 50;
 # 0 skips the open loop), BENCH_OPEN_CLIENTS (connections serving the open
 # loop, default 32), BENCH_PORT, APIARY_NO_INSTALL=1 (use the installed
 # extension as it is).
@@ -47,7 +47,7 @@ secs=${BENCH_SECONDS:-5}
 read -r -a clients <<<"${BENCH_CLIENTS:-1 8 32}"
 read -r -a ops <<<"${BENCH_OPS:-browse cart checkout search recommend reserve post follow timeline increment}"
 read -r -a systems <<<"${BENCH_SYSTEMS:-apiary interactive raw dbos}"
-open_rate=${BENCH_RATE:-100}
+open_rate=${BENCH_RATE:-50}
 open_clients=${BENCH_OPEN_CLIENTS:-32}
 port=${BENCH_PORT:-55690}
 results=$APIARY_ROOT/test/bench/results
@@ -321,7 +321,7 @@ node_ver=$(node --version 2>/dev/null || echo none)
 pkgver() { sed -n 's/^  "version": "\(.*\)",$/\1/p' "$here/dbos/node_modules/@dbos-inc/$1/package.json" 2>/dev/null; }
 dbos_ver="$(pkgver dbos-sdk) with postgres-datasource $(pkgver postgres-datasource)"
 BENCH_RATE=$open_rate node "$here/report.js" "$dir/runs.tsv" "$out" "$results/paper.png" \
-	"$(date -u '+%Y-%m-%d %H:%M UTC'), PostgreSQL $pgver${BENCH_PG_BIN:+ (from $BENCH_PG_BIN)}, apiary $(psql_ -c "SELECT extversion FROM pg_extension WHERE extname = 'apiary'"), nproc $(nproc), ${secs} s per run, fsync and synchronous_commit on, apiary.workers = 4, node $node_ver, DBOS Transact $dbos_ver, commit $(git -C "$APIARY_ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')."
+	"$(date -u '+%Y-%m-%d %H:%M UTC'), PostgreSQL $pgver${BENCH_PG_BIN:+ (a separate installation, BENCH_PG_BIN)}, apiary $(psql_ -c "SELECT extversion FROM pg_extension WHERE extname = 'apiary'"), nproc $(nproc), ${secs} s per run, fsync and synchronous_commit on, apiary.workers = 4, node $node_ver, DBOS Transact $dbos_ver, commit $(git -C "$APIARY_ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')."
 echo
 sed -n '/^## Ratios/,/^## All runs/p' "$out" | sed '$d'
 echo "written to $out and $results/paper.png"

@@ -37,6 +37,9 @@ const workload = {
 
 const md = [];
 md.push('# paper workloads: apiary against its peers', '', header, '');
+md.push(`Every one of the ${runs.length} runs below passed its data checks: nothing lost or duplicated ` +
+  '(orders = payments = completed checkouts, stock and bookings balance, posts, follows and counters add up, ' +
+  'every apiary workflow done).', '');
 md.push('## Ratios', '');
 md.push('Throughput of apiary ÷ each baseline (completed operations/s, closed loop); ' +
   'the last column is DBOS\'s p50 latency ÷ apiary\'s (higher is better for apiary).', '');
@@ -85,7 +88,7 @@ if (open.length) {
   md.push('|---|---|---:|---:|---:|---:|---:|---:|');
   for (const r of open) {
     const offered = (r.ops / r.elapsed).toFixed(0);
-    md.push(`| ${r.op} | ${sysNames[r.sys]} | ${process.env.BENCH_RATE || '100'} | ${r.clients} | ${offered} | ${ms(r.p50)} | ${ms(r.p90)} | ${ms(r.p99)} |`);
+    md.push(`| ${r.op} | ${sysNames[r.sys]} | ${process.env.BENCH_RATE || '50'} | ${r.clients} | ${offered} | ${ms(r.p50)} | ${ms(r.p90)} | ${ms(r.p99)} |`);
   }
   md.push('');
 }
