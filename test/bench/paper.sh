@@ -321,7 +321,7 @@ node_ver=$(node --version 2>/dev/null || echo none)
 pkgver() { sed -n 's/^  "version": "\(.*\)",$/\1/p' "$here/dbos/node_modules/@dbos-inc/$1/package.json" 2>/dev/null; }
 dbos_ver="$(pkgver dbos-sdk) with postgres-datasource $(pkgver postgres-datasource)"
 BENCH_RATE=$open_rate node "$here/report.js" "$dir/runs.tsv" "$out" "$results/paper.png" \
-	"$(date -u '+%Y-%m-%d %H:%M UTC'), PostgreSQL $pgver${BENCH_PG_BIN:+ (a separate installation, BENCH_PG_BIN)}, apiary $(psql_ -c "SELECT extversion FROM pg_extension WHERE extname = 'apiary'"), nproc $(nproc), ${secs} s per run, fsync and synchronous_commit on, apiary.workers = 4, node $node_ver, DBOS Transact $dbos_ver, commit $(git -C "$APIARY_ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')."
+	"$(date -u '+%Y-%m-%d %H:%M UTC'), PostgreSQL $pgver${BENCH_PG_BIN:+ (a separate installation, BENCH_PG_BIN)}, apiary $(psql_ -c "SELECT extversion FROM pg_extension WHERE extname = 'apiary'")$([ "${APIARY_NO_INSTALL:-}" = 1 ] && echo " as installed (APIARY_NO_INSTALL=1: not necessarily built from this checkout)"), nproc $(nproc), ${secs} s per run, fsync and synchronous_commit on, apiary.workers = 4, node $node_ver, DBOS Transact $dbos_ver, commit $(git -C "$APIARY_ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')."
 echo
 sed -n '/^## Ratios/,/^## All runs/p' "$out" | sed '$d'
 echo "written to $out and $results/paper.png"
