@@ -34,8 +34,8 @@
 # "1 8 32"), BENCH_OPS (default all), BENCH_SYSTEMS (default "apiary
 # interactive raw dbos"), BENCH_RATE (open-loop arrivals/s, default 50;
 # 0 skips the open loop), BENCH_OPEN_CLIENTS (connections serving the open
-# loop, default 32), BENCH_PORT, APIARY_NO_INSTALL=1 (use the installed
-# extension as it is).
+# loop, default 32), BENCH_WORKERS (apiary.workers, default 4), BENCH_PORT,
+# APIARY_NO_INSTALL=1 (use the installed extension as it is).
 set -euo pipefail
 . "$(dirname "$0")/../../script/lib.sh"
 
@@ -49,6 +49,7 @@ read -r -a ops <<<"${BENCH_OPS:-browse cart checkout search recommend reserve po
 read -r -a systems <<<"${BENCH_SYSTEMS:-apiary interactive raw dbos}"
 open_rate=${BENCH_RATE:-50}
 open_clients=${BENCH_OPEN_CLIENTS:-32}
+workers=${BENCH_WORKERS:-4}
 port=${BENCH_PORT:-55690}
 results=$APIARY_ROOT/test/bench/results
 out=$results/paper.md
@@ -92,7 +93,7 @@ fi
 
 pg_start "$dir" "$port" "fsync = on" "synchronous_commit = on" "max_connections = 200" \
 	"shared_buffers = 512MB" "max_wal_size = 8GB" "checkpoint_timeout = 30min" \
-	"apiary.workers = 4" "shared_preload_libraries = 'apiary, pg_stat_statements'"
+	"apiary.workers = $workers" "shared_preload_libraries = 'apiary, pg_stat_statements'"
 psql_() { pg_psql "$dir" "$port" -d postgres -qAt "$@"; }
 
 # The installed extension may be re-installed under us: wait for it.
@@ -321,7 +322,7 @@ node_ver=$(node --version 2>/dev/null || echo none)
 pkgver() { sed -n 's/^  "version": "\(.*\)",$/\1/p' "$here/dbos/node_modules/@dbos-inc/$1/package.json" 2>/dev/null; }
 dbos_ver="$(pkgver dbos-sdk) with postgres-datasource $(pkgver postgres-datasource)"
 BENCH_RATE=$open_rate node "$here/report.js" "$dir/runs.tsv" "$out" "$results/paper.png" \
-	"$(date -u '+%Y-%m-%d %H:%M UTC'), PostgreSQL $pgver${BENCH_PG_BIN:+ (a separate installation, BENCH_PG_BIN)}, apiary $(psql_ -c "SELECT extversion FROM pg_extension WHERE extname = 'apiary'")$([ "${APIARY_NO_INSTALL:-}" = 1 ] && echo " as installed (APIARY_NO_INSTALL=1: not necessarily built from this checkout)"), nproc $(nproc), ${secs} s per run, fsync and synchronous_commit on, apiary.workers = 4, node $node_ver, DBOS Transact $dbos_ver, commit $(git -C "$APIARY_ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')."
+	"$(date -u '+%Y-%m-%d %H:%M UTC'), PostgreSQL $pgver${BENCH_PG_BIN:+ (a separate installation, BENCH_PG_BIN)}, apiary $(psql_ -c "SELECT extversion FROM pg_extension WHERE extname = 'apiary'")$([ "${APIARY_NO_INSTALL:-}" = 1 ] && echo " as installed (APIARY_NO_INSTALL=1: not necessarily built from this checkout)"), nproc $(nproc), ${secs} s per run, fsync and synchronous_commit on, apiary.workers = $workers, node $node_ver, DBOS Transact $dbos_ver, commit $(git -C "$APIARY_ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')."
 echo
 sed -n '/^## Ratios/,/^## All runs/p' "$out" | sed '$d'
 echo "written to $out and $results/paper.png"
