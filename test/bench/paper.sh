@@ -26,16 +26,19 @@
 # Closed loop at each client count, then open loop at a fixed arrival rate
 # for checkout and increment.  After every run the data is checked: nothing
 # lost or duplicated (orders = payments = completed checkouts, stock and
-# bookings balance, counters add up).  Writes test/bench/results/paper.md and
-# paper.png.  Only a failing driver, check or server makes it exit non-zero;
+# bookings balance, counters add up).  Writes test/bench/results/paper.md,
+# paper.tsv and paper.png.  Only a failing driver, check or server makes it exit non-zero;
 # targets are reported, never enforced.
 #
 # Environment: BENCH_SECONDS (per run, default 5), BENCH_CLIENTS (default
 # "1 8 32"), BENCH_OPS (default all), BENCH_SYSTEMS (default "apiary
 # interactive raw dbos"), BENCH_RATE (open-loop arrivals/s, default 50;
 # 0 skips the open loop), BENCH_OPEN_CLIENTS (connections serving the open
-# loop, default 32), BENCH_WORKERS (apiary.workers, default 4), BENCH_PORT,
-# APIARY_NO_INSTALL=1 (use the installed extension as it is).
+# loop, default 32), BENCH_WORKERS (apiary.workers, default 4), BENCH_RTT_US
+# (a network: microseconds added to every round trip of apiary and the
+# interactive baseline, default 0; pgbench and DBOS stay on loopback, so
+# compare those two), BENCH_NAME (results file names, default paper),
+# BENCH_PORT, APIARY_NO_INSTALL=1 (use the installed extension as it is).
 set -euo pipefail
 . "$(dirname "$0")/../../script/lib.sh"
 
@@ -51,8 +54,10 @@ open_rate=${BENCH_RATE:-50}
 open_clients=${BENCH_OPEN_CLIENTS:-32}
 workers=${BENCH_WORKERS:-4}
 port=${BENCH_PORT:-55690}
+rtt=${BENCH_RTT_US:-0}
 results=$APIARY_ROOT/test/bench/results
-out=$results/paper.md
+name=${BENCH_NAME:-paper}
+out=$results/$name.md
 # the scale (see schema.sql)
 declare -A scale=([items]=10000 [shop_users]=10000 [hotels]=100 [nights]=30
 	[rt_users]=10000 [follows]=8 [posts]=10 [counters]=10000)
@@ -190,7 +195,7 @@ run() { # op system clients [rate]
 		local ropt=()
 		[ "$r" != 0 ] && ropt=(-R "$r")
 		if ! "$dir/driver" -d "host=127.0.0.1 port=$port user=postgres dbname=postgres" \
-			-s "$sys" -w "$op" -c "$c" -T "$secs" "${ropt[@]}" "${params[@]}" >"$log" 2>&1; then
+			-s "$sys" -w "$op" -c "$c" -T "$secs" -L "$rtt" "${ropt[@]}" "${params[@]}" >"$log" 2>&1; then
 			cat "$log" >&2
 			echo "ERROR: driver failed: $sys $op, $c client(s)" >&2
 			exit 1
@@ -316,13 +321,13 @@ fi
 
 # --- report ------------------------------------------------------------------
 mkdir -p "$results"
-cp "$dir/runs.tsv" "$results/paper.tsv"
+cp "$dir/runs.tsv" "$results/$name.tsv"
 pgver=$(psql_ -c "SHOW server_version")
 node_ver=$(node --version 2>/dev/null || echo none)
 pkgver() { sed -n 's/^  "version": "\(.*\)",$/\1/p' "$here/dbos/node_modules/@dbos-inc/$1/package.json" 2>/dev/null; }
 dbos_ver="$(pkgver dbos-sdk) with postgres-datasource $(pkgver postgres-datasource)"
-BENCH_RATE=$open_rate node "$here/report.js" "$dir/runs.tsv" "$out" "$results/paper.png" \
-	"$(date -u '+%Y-%m-%d %H:%M UTC'), PostgreSQL $pgver${BENCH_PG_BIN:+ (a separate installation, BENCH_PG_BIN)}, apiary $(psql_ -c "SELECT extversion FROM pg_extension WHERE extname = 'apiary'")$([ "${APIARY_NO_INSTALL:-}" = 1 ] && echo " as installed (APIARY_NO_INSTALL=1: not necessarily built from this checkout)"), nproc $(nproc), ${secs} s per run, fsync and synchronous_commit on, apiary.workers = $workers, node $node_ver, DBOS Transact $dbos_ver, commit $(git -C "$APIARY_ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')."
+BENCH_RATE=$open_rate node "$here/report.js" "$dir/runs.tsv" "$out" "$results/$name.png" \
+	"$(date -u '+%Y-%m-%d %H:%M UTC'), PostgreSQL $pgver${BENCH_PG_BIN:+ (a separate installation, BENCH_PG_BIN)}, apiary $(psql_ -c "SELECT extversion FROM pg_extension WHERE extname = 'apiary'")$([ "${APIARY_NO_INSTALL:-}" = 1 ] && echo " as installed (APIARY_NO_INSTALL=1: not necessarily built from this checkout)"), nproc $(nproc), ${secs} s per run, fsync and synchronous_commit on, apiary.workers = $workers,$([ "$rtt" != 0 ] && echo " $rtt µs added to every round trip of apiary and the interactive baseline (not pgbench's or DBOS's),") node $node_ver, DBOS Transact $dbos_ver, commit $(git -C "$APIARY_ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')."
 echo
 sed -n '/^## Ratios/,/^## All runs/p' "$out" | sed '$d'
-echo "written to $out and $results/paper.png"
+echo "written to $out and $results/$name.png"

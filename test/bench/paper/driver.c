@@ -2,6 +2,7 @@
  * driver.c: the paper benchmark's load generator, over libpq.
  *
  *   driver -d CONNINFO -s SYSTEM -w OP -c CLIENTS -T SECONDS [-R RATE] [-S SEED]
+ *          [-L RTT_US] [-P NAME=VALUE]...
  *
  * SYSTEM is "apiary" (each operation is one apiary_invoke, or apiary_start
  * + apiary_result for the workflows: checkout, timeline) or "interactive"
@@ -55,6 +56,7 @@ static int	nclients = 1;
 static double seconds = 5, rate = 0;
 static uint64_t seed = 1;
 static int	is_apiary;
+static long rtt_us = 0;			/* -L: added to every round trip */
 
 static double t_start, t_end;
 static pthread_mutex_t arrivals_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -108,6 +110,22 @@ rnd01(uint64_t *s)
 	return (next_rand(s) >> 11) * (1.0 / 9007199254740992.0);
 }
 
+/*
+ * -L RTT: a network between client and server, as between a FaaS container
+ * and its database: every round trip (a statement, BEGIN or COMMIT) waits
+ * RTT microseconds more, on the client, for apiary and the interactive
+ * baseline alike.
+ */
+static void
+network(void)
+{
+	struct timespec ts = {rtt_us / 1000000, (rtt_us % 1000000) * 1000};
+
+	if (rtt_us > 0)
+		while (nanosleep(&ts, &ts) == -1 && errno == EINTR)
+			;
+}
+
 /* thrown (longjmp-free) as a return code: the transaction must be retried */
 #define RETRY 1
 
@@ -137,6 +155,7 @@ run(Client *c, const char *name, const char *sql, int nparams, const char *const
 			die("too many statements");
 		snprintf(c->prepared[c->nprepared++], 32, "%s", name);
 	}
+	network();
 	res = PQexecPrepared(c->conn, name, nparams, params, NULL, NULL, 0);
 	if (PQresultStatus(res) == PGRES_TUPLES_OK || PQresultStatus(res) == PGRES_COMMAND_OK)
 		return res;
@@ -157,8 +176,10 @@ run(Client *c, const char *name, const char *sql, int nparams, const char *const
 static int
 simple(Client *c, const char *sql)
 {
-	PGresult   *res = PQexec(c->conn, sql);
+	PGresult   *res;
 
+	network();
+	res = PQexec(c->conn, sql);
 	if (PQresultStatus(res) != PGRES_COMMAND_OK)
 	{
 		const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
@@ -177,6 +198,7 @@ simple(Client *c, const char *sql)
 static void
 rollback(Client *c)
 {
+	network();
 	PQclear(PQexec(c->conn, "ROLLBACK"));
 }
 
@@ -219,6 +241,7 @@ workflow(Client *c, const char *fn, const char *args)
 	if (one(c, "start", "SELECT apiary_start($1, $2::jsonb)", 2, p, id, sizeof id))
 		return RETRY;
 	p[0] = id;
+	network();
 	res = PQexecParams(c->conn, "SELECT apiary_result($1, '60 s')", 1, NULL, p, NULL, NULL, 0);
 	if (PQresultStatus(res) != PGRES_TUPLES_OK)
 	{
@@ -705,7 +728,7 @@ main(int argc, char **argv)
 	double	   *all, elapsed, last_end;
 	long		n = 0, retries = 0;
 
-	while ((opt = getopt(argc, argv, "d:s:w:c:T:R:S:P:")) != -1)
+	while ((opt = getopt(argc, argv, "d:s:w:c:T:R:S:P:L:")) != -1)
 	{
 		switch (opt)
 		{
@@ -717,6 +740,7 @@ main(int argc, char **argv)
 			case 'R': rate = atof(optarg); break;
 			case 'S': seed = strtoull(optarg, NULL, 10); break;
 			case 'P': set_param(optarg); break;
+			case 'L': rtt_us = atol(optarg); break;
 			default: die("usage: driver -d conninfo -s apiary|interactive -w op -c clients -T secs [-R rate] [-P name=value]");
 		}
 	}
