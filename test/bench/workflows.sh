@@ -15,14 +15,17 @@
 #                pgbench transaction: the physical limit of the commits
 #
 # Prints ratios measured in this run and writes test/bench/results/workflows.md.
-# Environment: BENCH_SECONDS (default 10), BENCH_CLIENTS (default "1 4 16").
+# Environment: BENCH_SECONDS (default 10), BENCH_CLIENTS (default "1 4 16"),
+# BENCH_CONF (extra postgresql.conf lines, separated by ";"),
+# BENCH_OUT (results file, default test/bench/results/workflows.md).
 set -euo pipefail
 . "$(dirname "$0")/../../script/lib.sh"
 
 secs=${BENCH_SECONDS:-10}
 read -r -a clients <<<"${BENCH_CLIENTS:-1 4 16}"
 port=${BENCH_PORT:-55590}
-out="$APIARY_ROOT/test/bench/results/workflows.md"
+out=${BENCH_OUT:-$APIARY_ROOT/test/bench/results/workflows.md}
+IFS=';' read -r -a extra_conf <<<"${BENCH_CONF:-}"
 
 apiary_deps
 apiary_install
@@ -30,7 +33,7 @@ while (: </dev/tcp/127.0.0.1/"$port") 2>/dev/null; do port=$((port + 1)); done
 dir=$(pg_tmpdir)
 trap 'pg_stop "$dir"; rm -rf "$dir"' EXIT
 pg_start "$dir" "$port" "fsync = on" "synchronous_commit = on" "max_connections = 60" \
-	"track_commit_timestamp = on" "apiary.workers = 4"
+	"track_commit_timestamp = on" "apiary.workers = 4" "${extra_conf[@]}"
 psql_() { pg_psql "$dir" "$port" -d postgres -qAt "$@"; }
 bench() { "$PG_BIN/pgbench" -h "$dir" -p "$port" -U postgres -n -M prepared "$@" postgres; }
 
@@ -139,7 +142,7 @@ echo "checked: $steps workflow steps done, each once (counters also carry the pl
 {
 	echo "# workflow benchmark"
 	echo
-	echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(pg_config --version), nproc $(nproc), ${secs} s per run, fsync and synchronous_commit on, apiary.workers = 4."
+	echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(pg_config --version), nproc $(nproc), ${secs} s per run, fsync and synchronous_commit on, apiary.workers = 4${BENCH_CONF:+, $BENCH_CONF}."
 	echo
 	echo "| | p50 | p99 | target |"
 	echo "|---|---:|---:|---|"
