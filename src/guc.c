@@ -37,6 +37,7 @@ int			apiary_max_args_size = 1024 * 1024;
 int			apiary_max_args_depth = 64;
 int			apiary_max_output_size = 64 * 1024 * 1024;
 int			apiary_max_queued = 10000;
+int			apiary_max_key_size = 1024;
 int			apiary_stats_max = 1000;
 int			apiary_retention = 7 * 24 * 3600;
 int			apiary_provenance = APIARY_PROVENANCE_OFF;
@@ -123,6 +124,17 @@ apiary_define_gucs(void)
 							&apiary_max_output_size,
 							64 * 1024 * 1024,
 							1024, MaxAllocSize,
+							PGC_SUSET,
+							GUC_UNIT_BYTE,
+							NULL, NULL, NULL);
+
+	/* keys and ids are btree keys: an entry must fit a third of a page */
+	DefineCustomIntVariable("apiary.max_key_size",
+							"Longest key of apiary_invoke, or workflow id, accepted.",
+							NULL,
+							&apiary_max_key_size,
+							1024,
+							16, 2048,
 							PGC_SUSET,
 							GUC_UNIT_BYTE,
 							NULL, NULL, NULL);

@@ -26,6 +26,7 @@ extern int	apiary_max_args_size;
 extern int	apiary_max_args_depth;
 extern int	apiary_max_output_size;
 extern int	apiary_max_queued;
+extern int	apiary_max_key_size;
 extern int	apiary_stats_max;
 extern int	apiary_retention;
 

@@ -48,8 +48,6 @@
 
 PG_FUNCTION_INFO_V1(apiary_invoke);
 
-/* Longest key accepted: it must fit in a btree index entry. */
-#define MAX_KEY_BYTES 1024
 
 typedef struct InvokeFrame
 {
@@ -169,12 +167,12 @@ apiary_invoke_internal(const char *name, Jsonb *args, text *key, bool *isnull)
 	check_stack_depth();
 	bind_check_limits(name, args);
 	apiary_check_no_futures("apiary_invoke", args);
-	if (key != NULL && VARSIZE_ANY_EXHDR(key) > MAX_KEY_BYTES)
+	if (key != NULL && VARSIZE_ANY_EXHDR(key) > apiary_max_key_size)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 				 errmsg("key for apiary function \"%s\" is too long", name),
-				 errdetail("Keys are at most %d bytes; this one has %zu.",
-						   MAX_KEY_BYTES, VARSIZE_ANY_EXHDR(key))));
+				 errdetail("Keys are at most %d bytes (apiary.max_key_size); this one has %zu.",
+						   apiary_max_key_size, VARSIZE_ANY_EXHDR(key))));
 
 	frame.parent = current_frame;
 	frame.role = nested ? current_frame->role : GetUserId();

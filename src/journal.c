@@ -148,6 +148,9 @@ journal_execute(const char *sql, SPIPlanPtr plan, int nargs, Oid *argtypes,
 
 	(void) set_config_option("enable_seqscan", "off", PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
+	/* a scan with no index then costs "disabled": never worth a JIT */
+	(void) set_config_option("jit", "off", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
 	journal_become_owner(&save);
 	PG_TRY();
 	{

@@ -280,13 +280,16 @@ prune(void)
  * apiary_provenance and collect from it (apiary.collect_provenance) the
  * writes of the transactions apiary noted; the slot moves only after what
  * it gave was committed, so a crash loses nothing.  Otherwise drop the
- * slot, so that it never holds WAL back.  Returns whether it collected a
- * full batch (more may be waiting).
+ * slot, so that it never holds WAL back.
+ *
+ * Each collection decodes the WAL from the slot's restart point, which
+ * trails by up to the interval between running-transactions records, and
+ * moving the slot decodes it again: so it runs once per launcher cycle
+ * (a second), taking everything there is.
  */
 #define PROVENANCE_SLOT "apiary_provenance"
-#define PROVENANCE_BATCH 2000
 
-static bool
+static void
 provenance_step(void)
 {
 	static bool warned = false;
@@ -295,7 +298,6 @@ provenance_step(void)
 	bool		isnull;
 	Datum		upto = (Datum) 0;
 	bool		found_upto = false;
-	int			changes = 0;
 
 	if (want && wal_level < WAL_LEVEL_LOGICAL)
 	{
@@ -338,10 +340,7 @@ provenance_step(void)
 	}
 	else if (want)
 	{
-		Oid			types[1] = {INT4OID};
-		Datum		values[1] = {Int32GetDatum(PROVENANCE_BATCH)};
-
-		journal_execute("SELECT apiary.collect_provenance($1)", NULL, 1, types, values,
+		journal_execute("SELECT apiary.collect_provenance(NULL)", NULL, 0, NULL, NULL,
 						NULL, SPI_OK_SELECT);
 		upto = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 		found_upto = !isnull;
@@ -361,12 +360,10 @@ provenance_step(void)
 			elog(ERROR, "SPI_connect failed");
 		journal_execute("SELECT FROM pg_catalog.pg_replication_slot_advance('" PROVENANCE_SLOT "', $1)",
 						NULL, 1, types, &upto, NULL, SPI_OK_SELECT);
-		changes = PROVENANCE_BATCH;	/* look again soon */
 		SPI_finish();
 		PopActiveSnapshot();
 		CommitTransactionCommand();
 	}
-	return changes > 0;
 }
 
 /* Keep exactly n executors running. */
@@ -401,7 +398,6 @@ apiary_launcher_main(Datum main_arg)
 	BackgroundWorkerHandle *handles[APIARY_MAX_WORKERS] = {0};
 	bool		crashes_counted = false;
 	TimestampTz next_prune = 0;
-	volatile bool provenance_more = false;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
@@ -435,14 +431,14 @@ apiary_launcher_main(Datum main_arg)
 		{
 			PG_TRY();
 			{
-				provenance_more = provenance_step();
+				provenance_step();
 			}
 			PG_CATCH();
 			{
+				/* log it and try again next time */
 				EmitErrorReport();
 				AbortCurrentTransaction();
 				FlushErrorState();
-				provenance_more = false;
 			}
 			PG_END_TRY();
 		}
@@ -469,7 +465,7 @@ apiary_launcher_main(Datum main_arg)
 		}
 
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 provenance_more ? 10L : 1000L, PG_WAIT_EXTENSION);
+						 1000L, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
 	}

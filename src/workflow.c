@@ -34,6 +34,7 @@
 
 #include "bind.h"
 #include "executor.h"
+#include "guc.h"
 #include "journal.h"
 #include "launcher.h"
 #include "queue.h"
@@ -45,8 +46,6 @@ PG_FUNCTION_INFO_V1(apiary_status);
 PG_FUNCTION_INFO_V1(apiary_cancel);
 PG_FUNCTION_INFO_V1(apiary_resume);
 
-/* Longest workflow id accepted: it must fit in a btree index entry. */
-#define MAX_ID_BYTES 1024
 
 static SPIPlanPtr result_plan = NULL;
 
@@ -93,12 +92,12 @@ generate_id(void)
 static void
 check_id(text *id)
 {
-	if (VARSIZE_ANY_EXHDR(id) > MAX_ID_BYTES)
+	if (VARSIZE_ANY_EXHDR(id) > apiary_max_key_size)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 				 errmsg("workflow id is too long"),
-				 errdetail("Workflow ids are at most %d bytes; this one has %zu.",
-						   MAX_ID_BYTES, VARSIZE_ANY_EXHDR(id))));
+				 errdetail("Workflow ids are at most %d bytes (apiary.max_key_size); this one has %zu.",
+						   apiary_max_key_size, VARSIZE_ANY_EXHDR(id))));
 }
 
 Datum

@@ -234,9 +234,9 @@ CREATE VIEW apiary.provenance_status AS
 GRANT SELECT ON apiary.provenance_status TO PUBLIC;
 
 /*
- * Called by the launcher: keep the decoded writes of noted transactions,
- * forget the notes, and return the commit position to move the slot to
- * (NULL when there was nothing).
+ * Called by the launcher (max_changes NULL: all there are): keep the
+ * decoded writes of noted transactions, forget the notes, and return the
+ * commit position to move the slot to (NULL when there was nothing).
  */
 CREATE FUNCTION apiary.collect_provenance(max_changes pg_catalog.int4)
 RETURNS pg_catalog.pg_lsn LANGUAGE plpgsql
@@ -249,6 +249,10 @@ DECLARE
     n int := 0;
     x apiary.provenance_xids;
     action text;
+    -- wal2json gives 32-bit xids: widen them against the next xid's epoch
+    next int8 := pg_snapshot_xmax(pg_current_snapshot())::text::int8;
+    low int8;
+    full_xid xid8;
 BEGIN
     FOR r IN SELECT c.lsn, c.data::jsonb AS data
                FROM pg_logical_slot_peek_changes('apiary_provenance', NULL, max_changes,
@@ -260,14 +264,20 @@ BEGIN
         IF action = 'B' THEN
             begin_lsn := r.lsn;
             n := 0;
-            SELECT * INTO x FROM apiary.provenance_xids p
-             WHERE p.xid::xid = (d->>'xid')::xid;
+            low := (d->>'xid')::int8;
+            full_xid := ((next OPERATOR(pg_catalog.&) ~4294967295::int8) OPERATOR(pg_catalog.+) low
+                         OPERATOR(pg_catalog.-) CASE WHEN low OPERATOR(pg_catalog.>) (next OPERATOR(pg_catalog.&) 4294967295::int8)
+                                                     THEN 4294967296::int8 ELSE 0 END)::text::xid8;
+            x := NULL;
+            SELECT * INTO x FROM apiary.provenance_xids p WHERE p.xid OPERATOR(pg_catalog.=) full_xid;
         ELSIF action = 'C' THEN
             last_commit := r.lsn;
-            DELETE FROM apiary.provenance_xids p WHERE p.xid::xid = (d->>'xid')::xid;
+            IF x.xid IS NOT NULL THEN
+                DELETE FROM apiary.provenance_xids p WHERE p.xid OPERATOR(pg_catalog.=) x.xid;
+            END IF;
         ELSIF action IN ('I', 'U', 'D') THEN
             n := n + 1;
-            IF x.xid IS NOT NULL AND x.xid::xid = (d->>'xid')::xid THEN
+            IF x.xid IS NOT NULL THEN
                 INSERT INTO apiary.provenance_rows
                     (begin_lsn, n, role, workflow, task, function, xid, relation, relname,
                      operation, "row", at)
