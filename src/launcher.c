@@ -11,29 +11,29 @@
  * workers and starting again any that exit.  On a standby it stays idle
  * until promotion; if the extension is dropped it stops the executors.  It
  * rereads the configuration on SIGHUP (apiary.workers may change) and exits
- * on SIGTERM.
+ * on SIGTERM.  Before starting executors it counts crashes of the tasks
+ * they were running when the server went down (executor.c).  It also does
+ * the housekeeping: retention (deleting what is older than
+ * apiary.retention) and provenance (collecting the writes of apiary
+ * functions from a logical replication slot).
  *
- * Shared memory holds one slot per executor, with its latch, and a
- * condition variable.  A transaction that queues runnable tasks asks, via
- * apiary_wake_at_commit, for the executors' latches to be set when it
- * commits, so a queued task starts at once, with no polling interval; one
- * that finishes a workflow asks for the condition variable to be broadcast,
- * which wakes apiary_result's waiters.
+ * Shared memory holds one slot per executor, with its latch and whether it
+ * is idle, and a condition variable.  A transaction that makes tasks ready
+ * asks, via apiary_wake_at_commit, for that many idle executors' latches to
+ * be set when it commits, so a queued task starts at once, with no polling
+ * interval; one that finishes a workflow asks for the condition variable to
+ * be broadcast, which wakes apiary_result's waiters.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
-#include "executor/spi.h"
-#include "utils/builtins.h"
-#include "utils/lsyscache.h"
-#include "utils/snapmgr.h"
-#include "utils/timestamp.h"
-#include "access/xlog.h"
 #include "commands/extension.h"
+#include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
@@ -41,7 +41,12 @@
 #include "storage/ipc.h"
 #include "storage/proc.h"
 #include "storage/shmem.h"
+#include "tcop/tcopprot.h"
+#include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/lsyscache.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
 
 #include "executor.h"
 #include "guc.h"
@@ -400,13 +405,18 @@ apiary_launcher_main(Datum main_arg)
 	TimestampTz next_prune = 0;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
+	/*
+	 * die, not just a flag: the housekeeping runs SQL (decoding the WAL
+	 * can take a while), and a shutdown must interrupt it.  Executors are
+	 * stopped by the postmaster with everything else.
+	 */
+	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
 
 	BackgroundWorkerInitializeConnection(apiary_database, NULL, 0);
 	pgstat_report_appname("apiary launcher");
 
-	while (!ShutdownRequestPending)
+	for (;;)
 	{
 		int			wanted = 0;
 
@@ -469,7 +479,4 @@ apiary_launcher_main(Datum main_arg)
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
 	}
-
-	supervise(handles, 0);
-	proc_exit(0);
 }

@@ -2,10 +2,9 @@
 # apiary_cancel and apiary_resume racing the executors: every workflow ends
 # with a clear outcome, nothing is half-written, and the server stays up.
 #
-# 150 workflows, each a root that fans out to 2-4 leaves and a merger that
-# takes their futures, then returns the future of a chain (each level queues
-# the next and returns its future; 0-4 levels).  Every task counts itself in
-# effects (workflow, step) in its own transaction and then sleeps a few
+# 150 workflows of the shapes in test/recovery/shapes.sql (fan-out, fan-in
+# through futures, chains of futures); every task counts itself in steps
+# (workflow, step) in its own transaction and then sleeps a few
 # milliseconds, so that a cancel often finds it running.
 #
 # While 4 executors run them, 3 sessions call apiary_cancel, apiary_resume,
@@ -60,86 +59,9 @@ throwaway_server "$port" "apiary.workers = 4" || fail "server did not start on p
 racers=()
 trap 'for p in "${racers[@]}"; do kill "$p" 2>/dev/null; done; wait; pg_stop "$dir"; rm -rf "$dir"' EXIT
 
-psql_ -v N="$N" <<'SQL' >/dev/null || fail "setup failed"
-CREATE EXTENSION apiary;
-CREATE TABLE effects (
-    workflow text NOT NULL,
-    step     text NOT NULL,
-    n        int NOT NULL DEFAULT 1,
-    PRIMARY KEY (workflow, step)
-);
-
--- Called by every task: count the step in the task's transaction, then take
--- a little while, so that cancels land between this write and the commit.
-CREATE FUNCTION effect(p_wf text, p_step text) RETURNS void LANGUAGE sql AS $$
-  INSERT INTO effects AS e (workflow, step) VALUES (p_wf, p_step)
-  ON CONFLICT (workflow, step) DO UPDATE SET n = e.n + 1;
-  SELECT pg_sleep(0.002 + random() * 0.008);
-$$;
-
-CREATE FUNCTION cr_root(wf text, n int) RETURNS jsonb LANGUAGE plpgsql
-SET apiary.kind = 'transactional' AS $$
-DECLARE
-  merge_args jsonb := jsonb_build_object('wf', wf);
-BEGIN
-  PERFORM effect(wf, 'root');
-  FOR i IN 1 .. 2 + n % 3 LOOP
-    merge_args := merge_args || jsonb_build_object(chr(96 + i),
-      apiary_queue('cr_leaf', jsonb_build_object('wf', wf, 'i', i, 'x', n + i)));
-  END LOOP;
-  RETURN apiary_queue('cr_chain', jsonb_build_object('wf', wf, 'depth', n % 5,
-    'acc', apiary_queue('cr_merge', merge_args)));
-END $$;
-
-CREATE FUNCTION cr_leaf(wf text, i int, x int) RETURNS bigint LANGUAGE plpgsql
-SET apiary.kind = 'transactional' AS $$
-BEGIN
-  PERFORM effect(wf, 'leaf-' || i);
-  RETURN x::bigint * x;
-END $$;
-
--- weights catch swapped arguments
-CREATE FUNCTION cr_merge(wf text, a bigint, b bigint, c bigint DEFAULT 0, d bigint DEFAULT 0)
-RETURNS bigint LANGUAGE plpgsql
-SET apiary.kind = 'transactional' AS $$
-BEGIN
-  PERFORM effect(wf, 'merge');
-  RETURN a + 2 * b + 3 * c + 4 * d;
-END $$;
-
--- one level of the chain: queue the next with acc * 2 + depth and return
--- its future; the last level returns acc
-CREATE FUNCTION cr_chain(wf text, depth int, acc bigint) RETURNS jsonb LANGUAGE plpgsql
-SET apiary.kind = 'transactional' AS $$
-BEGIN
-  PERFORM effect(wf, 'chain-' || depth);
-  IF depth = 0 THEN
-    RETURN to_jsonb(acc);
-  END IF;
-  RETURN apiary_queue('cr_chain', jsonb_build_object('wf', wf, 'depth', depth - 1,
-                                                      'acc', acc * 2 + depth));
-END $$;
-
--- what each workflow must produce, computed without apiary
-CREATE FUNCTION expected_steps(n int) RETURNS SETOF text LANGUAGE sql AS $$
-  SELECT 'root' UNION ALL SELECT 'merge'
-  UNION ALL SELECT 'leaf-' || i FROM generate_series(1, 2 + n % 3) i
-  UNION ALL SELECT 'chain-' || d FROM generate_series(0, n % 5) d
-$$;
-CREATE FUNCTION expected_output(n int) RETURNS bigint LANGUAGE plpgsql AS $$
-DECLARE acc bigint;
-BEGIN
-  SELECT sum(i * (n + i)::bigint * (n + i)) INTO acc FROM generate_series(1, 2 + n % 3) i;
-  FOR d IN REVERSE n % 5 .. 1 LOOP
-    acc := acc * 2 + d;
-  END LOOP;
-  RETURN acc;
-END $$;
-CREATE TABLE expected AS
-  SELECT 'wf-' || n AS workflow, n, expected_output(n) AS output FROM generate_series(1, :N) n;
-CREATE TABLE expected_step AS
-  SELECT e.workflow, s AS step FROM expected e, expected_steps(e.n) s;
-SQL
+psql_ -c "CREATE EXTENSION apiary" >/dev/null || fail "setup failed"
+psql_ -v N="$N" -v sleep_min=0.002 -v sleep_spread=0.008 \
+	-f "$APIARY_ROOT/test/recovery/shapes.sql" >/dev/null || fail "setup failed"
 total=$(psql_ -c "SELECT count(*) FROM expected_step") || fail "setup failed"
 
 # each racing session's statements: cancel, resume or status of a random
@@ -161,7 +83,7 @@ for r in $(seq 1 "$RACERS"); do
 	done >"$dir/race-$r.sql"
 done
 
-psql_ -c "SELECT count(apiary_start('cr_root', jsonb_build_object('wf', 'wf-' || n, 'n', n), 'wf-' || n))
+psql_ -c "SELECT count(apiary_start('wf_root', jsonb_build_object('wf', 'wf-' || n, 'n', n), 'wf-' || n))
           FROM generate_series(1, $N) n" >/dev/null || fail "apiary_start failed"
 started_ms=$(now_ms)
 
@@ -257,11 +179,11 @@ check "apiary_result differs from the expected output (workflow, expected, got)"
 	"SELECT workflow, output, r FROM (SELECT e.*, apiary_result(e.workflow, '5 s') AS r FROM expected e) x
 	 WHERE r IS DISTINCT FROM to_jsonb(output) ORDER BY n"
 check "steps whose effects count more than once (workflow, step, n)" \
-	"SELECT workflow, step, n FROM effects WHERE n <> 1 ORDER BY workflow, step"
+	"SELECT workflow, step, n FROM steps WHERE n <> 1 ORDER BY workflow, step"
 check "expected steps with no effect" \
-	"SELECT workflow, step FROM expected_step EXCEPT SELECT workflow, step FROM effects ORDER BY 1, 2"
+	"SELECT workflow, step FROM expected_step EXCEPT SELECT workflow, step FROM steps ORDER BY 1, 2"
 check "effects of steps that should not exist" \
-	"SELECT workflow, step FROM effects EXCEPT SELECT workflow, step FROM expected_step ORDER BY 1, 2"
+	"SELECT workflow, step FROM steps EXCEPT SELECT workflow, step FROM expected_step ORDER BY 1, 2"
 check "tasks not done (task, workflow, function, state, waiting_for, linked_to)" \
 	"SELECT id, workflow, function, state, waiting_for, linked_to FROM apiary.tasks
 	 WHERE state <> 'done' ORDER BY id"
