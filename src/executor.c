@@ -97,11 +97,12 @@ static RunningTask *running_task = NULL;
  * Crash markers.  Before running a task an executor writes its id into a
  * file of its own, and overwrites it with 0 once the task's transaction has
  * ended, or when the executor exits in an orderly way (shutdown, FATAL, the
- * postmaster's death).  A task id still there when an executor starts
- * names the task it was running when a backend crashed: the postmaster then
+ * postmaster's death).  A task id still there after a restart names the
+ * task that slot was running when a backend crashed: the postmaster then
  * kills every backend at once and restarts them, with no exit callbacks.
- * The file stays open and is rewritten in place, and is not fsynced: the
- * operating system outlives a backend crash.
+ * The launcher counts those crashes before it starts any executor
+ * (apiary_count_crashes).  The file stays open and is rewritten in place,
+ * and is not fsynced: the operating system outlives a backend crash.
  */
 #define MARKER_DIR "pg_apiary"
 #define MARKER_SIZE 32			/* "<database oid> <task id>", padded */
