@@ -98,3 +98,17 @@ throwaway_server() {
 	pg_start "$dir" "$port" "$@"
 }
 psql_() { pg_psql "$dir" "$port" -d postgres -qAt "$@"; }
+
+# check LABEL SQL, for script tests: SQL returns offending rows, and none is
+# a pass.  Prints up to 10 of them under LABEL and counts a problem in
+# $problems (which the caller sets to 0 first and tests at the end).
+check() {
+	local out
+	out=$(psql_ -F ' | ' -c "$2" 2>&1) || { echo "  $1: query failed: $out"; problems=$((problems + 1)); return; }
+	if [ -n "$out" ]; then
+		echo "  $1:"
+		echo "$out" | head -n 10 | sed 's/^/    /'
+		[ "$(echo "$out" | wc -l)" -gt 10 ] && echo "    ... ($(echo "$out" | wc -l) rows)"
+		problems=$((problems + 1))
+	fi
+}

@@ -61,7 +61,6 @@ fail() {
 	tail -n 40 "$dir/server.log" 2>/dev/null
 	exit 1
 }
-psql_() { pg_psql "$dir" "$port" -d postgres -qAt "$@"; }
 # for polling while the server may be restarting: empty output on error
 try() { pg_psql "$dir" "$port" -d postgres -qAt -c "$1" 2>/dev/null; }
 pm_pid() { head -n 1 "$dir/data/postmaster.pid" 2>/dev/null; }
@@ -189,16 +188,6 @@ say "all $N workflows finished"
 
 # 4. verify
 problems=0
-check() {   # check LABEL SQL: SQL returns offending rows; none is a pass
-	local out
-	out=$(psql_ -F ' | ' -c "$2" 2>&1) || { echo "  $1: query failed: $out"; problems=$((problems + 1)); return; }
-	if [ -n "$out" ]; then
-		echo "  $1:"
-		echo "$out" | head -n 10 | sed 's/^/    /'
-		[ "$(echo "$out" | wc -l)" -gt 10 ] && echo "    ... ($(echo "$out" | wc -l) rows)"
-		problems=$((problems + 1))
-	fi
-}
 check "workflows not done" \
 	"SELECT id, state, error FROM apiary.workflows WHERE state <> 'done' ORDER BY id"
 check "missing workflows" \

@@ -156,16 +156,6 @@ done
 
 # verify
 problems=0
-check() {   # check LABEL SQL: SQL returns offending rows; none is a pass
-	local out
-	out=$(psql_ -F ' | ' -c "$2" 2>&1) || { echo "  $1: query failed: $out"; problems=$((problems + 1)); return; }
-	if [ -n "$out" ]; then
-		echo "  $1:"
-		echo "$out" | head -n 10 | sed 's/^/    /'
-		[ "$(echo "$out" | wc -l)" -gt 10 ] && echo "    ... ($(echo "$out" | wc -l) rows)"
-		problems=$((problems + 1))
-	fi
-}
 check "workflows not done, or missing (workflow, state, error)" \
 	"SELECT e.workflow, w.state, w.error FROM expected e
 	   LEFT JOIN apiary.workflows w ON w.id = e.workflow

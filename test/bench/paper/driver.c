@@ -381,6 +381,17 @@ location(Client *c, char *lat, char *lon)
 	sprintf(lon, "%.6f", -122.5 + rnd(c, 0, 200000) / 1e6);
 }
 
+/* the hotels' profiles, the last round trip of search and recommend */
+static int
+profiles(Client *c, const char *ids)
+{
+	const char *p[1] = {ids};
+
+	return one(c, "profile", "SELECT jsonb_agg(jsonb_build_object('id', id, 'name', name, 'rate', rate, "
+			   "'price', price, 'address', address) ORDER BY id) FROM hotels WHERE id = ANY ($1::int[])",
+			   1, p, NULL, 0);
+}
+
 static int
 op_search(Client *c)
 {
@@ -411,10 +422,7 @@ op_search(Client *c)
 			"AND night >= $2 AND night < $3 GROUP BY hotel HAVING bool_and(booked < capacity)) a",
 			3, p, avail, sizeof avail))
 		return RETRY;
-	p[0] = avail;
-	return one(c, "s_profile", "SELECT jsonb_agg(jsonb_build_object('id', id, 'name', name, 'rate', rate, "
-			   "'price', price, 'address', address) ORDER BY id) FROM hotels WHERE id = ANY ($1::int[])",
-			   1, p, NULL, 0);
+	return profiles(c, avail);
 }
 
 static int
@@ -438,10 +446,7 @@ op_recommend(Client *c)
 			"WHEN 'dis' THEN loc <-> point($1, $2) WHEN 'rate' THEN -rate ELSE price END, id LIMIT 5) h",
 			3, p, best, sizeof best))
 		return RETRY;
-	p[0] = best;
-	return one(c, "r_profile", "SELECT jsonb_agg(jsonb_build_object('id', id, 'name', name, 'rate', rate, "
-			   "'price', price, 'address', address) ORDER BY id) FROM hotels WHERE id = ANY ($1::int[])",
-			   1, p, NULL, 0);
+	return profiles(c, best);
 }
 
 static int
