@@ -12,13 +12,15 @@ OBJS = \
 	src/journal.o \
 	src/launcher.o \
 	src/names.o \
+	src/provenance.o \
 	src/queue.o \
 	src/registry.o \
 	src/sketch.o \
 	src/stats.o \
 	src/workflow.o
 
-DATA = src/sql/apiary--0.1.sql src/sql/apiary--0.1--0.2.sql src/sql/apiary--0.2--0.3.sql src/sql/apiary--0.3--0.4.sql
+DATA = src/sql/apiary--0.1.sql src/sql/apiary--0.1--0.2.sql src/sql/apiary--0.2--0.3.sql src/sql/apiary--0.3--0.4.sql \
+	src/sql/apiary--0.4--0.5.sql
 PGFILEDESC = "apiary - transactional functions and workflows inside PostgreSQL"
 # the public C API, for functions written in C
 HEADERS_apiary = src/apiary.h

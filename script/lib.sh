@@ -10,7 +10,7 @@ PG_BIN=/usr/lib/postgresql/$PG_MAJOR/bin
 
 apiary_packages=(
 	"postgresql-$PG_MAJOR" "postgresql-server-dev-$PG_MAJOR" postgresql-contrib
-	"postgresql-$PG_MAJOR-wal2json" libcmocka-dev build-essential valgrind clang libclang-rt-dev
+	libcmocka-dev build-essential valgrind clang libclang-rt-dev
 )
 
 # Install whatever Debian packages are missing (needs root or sudo).

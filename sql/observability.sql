@@ -88,8 +88,8 @@ ALTER SYSTEM RESET apiary.retention;
 SELECT pg_reload_conf();
 
 -- Provenance: with apiary.provenance = writes, the rows apiary functions
--- write are read back from the WAL (logical decoding, wal2json) and joined
--- to the task or call that wrote them.
+-- write are read back from the WAL by logical decoding (apiary's own output
+-- plugin) and attributed to the task or call that wrote them.
 SELECT setting, state FROM apiary.provenance_status;
 ALTER SYSTEM SET apiary.provenance = 'writes';
 SELECT pg_reload_conf();
@@ -101,8 +101,9 @@ BEGIN
   END LOOP;
 END $$;
 SELECT setting, wal_level, slot, state FROM apiary.provenance_status;
+SELECT plugin FROM pg_replication_slots WHERE slot_name = 'apiary_provenance';
 CREATE TABLE obs_items (id int PRIMARY KEY, qty int);
-INSERT INTO obs_items VALUES (1, 10), (2, 20);
+INSERT INTO obs_items VALUES (1, 10), (2, 20), (50, 0);
 CREATE FUNCTION obs_write(id int, qty int) RETURNS int LANGUAGE plpgsql
 SET apiary.kind = 'transactional' AS $$
 BEGIN
@@ -111,23 +112,84 @@ BEGIN
   DELETE FROM obs_items WHERE obs_items.id = 2 AND obs_write.id = 1;
   RETURN id;
 END $$;
--- in a task, and in a synchronous call; nested calls count as their caller's
+CREATE FUNCTION obs_write_fail(id int) RETURNS int LANGUAGE plpgsql
+SET apiary.kind = 'transactional' AS $$
+BEGIN
+  INSERT INTO obs_items VALUES (300 + id, 0);
+  RAISE EXCEPTION 'obs_write_fail after writing';
+END $$;
+-- a caller's writes are its own, a nested call's are the nested call's,
+-- and a nested call rolled back wrote nothing
+CREATE FUNCTION obs_outer(id int) RETURNS int LANGUAGE plpgsql
+SET apiary.kind = 'transactional' AS $$
+BEGIN
+  UPDATE obs_items SET qty = -1 WHERE obs_items.id = 50;
+  PERFORM apiary_invoke('obs_write', jsonb_build_object('id', id, 'qty', 44));
+  BEGIN
+    PERFORM apiary_invoke('obs_write_fail', jsonb_build_object('id', id));
+  EXCEPTION WHEN raise_exception THEN NULL;
+  END;
+  INSERT INTO obs_items VALUES (200 + id, 0);
+  RETURN id;
+END $$;
+-- in a task, and in a synchronous call
 SELECT apiary_start('obs_write', '{"id": 1, "qty": 11}', 'obs-writes');
 SELECT apiary_result('obs-writes', '60 s');
+-- the client's own writes around a synchronous call are not apiary's
+BEGIN;
+INSERT INTO obs_items VALUES (8, 88);
 SELECT apiary_invoke('obs_write', '{"id": 3, "qty": 33}');
--- a write outside apiary is not apiary's
 INSERT INTO obs_items VALUES (9, 99);
+COMMIT;
+SELECT apiary_start('obs_outer', '{"id": 4}', 'obs-nested');
+SELECT apiary_result('obs-nested', '60 s');
 DO $$
 BEGIN
   FOR i IN 1..600 LOOP
-    EXIT WHEN (SELECT count(*) FROM apiary.provenance WHERE relname = 'public.obs_items') >= 4;
+    EXIT WHEN (SELECT count(*) FROM apiary.provenance WHERE relname = 'public.obs_items') >= 7;
     PERFORM pg_sleep(0.1);
   END LOOP;
 END $$;
 SELECT workflow, task IS NOT NULL AS in_task, function, relation, operation, "row"
 FROM apiary.provenance WHERE relname = 'public.obs_items'
-ORDER BY workflow NULLS LAST, at, operation, "row"::text;
-SELECT count(*) AS noted_left FROM apiary.provenance_xids;
+ORDER BY workflow NULLS LAST, at, function, operation, "row"::text;
+
+-- apiary.provenance = all: also the rows each function read, captured by
+-- executor hooks in the function's own transaction
+ALTER SYSTEM SET apiary.provenance = 'all';
+SELECT pg_reload_conf();
+DO $$
+BEGIN
+  FOR i IN 1..600 LOOP
+    EXIT WHEN current_setting('apiary.provenance') = 'all';
+    PERFORM pg_sleep(0.1);
+  END LOOP;
+END $$;
+CREATE TABLE obs_shelf (id int PRIMARY KEY, label text);
+INSERT INTO obs_shelf SELECT g, 'shelf ' || g FROM generate_series(1, 5) g;
+CREATE FUNCTION obs_read(id int) RETURNS text LANGUAGE sql
+SET apiary.kind = 'readonly' AS $$ SELECT label FROM obs_shelf WHERE obs_shelf.id = obs_read.id $$;
+CREATE FUNCTION obs_count() RETURNS bigint LANGUAGE sql
+SET apiary.kind = 'readonly' AS $$ SELECT count(*) FROM obs_shelf $$;
+SELECT apiary_start('obs_read', '{"id": 2}', 'obs-reads');
+SELECT apiary_result('obs-reads', '60 s');
+SELECT apiary_invoke('obs_read', '{"id": 3}');
+-- a row read twice by one call is recorded once; the count is capped
+SET apiary.provenance_max_reads = 3;
+SELECT apiary_invoke('obs_count');
+RESET apiary.provenance_max_reads;
+-- reads outside apiary are not recorded
+SELECT count(*) FROM obs_shelf;
+DO $$
+BEGIN
+  FOR i IN 1..600 LOOP
+    EXIT WHEN (SELECT count(*) FROM apiary.provenance WHERE relname = 'public.obs_shelf') >= 5;
+    PERFORM pg_sleep(0.1);
+  END LOOP;
+END $$;
+SELECT workflow, function, relation, operation, "row"
+FROM apiary.provenance WHERE relname = 'public.obs_shelf'
+ORDER BY workflow NULLS LAST, function, "row"::text;
 -- off again: the slot goes, and holds no WAL back
 ALTER SYSTEM RESET apiary.provenance;
 SELECT pg_reload_conf();

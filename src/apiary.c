@@ -14,6 +14,9 @@
  *	  launcher.c	shared memory, the launcher worker, wake-ups at commit
  *	  executor.c	executor workers that run queued tasks; apiary_queue
  *	  workflow.c	apiary_start, apiary_result, apiary_status
+ *	  queue.c		the workflow tables, by direct heap and index access
+ *	  stats.c		apiary.stats (percentiles in sketch.c)
+ *	  provenance.c	which rows functions read and wrote, from the WAL
  *
  * The design and its guarantees are described in README.md.
  *
@@ -26,6 +29,7 @@
 
 #include "guc.h"
 #include "launcher.h"
+#include "provenance.h"
 #include "registry.h"
 #include "stats.h"
 
@@ -38,6 +42,7 @@ _PG_init(void)
 {
 	apiary_define_gucs();
 	registry_init();
+	provenance_init();
 
 	/* workers and shared memory need preloading; apiary_invoke does not */
 	if (process_shared_preload_libraries_in_progress)

@@ -73,6 +73,7 @@
 #include "guc.h"
 #include "invoke.h"
 #include "journal.h"
+#include "provenance.h"
 #include "queue.h"
 #include "launcher.h"
 #include "registry.h"
@@ -333,9 +334,13 @@ apiary_queue(PG_FUNCTION_ARGS)
  * a crash or timeout is not a second charge.
  */
 bool
-apiary_in_task(void)
+apiary_in_task(text **workflow, int64 *task)
 {
-	return running_task != NULL;
+	if (running_task == NULL)
+		return false;
+	*workflow = running_task->workflow;
+	*task = running_task->id;
+	return true;
 }
 
 char *
@@ -475,6 +480,7 @@ run_task(RunningTask *t, const char *function, Jsonb *args,
 	ErrorData  *edata = NULL;
 	ApiaryKind	kind = APIARY_KIND_TRANSACTIONAL;
 	int			max_attempts = apiary_max_attempts;
+	ProvenanceFrame prov;
 
 	GetUserIdAndSecContext(&save_user, &save_sec);
 	BeginInternalSubTransaction(NULL);
@@ -499,13 +505,16 @@ run_task(RunningTask *t, const char *function, Jsonb *args,
 			max_attempts = f->max_attempts;
 		if (f->timeout_ms > 0)
 			enable_timeout_after(STATEMENT_TIMEOUT, (int) Min(f->timeout_ms, INT_MAX));
+		provenance_begin(&prov);
 		PG_TRY();
 		{
 			out = apiary_call(f, resolved, cxt, &isnull);
 			bind_check_output(f->name, out, isnull);
+			provenance_note(&prov, t->role, t->workflow, t->id, function);
 		}
 		PG_FINALLY();
 		{
+			provenance_pop(&prov);
 			disable_timeout(STATEMENT_TIMEOUT, false);
 			registry_release(f);
 		}
@@ -562,9 +571,6 @@ run_task(RunningTask *t, const char *function, Jsonb *args,
 	if (edata == NULL)
 	{
 		int64		future;
-
-		if (apiary_provenance == APIARY_PROVENANCE_WRITES)
-			queue_note_xid(t->role, t->workflow, t->id, function);
 
 		if (!isnull && apiary_jsonb_is_future(DatumGetJsonbP(out), &future))
 			link_to_future(t, future);

@@ -41,10 +41,12 @@ int			apiary_max_key_size = 1024;
 int			apiary_stats_max = 1000;
 int			apiary_retention = 7 * 24 * 3600;
 int			apiary_provenance = APIARY_PROVENANCE_OFF;
+int			apiary_provenance_max_reads = 10000;
 
 static const struct config_enum_entry provenance_options[] = {
 	{"off", APIARY_PROVENANCE_OFF, false},
 	{"writes", APIARY_PROVENANCE_WRITES, false},
+	{"all", APIARY_PROVENANCE_ALL, false},
 	{NULL, 0, false}
 };
 
@@ -150,14 +152,24 @@ apiary_define_gucs(void)
 							NULL, NULL, NULL);
 
 	DefineCustomEnumVariable("apiary.provenance",
-							 "Record which rows apiary functions write: off or writes.",
-							 "writes needs wal_level = logical and the wal2json output plugin.",
+							 "Record which rows apiary functions write (writes), or write and read (all).",
+							 "Needs wal_level = logical and apiary in shared_preload_libraries.",
 							 &apiary_provenance,
 							 APIARY_PROVENANCE_OFF,
 							 provenance_options,
 							 PGC_SIGHUP,
 							 0,
 							 NULL, NULL, NULL);
+
+	DefineCustomIntVariable("apiary.provenance_max_reads",
+							"Most rows read that provenance = all records per invocation.",
+							NULL,
+							&apiary_provenance_max_reads,
+							10000,
+							0, INT_MAX,
+							PGC_SUSET,
+							0,
+							NULL, NULL, NULL);
 
 	/* the workers' settings exist only where the workers can */
 	if (!process_shared_preload_libraries_in_progress)

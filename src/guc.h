@@ -34,8 +34,10 @@ typedef enum ApiaryProvenance
 {
 	APIARY_PROVENANCE_OFF,
 	APIARY_PROVENANCE_WRITES,
+	APIARY_PROVENANCE_ALL,
 } ApiaryProvenance;
 extern int	apiary_provenance;
+extern int	apiary_provenance_max_reads;
 
 extern void apiary_define_gucs(void);
 

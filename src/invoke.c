@@ -42,7 +42,7 @@
 #include "executor.h"
 #include "journal.h"
 #include "guc.h"
-#include "queue.h"
+#include "provenance.h"
 #include "registry.h"
 #include "stats.h"
 
@@ -154,12 +154,29 @@ invoke_body(ApiaryFunction *f, Jsonb *args, InvokeFrame *frame,
 	return result;
 }
 
+/*
+ * Provenance: the call's writes (and reads) are its own; inside a task,
+ * they belong to the task's workflow too.
+ */
+static void
+note_provenance(ProvenanceFrame *prov, InvokeFrame *frame, ApiaryFunction *f)
+{
+	text	   *workflow = NULL;
+	int64		task = 0;
+
+	if (!prov->active)
+		return;
+	(void) apiary_in_task(&workflow, &task);
+	provenance_note(prov, frame->role, workflow, task, f->name);
+}
+
 Datum
 apiary_invoke_internal(const char *name, Jsonb *args, text *key, bool *isnull)
 {
 	MemoryContext callercxt = CurrentMemoryContext;
 	ResourceOwner callerowner = CurrentResourceOwner;
 	InvokeFrame frame;
+	ProvenanceFrame prov;
 	bool		nested = current_frame != NULL;
 	ApiaryFunction *f;
 	Datum		result = (Datum) 0;
@@ -185,15 +202,15 @@ apiary_invoke_internal(const char *name, Jsonb *args, text *key, bool *isnull)
 
 	if (!nested)
 	{
+		provenance_begin(&prov);
 		PG_TRY();
 		{
 			result = invoke_body(f, args, &frame, callercxt, isnull);
-			/* a task's writes are the task's; a client's, the call's */
-			if (apiary_provenance == APIARY_PROVENANCE_WRITES && !apiary_in_task())
-				queue_note_xid(frame.role, NULL, 0, f->name);
+			note_provenance(&prov, &frame, f);
 		}
 		PG_FINALLY();
 		{
+			provenance_pop(&prov);
 			current_frame = frame.parent;
 			registry_release(f);
 		}
@@ -203,9 +220,12 @@ apiary_invoke_internal(const char *name, Jsonb *args, text *key, bool *isnull)
 
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(callercxt);
+	provenance_begin(&prov);
 	PG_TRY();
 	{
 		result = invoke_body(f, args, &frame, callercxt, isnull);
+		note_provenance(&prov, &frame, f);
+		provenance_pop(&prov);
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(callercxt);
 		CurrentResourceOwner = callerowner;
@@ -214,6 +234,7 @@ apiary_invoke_internal(const char *name, Jsonb *args, text *key, bool *isnull)
 	{
 		ErrorData  *edata;
 
+		provenance_pop(&prov);
 		current_frame = frame.parent;
 		registry_release(f);
 

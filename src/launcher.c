@@ -14,8 +14,8 @@
  * on SIGTERM.  Before starting executors it counts crashes of the tasks
  * they were running when the server went down (executor.c).  It also does
  * the housekeeping: retention (deleting what is older than
- * apiary.retention) and provenance (collecting the writes of apiary
- * functions from a logical replication slot).
+ * apiary.retention), and keeps the provenance collector (provenance.c)
+ * running while apiary.provenance is on.
  *
  * Shared memory holds one slot per executor, with its latch and whether it
  * is idle, and a condition variable.  A transaction that makes tasks ready
@@ -47,11 +47,13 @@
 #include "utils/lsyscache.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
+#include "utils/varlena.h"
 
 #include "executor.h"
 #include "guc.h"
 #include "journal.h"
 #include "launcher.h"
+#include "provenance.h"
 
 ApiaryShared *apiary_shared = NULL;
 
@@ -205,20 +207,25 @@ extension_installed(void)
 	return installed;
 }
 
+/* Start an executor (in slot) or the provenance collector. */
 static BackgroundWorkerHandle *
-start_executor(int slot)
+start_worker(const char *function, const char *type, int slot)
 {
 	BackgroundWorker worker;
 	BackgroundWorkerHandle *handle;
+	bool		executor = strcmp(type, "apiary executor") == 0;
 
 	memset(&worker, 0, sizeof(worker));
 	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
 	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
 	worker.bgw_restart_time = BGW_NEVER_RESTART;
 	snprintf(worker.bgw_library_name, BGW_MAXLEN, "apiary");
-	snprintf(worker.bgw_function_name, BGW_MAXLEN, "apiary_executor_main");
-	snprintf(worker.bgw_name, BGW_MAXLEN, "apiary executor %d", slot);
-	snprintf(worker.bgw_type, BGW_MAXLEN, "apiary executor");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "%s", function);
+	if (executor)
+		snprintf(worker.bgw_name, BGW_MAXLEN, "%s %d", type, slot);
+	else
+		snprintf(worker.bgw_name, BGW_MAXLEN, "%s", type);
+	snprintf(worker.bgw_type, BGW_MAXLEN, "%s", type);
 	worker.bgw_main_arg = Int32GetDatum(slot);
 	worker.bgw_notify_pid = MyProcPid;
 
@@ -226,8 +233,9 @@ start_executor(int slot)
 	{
 		ereport(WARNING,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-				 errmsg("could not start apiary executor %d", slot),
-				 errhint("Raise max_worker_processes: it must leave room for apiary.workers executors.")));
+				 errmsg("could not start %s", worker.bgw_name),
+				 errhint("Raise max_worker_processes: it must leave room for apiary.workers executors%s.",
+						 executor ? "" : " and the provenance collector")));
 		return NULL;
 	}
 	return handle;
@@ -280,95 +288,88 @@ prune(void)
 	return true;
 }
 
-/*
- * Provenance: with apiary.provenance = writes, keep the slot
- * apiary_provenance and collect from it (apiary.collect_provenance) the
- * writes of the transactions apiary noted; the slot moves only after what
- * it gave was committed, so a crash loses nothing.  Otherwise drop the
- * slot, so that it never holds WAL back.
- *
- * Each collection decodes the WAL from the slot's restart point, which
- * trails by up to the interval between running-transactions records, and
- * moving the slot decodes it again: so it runs once per launcher cycle
- * (a second), taking everything there is.
- */
-#define PROVENANCE_SLOT "apiary_provenance"
+/* Does the comma-separated list name item? */
+static bool
+names_item(const char *list, const char *item)
+{
+	char	   *copy = pstrdup(list);
+	List	   *names;
+	ListCell   *lc;
+	bool		found = false;
 
+	if (SplitIdentifierString(copy, ',', &names))
+		foreach(lc, names)
+			found = found || strcmp(lfirst(lc), item) == 0;
+	return found;
+}
+
+/*
+ * Provenance: while it is on, keep the collector running (provenance.c);
+ * it owns the slot apiary_provenance, and drops it itself when provenance
+ * is turned off.  A slot left behind with nobody on it (provenance turned
+ * off while the collector was not running) is dropped here, so that it
+ * never holds WAL back.
+ */
 static void
-provenance_step(void)
+provenance_step(BackgroundWorkerHandle **collector, bool installed)
 {
 	static bool warned = false;
-	bool		want = apiary_provenance == APIARY_PROVENANCE_WRITES;
-	bool		exists;
-	bool		isnull;
-	Datum		upto = (Datum) 0;
-	bool		found_upto = false;
+	static TimestampTz retry_at = 0;
+	bool		want = installed && apiary_provenance != APIARY_PROVENANCE_OFF;
+	const char *why = NULL;
+	const char *plugins = GetConfigOption("output_plugin_libraries", true, false);
+	pid_t		pid;
 
 	if (want && wal_level < WAL_LEVEL_LOGICAL)
+		why = "wal_level is not logical";
+	else if (want && plugins != NULL && !names_item(plugins, "apiary"))
+		why = "output_plugin_libraries does not list apiary";
+	if (why != NULL)
 	{
 		if (!warned)
 			ereport(WARNING,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("apiary.provenance = writes records nothing: wal_level is not logical"),
-					 errhint("Set wal_level = logical and restart; apiary.provenance_status shows the state.")));
+					 errmsg("apiary.provenance records nothing: %s", why),
+					 errhint("Set wal_level = logical (a restart), and where the server restricts output plugins add apiary to output_plugin_libraries; apiary.provenance_status shows the state.")));
 		warned = true;
 		want = false;
 	}
 	else if (want)
 		warned = false;
 
+	if (*collector != NULL &&
+		GetBackgroundWorkerPid(*collector, &pid) == BGWH_STOPPED)
+	{
+		pfree(*collector);
+		*collector = NULL;
+	}
+	/* a collector that keeps failing is started again every 10 s */
+	if (want && *collector == NULL && GetCurrentTimestamp() >= retry_at)
+	{
+		*collector = start_worker("apiary_provenance_main", "apiary provenance", 0);
+		retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 10 * 1000);
+	}
+	if (want || *collector != NULL)
+		return;
+
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	journal_execute("SELECT FROM pg_catalog.pg_replication_slots"
+	/* fixed text, run as the launcher (also after DROP EXTENSION) */
+	if (SPI_execute("SELECT pg_catalog.pg_drop_replication_slot(slot_name)"
+					" FROM pg_catalog.pg_replication_slots"
 					" WHERE slot_name OPERATOR(pg_catalog.=) '" PROVENANCE_SLOT "'"
-					" AND database OPERATOR(pg_catalog.=) pg_catalog.current_database()",
-					NULL, 0, NULL, NULL, NULL, SPI_OK_SELECT);
-	exists = SPI_processed > 0;
-	/* the tables of 0.4 */
-	want = want && OidIsValid(get_relname_relid("provenance_xids", get_namespace_oid("apiary", false)));
-	if (!want && exists)
-	{
-		journal_execute("SELECT pg_catalog.pg_drop_replication_slot('" PROVENANCE_SLOT "')",
-						NULL, 0, NULL, NULL, NULL, SPI_OK_SELECT);
+					" AND database OPERATOR(pg_catalog.=) pg_catalog.current_database()"
+					" AND NOT active", false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not look for replication slot \"%s\"", PROVENANCE_SLOT);
+	if (SPI_processed > 0)
 		ereport(LOG, (errmsg("apiary provenance is off: dropped replication slot \"%s\"",
 							 PROVENANCE_SLOT)));
-	}
-	else if (want && !exists)
-	{
-		journal_execute("SELECT pg_catalog.pg_create_logical_replication_slot('" PROVENANCE_SLOT "', 'wal2json')",
-						NULL, 0, NULL, NULL, NULL, SPI_OK_SELECT);
-		ereport(LOG, (errmsg("apiary provenance: created replication slot \"%s\"",
-							 PROVENANCE_SLOT)));
-	}
-	else if (want)
-	{
-		journal_execute("SELECT apiary.collect_provenance(NULL)", NULL, 0, NULL, NULL,
-						NULL, SPI_OK_SELECT);
-		upto = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-		found_upto = !isnull;
-	}
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
-
-	/* only once the rows are committed: the slot moves past them */
-	if (found_upto)
-	{
-		Oid			types[1] = {LSNOID};
-
-		StartTransactionCommand();
-		PushActiveSnapshot(GetTransactionSnapshot());
-		if (SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "SPI_connect failed");
-		journal_execute("SELECT FROM pg_catalog.pg_replication_slot_advance('" PROVENANCE_SLOT "', $1)",
-						NULL, 1, types, &upto, NULL, SPI_OK_SELECT);
-		SPI_finish();
-		PopActiveSnapshot();
-		CommitTransactionCommand();
-	}
 }
 
 /* Keep exactly n executors running. */
@@ -386,7 +387,7 @@ supervise(BackgroundWorkerHandle **handles, int n)
 				continue;
 			if (handles[i] != NULL)
 				pfree(handles[i]);
-			handles[i] = start_executor(i);
+			handles[i] = start_worker("apiary_executor_main", "apiary executor", i);
 		}
 		else if (handles[i] != NULL)
 		{
@@ -401,12 +402,13 @@ void
 apiary_launcher_main(Datum main_arg)
 {
 	BackgroundWorkerHandle *handles[APIARY_MAX_WORKERS] = {0};
+	BackgroundWorkerHandle *collector = NULL;
 	bool		crashes_counted = false;
 	TimestampTz next_prune = 0;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	/*
-	 * die, not just a flag: the housekeeping runs SQL (decoding the WAL
+	 * die, not just a flag: the housekeeping runs SQL (deleting a backlog
 	 * can take a while), and a shutdown must interrupt it.  Executors are
 	 * stopped by the postmaster with everything else.
 	 */
@@ -419,6 +421,7 @@ apiary_launcher_main(Datum main_arg)
 	for (;;)
 	{
 		int			wanted = 0;
+		bool		installed;
 
 		if (ConfigReloadPending)
 		{
@@ -428,7 +431,8 @@ apiary_launcher_main(Datum main_arg)
 		}
 
 		/* executors run on a primary, in a database with apiary installed */
-		if (!RecoveryInProgress() && extension_installed())
+		installed = !RecoveryInProgress() && extension_installed();
+		if (installed)
 			wanted = apiary_workers;
 		if (wanted > 0 && !crashes_counted)
 		{
@@ -437,11 +441,11 @@ apiary_launcher_main(Datum main_arg)
 		}
 		supervise(handles, wanted);
 
-		if (wanted > 0)
+		if (!RecoveryInProgress())
 		{
 			PG_TRY();
 			{
-				provenance_step();
+				provenance_step(&collector, installed);
 			}
 			PG_CATCH();
 			{

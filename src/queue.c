@@ -1023,57 +1023,6 @@ queue_count_crash(int64 id, char **function)
 }
 
 /* ---------------------------------------------------------------------
- * Provenance
- * ---------------------------------------------------------------------
- */
-
-/* Columns of apiary.provenance_xids. */
-enum
-{
-	P_XID = 1, P_ROLE, P_WORKFLOW, P_TASK, P_FUNCTION,
-	P_NATTS = P_FUNCTION
-};
-
-void
-queue_note_xid(Oid role, text *workflow, int64 task, const char *function)
-{
-	FullTransactionId fxid = GetTopFullTransactionIdIfAny();
-	Oid			nsp = get_namespace_oid("apiary", true);
-	QRel		xids;
-	ScanKeyData key;
-	SysScanDesc scan;
-	bool		noted;
-
-	/* nothing written, or provenance not installed (before 0.4) */
-	if (!FullTransactionIdIsValid(fxid) || !OidIsValid(nsp) ||
-		!OidIsValid(get_relname_relid("provenance_xids", nsp)))
-		return;
-	qrel_open(&xids, "provenance_xids", P_NATTS);
-	/* the first function noted in a transaction stands for it */
-	ScanKeyInit(&key, P_XID, BTEqualStrategyNumber, F_XID8EQ,
-				FullTransactionIdGetDatum(fxid));
-	scan = systable_beginscan(xids.rel, RelationGetPrimaryKeyIndex(xids.rel), true,
-							  SnapshotSelf, 1, &key);
-	noted = HeapTupleIsValid(systable_getnext(scan));
-	systable_endscan(scan);
-	if (!noted)
-	{
-		Datum		values[P_NATTS] = {0};
-		bool		nulls[P_NATTS] = {0};
-
-		values[P_XID - 1] = FullTransactionIdGetDatum(fxid);
-		values[P_ROLE - 1] = ObjectIdGetDatum(role);
-		values[P_WORKFLOW - 1] = PointerGetDatum(workflow);
-		nulls[P_WORKFLOW - 1] = workflow == NULL;
-		values[P_TASK - 1] = Int64GetDatum(task);
-		nulls[P_TASK - 1] = task == 0;
-		values[P_FUNCTION - 1] = CStringGetTextDatum(function);
-		qrel_insert(&xids, values, nulls);
-	}
-	qrel_close(&xids);
-}
-
-/* ---------------------------------------------------------------------
  * Cancelling
  * ---------------------------------------------------------------------
  */

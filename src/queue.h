@@ -93,15 +93,6 @@ extern void queue_retry(int64 id, double delay, TimestampTz ran_at);
 extern int	queue_count_crash(int64 id, char **function);
 
 /*
- * apiary.provenance = writes: note that the current transaction's writes
- * are those of function (in task of workflow, or called synchronously when
- * task is 0), for the launcher to pick out of the WAL.  Does nothing when
- * the transaction wrote nothing.
- */
-extern void queue_note_xid(Oid role, text *workflow, int64 task,
-						   const char *function);
-
-/*
  * Cancelling.  An executor calls queue_workflow_cancelled before it lets a
  * task's effects stand; apiary_cancel calls queue_lock_workflow before it
  * marks a workflow cancelled.  The locks they take (shared, exclusive; until

@@ -12,7 +12,7 @@ set -euo pipefail
 N=200
 port=${PORT:-55466}
 while (: </dev/tcp/127.0.0.1/"$port") 2>/dev/null; do port=$((port + 1)); done
-throwaway_server "$port" "wal_level = logical" "output_plugin_libraries = 'wal2json'" \
+throwaway_server "$port" "wal_level = logical" "output_plugin_libraries = 'apiary'" \
 	"apiary.provenance = writes" "apiary.workers = 2"
 fail() { echo "FAIL: $*"; tail -n 30 "$dir/server.log"; exit 1; }
 

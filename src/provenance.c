@@ -1,0 +1,989 @@
+/*-------------------------------------------------------------------------
+ *
+ * provenance.c
+ *	  Which rows apiary functions wrote and read, from the WAL
+ *	  (apiary.provenance = off | writes | all).
+ *
+ * Writes are not recorded by the functions at all: they are already in
+ * the WAL, and logical decoding reads them back.  What the WAL does not
+ * say is which invocation made a change, so each invocation that wrote
+ * adds one small transactional logical-decoding message (prefix "apiary")
+ * when it returns: its role, workflow, task and function, and the WAL
+ * position at which it began.  The changes of its transaction between
+ * that position and the message are its own; a nested call's message
+ * covers a narrower range inside its caller's, and the innermost range
+ * wins.  Writes outside any range (the client's own statements around a
+ * synchronous call, the executors' bookkeeping) are nobody's and are
+ * dropped.  A message in a rolled-back (sub)transaction is discarded by
+ * decoding together with the changes it would have claimed.  The cost on
+ * the hot path is that one WAL record per writing invocation.
+ *
+ * With apiary.provenance = all the message also carries the rows the
+ * invocation read: an ExecutorStart hook wraps the scan nodes of every
+ * query run while an invocation is in progress, and each row a scan
+ * returns (once per row and invocation, up to apiary.provenance_max_reads)
+ * is kept as JSON until the message is written.  A read-only invocation
+ * then needs a transaction id for its message, so reading costs a commit.
+ *
+ * The collector is a background worker (started by the launcher while
+ * provenance is on) that keeps a logical replication slot,
+ * apiary_provenance, whose output plugin is this library: it keeps one
+ * decoding context open and decodes the WAL as it is flushed, once, in
+ * its own process.  The plugin's callbacks turn the changes of a
+ * committed transaction into rows, attribute them by the messages, and
+ * hold them; the worker inserts them into apiary.provenance_rows, commits,
+ * and only then confirms the slot past them, so a crash in between
+ * decodes them again (the slot keeps the WAL) and the key
+ * (begin_lsn, n) keeps them once.  Turning provenance off drops the slot,
+ * so that it never holds WAL back.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/heapam.h"
+#include "access/htup_details.h"
+#include "access/relscan.h"
+#include "access/xact.h"
+#include "access/xlog.h"
+#include "access/xlogutils.h"
+#include "catalog/catalog.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "executor/executor.h"
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "nodes/execnodes.h"
+#include "nodes/nodeFuncs.h"
+#include "optimizer/planner.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "replication/decode.h"
+#include "replication/logical.h"
+#include "replication/message.h"
+#include "replication/output_plugin.h"
+#include "replication/slot.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "tcop/tcopprot.h"
+#include "utils/builtins.h"
+#include "utils/fmgrprotos.h"
+#include "utils/inval.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/pg_lsn.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+#include "utils/xid8.h"
+
+#include "guc.h"
+#include "journal.h"
+#include "provenance.h"
+
+#define MESSAGE_PREFIX "apiary"
+#define MESSAGE_VERSION 1
+
+/*
+ * A message, as written to the WAL: this header, the function's name and
+ * the workflow id (each with its terminating zero; "" for none), then
+ * nreads times a ReadHeader and the row as jsonb.
+ */
+typedef struct MessageHeader
+{
+	uint32		version;
+	Oid			role;
+	int64		task;			/* 0: a synchronous call outside a task */
+	uint64		xid;			/* full id of the top transaction */
+	XLogRecPtr	start;
+	int32		nreads;
+	int32		skipped;
+	bool		has_workflow;
+} MessageHeader;
+
+typedef struct ReadHeader
+{
+	Oid			relid;
+	uint32		size;			/* of the jsonb that follows */
+} ReadHeader;
+
+static ProvenanceFrame *current = NULL;
+
+/* ---------------------------------------------------------------------
+ * Rows as JSON
+ * ---------------------------------------------------------------------
+ */
+
+/*
+ * A heap tuple as a jsonb object of its columns.  desc must carry a
+ * composite type (a relation's, or blessed).  Values still on disk in
+ * TOAST (an update's unchanged columns, as decoding gives them) are left
+ * out: they were not part of the change.
+ */
+static Jsonb *
+tuple_jsonb(TupleDesc desc, HeapTuple tuple, bool strip_nulls)
+{
+	Datum		json;
+	Jsonb	   *jb;
+
+	if (HeapTupleHasExternal(tuple))
+	{
+		Datum	   *values = palloc(desc->natts * sizeof(Datum));
+		bool	   *nulls = palloc(desc->natts * sizeof(bool));
+
+		heap_deform_tuple(tuple, desc, values, nulls);
+		for (int i = 0; i < desc->natts; i++)
+		{
+			Form_pg_attribute att = TupleDescAttr(desc, i);
+
+			if (!nulls[i] && att->attlen == -1 &&
+				VARATT_IS_EXTERNAL_ONDISK(DatumGetPointer(values[i])))
+				nulls[i] = true;
+		}
+		tuple = heap_form_tuple(desc, values, nulls);
+	}
+	json = DirectFunctionCall1(row_to_json,
+							   heap_copy_tuple_as_datum(tuple, desc));
+	jb = DatumGetJsonbP(DirectFunctionCall1(jsonb_in,
+											CStringGetDatum(TextDatumGetCString(json))));
+	if (strip_nulls)
+		jb = DatumGetJsonbP(DirectFunctionCall1(jsonb_strip_nulls,
+												JsonbPGetDatum(jb)));
+	return jb;
+}
+
+/* ---------------------------------------------------------------------
+ * Invocations: frames and their messages
+ * ---------------------------------------------------------------------
+ */
+
+void
+provenance_begin(ProvenanceFrame *pf)
+{
+	memset(pf, 0, sizeof(*pf));
+	pf->parent = current;
+	pf->active = apiary_provenance != APIARY_PROVENANCE_OFF &&
+		wal_level >= WAL_LEVEL_LOGICAL && !RecoveryInProgress();
+	if (pf->active)
+		pf->start = GetXLogInsertRecPtr();
+	current = pf;
+}
+
+void
+provenance_pop(ProvenanceFrame *pf)
+{
+	current = pf->parent;
+	if (pf->cxt != NULL)
+		MemoryContextDelete(pf->cxt);
+	pf->cxt = NULL;
+}
+
+/*
+ * The invocation returned: in its transaction, say that the changes since
+ * it began are its own (and, with provenance = all, what it read).  An
+ * invocation in a transaction that wrote nothing and read nothing recorded
+ * needs no message.
+ */
+void
+provenance_note(ProvenanceFrame *pf, Oid role, text *workflow, int64 task,
+				const char *function)
+{
+	StringInfoData buf;
+	MessageHeader hdr;
+
+	if (!pf->active)
+		return;
+	if (!TransactionIdIsValid(GetTopTransactionIdIfAny()) && pf->nreads == 0)
+		return;
+
+	memset(&hdr, 0, sizeof(hdr));
+	hdr.version = MESSAGE_VERSION;
+	hdr.role = role;
+	hdr.task = task;
+	hdr.start = pf->start;
+	hdr.nreads = pf->nreads;
+	hdr.skipped = pf->skipped;
+	hdr.has_workflow = workflow != NULL;
+	/* a read-only invocation gets its transaction id here */
+	hdr.xid = U64FromFullTransactionId(GetTopFullTransactionId());
+
+	initStringInfo(&buf);
+	appendBinaryStringInfo(&buf, (char *) &hdr, sizeof(hdr));
+	appendBinaryStringInfo(&buf, function, strlen(function) + 1);
+	if (workflow != NULL)
+		appendBinaryStringInfo(&buf, VARDATA_ANY(workflow), VARSIZE_ANY_EXHDR(workflow));
+	appendStringInfoChar(&buf, '\0');
+	if (pf->nreads > 0)
+		appendBinaryStringInfo(&buf, pf->reads.data, pf->reads.len);
+	if (pf->skipped > 0)
+		ereport(NOTICE,
+				(errmsg("provenance of \"%s\" records the first %d rows it read, not the other %d",
+						function, pf->nreads, pf->skipped),
+				 errhint("Raise apiary.provenance_max_reads to record more.")));
+	(void) LogLogicalMessage(MESSAGE_PREFIX, buf.data, buf.len, true);
+	pfree(buf.data);
+}
+
+/* ---------------------------------------------------------------------
+ * Reads (apiary.provenance = all): taps on scan nodes
+ * ---------------------------------------------------------------------
+ */
+
+typedef struct ReadTap
+{
+	struct ReadTap *next;
+	PlanState  *ps;
+	EState	   *estate;
+	ExecProcNodeMtd real;
+	Oid			relid;
+	TupleDesc	desc;			/* index-only scans: columns named */
+} ReadTap;
+
+/* the taps of every query being executed; few, and found by address */
+static ReadTap *taps = NULL;
+
+typedef struct SeenKey
+{
+	Oid			relid;
+	ItemPointerData tid;
+} SeenKey;
+
+static ExecutorStart_hook_type prev_ExecutorStart = NULL;
+static planner_hook_type prev_planner = NULL;
+
+static bool
+recording_reads(void)
+{
+	return current != NULL && current->active &&
+		apiary_provenance == APIARY_PROVENANCE_ALL;
+}
+
+static void
+note_read(ReadTap *tap)
+{
+	ProvenanceFrame *pf = current;
+	ScanState  *ss = (ScanState *) tap->ps;
+	TupleTableSlot *slot = ss->ss_ScanTupleSlot;
+	ItemPointerData tid;
+	SeenKey		key;
+	bool		found;
+	MemoryContext old;
+	HeapTuple	tuple;
+	Jsonb	   *jb;
+	ReadHeader	rh;
+
+	if (pf == NULL || !pf->active || TupIsNull(slot))
+		return;
+	if (IsA(tap->ps, IndexOnlyScanState))
+		tid = ((IndexOnlyScanState *) tap->ps)->ioss_ScanDesc->xs_heaptid;
+	else
+		tid = slot->tts_tid;
+
+	if (pf->cxt == NULL)
+	{
+		HASHCTL		ctl;
+
+		/* freed by provenance_pop, which may come after an abort */
+		pf->cxt = AllocSetContextCreate(TopMemoryContext, "apiary provenance reads",
+										ALLOCSET_DEFAULT_SIZES);
+		ctl.keysize = sizeof(SeenKey);
+		ctl.entrysize = sizeof(SeenKey);
+		ctl.hcxt = pf->cxt;
+		pf->seen = hash_create("apiary rows read", 256, &ctl,
+							   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+		old = MemoryContextSwitchTo(pf->cxt);
+		initStringInfo(&pf->reads);
+		MemoryContextSwitchTo(old);
+	}
+	memset(&key, 0, sizeof(key));
+	key.relid = tap->relid;
+	key.tid = tid;
+	if (ItemPointerIsValid(&tid))
+	{
+		(void) hash_search(pf->seen, &key, HASH_FIND, &found);
+		if (found)
+			return;
+	}
+	if (pf->nreads >= apiary_provenance_max_reads)
+	{
+		pf->skipped++;
+		return;
+	}
+	if (ItemPointerIsValid(&tid))
+		(void) hash_search(pf->seen, &key, HASH_ENTER, NULL);
+
+	old = MemoryContextSwitchTo(pf->cxt);
+	if (tap->desc != NULL)
+	{
+		slot_getallattrs(slot);
+		tuple = heap_form_tuple(tap->desc, slot->tts_values, slot->tts_isnull);
+		jb = tuple_jsonb(tap->desc, tuple, false);
+	}
+	else
+	{
+		tuple = ExecCopySlotHeapTuple(slot);
+		jb = tuple_jsonb(slot->tts_tupleDescriptor, tuple, false);
+	}
+	rh.relid = tap->relid;
+	rh.size = VARSIZE(jb);
+	appendBinaryStringInfo(&pf->reads, (char *) &rh, sizeof(rh));
+	appendBinaryStringInfo(&pf->reads, (char *) jb, VARSIZE(jb));
+	pf->nreads++;
+	heap_freetuple(tuple);
+	pfree(jb);
+	MemoryContextSwitchTo(old);
+}
+
+static TupleTableSlot *
+tap_exec(PlanState *ps)
+{
+	ReadTap    *tap;
+	TupleTableSlot *slot;
+
+	for (tap = taps; tap != NULL; tap = tap->next)
+		if (tap->ps == ps)
+			break;
+	if (tap == NULL)
+		elog(ERROR, "apiary provenance: scan node not found");
+	slot = tap->real(ps);
+	if (!TupIsNull(slot))
+		note_read(tap);
+	return slot;
+}
+
+/* The query's memory goes (at its end, or on error): so do its taps. */
+static void
+taps_forget(void *arg)
+{
+	ReadTap   **p = &taps;
+
+	while (*p != NULL)
+	{
+		if ((*p)->estate == (EState *) arg)
+			*p = (*p)->next;
+		else
+			p = &(*p)->next;
+	}
+}
+
+/* An index-only scan's columns, named as in the table. */
+static TupleDesc
+index_columns(IndexOnlyScanState *ioss, Relation heap)
+{
+	TupleDesc	from = ioss->ss.ss_ScanTupleSlot->tts_tupleDescriptor;
+	Relation	index = ioss->ioss_RelationDesc;
+	TupleDesc	desc = CreateTemplateTupleDesc(from->natts);
+
+	for (int i = 0; i < from->natts; i++)
+	{
+		AttrNumber	attnum = i < index->rd_index->indnatts ?
+			index->rd_index->indkey.values[i] : 0;
+		char	   *name = attnum > 0 ?
+			NameStr(TupleDescAttr(RelationGetDescr(heap), attnum - 1)->attname) :
+			psprintf("expr%d", i + 1);
+
+		TupleDescInitEntry(desc, i + 1, name, TupleDescAttr(from, i)->atttypid,
+						   TupleDescAttr(from, i)->atttypmod, 0);
+	}
+	return BlessTupleDesc(desc);
+}
+
+static bool
+tap_walker(PlanState *ps, void *context)
+{
+	EState	   *estate = (EState *) context;
+
+	if (ps == NULL)
+		return false;
+	switch (nodeTag(ps))
+	{
+		case T_SeqScanState:
+		case T_SampleScanState:
+		case T_IndexScanState:
+		case T_IndexOnlyScanState:
+		case T_BitmapHeapScanState:
+		case T_TidScanState:
+		case T_TidRangeScanState:
+			{
+				Relation	rel = ((ScanState *) ps)->ss_currentRelation;
+				Oid			nsp;
+				ReadTap    *tap;
+
+				if (rel == NULL)
+					break;
+				nsp = RelationGetNamespace(rel);
+				/* apiary's own tables and the catalogs are not the data */
+				if (IsCatalogRelation(rel) || nsp == get_namespace_oid("apiary", true))
+					break;
+				tap = MemoryContextAllocZero(estate->es_query_cxt, sizeof(ReadTap));
+				tap->ps = ps;
+				tap->estate = estate;
+				tap->relid = RelationGetRelid(rel);
+				tap->real = ps->ExecProcNodeReal;
+				if (IsA(ps, IndexOnlyScanState))
+				{
+					MemoryContext old = MemoryContextSwitchTo(estate->es_query_cxt);
+
+					tap->desc = index_columns((IndexOnlyScanState *) ps, rel);
+					MemoryContextSwitchTo(old);
+				}
+				ps->ExecProcNodeReal = tap_exec;
+				tap->next = taps;
+				taps = tap;
+				break;
+			}
+		default:
+			break;
+	}
+	return planstate_tree_walker(ps, tap_walker, context);
+}
+
+static void
+provenance_ExecutorStart(QueryDesc *qd, int eflags)
+{
+	if (prev_ExecutorStart)
+		prev_ExecutorStart(qd, eflags);
+	else
+		standard_ExecutorStart(qd, eflags);
+
+	if (recording_reads() && !(eflags & EXEC_FLAG_EXPLAIN_ONLY) && qd->planstate != NULL)
+	{
+		ReadTap    *before = taps;
+
+		(void) tap_walker(qd->planstate, qd->estate);
+		if (taps != before)
+		{
+			MemoryContextCallback *cb =
+				MemoryContextAlloc(qd->estate->es_query_cxt, sizeof(MemoryContextCallback));
+
+			cb->func = taps_forget;
+			cb->arg = qd->estate;
+			MemoryContextRegisterResetCallback(qd->estate->es_query_cxt, cb);
+		}
+	}
+}
+
+/*
+ * Rows read by parallel workers would not pass the taps of this process:
+ * while reads are recorded, queries are planned without them.
+ */
+static PlannedStmt *
+provenance_planner(Query *parse, const char *query_string, int cursorOptions,
+				   ParamListInfo boundParams)
+{
+	if (recording_reads())
+		cursorOptions &= ~CURSOR_OPT_PARALLEL_OK;
+	if (prev_planner)
+		return prev_planner(parse, query_string, cursorOptions, boundParams);
+	return standard_planner(parse, query_string, cursorOptions, boundParams);
+}
+
+/* An error that unwinds past a frame's owner ends its transaction too. */
+static void
+provenance_xact_callback(XactEvent event, void *arg)
+{
+	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
+		current = NULL;
+}
+
+void
+provenance_init(void)
+{
+	prev_ExecutorStart = ExecutorStart_hook;
+	ExecutorStart_hook = provenance_ExecutorStart;
+	prev_planner = planner_hook;
+	planner_hook = provenance_planner;
+	RegisterXactCallback(provenance_xact_callback, NULL);
+}
+
+/* ---------------------------------------------------------------------
+ * The output plugin: decoded transactions to rows
+ * ---------------------------------------------------------------------
+ */
+
+typedef struct Change
+{
+	XLogRecPtr	lsn;
+	Oid			relid;
+	char	   *relname;
+	const char *operation;
+	Jsonb	   *row;
+} Change;
+
+typedef struct Message
+{
+	XLogRecPtr	lsn;
+	MessageHeader hdr;
+	char	   *function;
+	char	   *workflow;		/* NULL for none */
+	List	   *reads;			/* of Change */
+} Message;
+
+/* A row for apiary.provenance_rows. */
+typedef struct ProvRow
+{
+	XLogRecPtr	begin_lsn;
+	int32		n;
+	Message    *by;
+	Change	   *change;
+	TimestampTz at;
+} ProvRow;
+
+typedef struct PluginState
+{
+	MemoryContext txn_cxt;		/* the transaction being decoded */
+	List	   *changes;
+	List	   *messages;
+	MemoryContext out_cxt;		/* rows decoded, not yet stored */
+	List	   *rows;
+	Oid			apiary_nsp;
+} PluginState;
+
+static void
+plugin_startup(LogicalDecodingContext *ctx, OutputPluginOptions *opt, bool is_init)
+{
+	PluginState *st = MemoryContextAllocZero(ctx->context, sizeof(PluginState));
+
+	st->txn_cxt = AllocSetContextCreate(ctx->context, "apiary provenance transaction",
+										ALLOCSET_DEFAULT_SIZES);
+	st->out_cxt = AllocSetContextCreate(ctx->context, "apiary provenance rows",
+										ALLOCSET_DEFAULT_SIZES);
+	st->apiary_nsp = InvalidOid;
+	ctx->output_plugin_private = st;
+	opt->output_type = OUTPUT_PLUGIN_BINARY_OUTPUT;
+	opt->receive_rewrites = false;
+}
+
+static void
+plugin_begin(LogicalDecodingContext *ctx, ReorderBufferTXN *txn)
+{
+	PluginState *st = ctx->output_plugin_private;
+
+	MemoryContextReset(st->txn_cxt);
+	st->changes = NIL;
+	st->messages = NIL;
+}
+
+static void
+plugin_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
+			  Relation rel, ReorderBufferChange *change)
+{
+	PluginState *st = ctx->output_plugin_private;
+	MemoryContext old;
+	Change	   *c;
+	HeapTuple	tuple = NULL;
+	bool		key_only = false;
+
+	if (!OidIsValid(st->apiary_nsp))
+		st->apiary_nsp = get_namespace_oid("apiary", true);
+	/* apiary's own bookkeeping is not provenance */
+	if (RelationGetNamespace(rel) == st->apiary_nsp || IsCatalogRelation(rel))
+		return;
+
+	old = MemoryContextSwitchTo(st->txn_cxt);
+	c = palloc0(sizeof(Change));
+	c->lsn = change->lsn;
+	c->relid = RelationGetRelid(rel);
+	c->relname = psprintf("%s.%s",
+						  get_namespace_name(RelationGetNamespace(rel)),
+						  RelationGetRelationName(rel));
+	switch (change->action)
+	{
+		case REORDER_BUFFER_CHANGE_INSERT:
+			c->operation = "insert";
+			if (change->data.tp.newtuple)
+				tuple = &change->data.tp.newtuple->tuple;
+			break;
+		case REORDER_BUFFER_CHANGE_UPDATE:
+			c->operation = "update";
+			if (change->data.tp.newtuple)
+				tuple = &change->data.tp.newtuple->tuple;
+			break;
+		case REORDER_BUFFER_CHANGE_DELETE:
+			c->operation = "delete";
+			key_only = true;
+			if (change->data.tp.oldtuple)
+				tuple = &change->data.tp.oldtuple->tuple;
+			break;
+		default:
+			MemoryContextSwitchTo(old);
+			return;
+	}
+	if (tuple != NULL)
+		c->row = tuple_jsonb(RelationGetDescr(rel), tuple, key_only);
+	st->changes = lappend(st->changes, c);
+	MemoryContextSwitchTo(old);
+}
+
+static void
+plugin_message(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
+			   XLogRecPtr lsn, bool transactional, const char *prefix,
+			   Size size, const char *data)
+{
+	PluginState *st = ctx->output_plugin_private;
+	MemoryContext old;
+	Message    *m;
+	const char *p;
+	const char *end = data + size;
+
+	if (!transactional || strcmp(prefix, MESSAGE_PREFIX) != 0 ||
+		size < sizeof(MessageHeader))
+		return;
+	old = MemoryContextSwitchTo(st->txn_cxt);
+	m = palloc0(sizeof(Message));
+	m->lsn = lsn;
+	memcpy(&m->hdr, data, sizeof(MessageHeader));
+	if (m->hdr.version != MESSAGE_VERSION)
+		elog(ERROR, "apiary provenance message of unknown version %u", m->hdr.version);
+	p = data + sizeof(MessageHeader);
+	m->function = pstrdup(p);
+	p += strlen(p) + 1;
+	m->workflow = m->hdr.has_workflow ? pstrdup(p) : NULL;
+	p += strlen(p) + 1;
+	for (int i = 0; i < m->hdr.nreads && p + sizeof(ReadHeader) <= end; i++)
+	{
+		ReadHeader	rh;
+		Change	   *c = palloc0(sizeof(Change));
+		char	   *relname;
+
+		memcpy(&rh, p, sizeof(rh));
+		p += sizeof(rh);
+		c->lsn = lsn;
+		c->relid = rh.relid;
+		relname = get_rel_name(rh.relid);
+		c->relname = relname != NULL ?
+			psprintf("%s.%s", get_namespace_name(get_rel_namespace(rh.relid)), relname) :
+			psprintf("%u", rh.relid);
+		c->operation = "read";
+		c->row = palloc(rh.size);
+		memcpy(c->row, p, rh.size);
+		p += rh.size;
+		m->reads = lappend(m->reads, c);
+	}
+	st->messages = lappend(st->messages, m);
+	MemoryContextSwitchTo(old);
+}
+
+/* The innermost invocation whose range holds lsn, or NULL. */
+static Message *
+attribute(List *messages, XLogRecPtr lsn)
+{
+	Message    *best = NULL;
+	ListCell   *lc;
+
+	foreach(lc, messages)
+	{
+		Message    *m = lfirst(lc);
+
+		if (m->hdr.start <= lsn && lsn < m->lsn &&
+			(best == NULL || m->hdr.start > best->hdr.start))
+			best = m;
+	}
+	return best;
+}
+
+/* Keep a row for storing: copied into out_cxt, the current context. */
+static void
+keep_row(PluginState *st, ReorderBufferTXN *txn, int n, Message *by, Change *c)
+{
+	Change	   *keep = palloc(sizeof(Change));
+	ProvRow    *r = palloc(sizeof(ProvRow));
+
+	*keep = *c;
+	keep->relname = pstrdup(c->relname);
+	if (c->row != NULL)
+	{
+		keep->row = palloc(VARSIZE(c->row));
+		memcpy(keep->row, c->row, VARSIZE(c->row));
+	}
+	r->begin_lsn = txn->first_lsn;
+	r->n = n;
+	r->by = by;
+	r->change = keep;
+	r->at = txn->xact_time.commit_time;
+	st->rows = lappend(st->rows, r);
+}
+
+static void
+plugin_commit(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
+			  XLogRecPtr commit_lsn)
+{
+	PluginState *st = ctx->output_plugin_private;
+	MemoryContext old;
+	ListCell   *lc;
+	int			n = 0;
+
+	if (st->messages == NIL)
+		return;
+	/* out_cxt outlives this transaction's context: copy what is kept */
+	old = MemoryContextSwitchTo(st->out_cxt);
+	foreach(lc, st->messages)
+	{
+		Message    *m = lfirst(lc);
+		Message    *keep = palloc(sizeof(Message));
+		ListCell   *rc;
+
+		*keep = *m;
+		keep->function = pstrdup(m->function);
+		keep->workflow = m->workflow ? pstrdup(m->workflow) : NULL;
+		keep->reads = NIL;
+		lfirst(lc) = keep;
+		foreach(rc, m->reads)
+			keep_row(st, txn, ++n, keep, lfirst(rc));
+	}
+	foreach(lc, st->changes)
+	{
+		Change	   *c = lfirst(lc);
+		Message    *by = attribute(st->messages, c->lsn);
+
+		if (by != NULL)
+			keep_row(st, txn, ++n, by, c);
+	}
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(st->txn_cxt);
+	st->changes = NIL;
+	st->messages = NIL;
+}
+
+void		_PG_output_plugin_init(OutputPluginCallbacks *cb);
+
+/*
+ * The slot's plugin is this library ("apiary"); decoding with it outside
+ * the collector (pg_logical_slot_get_changes) returns nothing.
+ */
+PGDLLEXPORT void
+_PG_output_plugin_init(OutputPluginCallbacks *cb)
+{
+	cb->startup_cb = plugin_startup;
+	cb->begin_cb = plugin_begin;
+	cb->change_cb = plugin_change;
+	cb->commit_cb = plugin_commit;
+	cb->message_cb = plugin_message;
+}
+
+/* ---------------------------------------------------------------------
+ * The collector worker
+ * ---------------------------------------------------------------------
+ */
+
+/* Rows held before they are stored, even if the WAL goes on. */
+#define STORE_BATCH 5000
+
+bool
+provenance_wanted(void)
+{
+	return apiary_provenance != APIARY_PROVENANCE_OFF && wal_level >= WAL_LEVEL_LOGICAL;
+}
+
+static void
+no_prepare_write(LogicalDecodingContext *ctx, XLogRecPtr lsn, TransactionId xid, bool last)
+{
+}
+
+static void
+no_write(LogicalDecodingContext *ctx, XLogRecPtr lsn, TransactionId xid, bool last)
+{
+}
+
+/*
+ * Make sure the slot exists with this plugin (0.4 used wal2json: that
+ * slot is replaced), in a transaction of its own.
+ */
+static void
+ensure_slot(void)
+{
+	bool		exists;
+	bool		ours = false;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	journal_execute("SELECT plugin OPERATOR(pg_catalog.=) 'apiary' FROM pg_catalog.pg_replication_slots"
+					" WHERE slot_name OPERATOR(pg_catalog.=) '" PROVENANCE_SLOT "'",
+					NULL, 0, NULL, NULL, NULL, SPI_OK_SELECT);
+	exists = SPI_processed > 0;
+	if (exists)
+	{
+		bool		isnull;
+
+		ours = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	}
+	if (exists && !ours)
+	{
+		journal_execute("SELECT pg_catalog.pg_drop_replication_slot('" PROVENANCE_SLOT "')",
+						NULL, 0, NULL, NULL, NULL, SPI_OK_SELECT);
+		ereport(LOG, (errmsg("apiary provenance: replaced replication slot \"%s\" of another output plugin",
+							 PROVENANCE_SLOT)));
+	}
+	if (!ours)
+	{
+		journal_execute("SELECT pg_catalog.pg_create_logical_replication_slot('" PROVENANCE_SLOT "', 'apiary')",
+						NULL, 0, NULL, NULL, NULL, SPI_OK_SELECT);
+		ereport(LOG, (errmsg("apiary provenance: created replication slot \"%s\"",
+							 PROVENANCE_SLOT)));
+	}
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+}
+
+/* Store what was decoded, in one transaction. */
+static void
+store_rows(PluginState *st)
+{
+	static const char *sql =
+		"INSERT INTO apiary.provenance_rows"
+		" (begin_lsn, n, role, workflow, task, function, xid, relation, relname,"
+		"  operation, \"row\", at)"
+		" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+		" ON CONFLICT DO NOTHING";
+	Oid			types[12] = {PG_LSNOID, INT4OID, OIDOID, TEXTOID, INT8OID, TEXTOID,
+	XID8OID, OIDOID, TEXTOID, TEXTOID, JSONBOID, TIMESTAMPTZOID};
+	static SPIPlanPtr plan = NULL;
+	ListCell   *lc;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (plan == NULL)
+		plan = journal_prepare(sql, 12, types);
+	foreach(lc, st->rows)
+	{
+		ProvRow    *r = lfirst(lc);
+		Change	   *c = r->change;
+		Datum		values[12];
+		char		nulls[12];
+
+		memset(nulls, ' ', sizeof(nulls));
+		values[0] = LSNGetDatum(r->begin_lsn);
+		values[1] = Int32GetDatum(r->n);
+		values[2] = ObjectIdGetDatum(r->by->hdr.role);
+		values[3] = r->by->workflow ? CStringGetTextDatum(r->by->workflow) : (Datum) 0;
+		nulls[3] = r->by->workflow ? ' ' : 'n';
+		values[4] = Int64GetDatum(r->by->hdr.task);
+		nulls[4] = r->by->hdr.task != 0 ? ' ' : 'n';
+		values[5] = CStringGetTextDatum(r->by->function);
+		values[6] = FullTransactionIdGetDatum(FullTransactionIdFromU64(r->by->hdr.xid));
+		values[7] = ObjectIdGetDatum(c->relid);
+		values[8] = CStringGetTextDatum(c->relname);
+		values[9] = CStringGetTextDatum(c->operation);
+		values[10] = c->row ? JsonbPGetDatum(c->row) : (Datum) 0;
+		nulls[10] = c->row ? ' ' : 'n';
+		values[11] = TimestampTzGetDatum(r->at);
+		journal_execute(sql, plan, 12, types, values, nulls, SPI_OK_INSERT);
+	}
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_stat(false);
+
+	MemoryContextReset(st->out_cxt);
+	st->rows = NIL;
+}
+
+static bool
+tables_installed(void)
+{
+	bool		installed;
+	Oid			nsp;
+
+	StartTransactionCommand();
+	nsp = get_namespace_oid("apiary", true);
+	installed = OidIsValid(nsp) && OidIsValid(get_relname_relid("provenance_rows", nsp));
+	CommitTransactionCommand();
+	return installed;
+}
+
+void
+apiary_provenance_main(Datum main_arg)
+{
+	LogicalDecodingContext *ctx;
+	PluginState *st;
+	MemoryContext cxt;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnection(apiary_database, NULL, 0);
+	pgstat_report_appname("apiary provenance");
+
+	if (!provenance_wanted() || RecoveryInProgress() || !tables_installed())
+		proc_exit(0);
+	ensure_slot();
+
+	cxt = AllocSetContextCreate(TopMemoryContext, "apiary provenance decoding",
+								ALLOCSET_DEFAULT_SIZES);
+	MemoryContextSwitchTo(cxt);
+	/* a collector left from a launcher before this one may still have it */
+	ReplicationSlotAcquire(PROVENANCE_SLOT, false);
+	ctx = CreateDecodingContext(InvalidXLogRecPtr, NIL, false,
+								XL_ROUTINE(.page_read = read_local_xlog_page,
+										   .segment_open = wal_segment_open,
+										   .segment_close = wal_segment_close),
+								no_prepare_write, no_write, NULL);
+	st = ctx->output_plugin_private;
+	XLogBeginRead(ctx->reader, MyReplicationSlot->data.restart_lsn);
+	ereport(LOG, (errmsg("apiary provenance: decoding from %X/%X",
+						 LSN_FORMAT_ARGS(MyReplicationSlot->data.restart_lsn))));
+
+	for (;;)
+	{
+		XLogRecPtr	end;
+
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+		if (!provenance_wanted())
+		{
+			/* off: nothing may hold WAL back any more */
+			FreeDecodingContext(ctx);
+			ReplicationSlotRelease();
+			ReplicationSlotDrop(PROVENANCE_SLOT, true);
+			ereport(LOG, (errmsg("apiary provenance is off: dropped replication slot \"%s\"",
+								 PROVENANCE_SLOT)));
+			proc_exit(0);
+		}
+
+		end = GetFlushRecPtr(NULL);
+		if (ctx->reader->EndRecPtr < end)
+		{
+			/*
+			 * Decoding reads the catalogs as they were; keep its cache
+			 * entries apart from those of the transactions in between.
+			 */
+			InvalidateSystemCaches();
+			while (ctx->reader->EndRecPtr < end && list_length(st->rows) < STORE_BATCH)
+			{
+				char	   *errm = NULL;
+				XLogRecord *record = XLogReadRecord(ctx->reader, &errm);
+
+				if (errm)
+					elog(ERROR, "could not read WAL for apiary provenance: %s", errm);
+				if (record != NULL)
+					LogicalDecodingProcessRecord(ctx, ctx->reader);
+				CHECK_FOR_INTERRUPTS();
+			}
+			InvalidateSystemCaches();
+			if (st->rows != NIL)
+				store_rows(st);
+			/* stored (or nothing to store): the slot may move past it */
+			LogicalConfirmReceivedLocation(ctx->reader->EndRecPtr);
+			ReplicationSlotMarkDirty();
+			if (ctx->reader->EndRecPtr < end)
+				continue;
+		}
+		MemoryContextSwitchTo(cxt);
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 200L, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+}
