@@ -42,6 +42,7 @@ int			apiary_stats_max = 1000;
 int			apiary_retention = 7 * 24 * 3600;
 int			apiary_provenance = APIARY_PROVENANCE_OFF;
 int			apiary_provenance_max_reads = 10000;
+int			apiary_provenance_nice = 10;
 
 static const struct config_enum_entry provenance_options[] = {
 	{"off", APIARY_PROVENANCE_OFF, false},
@@ -160,6 +161,16 @@ apiary_define_gucs(void)
 							 PGC_SIGHUP,
 							 0,
 							 NULL, NULL, NULL);
+
+	DefineCustomIntVariable("apiary.provenance_nice",
+							"Scheduling priority (nice value) of the provenance collector.",
+							"Higher yields more CPU to the work it records; it then catches up when there is slack.",
+							&apiary_provenance_nice,
+							10,
+							0, 19,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("apiary.provenance_max_reads",
 							"Most rows read that provenance = all records per invocation.",

@@ -38,6 +38,7 @@ typedef enum ApiaryProvenance
 } ApiaryProvenance;
 extern int	apiary_provenance;
 extern int	apiary_provenance_max_reads;
+extern int	apiary_provenance_nice;
 
 extern void apiary_define_gucs(void);
 

@@ -41,6 +41,8 @@
  */
 #include "postgres.h"
 
+#include <sys/resource.h>
+
 #include "access/heapam.h"
 #include "access/htup_details.h"
 #include "access/relscan.h"
@@ -63,11 +65,13 @@
 #include "replication/decode.h"
 #include "replication/logical.h"
 #include "replication/message.h"
+#include "replication/origin.h"
 #include "replication/output_plugin.h"
 #include "replication/slot.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "tcop/tcopprot.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgrprotos.h"
 #include "utils/inval.h"
@@ -747,6 +751,13 @@ plugin_commit(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 	st->messages = NIL;
 }
 
+/* The collector's own writes (store_rows). */
+static bool
+plugin_filter(LogicalDecodingContext *ctx, RepOriginId origin_id)
+{
+	return origin_id == DoNotReplicateId;
+}
+
 void		_PG_output_plugin_init(OutputPluginCallbacks *cb);
 
 /*
@@ -761,6 +772,7 @@ _PG_output_plugin_init(OutputPluginCallbacks *cb)
 	cb->change_cb = plugin_change;
 	cb->commit_cb = plugin_commit;
 	cb->message_cb = plugin_message;
+	cb->filter_by_origin_cb = plugin_filter;
 }
 
 /* ---------------------------------------------------------------------
@@ -770,6 +782,25 @@ _PG_output_plugin_init(OutputPluginCallbacks *cb)
 
 /* Rows held before they are stored, even if the WAL goes on. */
 #define STORE_BATCH 5000
+
+/*
+ * The collector runs at apiary.provenance_nice: on a server short of CPU
+ * it yields to the work it records, and catches up when there is slack.
+ * A process may lower its own priority but not raise it again: for that
+ * the collector exits, and the launcher starts a new one.
+ */
+static bool
+apply_nice(void)
+{
+	static int	applied = 0;
+
+	if (apiary_provenance_nice == applied)
+		return true;
+	if (setpriority(PRIO_PROCESS, 0, apiary_provenance_nice) != 0)
+		return false;
+	applied = apiary_provenance_nice;
+	return true;
+}
 
 bool
 provenance_wanted(void)
@@ -831,7 +862,7 @@ ensure_slot(void)
 	CommitTransactionCommand();
 }
 
-/* Store what was decoded, in one transaction. */
+/* Store what was decoded: one statement, over arrays, in one transaction. */
 static void
 store_rows(PluginState *st)
 {
@@ -839,52 +870,91 @@ store_rows(PluginState *st)
 		"INSERT INTO apiary.provenance_rows"
 		" (begin_lsn, n, role, workflow, task, function, xid, relation, relname,"
 		"  operation, \"row\", at)"
-		" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+		" SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
+		"  pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5),"
+		"  pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8),"
+		"  pg_catalog.unnest($9), pg_catalog.unnest($10), pg_catalog.unnest($11),"
+		"  pg_catalog.unnest($12))"
 		" ON CONFLICT DO NOTHING";
-	Oid			types[12] = {PG_LSNOID, INT4OID, OIDOID, TEXTOID, INT8OID, TEXTOID,
+#define NCOLS 12
+	static const Oid elemtypes[NCOLS] = {PG_LSNOID, INT4OID, OIDOID, TEXTOID, INT8OID, TEXTOID,
 	XID8OID, OIDOID, TEXTOID, TEXTOID, JSONBOID, TIMESTAMPTZOID};
 	static SPIPlanPtr plan = NULL;
+	Oid			types[NCOLS];
+	Datum		args[NCOLS];
+	int			nrows = list_length(st->rows);
+	Datum	   *values[NCOLS];
+	bool	   *nulls[NCOLS];
+	int			i = 0;
 	ListCell   *lc;
 
+	/*
+	 * Marked "do not replicate": decoding skips these rows at once
+	 * (plugin_filter), instead of reassembling them only to drop them.
+	 */
+	replorigin_session_origin = DoNotReplicateId;
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (plan == NULL)
-		plan = journal_prepare(sql, 12, types);
+
+	for (int c = 0; c < NCOLS; c++)
+	{
+		types[c] = get_array_type(elemtypes[c]);
+		values[c] = palloc(nrows * sizeof(Datum));
+		nulls[c] = palloc0(nrows * sizeof(bool));
+	}
 	foreach(lc, st->rows)
 	{
 		ProvRow    *r = lfirst(lc);
 		Change	   *c = r->change;
-		Datum		values[12];
-		char		nulls[12];
 
-		memset(nulls, ' ', sizeof(nulls));
-		values[0] = LSNGetDatum(r->begin_lsn);
-		values[1] = Int32GetDatum(r->n);
-		values[2] = ObjectIdGetDatum(r->by->hdr.role);
-		values[3] = r->by->workflow ? CStringGetTextDatum(r->by->workflow) : (Datum) 0;
-		nulls[3] = r->by->workflow ? ' ' : 'n';
-		values[4] = Int64GetDatum(r->by->hdr.task);
-		nulls[4] = r->by->hdr.task != 0 ? ' ' : 'n';
-		values[5] = CStringGetTextDatum(r->by->function);
-		values[6] = FullTransactionIdGetDatum(FullTransactionIdFromU64(r->by->hdr.xid));
-		values[7] = ObjectIdGetDatum(c->relid);
-		values[8] = CStringGetTextDatum(c->relname);
-		values[9] = CStringGetTextDatum(c->operation);
-		values[10] = c->row ? JsonbPGetDatum(c->row) : (Datum) 0;
-		nulls[10] = c->row ? ' ' : 'n';
-		values[11] = TimestampTzGetDatum(r->at);
-		journal_execute(sql, plan, 12, types, values, nulls, SPI_OK_INSERT);
+		values[0][i] = LSNGetDatum(r->begin_lsn);
+		values[1][i] = Int32GetDatum(r->n);
+		values[2][i] = ObjectIdGetDatum(r->by->hdr.role);
+		if (r->by->workflow)
+			values[3][i] = CStringGetTextDatum(r->by->workflow);
+		else
+			nulls[3][i] = true;
+		values[4][i] = Int64GetDatum(r->by->hdr.task);
+		nulls[4][i] = r->by->hdr.task == 0;
+		values[5][i] = CStringGetTextDatum(r->by->function);
+		values[6][i] = FullTransactionIdGetDatum(FullTransactionIdFromU64(r->by->hdr.xid));
+		values[7][i] = ObjectIdGetDatum(c->relid);
+		values[8][i] = CStringGetTextDatum(c->relname);
+		values[9][i] = CStringGetTextDatum(c->operation);
+		if (c->row)
+			values[10][i] = JsonbPGetDatum(c->row);
+		else
+			nulls[10][i] = true;
+		values[11][i] = TimestampTzGetDatum(r->at);
+		i++;
 	}
+	for (int c = 0; c < NCOLS; c++)
+	{
+		int16		len;
+		bool		byval;
+		char		align;
+		int			dims[1] = {nrows};
+		int			lbs[1] = {1};
+
+		get_typlenbyvalalign(elemtypes[c], &len, &byval, &align);
+		args[c] = PointerGetDatum(construct_md_array(values[c], nulls[c], 1, dims, lbs,
+													 elemtypes[c], len, byval, align));
+	}
+	if (plan == NULL)
+		plan = journal_prepare(sql, NCOLS, types);
+	journal_execute(sql, plan, NCOLS, types, args, NULL, SPI_OK_INSERT);
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
+	replorigin_session_origin = InvalidRepOriginId;
 	pgstat_report_stat(false);
 
 	MemoryContextReset(st->out_cxt);
 	st->rows = NIL;
+#undef NCOLS
 }
 
 static bool
@@ -915,6 +985,7 @@ apiary_provenance_main(Datum main_arg)
 
 	if (!provenance_wanted() || RecoveryInProgress() || !tables_installed())
 		proc_exit(0);
+	(void) apply_nice();
 	ensure_slot();
 
 	cxt = AllocSetContextCreate(TopMemoryContext, "apiary provenance decoding",
@@ -941,6 +1012,11 @@ apiary_provenance_main(Datum main_arg)
 		{
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
+			if (provenance_wanted() && !apply_nice())
+			{
+				ereport(LOG, (errmsg("apiary provenance: restarting at the new apiary.provenance_nice")));
+				proc_exit(0);
+			}
 		}
 		if (!provenance_wanted())
 		{
