@@ -190,6 +190,33 @@ END $$;
 SELECT workflow, function, relation, operation, "row"
 FROM apiary.provenance WHERE relname = 'public.obs_shelf'
 ORDER BY workflow NULLS LAST, function, "row"::text;
+-- a SECURITY DEFINER function may touch rows its caller may not read:
+-- the caller's provenance records the write and the read, not the rows
+CREATE TABLE obs_secret (id int PRIMARY KEY, pin text);
+INSERT INTO obs_secret VALUES (1, '1234');
+CREATE FUNCTION obs_rotate(id int) RETURNS int LANGUAGE sql SECURITY DEFINER
+SET apiary.kind = 'transactional' AS $$
+  UPDATE obs_secret SET pin = '9999' WHERE obs_secret.id = obs_rotate.id RETURNING 1
+$$;
+CREATE ROLE obs_clerk;
+SET ROLE obs_clerk;
+SELECT apiary_invoke('obs_rotate', '{"id": 1}');
+RESET ROLE;
+DO $$
+BEGIN
+  FOR i IN 1..600 LOOP
+    EXIT WHEN (SELECT count(*) FROM apiary.provenance WHERE relname = 'public.obs_secret') >= 2;
+    PERFORM pg_sleep(0.1);
+  END LOOP;
+END $$;
+SET ROLE obs_clerk;
+SELECT function, relname, operation, "row" FROM apiary.provenance
+WHERE relname = 'public.obs_secret' ORDER BY operation;
+RESET ROLE;
+DROP FUNCTION obs_rotate(int);
+DROP TABLE obs_secret;
+DROP ROLE obs_clerk;
+
 -- off again: the slot goes, and holds no WAL back
 ALTER SYSTEM RESET apiary.provenance;
 SELECT pg_reload_conf();

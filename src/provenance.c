@@ -71,6 +71,7 @@
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "tcop/tcopprot.h"
+#include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgrprotos.h"
@@ -80,6 +81,7 @@
 #include "utils/memutils.h"
 #include "utils/pg_lsn.h"
 #include "utils/rel.h"
+#include "utils/rls.h"
 #include "utils/snapmgr.h"
 #include "utils/xid8.h"
 
@@ -688,6 +690,21 @@ attribute(List *messages, XLogRecPtr lsn)
 	return best;
 }
 
+/*
+ * Provenance shows a row's image to the role of the invocation (and to
+ * apiary_admin).  A SECURITY DEFINER function may touch rows its caller
+ * may not read: the image is kept only when the role may read the whole
+ * table (SELECT, and no row-level security applying to it), else the
+ * row is recorded without it.  Decided by the catalogs as they were when
+ * the transaction ran.
+ */
+static bool
+may_read(Oid role, Oid relid)
+{
+	return pg_class_aclcheck(relid, role, ACL_SELECT) == ACLCHECK_OK &&
+		check_enable_rls(relid, role, true) != RLS_ENABLED;
+}
+
 /* Keep a row for storing: copied into out_cxt, the current context. */
 static void
 keep_row(PluginState *st, ReorderBufferTXN *txn, int n, Message *by, Change *c)
@@ -697,7 +714,8 @@ keep_row(PluginState *st, ReorderBufferTXN *txn, int n, Message *by, Change *c)
 
 	*keep = *c;
 	keep->relname = pstrdup(c->relname);
-	if (c->row != NULL)
+	keep->row = NULL;
+	if (c->row != NULL && may_read(by->hdr.role, c->relid))
 	{
 		keep->row = palloc(VARSIZE(c->row));
 		memcpy(keep->row, c->row, VARSIZE(c->row));
