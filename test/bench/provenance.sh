@@ -21,6 +21,7 @@
 # BENCH_CLIENTS (default "1 4"), BENCH_PORT, BENCH_OUT.
 set -euo pipefail
 . "$(dirname "$0")/../../script/lib.sh"
+. "$(dirname "$0")/workflow_rate.sh"
 
 secs=${BENCH_SECONDS:-10}
 rounds=${BENCH_ROUNDS:-3}
@@ -102,22 +103,11 @@ run_invoke() { # mode clients round
 	[ "$1" = off ] || psql_ -c "INSERT INTO expected VALUES ('$1', $n, CASE WHEN '$1' = 'all' THEN $n ELSE 0 END)"
 }
 run_wf3() { # mode clients round
-	local before total t0 t1 left
-	psql_ -c "VACUUM apiary.tasks, apiary.workflows, counters" >/dev/null
-	before=$(psql_ -c "SELECT count(*) FROM apiary.workflows")
-	t0=$(psql_ -c "SELECT extract(epoch FROM clock_timestamp())")
-	bench -c "$2" -j "$(( $2 < 2 ? $2 : 2 ))" -T "$secs" -f "$dir/wf3.sql" >"$dir/wf3.log" 2>&1 ||
-		{ cat "$dir/wf3.log"; echo "pgbench failed"; exit 1; }
-	for _ in $(seq 1 1200); do
-		left=$(psql_ -c "SELECT count(*) FROM apiary.workflows WHERE state = 'running'")
-		[ "$left" -eq 0 ] && break
-		sleep 0.1
-	done
-	[ "$left" -eq 0 ] || { echo "workflows did not drain"; exit 1; }
-	t1=$(psql_ -c "SELECT extract(epoch FROM max(finished_at)) FROM apiary.workflows")
-	total=$(( $(psql_ -c "SELECT count(*) FROM apiary.workflows") - before ))
-	rate[wf3,$1,$2,$3]=$(awk -v n="$total" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", n / (b - a) }')
-	[ "$1" = off ] || psql_ -c "INSERT INTO expected VALUES ('$1', 3 * $total, 0)"
+	local r
+	psql_ -c "VACUUM counters" >/dev/null
+	r=$(workflow_rate "$dir/wf3.sql" "$2") || exit 1
+	rate[wf3,$1,$2,$3]=${r% *}
+	[ "$1" = off ] || psql_ -c "INSERT INTO expected VALUES ('$1', 3 * ${r#* }, 0)"
 }
 
 for r in $(seq 1 "$rounds"); do

@@ -20,6 +20,7 @@
 # BENCH_OUT (results file, default test/bench/results/workflows.md).
 set -euo pipefail
 . "$(dirname "$0")/../../script/lib.sh"
+. "$(dirname "$0")/workflow_rate.sh"
 
 secs=${BENCH_SECONDS:-10}
 read -r -a clients <<<"${BENCH_CLIENTS:-1 4 16}"
@@ -105,23 +106,12 @@ run_plain() { # name clients
 	rate[$1,$2]=$tps
 }
 run_workflows() { # name steps clients
-	local before total t0 t1 left
-	psql_ -c "VACUUM apiary.tasks, apiary.workflows, counters" >/dev/null
-	before=$(psql_ -c "SELECT count(*) FROM apiary.workflows")
-	t0=$(psql_ -c "SELECT extract(epoch FROM clock_timestamp())")
-	bench -c "$3" -j "$(( $3 < 2 ? $3 : 2 ))" -T "$secs" -f "$dir/$1.sql" >"$dir/$1.log" 2>&1 ||
-		{ cat "$dir/$1.log"; echo "pgbench failed for $1"; exit 1; }
-	for _ in $(seq 1 1200); do
-		left=$(psql_ -c "SELECT count(*) FROM apiary.workflows WHERE state = 'running'")
-		[ "$left" -eq 0 ] && break
-		sleep 0.1
-	done
-	[ "$left" -eq 0 ] || { echo "workflows did not drain"; exit 1; }
-	t1=$(psql_ -c "SELECT extract(epoch FROM max(finished_at)) FROM apiary.workflows")
-	total=$(( $(psql_ -c "SELECT count(*) FROM apiary.workflows") - before ))
+	local r
+	psql_ -c "VACUUM counters" >/dev/null
+	r=$(workflow_rate "$dir/$1.sql" "$3") || exit 1
 	failed=$(psql_ -c "SELECT count(*) FROM apiary.workflows WHERE state <> 'done'")
 	[ "$failed" -eq 0 ] || { echo "$failed workflows did not complete"; exit 1; }
-	rate[$1,$3]=$(awk -v n="$total" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", n / (b - a) }')
+	rate[$1,$3]=${r% *}
 }
 
 for c in "${clients[@]}"; do
