@@ -2,6 +2,14 @@
 \set ECHO queries
 \pset footer off
 CREATE EXTENSION apiary;
+-- (provenance records from the moment its slot exists: wait for that)
+DO $$
+BEGIN
+  FOR i IN 1..100 LOOP
+    EXIT WHEN (SELECT state = 'recording' FROM apiary.provenance_status);
+    PERFORM pg_sleep(0.1);
+  END LOOP;
+END $$;
 
 CREATE TABLE items  (id int PRIMARY KEY, name text NOT NULL, price numeric NOT NULL,
                      stock int NOT NULL CHECK (stock >= 0));
@@ -101,3 +109,16 @@ SELECT apiary_graph('web-order-1001');
 SELECT function, calls, errors, round(mean_ms::numeric, 2) AS mean_ms,
        round(p99_ms::numeric, 2) AS p99_ms
 FROM apiary.stats ORDER BY function;
+
+-- Provenance (apiary.provenance = writes, set for this demo server): the
+-- rows the workflow's functions wrote, decoded from the WAL.
+DO $$
+BEGIN
+  FOR i IN 1..100 LOOP
+    EXIT WHEN EXISTS (SELECT FROM apiary.provenance WHERE workflow = 'web-order-1001'
+                      AND function = 'send_receipt');
+    PERFORM pg_sleep(0.1);
+  END LOOP;
+END $$;
+SELECT task, function, relname, operation, "row"
+FROM apiary.provenance WHERE workflow = 'web-order-1001' ORDER BY task, relname, operation;

@@ -67,9 +67,19 @@ pg_start() {
 		echo "port = $port"
 		echo "unix_socket_directories = '$dir'"
 		echo "fsync = off"
-		for line in "$@"; do echo "$line"; done
+		for line in "$@"; do
+			# a setting of PostgreSQL builds that restrict output plugins
+			case $line in output_plugin_libraries*) restricts_output_plugins || continue ;; esac
+			echo "$line"
+		done
 	} | as_pg tee -a "$dir/data/postgresql.conf" >/dev/null
 	as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null
+}
+
+# Does this PostgreSQL build have output_plugin_libraries (a list of the
+# output plugins logical slots may use)?  Stock PostgreSQL does not.
+restricts_output_plugins() {
+	"$PG_BIN/postgres" --describe-config 2>/dev/null | grep '^output_plugin_libraries' >/dev/null
 }
 
 pg_stop() {
