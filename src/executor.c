@@ -658,6 +658,18 @@ run_one_task(int64 prefer, long *nap_ms)
 	/* this executor runs the first task made ready next; others the rest */
 	if (nready > 1)
 		apiary_wake_at_commit(nready - 1);
+
+	/*
+	 * apiary.synchronous_steps = off: a step that does not end its
+	 * workflow need not wait for its WAL flush.  A crash before the flush
+	 * undoes the whole step, which is then pending again and runs again:
+	 * still once in the history that survives.  The step that ends a
+	 * workflow, which apiary_result reports, waits, and its flush makes
+	 * every step before it durable too.
+	 */
+	if (!apiary_synchronous_steps && !apiary_finishes_at_commit())
+		(void) set_config_option("synchronous_commit", "off", PGC_SUSET, PGC_S_SESSION,
+								 GUC_ACTION_LOCAL, true, 0, false);
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 	marker_write(0);

@@ -33,6 +33,7 @@ char	   *apiary_kind_setting = NULL;
 char	   *apiary_database = NULL;
 int			apiary_workers = 4;
 int			apiary_max_attempts = 3;
+bool		apiary_synchronous_steps = true;
 int			apiary_max_args_size = 1024 * 1024;
 int			apiary_max_args_depth = 64;
 int			apiary_max_output_size = 64 * 1024 * 1024;
@@ -227,6 +228,15 @@ apiary_define_gucs(void)
 							PGC_SIGHUP,
 							GUC_UNIT_S,
 							NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("apiary.synchronous_steps",
+							 "Whether a task that does not finish its workflow waits for its commit to reach disk.",
+							 "Off: such a task commits like synchronous_commit = off; a crash may undo it, and it runs again.",
+							 &apiary_synchronous_steps,
+							 true,
+							 PGC_SIGHUP,
+							 0,
+							 NULL, NULL, NULL);
 
 	DefineCustomIntVariable("apiary.max_attempts",
 							"Default number of attempts for a task that fails with a serialization failure or deadlock.",

@@ -22,6 +22,7 @@ extern char *apiary_kind_setting;
 extern char *apiary_database;
 extern int	apiary_workers;
 extern int	apiary_max_attempts;
+extern bool apiary_synchronous_steps;
 extern int	apiary_max_args_size;
 extern int	apiary_max_args_depth;
 extern int	apiary_max_output_size;

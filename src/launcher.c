@@ -139,6 +139,12 @@ apiary_finished_at_commit(void)
 	finished_at_commit = true;
 }
 
+bool
+apiary_finishes_at_commit(void)
+{
+	return finished_at_commit;
+}
+
 /*
  * Wake up to n idle executors, one per task that became ready.  An
  * executor marks itself idle before it takes the snapshot it looks for

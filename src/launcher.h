@@ -42,6 +42,7 @@ extern void apiary_register_launcher(void);
 #define APIARY_WAKE_ALL INT_MAX
 extern void apiary_wake_at_commit(int n);
 extern void apiary_finished_at_commit(void);
+extern bool apiary_finishes_at_commit(void);
 
 /* An executor marks itself idle before it looks for work. */
 extern void apiary_executor_idle(int slot, bool idle);

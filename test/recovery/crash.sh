@@ -18,7 +18,8 @@
 # exactly once and no other, and no task may be left unfinished.  The kill
 # points follow progress, not the clock, so the crashes always land mid-run.
 #
-# CRASH_WORKFLOWS=n changes the number of workflows, PORT=p fixes the port,
+# CRASH_WORKFLOWS=n changes the number of workflows, CRASH_CONF adds a
+# postgresql.conf line, PORT=p fixes the port,
 # KEEP_DIR=d keeps a copy of the server log there.
 set -uo pipefail
 . "$(dirname "$0")/../../script/lib.sh"
@@ -80,7 +81,7 @@ poll_steps() {
 for try_start in 1 2 3; do
 	port=${PORT:-$(free_port)} || { echo "FAIL: no free port"; exit 1; }
 	dir=$(pg_tmpdir)
-	pg_start "$dir" "$port" && break
+	pg_start "$dir" "$port" ${CRASH_CONF:+"$CRASH_CONF"} && break
 	[ "$try_start" -eq 3 ] && fail "server did not start"
 	echo "server did not start on port $port; trying another"
 	pg_stop "$dir"
