@@ -328,11 +328,6 @@ apiary_queue(PG_FUNCTION_ARGS)
 										 PG_GETARG_JSONB_P(1)));
 }
 
-/*
- * A key for the running task that stays the same across its attempts: what
- * an external function hands to the service it calls, so that a retry after
- * a crash or timeout is not a second charge.
- */
 bool
 apiary_in_task(text **workflow, int64 *task)
 {
@@ -343,6 +338,11 @@ apiary_in_task(text **workflow, int64 *task)
 	return true;
 }
 
+/*
+ * A key for the running task that stays the same across its attempts: what
+ * an external function hands to the service it calls, so that a retry after
+ * a crash or timeout is not a second charge.
+ */
 char *
 apiary_task_key_cstring(void)
 {

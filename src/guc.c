@@ -163,16 +163,6 @@ apiary_define_gucs(void)
 							 0,
 							 NULL, NULL, NULL);
 
-	DefineCustomIntVariable("apiary.provenance_nice",
-							"Scheduling priority (nice value) of the provenance collector.",
-							"Higher yields more CPU to the work it records; it then catches up when there is slack.",
-							&apiary_provenance_nice,
-							10,
-							0, 19,
-							PGC_SIGHUP,
-							0,
-							NULL, NULL, NULL);
-
 	DefineCustomIntVariable("apiary.provenance_max_reads",
 							"Most rows read that provenance = all records per invocation.",
 							NULL,
@@ -227,6 +217,16 @@ apiary_define_gucs(void)
 							0, INT_MAX,
 							PGC_SIGHUP,
 							GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("apiary.provenance_nice",
+							"Scheduling priority (nice value) of the provenance collector.",
+							"Higher yields more CPU to the work it records; it then catches up when there is slack.",
+							&apiary_provenance_nice,
+							10,
+							0, 19,
+							PGC_SIGHUP,
+							0,
 							NULL, NULL, NULL);
 
 	DefineCustomBoolVariable("apiary.synchronous_steps",

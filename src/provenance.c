@@ -34,8 +34,14 @@
  * hold them; the worker inserts them into apiary.provenance_rows, commits,
  * and only then confirms the slot past them, so a crash in between
  * decodes them again (the slot keeps the WAL) and the key
- * (begin_lsn, n) keeps them once.  Turning provenance off drops the slot,
- * so that it never holds WAL back.
+ * (begin_lsn, n) keeps them once.  Its own inserts carry the
+ * "do not replicate" origin, which the plugin filters out before decoding
+ * assembles them.  It runs at apiary.provenance_nice, yielding CPU to the
+ * work it records.  Turning provenance off drops the slot, so that it
+ * never holds WAL back.
+ *
+ * A row's image is kept only for a role that may read its table (a
+ * SECURITY DEFINER function may touch rows its caller may not see).
  *
  *-------------------------------------------------------------------------
  */
