@@ -39,8 +39,11 @@ CREATE OR REPLACE VIEW apiary.provenance_status AS
              WHEN pg_catalog.current_setting('wal_level') OPERATOR(pg_catalog.<>) 'logical'
                THEN 'not recording: wal_level is ' || pg_catalog.current_setting('wal_level')
                     || '; set wal_level = logical and restart'
+             -- pg_settings, not current_setting: only roles that may read
+             -- the setting see it there, and others get no error
              WHEN NOT ('apiary' OPERATOR(pg_catalog.=) ANY (pg_catalog.string_to_array(
-                       pg_catalog.replace(coalesce(pg_catalog.current_setting('output_plugin_libraries', true),
+                       pg_catalog.replace(coalesce((SELECT g.setting FROM pg_catalog.pg_settings g
+                                                     WHERE g.name OPERATOR(pg_catalog.=) 'output_plugin_libraries'),
                                                    'apiary'), ' ', ''), ',')))
                THEN 'not recording: output_plugin_libraries does not list apiary; add it and reload'
              WHEN s.slot_name IS NULL THEN 'starting (or failing: see the server log)'
