@@ -212,6 +212,8 @@ END $$;
 SET ROLE obs_clerk;
 SELECT function, relname, operation, "row" FROM apiary.provenance
 WHERE relname = 'public.obs_secret' ORDER BY operation;
+-- any role may ask whether provenance is recording
+SELECT setting, state FROM apiary.provenance_status;
 RESET ROLE;
 DROP FUNCTION obs_rotate(int);
 DROP TABLE obs_secret;
