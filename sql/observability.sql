@@ -178,12 +178,18 @@ SELECT apiary_invoke('obs_read', '{"id": 3}');
 SET apiary.provenance_max_reads = 3;
 SELECT apiary_invoke('obs_count');
 RESET apiary.provenance_max_reads;
+-- an index-only scan gives the index's columns, named as in the table
+VACUUM obs_shelf;
+CREATE FUNCTION obs_low_ids() RETURNS bigint LANGUAGE sql
+SET apiary.kind = 'readonly' SET enable_seqscan = off SET enable_bitmapscan = off
+AS $$ SELECT count(*) FROM obs_shelf WHERE id < 3 $$;
+SELECT apiary_invoke('obs_low_ids');
 -- reads outside apiary are not recorded
 SELECT count(*) FROM obs_shelf;
 DO $$
 BEGIN
   FOR i IN 1..600 LOOP
-    EXIT WHEN (SELECT count(*) FROM apiary.provenance WHERE relname = 'public.obs_shelf') >= 5;
+    EXIT WHEN (SELECT count(*) FROM apiary.provenance WHERE relname = 'public.obs_shelf') >= 7;
     PERFORM pg_sleep(0.1);
   END LOOP;
 END $$;
