@@ -546,7 +546,10 @@ typedef struct ProvRow
 typedef struct PluginState
 {
 	MemoryContext txn_cxt;		/* the transaction being decoded */
+	MemoryContext change_cxt;	/* one change's conversion */
 	List	   *changes;
+	int			nchanges;
+	int			dropped;		/* changes over TXN_CHANGES_MAX */
 	List	   *messages;
 	MemoryContext out_cxt;		/* rows decoded, not yet stored */
 	List	   *rows;
@@ -562,6 +565,8 @@ plugin_startup(LogicalDecodingContext *ctx, OutputPluginOptions *opt, bool is_in
 										ALLOCSET_DEFAULT_SIZES);
 	st->out_cxt = AllocSetContextCreate(ctx->context, "apiary provenance rows",
 										ALLOCSET_DEFAULT_SIZES);
+	st->change_cxt = AllocSetContextCreate(ctx->context, "apiary provenance change",
+										   ALLOCSET_DEFAULT_SIZES);
 	st->apiary_nsp = InvalidOid;
 	ctx->output_plugin_private = st;
 	opt->output_type = OUTPUT_PLUGIN_BINARY_OUTPUT;
@@ -575,8 +580,17 @@ plugin_begin(LogicalDecodingContext *ctx, ReorderBufferTXN *txn)
 
 	MemoryContextReset(st->txn_cxt);
 	st->changes = NIL;
+	st->nchanges = 0;
+	st->dropped = 0;
 	st->messages = NIL;
 }
+
+/*
+ * A transaction's changes are kept until its commit, when its messages
+ * say whose they are; a bulk load that is nobody's must not fill the
+ * collector's memory, so at most this many are kept per transaction.
+ */
+#define TXN_CHANGES_MAX 100000
 
 static void
 plugin_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
@@ -593,6 +607,12 @@ plugin_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 	/* apiary's own bookkeeping is not provenance */
 	if (RelationGetNamespace(rel) == st->apiary_nsp || IsCatalogRelation(rel))
 		return;
+	if (st->nchanges >= TXN_CHANGES_MAX)
+	{
+		st->dropped++;
+		return;
+	}
+	st->nchanges++;
 
 	old = MemoryContextSwitchTo(st->txn_cxt);
 	c = palloc0(sizeof(Change));
@@ -624,7 +644,17 @@ plugin_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 			return;
 	}
 	if (tuple != NULL)
-		c->row = tuple_jsonb(RelationGetDescr(rel), tuple, key_only);
+	{
+		/* converted in a scratch context: only the result is kept */
+		Jsonb	   *jb;
+
+		MemoryContextSwitchTo(st->change_cxt);
+		jb = tuple_jsonb(RelationGetDescr(rel), tuple, key_only);
+		MemoryContextSwitchTo(st->txn_cxt);
+		c->row = palloc(VARSIZE(jb));
+		memcpy(c->row, jb, VARSIZE(jb));
+		MemoryContextReset(st->change_cxt);
+	}
 	st->changes = lappend(st->changes, c);
 	MemoryContextSwitchTo(old);
 }
@@ -745,6 +775,10 @@ plugin_commit(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 
 	if (st->messages == NIL)
 		return;
+	if (st->dropped > 0)
+		ereport(WARNING,
+				(errmsg("apiary provenance: transaction %u wrote more than %d rows; the other %d are not recorded",
+						txn->xid, TXN_CHANGES_MAX, st->dropped)));
 	/* out_cxt outlives this transaction's context: copy what is kept */
 	old = MemoryContextSwitchTo(st->out_cxt);
 	foreach(lc, st->messages)
