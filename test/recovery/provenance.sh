@@ -6,6 +6,7 @@
 # processes are killed with kill -9.  After the restart every write appears
 # in apiary.provenance exactly once (the slot kept the WAL; rows decoded
 # again are kept once), and writes made outside apiary do not appear.
+# Then the cap on what the collector holds of one transaction.
 set -euo pipefail
 . "$(dirname "$0")/../../script/lib.sh"
 
@@ -99,4 +100,24 @@ ops=$(psql_ -c "SELECT string_agg(operation || '=' || c, ',' ORDER BY operation)
 [ "$ops" = "delete=$N,insert=$N,update=$N" ] || fail "operations: $ops"
 outside=$(psql_ -c "SELECT count(*) FROM apiary.provenance WHERE \"row\"->>'id' = '999'")
 [ "$outside" -eq 0 ] || fail "writes made outside apiary were attributed to it"
-echo "ok: $want writes of $N workflows in apiary.provenance exactly once across a kill -9 ($before decoded before it, $((want - before)) after)"
+
+# the collector holds at most 100,000 changes of one transaction: a client's
+# bulk load is nobody's (none recorded), an apiary function that writes
+# more has the first 100,000 recorded and a warning logged
+psql_ >/dev/null <<'SQL'
+CREATE TABLE bulk (id int);
+CREATE FUNCTION fill(n int) RETURNS int LANGUAGE sql
+SET apiary.kind = 'transactional' AS $$ INSERT INTO bulk SELECT generate_series(1, n) RETURNING 1 $$;
+INSERT INTO bulk SELECT generate_series(1, 120000);
+SELECT count(*) FROM (SELECT apiary_invoke('fill', '100010')) x;
+SQL
+for _ in $(seq 1 600); do
+	bulk=$(psql_ -c "SELECT count(*) FROM apiary.provenance WHERE relname = 'public.bulk'")
+	[ "$bulk" -ge 100000 ] && break
+	sleep 0.1
+done
+sleep 0.5
+bulk=$(psql_ -c "SELECT count(*) FILTER (WHERE function = 'fill') || ' ' || count(*) FROM apiary.provenance WHERE relname = 'public.bulk'")
+[ "$bulk" = "100000 100000" ] || fail "bulk writes: expected 100000 of fill and none else, found (fill, all) $bulk"
+grep -q "wrote more than 100000 rows; the other 10 are not recorded" "$dir/server.log" || fail "no warning for the rows left out"
+echo "ok: $want writes of $N workflows in apiary.provenance exactly once across a kill -9 ($before decoded before it, $((want - before)) after)" and a transaction of 100,010 writes capped
