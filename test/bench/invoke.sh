@@ -26,23 +26,15 @@
 # BENCH_PORT (default 55490, the next free one is taken), BENCH_CONF (extra
 # postgresql.conf lines, separated by ";"), BENCH_OUT (results file).
 set -euo pipefail
-. "$(dirname "$0")/../../script/lib.sh"
+. "$(dirname "$0")/lib.sh"
 
 secs=${BENCH_SECONDS:-10}
 rounds=${BENCH_ROUNDS:-3}
-port=${BENCH_PORT:-55490}
 out=${BENCH_OUT:-$APIARY_ROOT/test/bench/results/invoke.md}
 IFS=';' read -r -a extra_conf <<<"${BENCH_CONF:-}"
 clients=(1 8)
 
-apiary_deps
-apiary_install
-
-while (: </dev/tcp/127.0.0.1/"$port") 2>/dev/null; do port=$((port + 1)); done
-dir=$(pg_tmpdir)
-trap 'pg_stop "$dir"; rm -rf "$dir"' EXIT
-pg_start "$dir" "$port" "fsync = on" "synchronous_commit = on" "max_connections = 50" "${extra_conf[@]}"
-psql_() { pg_psql "$dir" "$port" -d postgres -qAt "$@"; }
+bench_server "${BENCH_PORT:-55490}" "max_connections = 50" "${extra_conf[@]}"
 
 psql_ >/dev/null <<'SQL'
 CREATE EXTENSION apiary;

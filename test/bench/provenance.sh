@@ -20,25 +20,16 @@
 # Environment: BENCH_SECONDS (default 10), BENCH_ROUNDS (default 3),
 # BENCH_CLIENTS (default "1 4"), BENCH_PORT, BENCH_OUT.
 set -euo pipefail
-. "$(dirname "$0")/../../script/lib.sh"
-. "$(dirname "$0")/workflow_rate.sh"
+. "$(dirname "$0")/lib.sh"
 
 secs=${BENCH_SECONDS:-10}
 rounds=${BENCH_ROUNDS:-3}
 read -r -a clients <<<"${BENCH_CLIENTS:-1 4}"
-port=${BENCH_PORT:-55610}
 out=${BENCH_OUT:-$APIARY_ROOT/test/bench/results/provenance.md}
 modes=(off writes all)
 
-apiary_deps
-apiary_install
-while (: </dev/tcp/127.0.0.1/"$port") 2>/dev/null; do port=$((port + 1)); done
-dir=$(pg_tmpdir)
-trap 'pg_stop "$dir"; rm -rf "$dir"' EXIT
-pg_start "$dir" "$port" "fsync = on" "synchronous_commit = on" "max_connections = 60" \
+bench_server "${BENCH_PORT:-55610}" "max_connections = 60" \
 	"wal_level = logical" "output_plugin_libraries = 'apiary'" "apiary.workers = 4"
-psql_() { pg_psql "$dir" "$port" -d postgres -qAt "$@"; }
-bench() { "$PG_BIN/pgbench" -h "$dir" -p "$port" -U postgres -n -M prepared "$@" postgres; }
 
 psql_ >/dev/null <<'SQL'
 CREATE EXTENSION apiary;

@@ -19,24 +19,15 @@
 # BENCH_CONF (extra postgresql.conf lines, separated by ";"),
 # BENCH_OUT (results file, default test/bench/results/workflows.md).
 set -euo pipefail
-. "$(dirname "$0")/../../script/lib.sh"
-. "$(dirname "$0")/workflow_rate.sh"
+. "$(dirname "$0")/lib.sh"
 
 secs=${BENCH_SECONDS:-10}
 read -r -a clients <<<"${BENCH_CLIENTS:-1 4 16}"
-port=${BENCH_PORT:-55590}
 out=${BENCH_OUT:-$APIARY_ROOT/test/bench/results/workflows.md}
 IFS=';' read -r -a extra_conf <<<"${BENCH_CONF:-}"
 
-apiary_deps
-apiary_install
-while (: </dev/tcp/127.0.0.1/"$port") 2>/dev/null; do port=$((port + 1)); done
-dir=$(pg_tmpdir)
-trap 'pg_stop "$dir"; rm -rf "$dir"' EXIT
-pg_start "$dir" "$port" "fsync = on" "synchronous_commit = on" "max_connections = 60" \
+bench_server "${BENCH_PORT:-55590}" "max_connections = 60" \
 	"track_commit_timestamp = on" "apiary.workers = 4" "${extra_conf[@]}"
-psql_() { pg_psql "$dir" "$port" -d postgres -qAt "$@"; }
-bench() { "$PG_BIN/pgbench" -h "$dir" -p "$port" -U postgres -n -M prepared "$@" postgres; }
 
 psql_ >/dev/null <<'SQL'
 CREATE EXTENSION apiary;

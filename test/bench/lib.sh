@@ -1,10 +1,29 @@
-# Sourced by the benchmarks that start workflows with pgbench.
-#
+# Sourced by the benchmarks: a throwaway server, psql and pgbench on it,
+# and the rate of workflows started by pgbench.
+. "$(dirname "${BASH_SOURCE[0]}")/../../script/lib.sh"
+
+# bench_server PORT [postgresql.conf lines...]: install what is missing,
+# build and install apiary, start a server with fsync and synchronous
+# commit on at the first free port from PORT, removed when the script
+# exits.  Sets dir and port.
+bench_server() {
+	port=$1
+	shift
+	apiary_deps
+	apiary_install
+	while (: </dev/tcp/127.0.0.1/"$port") 2>/dev/null; do port=$((port + 1)); done
+	dir=$(pg_tmpdir)
+	trap 'pg_stop "$dir"; rm -rf "$dir"' EXIT
+	pg_start "$dir" "$port" "fsync = on" "synchronous_commit = on" "$@"
+}
+psql_() { pg_psql "$dir" "$port" -d postgres -qAt "$@"; }
+bench() { "$PG_BIN/pgbench" -h "$dir" -p "$port" -U postgres -n -M prepared "$@" postgres; }
+
 # workflow_rate SCRIPT CLIENTS: pgbench runs SCRIPT (which starts
 # workflows) with CLIENTS clients for $secs seconds; then wait until every
 # workflow has finished.  Prints "RATE COUNT": workflows completed per
 # second from the first start to the last finish, and how many were
-# started.  Uses the caller's psql_, bench and $dir.
+# started.
 workflow_rate() {
 	local before total t0 t1 left log="$dir/workflow_rate.log"
 	psql_ -c "VACUUM apiary.tasks, apiary.workflows" >/dev/null
