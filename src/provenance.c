@@ -111,7 +111,6 @@ typedef struct MessageHeader
 	uint64		xid;			/* full id of the top transaction */
 	XLogRecPtr	start;
 	int32		nreads;
-	int32		skipped;
 	bool		has_workflow;
 } MessageHeader;
 
@@ -216,7 +215,6 @@ provenance_note(ProvenanceFrame *pf, Oid role, text *workflow, int64 task,
 	hdr.task = task;
 	hdr.start = pf->start;
 	hdr.nreads = pf->nreads;
-	hdr.skipped = pf->skipped;
 	hdr.has_workflow = workflow != NULL;
 	/* a read-only invocation gets its transaction id here */
 	hdr.xid = U64FromFullTransactionId(GetTopFullTransactionId());

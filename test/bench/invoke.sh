@@ -61,8 +61,8 @@ script ro_direct "SELECT peek(:id);"
 script ro_invoke "SELECT apiary_invoke('peek', jsonb_build_object('id', :id::int));"
 
 declare -A tps lat
-# bench VARIANT CLIENTS ROUND: one pgbench run; records tps and mean latency.
-bench() {
+# run_variant VARIANT CLIENTS ROUND: one pgbench run; records tps and mean latency.
+run_variant() {
 	local v=$1 c=$2 r=$3 log="$dir/$1.$2.$3.log"
 	[ "$v" = invoke_key ] && psql_ -c "TRUNCATE apiary.invocations"
 	psql_ -c "VACUUM counters" -c "VACUUM apiary.invocations" -c "CHECKPOINT"
@@ -90,7 +90,7 @@ variants=(direct invoke invoke_key interactive ro_direct ro_invoke)
 echo "running $rounds round(s) of ${#variants[@]} variants x ${#clients[@]} client counts x ${secs}s"
 for ((r = 1; r <= rounds; r++)); do
 	for c in "${clients[@]}"; do
-		for v in "${variants[@]}"; do bench "$v" "$c" "$r"; done
+		for v in "${variants[@]}"; do run_variant "$v" "$c" "$r"; done
 	done
 done
 journal=$(psql_ -c "SELECT count(*) FROM apiary.invocations")

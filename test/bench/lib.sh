@@ -19,6 +19,30 @@ bench_server() {
 psql_() { pg_psql "$dir" "$port" -d postgres -qAt "$@"; }
 bench() { "$PG_BIN/pgbench" -h "$dir" -p "$port" -U postgres -n -M prepared "$@" postgres; }
 
+# chain_setup: a 1000-row counters table and step(id, k, steps), a chain
+# of steps in which each updates a counter and queues the next, returning
+# its future; $dir/wf1.sql and $dir/wf3.sql start chains of 1 and 3 steps.
+chain_setup() {
+	psql_ >/dev/null <<'SQL'
+CREATE TABLE counters (id int PRIMARY KEY, n bigint NOT NULL);
+INSERT INTO counters SELECT g, 0 FROM generate_series(1, 1000) g;
+CREATE FUNCTION step(id int, k int, steps int) RETURNS jsonb LANGUAGE plpgsql
+SET apiary.kind = 'transactional' AS $$
+BEGIN
+  UPDATE counters SET n = n + 1 WHERE counters.id = step.id;
+  IF k < steps THEN
+    RETURN apiary_queue('step', jsonb_build_object('id', id, 'k', k + 1, 'steps', steps));
+  END IF;
+  RETURN to_jsonb(k);
+END $$;
+SQL
+	local n
+	for n in 1 3; do
+		printf '\\set id random(1, 1000)\nSELECT apiary_start('"'"'step'"'"', jsonb_build_object('"'"'id'"'"', :id::int, '"'"'k'"'"', 1, '"'"'steps'"'"', %d));\n' "$n" >"$dir/wf$n.sql"
+		chmod 644 "$dir/wf$n.sql"
+	done
+}
+
 # workflow_rate SCRIPT CLIENTS: pgbench runs SCRIPT (which starts
 # workflows) with CLIENTS clients for $secs seconds; then wait until every
 # workflow has finished.  Prints "RATE COUNT": workflows completed per

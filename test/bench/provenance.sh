@@ -31,10 +31,9 @@ modes=(off writes all)
 bench_server "${BENCH_PORT:-55610}" "max_connections = 60" \
 	"wal_level = logical" "output_plugin_libraries = 'apiary'" "apiary.workers = 4"
 
+psql_ -c 'CREATE EXTENSION apiary' >/dev/null
+chain_setup
 psql_ >/dev/null <<'SQL'
-CREATE EXTENSION apiary;
-CREATE TABLE counters (id int PRIMARY KEY, n bigint NOT NULL);
-INSERT INTO counters SELECT g, 0 FROM generate_series(1, 1000) g;
 CREATE TABLE prices (id int PRIMARY KEY, price int NOT NULL);
 INSERT INTO prices SELECT g, g FROM generate_series(1, 1000) g;
 CREATE FUNCTION bump(id int) RETURNS bigint LANGUAGE plpgsql
@@ -45,20 +44,10 @@ BEGIN
   UPDATE counters SET n = n + p WHERE counters.id = bump.id;
   RETURN p;
 END $$;
-CREATE FUNCTION step(id int, k int, steps int) RETURNS jsonb LANGUAGE plpgsql
-SET apiary.kind = 'transactional' AS $$
-BEGIN
-  UPDATE counters SET n = n + 1 WHERE counters.id = step.id;
-  IF k < steps THEN
-    RETURN apiary_queue('step', jsonb_build_object('id', id, 'k', k + 1, 'steps', steps));
-  END IF;
-  RETURN to_jsonb(k);
-END $$;
 -- what each run expects in apiary.provenance
 CREATE TABLE expected (mode text, writes bigint, reads bigint);
 SQL
 printf '\\set id random(1, 1000)\nSELECT apiary_invoke('"'"'bump'"'"', jsonb_build_object('"'"'id'"'"', :id::int));\n' >"$dir/invoke.sql"
-printf '\\set id random(1, 1000)\nSELECT apiary_start('"'"'step'"'"', jsonb_build_object('"'"'id'"'"', :id::int, '"'"'k'"'"', 1, '"'"'steps'"'"', 3));\n' >"$dir/wf3.sql"
 chmod 644 "$dir"/*.sql
 
 set_mode() { # mode: reload, and wait until the collector decodes (or the slot is gone)

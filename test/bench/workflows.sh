@@ -29,25 +29,14 @@ IFS=';' read -r -a extra_conf <<<"${BENCH_CONF:-}"
 bench_server "${BENCH_PORT:-55590}" "max_connections = 60" \
 	"track_commit_timestamp = on" "apiary.workers = 4" "${extra_conf[@]}"
 
+psql_ -c 'CREATE EXTENSION apiary' >/dev/null
+chain_setup
 psql_ >/dev/null <<'SQL'
-CREATE EXTENSION apiary;
-CREATE TABLE counters (id int PRIMARY KEY, n bigint NOT NULL);
-INSERT INTO counters SELECT g, 0 FROM generate_series(1, 1000) g;
 CREATE TABLE probes (sent timestamptz, started timestamptz);
 CREATE FUNCTION probe(sent timestamptz, xid text) RETURNS int LANGUAGE sql
 SET apiary.kind = 'transactional' AS $$
   INSERT INTO probes VALUES (sent, clock_timestamp()) RETURNING 1
 $$;
--- step k of a chain: update, then queue step k+1 and return its future
-CREATE FUNCTION step(id int, k int, steps int) RETURNS jsonb LANGUAGE plpgsql
-SET apiary.kind = 'transactional' AS $$
-BEGIN
-  UPDATE counters SET n = n + 1 WHERE counters.id = step.id;
-  IF k < steps THEN
-    RETURN apiary_queue('step', jsonb_build_object('id', id, 'k', k + 1, 'steps', steps));
-  END IF;
-  RETURN to_jsonb(k);
-END $$;
 SQL
 
 # --- latency: one workflow at a time, executors idle -----------------------
@@ -81,8 +70,6 @@ echo "enqueue->start, sync commit (incl. its WAL flush): p50 ${c50} ms  p99 ${c9
 echo "enqueue->start, async commit (apiary's own path):  p50 ${s50} ms  p99 ${s99} ms  (target p50 < 1 ms)"
 
 # --- throughput -------------------------------------------------------------
-printf '\\set id random(1, 1000)\nSELECT apiary_start('"'"'step'"'"', jsonb_build_object('"'"'id'"'"', :id::int, '"'"'k'"'"', 1, '"'"'steps'"'"', 1));\n' >"$dir/wf1.sql"
-printf '\\set id random(1, 1000)\nSELECT apiary_start('"'"'step'"'"', jsonb_build_object('"'"'id'"'"', :id::int, '"'"'k'"'"', 1, '"'"'steps'"'"', 3));\n' >"$dir/wf3.sql"
 printf '\\set id random(1, 1000)\nUPDATE counters SET n = n + 1 WHERE id = :id;\n' >"$dir/plain1.sql"
 printf '\\set id random(1, 1000)\nUPDATE counters SET n = n + 1 WHERE id = :id;\nUPDATE counters SET n = n + 1 WHERE id = :id;\nUPDATE counters SET n = n + 1 WHERE id = :id;\n' >"$dir/plain3.sql"
 chmod 644 "$dir"/*.sql
