@@ -17,8 +17,20 @@ SELECT apiary_invoke('kept', '1', 'before-upgrade');
 -- this library writes the workflow tables of 0.3: it says so, until updated
 SELECT apiary_start('kept', '41', 'after-upgrade');
 
+ALTER EXTENSION apiary UPDATE TO '0.5';
+-- a workflow the 0.5 library queued: its task is pending in apiary.tasks;
+-- this library needs the ready queue of 0.6, and says so until updated
+WITH t AS (INSERT INTO apiary.tasks (role, workflow, function, args, state, search_path)
+           VALUES (current_user::regrole, 'queued-before-upgrade', 'kept', '1', 'pending', 'public')
+           RETURNING id)
+INSERT INTO apiary.workflows (role, id, function, args, root)
+SELECT current_user::regrole, 'queued-before-upgrade', 'kept', '1', id FROM t;
+SELECT apiary_start('kept', '41', 'after-upgrade');
+
 ALTER EXTENSION apiary UPDATE;
 SELECT extversion FROM pg_extension WHERE extname = 'apiary';
+-- the update put the pending task in the ready queue, and it runs
+SELECT apiary_result('queued-before-upgrade', '60 s');
 SELECT apiary_start('kept', '41', 'after-upgrade');
 SELECT apiary_result('after-upgrade', '60 s');
 -- 0.3 added row-level security to the journal and the apiary_admin role

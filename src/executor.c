@@ -46,6 +46,7 @@
 #include <signal.h>
 
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "common/pg_prng.h"
@@ -501,6 +502,16 @@ run_task(RunningTask *t, const char *function, Jsonb *args,
 									 PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
 		f = registry_acquire(function);
 		kind = f->kind;
+
+		/*
+		 * What an external function does outside cannot be taken back, so
+		 * the transaction that queued it must be durable first: it may
+		 * have committed without waiting for its flush (a client's
+		 * synchronous_commit = off, apiary.synchronous_steps = off), and a
+		 * crash would then queue the call again under another task key.
+		 */
+		if (kind == APIARY_KIND_EXTERNAL)
+			XLogFlush(GetXLogInsertRecPtr());
 		if (f->max_attempts > 0)
 			max_attempts = f->max_attempts;
 		if (f->timeout_ms > 0)

@@ -17,8 +17,16 @@
  * read with the latest snapshot and updated with waiting; when another
  * transaction changed it meanwhile, the update reports that, and the row
  * is read again and the change recomputed from its new contents.  The
- * claim locks its task as SELECT ... FOR UPDATE SKIP LOCKED does, skipping
- * tasks that another executor holds or that changed since the snapshot.
+ * claim deletes the task's row in apiary.ready, skipping rows another
+ * executor is deleting or that went since the snapshot, as SELECT ... FOR
+ * UPDATE SKIP LOCKED does.
+ *
+ * WAL is what bounds the executors when many clients queue work (every
+ * step's commit waits for its flush), so the task rows are written once
+ * and then only HOT-updated: nothing an index of apiary.tasks depends on
+ * changes after the insert.  Which tasks are ready, and which returned a
+ * future, are rows of their own (apiary.ready, apiary.links), written in
+ * the same transactions as the task's state.
  *
  * Nothing here checks privileges: the callers are apiary's own code,
  * acting for the role recorded in each row.
@@ -77,6 +85,20 @@ enum
 {
 	X_FUTURE = 1, X_TASK,
 	X_NATTS = X_TASK
+};
+
+/* Columns of apiary.ready: a row for each pending task. */
+enum
+{
+	R_RUN_AFTER = 1, R_TASK,
+	R_NATTS = R_TASK
+};
+
+/* Columns of apiary.links: a row for each task that returned a future. */
+enum
+{
+	L_FUTURE = 1, L_TASK,
+	L_NATTS = L_TASK
 };
 
 /* Marks apiary's advisory locks on workflow ids in pg_locks (objsubid). */
@@ -183,19 +205,6 @@ qrel_close(QRel *q)
 	table_close(q->rel, NoLock);
 }
 
-static Oid
-index_oid(const char *name)
-{
-	Oid			relid = get_relname_relid(name, journal_namespace());
-
-	if (!OidIsValid(relid))
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("index \"apiary.%s\" does not exist", name),
-				 errhint("Reinstall the extension with DROP EXTENSION apiary; CREATE EXTENSION apiary.")));
-	return relid;
-}
-
 bool
 queue_installed(void)
 {
@@ -204,8 +213,8 @@ queue_installed(void)
 	HeapTuple	tup;
 	bool		current = false;
 
-	/* the table as this library writes it: not before ALTER EXTENSION UPDATE */
-	if (!OidIsValid(relid))
+	/* the tables as this library writes them: not before ALTER EXTENSION UPDATE */
+	if (!OidIsValid(relid) || !OidIsValid(get_relname_relid("ready", nsp)))
 		return false;
 	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
 	if (HeapTupleIsValid(tup))
@@ -328,85 +337,179 @@ workflow_keys(ScanKey keys, Oid role, text *id)
  * ---------------------------------------------------------------------
  */
 
-/* Copy what the executor needs out of a locked task row. */
+/*
+ * The ready queue, apiary.ready: a row (run_after, task) for each pending
+ * task, written in the transaction that makes the task pending.  Nothing
+ * in apiary.tasks that an index depends on changes after the insert, so
+ * the task's own updates are HOT.  An executor claims a task by deleting
+ * its ready row: others skip a row being deleted, as FOR UPDATE SKIP
+ * LOCKED skips a locked one, and the claim's commit (with the outcome) or
+ * rollback (a crash: the task is ready again) settles it.
+ */
 static void
-claimed(TupleTableSlot *slot, QueueTask *task)
+ready_add(int64 task, TimestampTz run_after)
 {
-	bool		isnull;
+	QRel		ready;
+	Datum		values[R_NATTS] = {TimestampTzGetDatum(run_after), Int64GetDatum(task)};
+	bool		nulls[R_NATTS] = {0};
 
-	task->id = DatumGetInt64(slot_getattr(slot, T_ID, &isnull));
-	task->role = DatumGetObjectId(slot_getattr(slot, T_ROLE, &isnull));
-	task->workflow = DatumGetTextPCopy(slot_getattr(slot, T_WORKFLOW, &isnull));
-	task->function = TextDatumGetCString(slot_getattr(slot, T_FUNCTION, &isnull));
-	task->args = DatumGetJsonbPCopy(slot_getattr(slot, T_ARGS, &isnull));
-	task->attempts = DatumGetInt32(slot_getattr(slot, T_ATTEMPTS, &isnull));
-	{
-		Datum		d = slot_getattr(slot, T_SEARCH_PATH, &isnull);
-
-		task->search_path = isnull ? NULL : TextDatumGetCString(d);
-	}
+	qrel_open(&ready, "ready", R_NATTS);
+	qrel_insert(&ready, values, nulls);
+	qrel_close(&ready);
 }
 
-/* Lock a task row as FOR UPDATE SKIP LOCKED would; true if we have it. */
+static void
+ready_keys(ScanKey keys, TimestampTz *run_after, int64 *task)
+{
+	ScanKeyInit(&keys[0], R_RUN_AFTER, BTEqualStrategyNumber, F_TIMESTAMPTZ_EQ,
+				TimestampTzGetDatum(*run_after));
+	ScanKeyInit(&keys[1], R_TASK, BTEqualStrategyNumber, F_INT8EQ,
+				Int64GetDatum(*task));
+}
+
+/*
+ * Delete a ready row.  Without wait, a row another transaction is
+ * deleting is skipped; with it, that transaction's end is awaited.  True
+ * if we deleted it.
+ */
 static bool
-try_lock(Relation rel, ItemPointer tid, Snapshot snapshot, TupleTableSlot *slot)
+ready_delete(Relation ready, ItemPointer tid, bool wait)
 {
 	TM_FailureData tmfd;
 	TM_Result	res;
-	bool		isnull;
 
-	res = table_tuple_lock(rel, tid, snapshot, slot, GetCurrentCommandId(false),
-						   LockTupleExclusive, LockWaitSkip, 0, &tmfd);
+	res = table_tuple_delete(ready, tid, GetCurrentCommandId(true),
+							 InvalidSnapshot, InvalidSnapshot, wait, &tmfd,
+							 false);
 	if (res != TM_Ok)
-		return false;			/* held by another executor, or changed */
-	return state_from_datum(slot_getattr(slot, T_STATE, &isnull)) == QS_PENDING;
+		return false;			/* claimed by another executor, or gone */
+	CommandCounterIncrement();
+	return true;
+}
+
+/* Delete task's ready row (task, run_after) if it is there; see ready_delete. */
+static bool
+ready_take(Relation ready, int64 task, TimestampTz run_after, bool wait)
+{
+	ScanKeyData keys[2];
+	Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	SysScanDesc scan;
+	HeapTuple	tup;
+	bool		taken = false;
+
+	ready_keys(keys, &run_after, &task);
+	scan = systable_beginscan(ready, RelationGetPrimaryKeyIndex(ready), true,
+							  snapshot, 2, keys);
+	if (HeapTupleIsValid(tup = systable_getnext(scan)))
+	{
+		ItemPointerData tid = tup->t_self;
+
+		taken = ready_delete(ready, &tid, wait);
+	}
+	systable_endscan(scan);
+	UnregisterSnapshot(snapshot);
+	return taken;
+}
+
+/*
+ * Read task's row with snapshot: false if there is none; else its state
+ * and run_after, and, when task is not NULL, what the executor needs.
+ */
+static bool
+read_task(Relation tasks, Snapshot snapshot, int64 id, QueueState *state,
+		  TimestampTz *run_after, QueueTask *task)
+{
+	TupleDesc	desc = RelationGetDescr(tasks);
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tup;
+	bool		isnull;
+	bool		found;
+
+	task_key(&key, &id);
+	scan = systable_beginscan(tasks, RelationGetPrimaryKeyIndex(tasks), true,
+							  snapshot, 1, &key);
+	tup = systable_getnext(scan);
+	found = HeapTupleIsValid(tup);
+	if (found)
+	{
+		*state = state_from_datum(heap_getattr(tup, T_STATE, desc, &isnull));
+		*run_after = DatumGetTimestampTz(heap_getattr(tup, T_RUN_AFTER, desc, &isnull));
+	}
+	if (found && task != NULL)
+	{
+		Datum		d;
+
+		task->id = id;
+		task->role = DatumGetObjectId(heap_getattr(tup, T_ROLE, desc, &isnull));
+		task->workflow = DatumGetTextPCopy(heap_getattr(tup, T_WORKFLOW, desc, &isnull));
+		task->function = TextDatumGetCString(heap_getattr(tup, T_FUNCTION, desc, &isnull));
+		task->args = DatumGetJsonbPCopy(heap_getattr(tup, T_ARGS, desc, &isnull));
+		task->attempts = DatumGetInt32(heap_getattr(tup, T_ATTEMPTS, desc, &isnull));
+		d = heap_getattr(tup, T_SEARCH_PATH, desc, &isnull);
+		task->search_path = isnull ? NULL : TextDatumGetCString(d);
+	}
+	systable_endscan(scan);
+	return found;
+}
+
+/*
+ * We deleted task's ready row: read it, as it is now.  False if it is not
+ * pending after all (retention removed a workflow's leftover task: the
+ * deletion just tidies its ready row away).
+ */
+static bool
+claimed(Relation tasks, int64 id, QueueTask *task)
+{
+	Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	QueueState	state;
+	TimestampTz run_after;
+	bool		found = read_task(tasks, snapshot, id, &state, &run_after, task);
+
+	UnregisterSnapshot(snapshot);
+	return found && state == QS_PENDING;
 }
 
 bool
 queue_claim(int64 prefer, QueueTask *task, TimestampTz *next_due)
 {
-	Relation	rel = table_open(table_oid("tasks"), RowShareLock);
+	Relation	tasks = table_open(table_oid("tasks"), AccessShareLock);
+	Relation	ready = table_open(table_oid("ready"), RowExclusiveLock);
 	Snapshot	snapshot = GetActiveSnapshot();
-	TupleTableSlot *slot = table_slot_create(rel, NULL);
 	TimestampTz now = GetCurrentTimestamp();
 	bool		found = false;
-	bool		isnull;
 
 	*next_due = 0;
 
-	/* the task this executor just made ready: the workflow under way */
+	/*
+	 * The task this executor just made ready: the workflow under way.  Had
+	 * it changed since our snapshot, its ready row would be gone: every
+	 * change of a pending task's state or run_after takes that row.
+	 */
 	if (prefer != 0)
 	{
-		ScanKeyData key;
-		SysScanDesc scan;
-		HeapTuple	tup;
+		QueueState	state;
+		TimestampTz run_after;
 
-		task_key(&key, &prefer);
-		scan = systable_beginscan(rel, RelationGetPrimaryKeyIndex(rel), true,
-								  snapshot, 1, &key);
-		tup = systable_getnext(scan);
-		if (HeapTupleIsValid(tup))
-		{
-			ItemPointerData tid = tup->t_self;
-			TimestampTz run_after = DatumGetTimestampTz(heap_getattr(tup, T_RUN_AFTER,
-																	 RelationGetDescr(rel), &isnull));
-
-			found = run_after <= now && try_lock(rel, &tid, snapshot, slot);
-		}
-		systable_endscan(scan);
+		found = read_task(tasks, snapshot, prefer, &state, &run_after, task) &&
+			state == QS_PENDING && run_after <= now &&
+			ready_take(ready, prefer, run_after, false);
 	}
 
-	/* else the oldest ready task: tasks_ready is (run_after, id) of pending ones */
+	/* else the oldest ready task */
 	if (!found)
 	{
-		Relation	index = index_open(index_oid("tasks_ready"), AccessShareLock);
-		SysScanDesc scan = systable_beginscan_ordered(rel, index, snapshot, 0, NULL);
+		Relation	index = index_open(RelationGetPrimaryKeyIndex(ready), AccessShareLock);
+		SysScanDesc scan = systable_beginscan_ordered(ready, index, snapshot, 0, NULL);
 		HeapTuple	tup;
+		bool		isnull;
 
 		while (HeapTupleIsValid(tup = systable_getnext_ordered(scan, ForwardScanDirection)))
 		{
-			TimestampTz run_after = DatumGetTimestampTz(heap_getattr(tup, T_RUN_AFTER,
-																	 RelationGetDescr(rel), &isnull));
+			TimestampTz run_after = DatumGetTimestampTz(heap_getattr(tup, R_RUN_AFTER,
+																	 RelationGetDescr(ready), &isnull));
+			int64		id = DatumGetInt64(heap_getattr(tup, R_TASK,
+														RelationGetDescr(ready), &isnull));
 			ItemPointerData tid = tup->t_self;
 
 			if (run_after > now)
@@ -414,7 +517,7 @@ queue_claim(int64 prefer, QueueTask *task, TimestampTz *next_due)
 				*next_due = run_after;
 				break;
 			}
-			if (try_lock(rel, &tid, snapshot, slot))
+			if (ready_delete(ready, &tid, false) && claimed(tasks, id, task))
 			{
 				found = true;
 				break;
@@ -425,10 +528,8 @@ queue_claim(int64 prefer, QueueTask *task, TimestampTz *next_due)
 		index_close(index, AccessShareLock);
 	}
 
-	if (found)
-		claimed(slot, task);
-	ExecDropSingleTupleTableSlot(slot);
-	table_close(rel, NoLock);
+	table_close(ready, NoLock);
+	table_close(tasks, NoLock);
 	return found;
 }
 
@@ -481,6 +582,8 @@ insert_task(QRel *tasks, Oid role, text *workflow, int64 parent,
 	nulls[T_XID - 1] = true;
 	values[T_SEARCH_PATH - 1] = CStringGetTextDatum(namespace_search_path);
 	qrel_insert(tasks, values, nulls);
+	if (nwaiting == 0)
+		ready_add(id, now);
 	return id;
 }
 
@@ -708,6 +811,7 @@ mutate_outcome(Datum *values, bool *nulls, bool *replace, void *arg)
 typedef struct Release
 {
 	bool		ready;
+	TimestampTz run_after;
 } Release;
 
 static bool
@@ -723,8 +827,9 @@ mutate_release(Datum *values, bool *nulls, bool *replace, void *arg)
 	r->ready = left <= 0;
 	if (r->ready)
 	{
+		r->run_after = GetCurrentTimestamp();
 		values[T_STATE - 1] = state_datum(QS_PENDING);
-		values[T_RUN_AFTER - 1] = TimestampTzGetDatum(GetCurrentTimestamp());
+		values[T_RUN_AFTER - 1] = TimestampTzGetDatum(r->run_after);
 		replace[T_STATE - 1] = replace[T_RUN_AFTER - 1] = true;
 	}
 	return true;
@@ -815,6 +920,27 @@ cancelled_error(Jsonb *failure, int64 future)
 	return JsonbValueToJsonb(res);
 }
 
+/*
+ * A pending task that is not running leaves the ready queue (a crash
+ * counted to the limit): false if it is not pending, or an executor has
+ * claimed it meanwhile (then we wait for that executor's commit).
+ */
+static bool
+unready(Relation tasks, int64 id)
+{
+	Relation	ready = table_open(table_oid("ready"), RowExclusiveLock);
+	Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	QueueState	state;
+	TimestampTz run_after;
+	bool		taken;
+
+	taken = read_task(tasks, snapshot, id, &state, &run_after, NULL) &&
+		state == QS_PENDING && ready_take(ready, id, run_after, true);
+	UnregisterSnapshot(snapshot);
+	table_close(ready, NoLock);
+	return taken;
+}
+
 int
 queue_finish(int64 id, QueueState state, Jsonb *value, TimestampTz ran_at,
 			 int64 *released, int max_released, bool *workflow_finished)
@@ -822,7 +948,7 @@ queue_finish(int64 id, QueueState state, Jsonb *value, TimestampTz ran_at,
 	QRel		tasks;
 	QRel		waits;
 	QRel		workflows;
-	Oid			linked_index = index_oid("tasks_linked");
+	QRel		links;
 	List	   *work = NIL;
 	int			nreleased = 0;
 
@@ -831,6 +957,7 @@ queue_finish(int64 id, QueueState state, Jsonb *value, TimestampTz ran_at,
 	qrel_open(&tasks, "tasks", T_NATTS);
 	qrel_open(&waits, "waits", X_NATTS);
 	qrel_open(&workflows, "workflows", W_NATTS);
+	qrel_open(&links, "links", L_NATTS);
 
 	{
 		Outcome    *o = palloc0_object(Outcome);
@@ -853,6 +980,8 @@ queue_finish(int64 id, QueueState state, Jsonb *value, TimestampTz ran_at,
 		ListCell   *lc;
 
 		work = list_delete_first(work);
+		if (o->ran_at == 0 && o->only_from == QS_PENDING && !unready(tasks.rel, o->id))
+			continue;
 		task_key(&key, &o->id);
 		if (!qrel_update(&tasks, RelationGetPrimaryKeyIndex(tasks.rel), 1, &key,
 						 mutate_outcome, o))
@@ -877,12 +1006,13 @@ queue_finish(int64 id, QueueState state, Jsonb *value, TimestampTz ran_at,
 
 			if (o->state == QS_DONE)
 			{
-				Release		r = {false};
+				Release		r = {false, 0};
 
 				task_key(&key, &waiter);
 				if (qrel_update(&tasks, RelationGetPrimaryKeyIndex(tasks.rel), 1, &key,
 								mutate_release, &r) && r.ready)
 				{
+					ready_add(waiter, r.run_after);
 					if (nreleased < max_released)
 						released[nreleased] = waiter;
 					nreleased++;
@@ -901,7 +1031,8 @@ queue_finish(int64 id, QueueState state, Jsonb *value, TimestampTz ran_at,
 		}
 
 		/* the tasks that returned this one as their future */
-		ids = scan_ids(tasks.rel, linked_index, T_LINKED_TO, o->id, T_ID);
+		ids = scan_ids(links.rel, RelationGetPrimaryKeyIndex(links.rel),
+					   L_FUTURE, o->id, L_TASK);
 		foreach(lc, ids)
 		{
 			Outcome    *l = palloc0_object(Outcome);
@@ -914,6 +1045,7 @@ queue_finish(int64 id, QueueState state, Jsonb *value, TimestampTz ran_at,
 		}
 	}
 
+	qrel_close(&links);
 	qrel_close(&workflows);
 	qrel_close(&waits);
 	qrel_close(&tasks);
@@ -948,8 +1080,17 @@ queue_link(int64 id, int64 future, TimestampTz ran_at)
 
 	qrel_open(&tasks, "tasks", T_NATTS);
 	task_key(&key, &id);
-	(void) qrel_update(&tasks, RelationGetPrimaryKeyIndex(tasks.rel), 1, &key,
-					   mutate_link, &l);
+	if (qrel_update(&tasks, RelationGetPrimaryKeyIndex(tasks.rel), 1, &key,
+					mutate_link, &l))
+	{
+		QRel		links;
+		Datum		values[L_NATTS] = {Int64GetDatum(future), Int64GetDatum(id)};
+		bool		nulls[L_NATTS] = {0};
+
+		qrel_open(&links, "links", L_NATTS);
+		qrel_insert(&links, values, nulls);
+		qrel_close(&links);
+	}
 	qrel_close(&tasks);
 }
 
@@ -957,6 +1098,7 @@ typedef struct Retry
 {
 	double		delay;
 	TimestampTz ran_at;
+	TimestampTz run_after;		/* set */
 } Retry;
 
 static bool
@@ -964,8 +1106,8 @@ mutate_retry(Datum *values, bool *nulls, bool *replace, void *arg)
 {
 	Retry	   *r = arg;
 
-	values[T_RUN_AFTER - 1] = TimestampTzGetDatum(GetCurrentTimestamp() +
-												  (int64) (r->delay * USECS_PER_SEC));
+	r->run_after = GetCurrentTimestamp() + (int64) (r->delay * USECS_PER_SEC);
+	values[T_RUN_AFTER - 1] = TimestampTzGetDatum(r->run_after);
 	replace[T_RUN_AFTER - 1] = true;
 	record_attempt(values, nulls, replace, r->ran_at);
 	return true;
@@ -976,12 +1118,14 @@ queue_retry(int64 id, double delay, TimestampTz ran_at)
 {
 	QRel		tasks;
 	ScanKeyData key;
-	Retry		r = {delay, ran_at};
+	Retry		r = {delay, ran_at, 0};
 
 	qrel_open(&tasks, "tasks", T_NATTS);
 	task_key(&key, &id);
-	(void) qrel_update(&tasks, RelationGetPrimaryKeyIndex(tasks.rel), 1, &key,
-					   mutate_retry, &r);
+	/* its claim took its ready row */
+	if (qrel_update(&tasks, RelationGetPrimaryKeyIndex(tasks.rel), 1, &key,
+					mutate_retry, &r))
+		ready_add(id, r.run_after);
 	qrel_close(&tasks);
 }
 

@@ -1,8 +1,9 @@
 /*-------------------------------------------------------------------------
  *
  * queue.h
- *	  The workflow tables (apiary.workflows, apiary.tasks, apiary.waits),
- *	  read and written by direct heap and index access.
+ *	  The workflow tables (apiary.workflows, apiary.tasks, apiary.waits,
+ *	  apiary.ready, apiary.links), read and written by direct heap and
+ *	  index access.
  *
  *-------------------------------------------------------------------------
  */
@@ -41,8 +42,8 @@ typedef struct QueueTask
 extern bool queue_installed(void);
 
 /*
- * Claim a ready task: lock it, skipping tasks other executors hold.  Tries
- * task prefer first, when not 0.  Returns false when none is ready, with
+ * Claim a ready task: take its row out of apiary.ready, skipping rows
+ * other executors have taken.  Tries task prefer first, when not 0.  Returns false when none is ready, with
  * *next_due set to the earliest retry that is not due yet (0 if none).
  */
 extern bool queue_claim(int64 prefer, QueueTask *task, TimestampTz *next_due);
