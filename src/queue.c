@@ -346,16 +346,24 @@ workflow_keys(ScanKey keys, Oid role, text *id)
  * LOCKED skips a locked one, and the claim's commit (with the outcome) or
  * rollback (a crash: the task is ready again) settles it.
  */
+/* Insert a row into apiary.ready or apiary.links, tables of two columns. */
+static void
+insert_pair(const char *table, Datum first, Datum second)
+{
+	QRel		q;
+	Datum		values[2] = {first, second};
+	bool		nulls[2] = {false, false};
+
+	qrel_open(&q, table, 2);
+	qrel_insert(&q, values, nulls);
+	qrel_close(&q);
+}
+
 static void
 ready_add(int64 task, TimestampTz run_after)
 {
-	QRel		ready;
-	Datum		values[R_NATTS] = {TimestampTzGetDatum(run_after), Int64GetDatum(task)};
-	bool		nulls[R_NATTS] = {0};
-
-	qrel_open(&ready, "ready", R_NATTS);
-	qrel_insert(&ready, values, nulls);
-	qrel_close(&ready);
+	StaticAssertStmt(R_NATTS == 2 && L_NATTS == 2, "apiary.ready and apiary.links have two columns");
+	insert_pair("ready", TimestampTzGetDatum(run_after), Int64GetDatum(task));
 }
 
 static void
@@ -1082,15 +1090,7 @@ queue_link(int64 id, int64 future, TimestampTz ran_at)
 	task_key(&key, &id);
 	if (qrel_update(&tasks, RelationGetPrimaryKeyIndex(tasks.rel), 1, &key,
 					mutate_link, &l))
-	{
-		QRel		links;
-		Datum		values[L_NATTS] = {Int64GetDatum(future), Int64GetDatum(id)};
-		bool		nulls[L_NATTS] = {0};
-
-		qrel_open(&links, "links", L_NATTS);
-		qrel_insert(&links, values, nulls);
-		qrel_close(&links);
-	}
+		insert_pair("links", Int64GetDatum(future), Int64GetDatum(id));
 	qrel_close(&tasks);
 }
 
