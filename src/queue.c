@@ -21,9 +21,9 @@
  * executor is deleting or that went since the snapshot, as SELECT ... FOR
  * UPDATE SKIP LOCKED does.
  *
- * WAL is what bounds the executors when many clients queue work (every
- * step's commit waits for its flush), so the task rows are written once
- * and then only HOT-updated: nothing an index of apiary.tasks depends on
+ * Every step's WAL is written and flushed before its commit returns, so
+ * the task rows are written once and then only HOT-updated (a few dozen
+ * bytes, no index entries): nothing an index of apiary.tasks depends on
  * changes after the insert.  Which tasks are ready, and which returned a
  * future, are rows of their own (apiary.ready, apiary.links), written in
  * the same transactions as the task's state.
@@ -337,15 +337,6 @@ workflow_keys(ScanKey keys, Oid role, text *id)
  * ---------------------------------------------------------------------
  */
 
-/*
- * The ready queue, apiary.ready: a row (run_after, task) for each pending
- * task, written in the transaction that makes the task pending.  Nothing
- * in apiary.tasks that an index depends on changes after the insert, so
- * the task's own updates are HOT.  An executor claims a task by deleting
- * its ready row: others skip a row being deleted, as FOR UPDATE SKIP
- * LOCKED skips a locked one, and the claim's commit (with the outcome) or
- * rollback (a crash: the task is ready again) settles it.
- */
 /* Insert a row into apiary.ready or apiary.links, tables of two columns. */
 static void
 insert_pair(const char *table, Datum first, Datum second)
@@ -359,6 +350,15 @@ insert_pair(const char *table, Datum first, Datum second)
 	qrel_close(&q);
 }
 
+/*
+ * The ready queue, apiary.ready: a row (run_after, task) for each pending
+ * task, written in the transaction that makes the task pending.  Nothing
+ * in apiary.tasks that an index depends on changes after the insert, so
+ * the task's own updates are HOT.  An executor claims a task by deleting
+ * its ready row: others skip a row being deleted, as FOR UPDATE SKIP
+ * LOCKED skips a locked one, and the claim's commit (with the outcome) or
+ * rollback (a crash: the task is ready again) settles it.
+ */
 static void
 ready_add(int64 task, TimestampTz run_after)
 {
