@@ -90,11 +90,8 @@ BEGIN
     UPDATE apiary.tasks
        SET state = 'cancelled', finished_at = clock_timestamp(),
            error = jsonb_build_object('sqlstate', '57014', 'cancelled', 'by apiary_cancel')
-     WHERE id = ANY (taken) AND state = 'pending';
-    UPDATE apiary.tasks
-       SET state = 'cancelled', finished_at = clock_timestamp(),
-           error = jsonb_build_object('sqlstate', '57014', 'cancelled', 'by apiary_cancel')
-     WHERE id IN (SELECT id FROM apiary.tasks
+     WHERE (id = ANY (taken) AND state = 'pending')
+        OR id IN (SELECT id FROM apiary.tasks
                    WHERE role = wf_role AND workflow = wf_id
                      AND state IN ('waiting', 'linked')
                      FOR UPDATE SKIP LOCKED);
