@@ -30,6 +30,7 @@
 #include "guc.h"
 #include "launcher.h"
 #include "provenance.h"
+#include "queue.h"
 #include "registry.h"
 #include "stats.h"
 
@@ -42,6 +43,7 @@ _PG_init(void)
 {
 	apiary_define_gucs();
 	registry_init();
+	queue_init();
 	provenance_init();
 
 	/* workers and shared memory need preloading; apiary_invoke does not */

@@ -125,12 +125,35 @@ static void marker_clear_at_exit(int code, Datum arg);
 static int64 ready_ids[MAX_READY];
 static int	nready = 0;
 
+/* A subtransaction rolled back while the task ran: what it queued may be gone. */
+static bool queued_undone = false;
+
 static void
 note_ready(int64 id)
 {
 	if (nready < MAX_READY)
 		ready_ids[nready] = id;
 	nready++;
+}
+
+static void
+note_subxact_abort(SubXactEvent event, SubTransactionId mySubid,
+				   SubTransactionId parentSubid, void *arg)
+{
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+		queued_undone = true;
+}
+
+/* Did the running task queue future itself, ready, and nothing undo it? */
+static bool
+queued_here(int64 future)
+{
+	if (queued_undone)
+		return false;
+	for (int i = 0; i < Min(nready, MAX_READY); i++)
+		if (ready_ids[i] == future)
+			return true;
+	return false;
 }
 
 /* ---------------------------------------------------------------------
@@ -443,8 +466,15 @@ link_to_future(RunningTask *t, int64 future)
 {
 	Jsonb	   *output = NULL;
 	Jsonb	   *error = NULL;
-	QueueState	st = queue_future(future, t->role, t->workflow, &output, &error);
+	QueueState	st;
 
+	/* a task it queued itself is pending still: no need to read it */
+	if (queued_here(future))
+	{
+		queue_link(t->id, future, t->started);
+		return;
+	}
+	st = queue_future(future, t->role, t->workflow, &output, &error);
 	if (st == QS_DONE)
 		record_outcome(t->id, QS_DONE, output, t->started);
 	else if (st == QS_FAILED || st == QS_CANCELLED)
@@ -658,6 +688,7 @@ run_one_task(int64 prefer, long *nap_ms)
 	t.started = GetCurrentTimestamp();
 	t.queued = 0;
 	nready = 0;
+	queued_undone = false;
 
 	pgstat_report_activity(STATE_RUNNING, psprintf("apiary task %lld: %s", (long long) t.id, task.function));
 	marker_write(t.id);
@@ -927,6 +958,8 @@ apiary_executor_main(Datum main_arg)
 				 errmsg("could not open file \"%s\": %m", marker_path)));
 	/* an orderly exit, FATAL included, is no crash */
 	before_shmem_exit(marker_clear_at_exit, (Datum) 0);
+	RegisterSubXactCallback(note_subxact_abort, NULL);
+	queue_keep_open();
 
 	for (;;)
 	{

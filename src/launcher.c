@@ -88,6 +88,7 @@ apiary_shmem_startup(void)
 		memset(apiary_shared, 0, sizeof(ApiaryShared));
 		SpinLockInit(&apiary_shared->mutex);
 		ConditionVariableInit(&apiary_shared->finished);
+		pg_atomic_init_u64(&apiary_shared->workflow_changes, 0);
 	}
 	LWLockRelease(AddinShmemInitLock);
 }

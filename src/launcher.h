@@ -9,6 +9,7 @@
 #ifndef APIARY_LAUNCHER_H
 #define APIARY_LAUNCHER_H
 
+#include "port/atomics.h"
 #include "storage/condition_variable.h"
 #include "storage/latch.h"
 #include "storage/spin.h"
@@ -26,6 +27,7 @@ typedef struct ApiaryShared
 {
 	slock_t		mutex;			/* protects slots */
 	ConditionVariable finished; /* broadcast when workflows finish */
+	pg_atomic_uint64 workflow_changes;	/* cancels and resumes begun */
 	ExecutorSlot slots[APIARY_MAX_WORKERS];
 } ApiaryShared;
 

@@ -52,6 +52,7 @@
 #include "storage/lmgr.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
+#include "utils/inval.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
@@ -60,6 +61,7 @@
 #include "utils/xid8.h"
 
 #include "journal.h"
+#include "launcher.h"
 #include "queue.h"
 
 /* Columns of apiary.tasks, in table order. */
@@ -143,7 +145,10 @@ state_datum(QueueState state)
  * ---------------------------------------------------------------------
  */
 
-/* A table opened for reading and writing, for one operation. */
+/*
+ * A table opened for reading and writing: for one operation, or, in an
+ * executor (queue_keep_open), to the end of the transaction.
+ */
 typedef struct QRel
 {
 	Relation	rel;
@@ -152,49 +157,126 @@ typedef struct QRel
 	TupleTableSlot *slot;		/* a heap tuple slot for writes */
 } QRel;
 
+/*
+ * The tables' OIDs, looked up by name once and kept until a relcache
+ * invalidation names one of them (dropped, renamed, altered) or all.
+ */
+static const char *const table_names[] = {"tasks", "workflows", "waits", "ready", "links"};
+static Oid	table_oids[lengthof(table_names)];
+
+/*
+ * An executor touches the same few tables several times in each task's
+ * transaction: it opens each (and its indexes) once, and closes them just
+ * before the commit.  They are opened under the transaction's top-level
+ * resource owner and memory, so that the task's subtransaction neither
+ * closes them nor reports them leaked.  Elsewhere each use opens and
+ * closes, as the statements around it may alter or drop the tables.
+ */
+static bool keep_open = false;
+static QRel *kept[lengthof(table_names)];
+
+static void
+table_changed(Datum arg, Oid relid)
+{
+	for (int i = 0; i < lengthof(table_oids); i++)
+		if (relid == InvalidOid || relid == table_oids[i])
+		{
+			memset(table_oids, 0, sizeof(table_oids));
+			return;
+		}
+}
+
+void
+queue_init(void)
+{
+	CacheRegisterRelcacheCallback(table_changed, (Datum) 0);
+}
+
+static int
+table_index(const char *name)
+{
+	for (int i = 0; i < lengthof(table_names); i++)
+		if (strcmp(table_names[i], name) == 0)
+			return i;
+	elog(ERROR, "unknown apiary table \"%s\"", name);
+	return -1;					/* keep compiler quiet */
+}
+
 static Oid
 table_oid(const char *name)
 {
-	Oid			relid = get_relname_relid(name, journal_namespace());
+	int			i = table_index(name);
 
-	if (!OidIsValid(relid))
+	if (OidIsValid(table_oids[i]))
+		return table_oids[i];
+	table_oids[i] = get_relname_relid(name, journal_namespace());
+	if (!OidIsValid(table_oids[i]))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("relation \"apiary.%s\" does not exist", name),
 				 errhint("Update the extension with ALTER EXTENSION apiary UPDATE.")));
-	return relid;
+	return table_oids[i];
 }
 
-static void
-qrel_open(QRel *q, const char *name, int natts)
+static QRel *
+qrel_open(const char *name, int natts)
 {
-	q->rel = table_open(table_oid(name), RowExclusiveLock);
-	if (RelationGetDescr(q->rel)->natts != natts)
+	int			i = table_index(name);
+	QRel	   *q;
+	Relation	rel;
+
+	if (keep_open && kept[i] != NULL)
+		return kept[i];
+	if (keep_open)
+	{
+		ResourceOwner owner = CurrentResourceOwner;
+
+		CurrentResourceOwner = TopTransactionResourceOwner;
+		rel = table_open(table_oid(name), RowExclusiveLock);
+		CurrentResourceOwner = owner;
+	}
+	else
+		rel = table_open(table_oid(name), RowExclusiveLock);
+	if (RelationGetDescr(rel)->natts != natts)
+	{
+		table_close(rel, NoLock);
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("relation \"apiary.%s\" does not have the columns this version of apiary expects",
 						name),
 				 errhint("Update the extension with ALTER EXTENSION apiary UPDATE.")));
-	q->estate = NULL;
-	q->rri = NULL;
-	q->slot = NULL;
+	}
+	q = MemoryContextAllocZero(keep_open ? TopTransactionContext : CurrentMemoryContext,
+							   sizeof(QRel));
+	q->rel = rel;
+	if (keep_open)
+		kept[i] = q;
+	return q;
 }
 
 static void
 qrel_prepare_writes(QRel *q)
 {
+	MemoryContext old;
+	ResourceOwner owner = CurrentResourceOwner;
+
 	if (q->estate != NULL)
 		return;
+	old = MemoryContextSwitchTo(keep_open ? TopTransactionContext : CurrentMemoryContext);
+	if (keep_open)
+		CurrentResourceOwner = TopTransactionResourceOwner;
 	q->estate = CreateExecutorState();
 	q->rri = makeNode(ResultRelInfo);
 	InitResultRelInfo(q->rri, q->rel, 0, NULL, 0);
 	ExecOpenIndices(q->rri, false);
 	q->slot = ExecInitExtraTupleSlot(q->estate, RelationGetDescr(q->rel),
 									 &TTSOpsHeapTuple);
+	CurrentResourceOwner = owner;
+	MemoryContextSwitchTo(old);
 }
 
 static void
-qrel_close(QRel *q)
+qrel_release(QRel *q)
 {
 	if (q->estate != NULL)
 	{
@@ -203,6 +285,39 @@ qrel_close(QRel *q)
 		FreeExecutorState(q->estate);
 	}
 	table_close(q->rel, NoLock);
+	pfree(q);
+}
+
+static void
+qrel_close(QRel *q)
+{
+	if (!keep_open)
+		qrel_release(q);
+}
+
+/* Close the tables an executor kept open before its commit; forget them at the end. */
+static void
+release_kept(XactEvent event, void *arg)
+{
+	if (event == XACT_EVENT_PRE_COMMIT || event == XACT_EVENT_PRE_PREPARE)
+	{
+		ResourceOwner owner = CurrentResourceOwner;
+
+		CurrentResourceOwner = TopTransactionResourceOwner;
+		for (int i = 0; i < lengthof(kept); i++)
+			if (kept[i] != NULL)
+				qrel_release(kept[i]);
+		CurrentResourceOwner = owner;
+	}
+	/* on abort, the resource owner closes them */
+	memset(kept, 0, sizeof(kept));
+}
+
+void
+queue_keep_open(void)
+{
+	keep_open = true;
+	RegisterXactCallback(release_kept, NULL);
 }
 
 bool
@@ -341,13 +456,13 @@ workflow_keys(ScanKey keys, Oid role, text *id)
 static void
 insert_pair(const char *table, Datum first, Datum second)
 {
-	QRel		q;
+	QRel	   *q;
 	Datum		values[2] = {first, second};
 	bool		nulls[2] = {false, false};
 
-	qrel_open(&q, table, 2);
-	qrel_insert(&q, values, nulls);
-	qrel_close(&q);
+	q = qrel_open(table, 2);
+	qrel_insert(q, values, nulls);
+	qrel_close(q);
 }
 
 /*
@@ -481,8 +596,10 @@ claimed(Relation tasks, int64 id, QueueTask *task)
 bool
 queue_claim(int64 prefer, QueueTask *task, TimestampTz *next_due)
 {
-	Relation	tasks = table_open(table_oid("tasks"), AccessShareLock);
-	Relation	ready = table_open(table_oid("ready"), RowExclusiveLock);
+	QRel	   *qtasks = qrel_open("tasks", T_NATTS);
+	QRel	   *qready = qrel_open("ready", R_NATTS);
+	Relation	tasks = qtasks->rel;
+	Relation	ready = qready->rel;
 	Snapshot	snapshot = GetActiveSnapshot();
 	TimestampTz now = GetCurrentTimestamp();
 	bool		found = false;
@@ -536,8 +653,8 @@ queue_claim(int64 prefer, QueueTask *task, TimestampTz *next_due)
 		index_close(index, AccessShareLock);
 	}
 
-	table_close(ready, NoLock);
-	table_close(tasks, NoLock);
+	qrel_close(qready);
+	qrel_close(qtasks);
 	return found;
 }
 
@@ -599,29 +716,29 @@ int64
 queue_add_task(Oid role, text *workflow, int64 parent, const char *function,
 			   Jsonb *args, List *futures)
 {
-	QRel		tasks;
+	QRel	   *tasks;
 	int64		id;
 	ListCell   *lc;
 
-	qrel_open(&tasks, "tasks", T_NATTS);
-	id = insert_task(&tasks, role, workflow, parent, function, args,
+	tasks = qrel_open("tasks", T_NATTS);
+	id = insert_task(tasks, role, workflow, parent, function, args,
 					 list_length(futures));
-	qrel_close(&tasks);
+	qrel_close(tasks);
 
 	if (futures != NIL)
 	{
-		QRel		waits;
+		QRel	   *waits;
 
-		qrel_open(&waits, "waits", X_NATTS);
+		waits = qrel_open("waits", X_NATTS);
 		foreach(lc, futures)
 		{
 			Datum		values[X_NATTS] = {Int64GetDatum(*(int64 *) lfirst(lc)),
 			Int64GetDatum(id)};
 			bool		nulls[X_NATTS] = {0};
 
-			qrel_insert(&waits, values, nulls);
+			qrel_insert(waits, values, nulls);
 		}
-		qrel_close(&waits);
+		qrel_close(waits);
 	}
 	return id;
 }
@@ -656,24 +773,24 @@ bool
 queue_add_workflow(Oid role, text *id, const char *function, Jsonb *args,
 				   char **recorded_function, Jsonb **recorded_args)
 {
-	QRel		workflows;
-	QRel		tasks;
+	QRel	   *workflows;
+	QRel	   *tasks;
 	Snapshot	snapshot;
 	bool		found;
 	int64		root;
 
 	/* a concurrent start of the same id: wait for it to end, then look */
 	journal_lock(START_LOCK_MARKER, role, id, ExclusiveLock);
-	qrel_open(&workflows, "workflows", W_NATTS);
+	workflows = qrel_open("workflows", W_NATTS);
 	snapshot = RegisterSnapshot(GetTransactionSnapshot());
-	found = find_workflow(workflows.rel, snapshot, role, id,
+	found = find_workflow(workflows->rel, snapshot, role, id,
 						  recorded_function, recorded_args);
 	UnregisterSnapshot(snapshot);
 	if (!found && IsolationUsesXactSnapshot())
 	{
 		/* one committed after our snapshot can be neither seen nor redone */
 		snapshot = RegisterSnapshot(GetLatestSnapshot());
-		if (find_workflow(workflows.rel, snapshot, role, id, NULL, NULL))
+		if (find_workflow(workflows->rel, snapshot, role, id, NULL, NULL))
 			ereport(ERROR,
 					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
 					 errmsg("could not start workflow \"%s\": it was started concurrently",
@@ -683,13 +800,13 @@ queue_add_workflow(Oid role, text *id, const char *function, Jsonb *args,
 	}
 	if (found)
 	{
-		qrel_close(&workflows);
+		qrel_close(workflows);
 		return false;
 	}
 
-	qrel_open(&tasks, "tasks", T_NATTS);
-	root = insert_task(&tasks, role, id, 0, function, args, 0);
-	qrel_close(&tasks);
+	tasks = qrel_open("tasks", T_NATTS);
+	root = insert_task(tasks, role, id, 0, function, args, 0);
+	qrel_close(tasks);
 	{
 		Datum		values[W_NATTS] = {0};
 		bool		nulls[W_NATTS] = {0};
@@ -704,16 +821,17 @@ queue_add_workflow(Oid role, text *id, const char *function, Jsonb *args,
 		nulls[W_ERROR - 1] = true;
 		values[W_STARTED_AT - 1] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
 		nulls[W_FINISHED_AT - 1] = true;
-		qrel_insert(&workflows, values, nulls);
+		qrel_insert(workflows, values, nulls);
 	}
-	qrel_close(&workflows);
+	qrel_close(workflows);
 	return true;
 }
 
 QueueState
 queue_future(int64 id, Oid role, text *workflow, Jsonb **output, Jsonb **error)
 {
-	Relation	rel = table_open(table_oid("tasks"), AccessShareLock);
+	QRel	   *tasks = qrel_open("tasks", T_NATTS);
+	Relation	rel = tasks->rel;
 	TupleDesc	desc = RelationGetDescr(rel);
 	ScanKeyData key;
 	SysScanDesc scan;
@@ -751,7 +869,7 @@ queue_future(int64 id, Oid role, text *workflow, Jsonb **output, Jsonb **error)
 	}
 	systable_endscan(scan);
 	UnregisterSnapshot(snapshot);
-	table_close(rel, NoLock);
+	qrel_close(tasks);
 	if (!found)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -936,16 +1054,16 @@ cancelled_error(Jsonb *failure, int64 future)
 static bool
 unready(Relation tasks, int64 id)
 {
-	Relation	ready = table_open(table_oid("ready"), RowExclusiveLock);
+	QRel	   *ready = qrel_open("ready", R_NATTS);
 	Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
 	QueueState	state;
 	TimestampTz run_after;
 	bool		taken;
 
 	taken = read_task(tasks, snapshot, id, &state, &run_after, NULL) &&
-		state == QS_PENDING && ready_take(ready, id, run_after, true);
+		state == QS_PENDING && ready_take(ready->rel, id, run_after, true);
 	UnregisterSnapshot(snapshot);
-	table_close(ready, NoLock);
+	qrel_close(ready);
 	return taken;
 }
 
@@ -953,19 +1071,19 @@ int
 queue_finish(int64 id, QueueState state, Jsonb *value, TimestampTz ran_at,
 			 int64 *released, int max_released, bool *workflow_finished)
 {
-	QRel		tasks;
-	QRel		waits;
-	QRel		workflows;
-	QRel		links;
+	QRel	   *tasks;
+	QRel	   *waits;
+	QRel	   *workflows;
+	QRel	   *links;
 	List	   *work = NIL;
 	int			nreleased = 0;
 
 	Assert(state == QS_DONE || state == QS_FAILED || state == QS_CANCELLED);
 	*workflow_finished = false;
-	qrel_open(&tasks, "tasks", T_NATTS);
-	qrel_open(&waits, "waits", X_NATTS);
-	qrel_open(&workflows, "workflows", W_NATTS);
-	qrel_open(&links, "links", L_NATTS);
+	tasks = qrel_open("tasks", T_NATTS);
+	waits = qrel_open("waits", X_NATTS);
+	workflows = qrel_open("workflows", W_NATTS);
+	links = qrel_open("links", L_NATTS);
 
 	{
 		Outcome    *o = palloc0_object(Outcome);
@@ -988,10 +1106,10 @@ queue_finish(int64 id, QueueState state, Jsonb *value, TimestampTz ran_at,
 		ListCell   *lc;
 
 		work = list_delete_first(work);
-		if (o->ran_at == 0 && o->only_from == QS_PENDING && !unready(tasks.rel, o->id))
+		if (o->ran_at == 0 && o->only_from == QS_PENDING && !unready(tasks->rel, o->id))
 			continue;
 		task_key(&key, &o->id);
-		if (!qrel_update(&tasks, RelationGetPrimaryKeyIndex(tasks.rel), 1, &key,
+		if (!qrel_update(tasks, RelationGetPrimaryKeyIndex(tasks->rel), 1, &key,
 						 mutate_outcome, o))
 			continue;
 
@@ -1000,13 +1118,13 @@ queue_finish(int64 id, QueueState state, Jsonb *value, TimestampTz ran_at,
 			ScanKeyData wkeys[2];
 
 			workflow_keys(wkeys, o->role, o->workflow);
-			if (qrel_update(&workflows, RelationGetPrimaryKeyIndex(workflows.rel),
+			if (qrel_update(workflows, RelationGetPrimaryKeyIndex(workflows->rel),
 							2, wkeys, mutate_workflow, o))
 				*workflow_finished = true;
 		}
 
 		/* the tasks waiting for this one */
-		ids = scan_ids(waits.rel, RelationGetPrimaryKeyIndex(waits.rel),
+		ids = scan_ids(waits->rel, RelationGetPrimaryKeyIndex(waits->rel),
 					   X_FUTURE, o->id, X_TASK);
 		foreach(lc, ids)
 		{
@@ -1017,7 +1135,7 @@ queue_finish(int64 id, QueueState state, Jsonb *value, TimestampTz ran_at,
 				Release		r = {false, 0};
 
 				task_key(&key, &waiter);
-				if (qrel_update(&tasks, RelationGetPrimaryKeyIndex(tasks.rel), 1, &key,
+				if (qrel_update(tasks, RelationGetPrimaryKeyIndex(tasks->rel), 1, &key,
 								mutate_release, &r) && r.ready)
 				{
 					ready_add(waiter, r.run_after);
@@ -1039,7 +1157,7 @@ queue_finish(int64 id, QueueState state, Jsonb *value, TimestampTz ran_at,
 		}
 
 		/* the tasks that returned this one as their future */
-		ids = scan_ids(links.rel, RelationGetPrimaryKeyIndex(links.rel),
+		ids = scan_ids(links->rel, RelationGetPrimaryKeyIndex(links->rel),
 					   L_FUTURE, o->id, L_TASK);
 		foreach(lc, ids)
 		{
@@ -1053,10 +1171,10 @@ queue_finish(int64 id, QueueState state, Jsonb *value, TimestampTz ran_at,
 		}
 	}
 
-	qrel_close(&links);
-	qrel_close(&workflows);
-	qrel_close(&waits);
-	qrel_close(&tasks);
+	qrel_close(links);
+	qrel_close(workflows);
+	qrel_close(waits);
+	qrel_close(tasks);
 	return nreleased;
 }
 
@@ -1082,16 +1200,16 @@ mutate_link(Datum *values, bool *nulls, bool *replace, void *arg)
 void
 queue_link(int64 id, int64 future, TimestampTz ran_at)
 {
-	QRel		tasks;
+	QRel	   *tasks;
 	ScanKeyData key;
 	Link		l = {future, ran_at};
 
-	qrel_open(&tasks, "tasks", T_NATTS);
+	tasks = qrel_open("tasks", T_NATTS);
 	task_key(&key, &id);
-	if (qrel_update(&tasks, RelationGetPrimaryKeyIndex(tasks.rel), 1, &key,
+	if (qrel_update(tasks, RelationGetPrimaryKeyIndex(tasks->rel), 1, &key,
 					mutate_link, &l))
 		insert_pair("links", Int64GetDatum(future), Int64GetDatum(id));
-	qrel_close(&tasks);
+	qrel_close(tasks);
 }
 
 typedef struct Retry
@@ -1116,17 +1234,17 @@ mutate_retry(Datum *values, bool *nulls, bool *replace, void *arg)
 void
 queue_retry(int64 id, double delay, TimestampTz ran_at)
 {
-	QRel		tasks;
+	QRel	   *tasks;
 	ScanKeyData key;
 	Retry		r = {delay, ran_at, 0};
 
-	qrel_open(&tasks, "tasks", T_NATTS);
+	tasks = qrel_open("tasks", T_NATTS);
 	task_key(&key, &id);
 	/* its claim took its ready row */
-	if (qrel_update(&tasks, RelationGetPrimaryKeyIndex(tasks.rel), 1, &key,
+	if (qrel_update(tasks, RelationGetPrimaryKeyIndex(tasks->rel), 1, &key,
 					mutate_retry, &r))
 		ready_add(id, r.run_after);
-	qrel_close(&tasks);
+	qrel_close(tasks);
 }
 
 typedef struct Crash
@@ -1152,16 +1270,16 @@ mutate_crash(Datum *values, bool *nulls, bool *replace, void *arg)
 int
 queue_count_crash(int64 id, char **function)
 {
-	QRel		tasks;
+	QRel	   *tasks;
 	ScanKeyData key;
 	Crash		c = {0, NULL};
 
-	qrel_open(&tasks, "tasks", T_NATTS);
+	tasks = qrel_open("tasks", T_NATTS);
 	task_key(&key, &id);
-	if (!qrel_update(&tasks, RelationGetPrimaryKeyIndex(tasks.rel), 1, &key,
+	if (!qrel_update(tasks, RelationGetPrimaryKeyIndex(tasks->rel), 1, &key,
 					 mutate_crash, &c))
 		c.crashes = 0;			/* not pending (any more) */
-	qrel_close(&tasks);
+	qrel_close(tasks);
 	*function = c.function;
 	return c.crashes;
 }
@@ -1171,9 +1289,22 @@ queue_count_crash(int64 id, char **function)
  * ---------------------------------------------------------------------
  */
 
+static bool
+equal_text(text *a, text *b)
+{
+	return VARSIZE_ANY_EXHDR(a) == VARSIZE_ANY_EXHDR(b) &&
+		memcmp(VARDATA_ANY(a), VARDATA_ANY(b), VARSIZE_ANY_EXHDR(a)) == 0;
+}
+
 bool
 queue_workflow_cancelled(Oid role, text *workflow)
 {
+	/* the last workflow this process found running, and when */
+	static Oid	checked_role = InvalidOid;
+	static text *checked_workflow = NULL;
+	static uint64 checked_changes = 0;
+	uint64		changes = 0;
+	QRel	   *workflows;
 	Relation	rel;
 	Snapshot	snapshot;
 	ScanKeyData keys[2];
@@ -1184,7 +1315,25 @@ queue_workflow_cancelled(Oid role, text *workflow)
 
 	/* held to our commit: a cancel waits for it, and we for a cancel */
 	journal_lock(CANCEL_LOCK_MARKER, role, workflow, ShareLock);
-	rel = table_open(table_oid("workflows"), AccessShareLock);
+
+	/*
+	 * A cancel counts itself in shared memory once it holds its lock
+	 * (queue_lock_workflow), so while we hold ours no cancel of this
+	 * workflow can count.  The count unchanged since this process last
+	 * found the workflow running, under this lock in an earlier
+	 * transaction, means no cancel of it has begun since: the next step of
+	 * a chain skips the read.
+	 */
+	if (apiary_shared != NULL)
+	{
+		changes = pg_atomic_read_u64(&apiary_shared->workflow_changes);
+		if (checked_workflow != NULL && changes == checked_changes &&
+			role == checked_role && equal_text(workflow, checked_workflow))
+			return false;
+	}
+
+	workflows = qrel_open("workflows", W_NATTS);
+	rel = workflows->rel;
 	snapshot = RegisterSnapshot(GetLatestSnapshot());
 	workflow_keys(keys, role, workflow);
 	scan = systable_beginscan(rel, RelationGetPrimaryKeyIndex(rel), true,
@@ -1195,7 +1344,17 @@ queue_workflow_cancelled(Oid role, text *workflow)
 						   "cancelled") == 0;
 	systable_endscan(scan);
 	UnregisterSnapshot(snapshot);
-	table_close(rel, NoLock);
+	qrel_close(workflows);
+
+	if (apiary_shared != NULL && !cancelled)
+	{
+		if (checked_workflow != NULL)
+			pfree(checked_workflow);
+		checked_workflow = MemoryContextAlloc(TopMemoryContext, VARSIZE_ANY(workflow));
+		memcpy(checked_workflow, workflow, VARSIZE_ANY(workflow));
+		checked_role = role;
+		checked_changes = changes;
+	}
 	return cancelled;
 }
 
@@ -1203,4 +1362,6 @@ void
 queue_lock_workflow(Oid role, text *workflow)
 {
 	journal_lock(CANCEL_LOCK_MARKER, role, workflow, ExclusiveLock);
+	if (apiary_shared != NULL)
+		pg_atomic_fetch_add_u64(&apiary_shared->workflow_changes, 1);
 }

@@ -38,12 +38,19 @@ typedef struct QueueTask
 	char	   *search_path;	/* when it was queued */
 } QueueTask;
 
+/* Register the invalidation callback of the tables' cached OIDs (_PG_init). */
+extern void queue_init(void);
+
+/* An executor keeps the tables open to the end of each transaction. */
+extern void queue_keep_open(void);
+
 /* Are the workflow tables there, as this library writes them? */
 extern bool queue_installed(void);
 
 /*
  * Claim a ready task: take its row out of apiary.ready, skipping rows
- * other executors have taken.  Tries task prefer first, when not 0.  Returns false when none is ready, with
+ * other executors have taken.  Tries task prefer first, when not 0.
+ * Returns false when none is ready, with
  * *next_due set to the earliest retry that is not due yet (0 if none).
  */
 extern bool queue_claim(int64 prefer, QueueTask *task, TimestampTz *next_due);
@@ -96,9 +103,11 @@ extern int	queue_count_crash(int64 id, char **function);
 /*
  * Cancelling.  An executor calls queue_workflow_cancelled before it lets a
  * task's effects stand; apiary_cancel calls queue_lock_workflow before it
- * marks a workflow cancelled.  The locks they take (shared, exclusive; until
- * the end of the transaction) keep a cancel from falling between an
- * executor's check and its commit.
+ * marks a workflow cancelled (or resumes it).  The locks they take (shared,
+ * exclusive; until the end of the transaction) keep a cancel from falling
+ * between an executor's check and its commit; a count in shared memory of
+ * the exclusive ones taken lets the check skip reading a workflow this
+ * executor found running when no cancel has begun since.
  */
 extern bool queue_workflow_cancelled(Oid role, text *workflow);
 extern void queue_lock_workflow(Oid role, text *workflow);
