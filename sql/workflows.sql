@@ -234,3 +234,26 @@ BEGIN
 END $$;
 SELECT apiary_start('forge', (SELECT to_jsonb(min(task)) FROM apiary_status('squares')), 'forged');
 SELECT apiary_result('forged', '60 s');
+
+-- An executor calls a function directly when the call needs no statement
+-- around it, and through one when it does (an omitted default): alike.
+CREATE FUNCTION strict_inc(x int) RETURNS int LANGUAGE sql STRICT
+SET apiary.kind = 'readonly' AS $$ SELECT x + 1 $$;
+CREATE FUNCTION returns_void(x int) RETURNS void LANGUAGE plpgsql
+SET apiary.kind = 'readonly' AS $$ BEGIN END $$;
+CREATE FUNCTION with_default(x int, y int DEFAULT 10) RETURNS int LANGUAGE sql
+SET apiary.kind = 'readonly' AS $$ SELECT x + y $$;
+CREATE FUNCTION weekday(d date) RETURNS text LANGUAGE sql
+SET apiary.kind = 'readonly' AS $$ SELECT to_char(d, 'FMDay') $$;
+SELECT apiary_start('strict_inc', '{"x": null}', 'direct-null'),
+       apiary_start('strict_inc', '{"x": 1}', 'direct-int'),
+       apiary_start('returns_void', '[1]', 'direct-void'),
+       apiary_start('with_default', '[1]', 'via-statement'),
+       apiary_start('with_default', '[1, 2]', 'direct-both'),
+       apiary_start('weekday', '["2026-11-27"]', 'direct-text');
+SELECT apiary_result('direct-null', '60 s') IS NULL AS strict_null,
+       apiary_result('direct-int', '60 s') AS int,
+       apiary_result('direct-void', '60 s') AS void,
+       apiary_result('via-statement', '60 s') AS defaulted,
+       apiary_result('direct-both', '60 s') AS both,
+       apiary_result('direct-text', '60 s') AS text;

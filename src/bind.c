@@ -21,12 +21,25 @@
  * parameters, named notation, VARIADIC, set-returning functions (collected
  * into a JSON array) and SQL functions that get inlined.  The statement text
  * is built from catalog names only, quoted; user values are parameters.
+ * An executor, for which that statement's start-up is a good part of a
+ * step, calls the function directly through fmgr when the call needs none
+ * of it: every parameter given, none filled through jsonb_to_record, not
+ * variadic, polymorphic or set-returning.  The direct call does what the
+ * statement would around it: the EXECUTE check, a fresh snapshot, the
+ * function's statistics, to_jsonb of the result.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include "access/xact.h"
+#include "catalog/objectaccess.h"
 #include "catalog/pg_type.h"
+#include "nodes/makefuncs.h"
+#include "pgstat.h"
+#include "utils/acl.h"
+#include "utils/fmgroids.h"
+#include "utils/snapmgr.h"
 #include "executor/spi.h"
 #include "lib/stringinfo.h"
 #include "utils/builtins.h"
@@ -339,8 +352,98 @@ call_plan(ApiaryFunction *f, const BindMask *mask)
 	return plan;
 }
 
+/* Can f be called directly with these parameters bound?  Sets it up once. */
+static bool
+direct_possible(ApiaryFunction *f, const BindMask *mask)
+{
+	if (f->direct == 0)
+	{
+		bool		ok = !f->retset && !f->variadic &&
+			!IsPolymorphicType(f->rettype) &&
+			(f->returns_void || get_typtype(f->rettype) != TYPTYPE_PSEUDO);
+
+		f->collation = InvalidOid;
+		for (int i = 0; ok && i < f->nargs; i++)
+		{
+			Oid			coll = get_typcollation(f->params[i].type);
+
+			ok = f->params[i].conversion != PARAM_STRUCTURED &&
+				!IsPolymorphicType(f->params[i].type);
+			if (OidIsValid(coll) && OidIsValid(f->collation) && coll != f->collation)
+				ok = false;		/* the statement would fail, or pick one */
+			if (OidIsValid(coll))
+				f->collation = coll;
+		}
+		if (ok)
+		{
+			fmgr_info_cxt(f->fn, &f->call, f->cxt);
+			if (f->rettype != JSONBOID && !f->returns_void)
+			{
+				MemoryContext old = MemoryContextSwitchTo(f->cxt);
+
+				/* to_jsonb(anyelement) learns its argument's type from fn_expr */
+				fmgr_info_cxt(F_TO_JSONB, &f->to_jsonb, f->cxt);
+				f->to_jsonb.fn_expr = (Node *)
+					makeFuncExpr(F_TO_JSONB, JSONBOID,
+								 list_make1(makeNullConst(f->rettype, -1, InvalidOid)),
+								 InvalidOid, InvalidOid, COERCE_EXPLICIT_CALL);
+				MemoryContextSwitchTo(old);
+			}
+		}
+		f->direct = ok ? 1 : -1;
+	}
+	if (f->direct < 0)
+		return false;
+	for (int i = 0; i < f->nargs; i++)
+		if (!bind_mask_test(mask, i))
+			return false;		/* a default to fill in */
+	return true;
+}
+
+/* The call as the statement would make it, with every parameter given. */
+static Datum
+direct_call(ApiaryFunction *f, Datum *values, char *nulls, bool read_only,
+			bool *isnull)
+{
+	LOCAL_FCINFO(fcinfo, FUNC_MAX_ARGS);
+	PgStat_FunctionCallUsage fcusage;
+	AclResult	aclresult;
+	Datum		result;
+
+	aclresult = pg_proc_aclcheck(f->fn, GetUserId(), ACL_EXECUTE);
+	if (aclresult != ACLCHECK_OK)
+		aclcheck_error(aclresult, OBJECT_FUNCTION, get_func_name(f->fn));
+	InvokeFunctionExecuteHook(f->fn);
+
+	InitFunctionCallInfoData(*fcinfo, &f->call, f->nargs, f->collation, NULL, NULL);
+	for (int i = 0; i < f->nargs; i++)
+	{
+		fcinfo->args[i].value = values[i];
+		fcinfo->args[i].isnull = nulls[i] == 'n';
+		if (fcinfo->args[i].isnull && f->call.fn_strict)
+		{
+			*isnull = true;
+			return (Datum) 0;
+		}
+	}
+
+	/* as SPI runs a statement: a new command and snapshot, unless read-only */
+	if (!read_only)
+		CommandCounterIncrement();
+	PushActiveSnapshot(read_only ? GetActiveSnapshot() : GetTransactionSnapshot());
+	pgstat_init_function_usage(fcinfo, &fcusage);
+	result = FunctionCallInvoke(fcinfo);
+	pgstat_end_function_usage(&fcusage, true);
+	PopActiveSnapshot();
+
+	*isnull = fcinfo->isnull;
+	if (*isnull || f->returns_void || f->rettype == JSONBOID)
+		return result;
+	return FunctionCall1(&f->to_jsonb, result);
+}
+
 Datum
-bind_call(ApiaryFunction *f, Jsonb *args, bool read_only,
+bind_call(ApiaryFunction *f, Jsonb *args, bool read_only, bool direct,
 		  MemoryContext resultcxt, bool *isnull)
 {
 	int			count = JB_ROOT_IS_SCALAR(args) ? 1 : JB_ROOT_COUNT(args);
@@ -423,11 +526,18 @@ bind_call(ApiaryFunction *f, Jsonb *args, bool read_only,
 	}
 	error_context_stack = errcallback.previous;
 
-	plan = call_plan(f, &mask);
-	rc = SPI_execute_plan(plan, values, nulls, read_only, 0);
-	if (rc != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "unexpected result calling %s: %s",
-			 f->signature, SPI_result_code_string(rc));
+	if (direct && direct_possible(f, &mask))
+		result = direct_call(f, values, nulls, read_only, isnull);
+	else
+	{
+		plan = call_plan(f, &mask);
+		rc = SPI_execute_plan(plan, values, nulls, read_only, 0);
+		if (rc != SPI_OK_SELECT || SPI_processed != 1)
+			elog(ERROR, "unexpected result calling %s: %s",
+				 f->signature, SPI_result_code_string(rc));
+		if (!f->returns_void)
+			result = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, isnull);
+	}
 
 	if (f->returns_void)
 	{
@@ -440,7 +550,6 @@ bind_call(ApiaryFunction *f, Jsonb *args, bool read_only,
 		return result;
 	}
 
-	result = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, isnull);
 	if (!*isnull)
 	{
 		MemoryContext old = MemoryContextSwitchTo(resultcxt);

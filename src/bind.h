@@ -25,9 +25,10 @@ extern void bind_check_output(const char *name, Datum output, bool isnull);
 /*
  * Call f with args and return its result as jsonb (or SQL NULL), allocated
  * in resultcxt.  Requires an SPI connection.  read_only runs the call on
- * the current snapshot, for functions that do not write.
+ * the current snapshot, for functions that do not write; direct calls the
+ * function without a statement around it when nothing needs one.
  */
 extern Datum bind_call(ApiaryFunction *f, Jsonb *args, bool read_only,
-					   MemoryContext resultcxt, bool *isnull);
+					   bool direct, MemoryContext resultcxt, bool *isnull);
 
 #endif							/* APIARY_BIND_H */

@@ -524,10 +524,10 @@ run_task(RunningTask *t, const char *function, Jsonb *args,
 		/*
 		 * The task runs as the role that queued it, never as this worker,
 		 * with the search_path it was queued with (undone with the
-		 * subtransaction).
+		 * subtransaction; usually it is this worker's own already).
 		 */
 		SetUserIdAndSecContext(t->role, save_sec | SECURITY_LOCAL_USERID_CHANGE);
-		if (search_path != NULL)
+		if (search_path != NULL && strcmp(search_path, namespace_search_path) != 0)
 			(void) set_config_option("search_path", search_path, PGC_USERSET,
 									 PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
 		f = registry_acquire(function);
@@ -549,7 +549,7 @@ run_task(RunningTask *t, const char *function, Jsonb *args,
 		provenance_begin(&prov);
 		PG_TRY();
 		{
-			out = apiary_call(f, resolved, cxt, &isnull);
+			out = apiary_call(f, resolved, true, cxt, &isnull);
 			bind_check_output(f->name, out, isnull);
 			provenance_note(&prov, t->role, t->workflow, t->id, function);
 		}

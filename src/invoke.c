@@ -61,22 +61,22 @@ static InvokeFrame *current_frame = NULL;
 /*
  * Call f by the rules of its kind: a readonly function runs with the
  * transaction read-only, on the current snapshot.  Requires an SPI
- * connection.
+ * connection.  direct: see bind_call.
  */
 Datum
-apiary_call(ApiaryFunction *f, Jsonb *args, MemoryContext resultcxt,
-			bool *isnull)
+apiary_call(ApiaryFunction *f, Jsonb *args, bool direct,
+			MemoryContext resultcxt, bool *isnull)
 {
 	bool		was_read_only = XactReadOnly;
 	Datum		result;
 
 	if (f->kind != APIARY_KIND_READONLY)
-		return bind_call(f, args, false, resultcxt, isnull);
+		return bind_call(f, args, false, direct, resultcxt, isnull);
 
 	XactReadOnly = true;
 	PG_TRY();
 	{
-		result = bind_call(f, args, true, resultcxt, isnull);
+		result = bind_call(f, args, true, direct, resultcxt, isnull);
 	}
 	PG_FINALLY();
 	{
@@ -132,7 +132,7 @@ invoke_body(ApiaryFunction *f, Jsonb *args, InvokeFrame *frame,
 	call_started = GetCurrentTimestamp();
 	PG_TRY();
 	{
-		result = apiary_call(f, args, resultcxt, isnull);
+		result = apiary_call(f, args, false, resultcxt, isnull);
 	}
 	PG_CATCH();
 	{

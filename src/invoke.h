@@ -16,7 +16,7 @@
  * jsonb, or (Datum) 0 with *isnull set.
  */
 struct ApiaryFunction;
-extern Datum apiary_call(struct ApiaryFunction *f, Jsonb *args,
+extern Datum apiary_call(struct ApiaryFunction *f, Jsonb *args, bool direct,
 						 MemoryContext resultcxt, bool *isnull);
 extern Datum apiary_invoke_internal(const char *name, Jsonb *args, text *key,
 									bool *isnull);

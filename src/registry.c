@@ -363,6 +363,7 @@ build_function(const char *name)
 	f->variadic = OidIsValid(proc->provariadic);
 	f->retset = proc->proretset;
 	f->returns_void = proc->prorettype == VOIDOID;
+	f->rettype = proc->prorettype;
 
 	nall = get_func_arg_info(tup, &types, &names, &modes);
 	f->params = palloc0(nall * sizeof(ApiaryParam));

@@ -59,6 +59,13 @@ typedef struct ApiaryFunction
 	bool		variadic;
 	bool		retset;
 	bool		returns_void;
+	Oid			rettype;
+
+	/* the direct call (bind_call), set up at its first use */
+	int			direct;			/* 0: not yet looked at, 1: possible, -1: not */
+	FmgrInfo	call;
+	FmgrInfo	to_jsonb;		/* unless it returns jsonb or void */
+	Oid			collation;		/* of its collatable parameters */
 
 	ApiaryCallPlan *plans;
 	MemoryContext cxt;			/* holds all of the above */
