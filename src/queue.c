@@ -770,8 +770,8 @@ find_workflow(Relation rel, Snapshot snapshot, Oid role, text *id,
 }
 
 bool
-queue_add_workflow(Oid role, text *id, const char *function, Jsonb *args,
-				   char **recorded_function, Jsonb **recorded_args)
+queue_add_workflow(Oid role, text *id, bool generated, const char *function,
+				   Jsonb *args, char **recorded_function, Jsonb **recorded_args)
 {
 	QRel	   *workflows;
 	QRel	   *tasks;
@@ -779,29 +779,32 @@ queue_add_workflow(Oid role, text *id, const char *function, Jsonb *args,
 	bool		found;
 	int64		root;
 
-	/* a concurrent start of the same id: wait for it to end, then look */
-	journal_lock(START_LOCK_MARKER, role, id, ExclusiveLock);
 	workflows = qrel_open("workflows", W_NATTS);
-	snapshot = RegisterSnapshot(GetTransactionSnapshot());
-	found = find_workflow(workflows->rel, snapshot, role, id,
-						  recorded_function, recorded_args);
-	UnregisterSnapshot(snapshot);
-	if (!found && IsolationUsesXactSnapshot())
+	if (!generated)
 	{
-		/* one committed after our snapshot can be neither seen nor redone */
-		snapshot = RegisterSnapshot(GetLatestSnapshot());
-		if (find_workflow(workflows->rel, snapshot, role, id, NULL, NULL))
-			ereport(ERROR,
-					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-					 errmsg("could not start workflow \"%s\": it was started concurrently",
-							text_to_cstring(id)),
-					 errhint("The transaction might succeed if retried.")));
+		/* a concurrent start of the same id: wait for it to end, then look */
+		journal_lock(START_LOCK_MARKER, role, id, ExclusiveLock);
+		snapshot = RegisterSnapshot(GetTransactionSnapshot());
+		found = find_workflow(workflows->rel, snapshot, role, id,
+							  recorded_function, recorded_args);
 		UnregisterSnapshot(snapshot);
-	}
-	if (found)
-	{
-		qrel_close(workflows);
-		return false;
+		if (!found && IsolationUsesXactSnapshot())
+		{
+			/* one committed after our snapshot can be neither seen nor redone */
+			snapshot = RegisterSnapshot(GetLatestSnapshot());
+			if (find_workflow(workflows->rel, snapshot, role, id, NULL, NULL))
+				ereport(ERROR,
+						(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+						 errmsg("could not start workflow \"%s\": it was started concurrently",
+								text_to_cstring(id)),
+						 errhint("The transaction might succeed if retried.")));
+			UnregisterSnapshot(snapshot);
+		}
+		if (found)
+		{
+			qrel_close(workflows);
+			return false;
+		}
 	}
 
 	tasks = qrel_open("tasks", T_NATTS);

@@ -121,7 +121,7 @@ apiary_start(PG_FUNCTION_ARGS)
 	registry_check_callable(name);
 	apiary_check_no_futures("apiary_start", args);
 
-	if (queue_add_workflow(GetUserId(), id, name, args, &fn, &recorded))
+	if (queue_add_workflow(GetUserId(), id, PG_ARGISNULL(2), name, args, &fn, &recorded))
 		apiary_wake_at_commit(1);
 	else if (strcmp(fn, name) != 0 ||
 			 !DatumGetBool(DirectFunctionCall2(jsonb_eq, JsonbPGetDatum(recorded),
