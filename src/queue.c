@@ -222,21 +222,16 @@ static QRel *
 qrel_open(const char *name, int natts)
 {
 	int			i = table_index(name);
+	ResourceOwner owner = CurrentResourceOwner;
 	QRel	   *q;
 	Relation	rel;
 
 	if (keep_open && kept[i] != NULL)
 		return kept[i];
 	if (keep_open)
-	{
-		ResourceOwner owner = CurrentResourceOwner;
-
 		CurrentResourceOwner = TopTransactionResourceOwner;
-		rel = table_open(table_oid(name), RowExclusiveLock);
-		CurrentResourceOwner = owner;
-	}
-	else
-		rel = table_open(table_oid(name), RowExclusiveLock);
+	rel = table_open(table_oid(name), RowExclusiveLock);
+	CurrentResourceOwner = owner;
 	if (RelationGetDescr(rel)->natts != natts)
 	{
 		table_close(rel, NoLock);
@@ -1292,13 +1287,6 @@ queue_count_crash(int64 id, char **function)
  * ---------------------------------------------------------------------
  */
 
-static bool
-equal_text(text *a, text *b)
-{
-	return VARSIZE_ANY_EXHDR(a) == VARSIZE_ANY_EXHDR(b) &&
-		memcmp(VARDATA_ANY(a), VARDATA_ANY(b), VARSIZE_ANY_EXHDR(a)) == 0;
-}
-
 bool
 queue_workflow_cancelled(Oid role, text *workflow)
 {
@@ -1331,7 +1319,10 @@ queue_workflow_cancelled(Oid role, text *workflow)
 	{
 		changes = pg_atomic_read_u64(&apiary_shared->workflow_changes);
 		if (checked_workflow != NULL && changes == checked_changes &&
-			role == checked_role && equal_text(workflow, checked_workflow))
+			role == checked_role &&
+			DatumGetBool(DirectFunctionCall2Coll(texteq, C_COLLATION_OID,
+												 PointerGetDatum(workflow),
+												 PointerGetDatum(checked_workflow))))
 			return false;
 	}
 
