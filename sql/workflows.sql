@@ -257,3 +257,21 @@ SELECT apiary_result('direct-null', '60 s') IS NULL AS strict_null,
        apiary_result('via-statement', '60 s') AS defaulted,
        apiary_result('direct-both', '60 s') AS both,
        apiary_result('direct-text', '60 s') AS text;
+
+-- A future whose queueing an exception block rolled back is not a future.
+CREATE FUNCTION undone_future() RETURNS jsonb LANGUAGE plpgsql
+SET apiary.kind = 'transactional' AS $$
+DECLARE
+  f jsonb;
+BEGIN
+  BEGIN
+    f := apiary_queue('square', '2');
+    RAISE EXCEPTION 'changed my mind';
+  EXCEPTION WHEN raise_exception THEN
+    NULL;
+  END;
+  RETURN f;
+END $$;
+SELECT apiary_start('undone_future', '{}', 'undone');
+SELECT apiary_result('undone', '60 s');
+SELECT function, state FROM apiary_status('undone') ORDER BY task;

@@ -460,27 +460,52 @@ record_outcome(int64 task, QueueState state, Jsonb *value, TimestampTz started)
 		apiary_finished_at_commit();
 }
 
-/* The task returned a future: take its output, now or once it is done. */
-static void
-link_to_future(RunningTask *t, int64 future)
+/* A future a task returned, looked at before its subtransaction ends. */
+typedef struct ReturnedFuture
 {
-	Jsonb	   *output = NULL;
-	Jsonb	   *error = NULL;
-	QueueState	st;
+	bool		is_future;		/* else the output is no future */
+	int64		id;
+	QueueState	state;
+	Jsonb	   *output;
+	Jsonb	   *error;
+} ReturnedFuture;
 
+/*
+ * Is the task's output a future, and in what state?  One that is not of
+ * its workflow raises an error, inside the task's subtransaction, which
+ * fails the task like any error of its function.  Results go in cxt.
+ */
+static void
+check_returned_future(RunningTask *t, Datum out, bool isnull,
+					  ReturnedFuture *r, MemoryContext cxt)
+{
+	MemoryContext old;
+
+	memset(r, 0, sizeof(*r));
+	r->is_future = !isnull && apiary_jsonb_is_future(DatumGetJsonbP(out), &r->id);
+	if (!r->is_future)
+		return;
 	/* a task it queued itself is pending still: no need to read it */
-	if (queued_here(future))
+	if (queued_here(r->id))
 	{
-		queue_link(t->id, future, t->started);
+		r->state = QS_PENDING;
 		return;
 	}
-	st = queue_future(future, t->role, t->workflow, &output, &error);
-	if (st == QS_DONE)
-		record_outcome(t->id, QS_DONE, output, t->started);
-	else if (st == QS_FAILED || st == QS_CANCELLED)
-		record_outcome(t->id, QS_FAILED, error, t->started);
+	old = MemoryContextSwitchTo(cxt);
+	r->state = queue_future(r->id, t->role, t->workflow, &r->output, &r->error);
+	MemoryContextSwitchTo(old);
+}
+
+/* The task returned a future: take its output, now or once it is done. */
+static void
+link_to_future(RunningTask *t, const ReturnedFuture *r)
+{
+	if (r->state == QS_DONE)
+		record_outcome(t->id, QS_DONE, r->output, t->started);
+	else if (r->state == QS_FAILED || r->state == QS_CANCELLED)
+		record_outcome(t->id, QS_FAILED, r->error, t->started);
 	else
-		queue_link(t->id, future, t->started);
+		queue_link(t->id, r->id, t->started);
 }
 
 /*
@@ -507,6 +532,7 @@ run_task(RunningTask *t, const char *function, Jsonb *args,
 	Datum		out = (Datum) 0;
 	bool		isnull = false;
 	bool		cancelled = false;
+	ReturnedFuture returned;
 	bool		retry;
 	ErrorData  *edata = NULL;
 	ApiaryKind	kind = APIARY_KIND_TRANSACTIONAL;
@@ -561,6 +587,7 @@ run_task(RunningTask *t, const char *function, Jsonb *args,
 		}
 		PG_END_TRY();
 		SetUserIdAndSecContext(save_user, save_sec);
+		check_returned_future(t, out, isnull, &returned, cxt);
 
 		/* a workflow cancelled meanwhile takes the task's effects back */
 		cancelled = queue_workflow_cancelled(t->role, t->workflow);
@@ -611,10 +638,8 @@ run_task(RunningTask *t, const char *function, Jsonb *args,
 
 	if (edata == NULL)
 	{
-		int64		future;
-
-		if (!isnull && apiary_jsonb_is_future(DatumGetJsonbP(out), &future))
-			link_to_future(t, future);
+		if (returned.is_future)
+			link_to_future(t, &returned);
 		else
 			record_outcome(t->id, QS_DONE, isnull ? NULL : DatumGetJsonbP(out), t->started);
 		return;
