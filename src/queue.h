@@ -50,8 +50,8 @@ extern bool queue_installed(void);
 /*
  * Claim a ready task: take its row out of apiary.ready, skipping rows
  * other executors have taken.  Tries task prefer first, when not 0.
- * Returns false when none is ready, with
- * *next_due set to the earliest retry that is not due yet (0 if none).
+ * Returns false when none is ready, with *next_due set to the earliest
+ * retry that is not due yet (0 if none).
  */
 extern bool queue_claim(int64 prefer, QueueTask *task, TimestampTz *next_due);
 
