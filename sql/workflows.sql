@@ -275,3 +275,29 @@ END $$;
 SELECT apiary_start('undone_future', '{}', 'undone');
 SELECT apiary_result('undone', '60 s');
 SELECT function, state FROM apiary_status('undone') ORDER BY task;
+
+-- Deferred constraints are checked when the task returns, as its role: a
+-- violation fails the task, once, and constraint triggers do not run as
+-- the executor.
+CREATE TABLE deferred_parents (id int PRIMARY KEY);
+INSERT INTO deferred_parents VALUES (1);
+CREATE TABLE deferred_kids (parent int REFERENCES deferred_parents DEFERRABLE INITIALLY DEFERRED);
+CREATE TABLE checked_by (who text);
+CREATE FUNCTION note_checker() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO checked_by VALUES (current_user);
+  RETURN NULL;
+END $$;
+CREATE CONSTRAINT TRIGGER note_checker AFTER INSERT ON deferred_kids
+  DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION note_checker();
+CREATE FUNCTION add_kid(parent int) RETURNS int LANGUAGE sql
+SET apiary.kind = 'transactional' AS $$ INSERT INTO deferred_kids VALUES (parent) RETURNING parent $$;
+GRANT INSERT, SELECT ON deferred_kids, checked_by TO apiary_worker_user;
+SET ROLE apiary_worker_user;
+SELECT apiary_start('add_kid', '[1]', 'kid-1'), apiary_start('add_kid', '[42]', 'kid-42');
+SELECT apiary_result('kid-1', '60 s');
+SELECT apiary_result('kid-42', '60 s');
+SELECT function, state, attempts, error->>'sqlstate' AS sqlstate FROM apiary_status('kid-42');
+RESET ROLE;
+SELECT who FROM checked_by;
+SELECT parent FROM deferred_kids;

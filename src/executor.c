@@ -49,6 +49,7 @@
 #include "access/xlog.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
+#include "commands/trigger.h"
 #include "common/pg_prng.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
@@ -509,6 +510,22 @@ link_to_future(RunningTask *t, const ReturnedFuture *r)
 }
 
 /*
+ * Deferred constraints are checked when the task returns, as its commit
+ * would, but still in its subtransaction and as its role: a violation
+ * fails the task (rather than its whole transaction, which would put it
+ * back in the queue to fail again), and the checks do not run as this
+ * worker.  Only apiary's own rows are written after this.
+ */
+static void
+check_deferred(void)
+{
+	ConstraintsSetStmt all_immediate = {.type = T_ConstraintsSetStmt,
+	.constraints = NIL,.deferred = false};
+
+	AfterTriggerSetState(&all_immediate);
+}
+
+/*
  * Seconds before retry n (1-based), doubling from first, jittered by +-50%
  * so that retries of conflicting tasks spread out; at most an hour.
  */
@@ -577,6 +594,7 @@ run_task(RunningTask *t, const char *function, Jsonb *args,
 		{
 			out = apiary_call(f, resolved, true, cxt, &isnull);
 			bind_check_output(f->name, out, isnull);
+			check_deferred();
 			provenance_note(&prov, t->role, t->workflow, t->id, function);
 		}
 		PG_FINALLY();
