@@ -301,3 +301,22 @@ SELECT function, state, attempts, error->>'sqlstate' AS sqlstate FROM apiary_sta
 RESET ROLE;
 SELECT who FROM checked_by;
 SELECT parent FROM deferred_kids;
+
+-- A cursor a task leaves open is closed when it returns: one WITH HOLD
+-- would otherwise run the rest of its query at the commit, as the executor,
+-- and stay open in the executor's session.
+CREATE FUNCTION note_reader() RETURNS int LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO checked_by VALUES ('read by ' || current_user);
+  RETURN 1;
+END $$;
+CREATE FUNCTION leave_cursor() RETURNS int LANGUAGE sql
+SET apiary.kind = 'transactional' AS $$
+  DECLARE left_open CURSOR WITH HOLD FOR SELECT note_reader() FROM generate_series(1, 3);
+  SELECT 1
+$$;
+SET ROLE apiary_worker_user;
+SELECT apiary_start('leave_cursor', '{}', 'cursor-1'), apiary_start('leave_cursor', '{}', 'cursor-2');
+SELECT apiary_result('cursor-1', '60 s'), apiary_result('cursor-2', '60 s');
+RESET ROLE;
+SELECT who, count(*) FROM checked_by GROUP BY who ORDER BY who;

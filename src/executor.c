@@ -65,6 +65,7 @@
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/portal.h"
 #include "utils/resowner.h"
 #include "utils/snapmgr.h"
 #include "utils/timeout.h"
@@ -510,18 +511,22 @@ link_to_future(RunningTask *t, const ReturnedFuture *r)
 }
 
 /*
- * Deferred constraints are checked when the task returns, as its commit
- * would, but still in its subtransaction and as its role: a violation
- * fails the task (rather than its whole transaction, which would put it
- * back in the queue to fail again), and the checks do not run as this
- * worker.  Only apiary's own rows are written after this.
+ * What a transaction leaves for its commit is done when the task returns,
+ * still in its subtransaction and as its role, not at the commit as this
+ * worker (only apiary's own rows are written after this).  The cursors it
+ * left open are closed: at the commit, one WITH HOLD would run the rest
+ * of its query as this worker, and stay in this session.  Its deferred
+ * constraints are checked: a violation fails the task, where at the
+ * commit it would undo the whole transaction and put the task back in
+ * the queue, to fail again.
  */
 static void
-check_deferred(void)
+end_task_work(void)
 {
 	ConstraintsSetStmt all_immediate = {.type = T_ConstraintsSetStmt,
 	.constraints = NIL,.deferred = false};
 
+	PortalHashTableDeleteAll();
 	AfterTriggerSetState(&all_immediate);
 }
 
@@ -594,7 +599,7 @@ run_task(RunningTask *t, const char *function, Jsonb *args,
 		{
 			out = apiary_call(f, resolved, true, cxt, &isnull);
 			bind_check_output(f->name, out, isnull);
-			check_deferred();
+			end_task_work();
 			provenance_note(&prov, t->role, t->workflow, t->id, function);
 		}
 		PG_FINALLY();
