@@ -320,3 +320,20 @@ SELECT apiary_start('leave_cursor', '{}', 'cursor-1'), apiary_start('leave_curso
 SELECT apiary_result('cursor-1', '60 s'), apiary_result('cursor-2', '60 s');
 RESET ROLE;
 SELECT who, count(*) FROM checked_by GROUP BY who ORDER BY who;
+
+-- Nothing a task does to the executor's session outlives it: its
+-- temporary tables and its settings are gone when the next task runs.
+CREATE FUNCTION leave_state() RETURNS jsonb LANGUAGE plpgsql
+SET apiary.kind = 'transactional' AS $$
+BEGIN
+  CREATE TEMP TABLE left_behind (x int);
+  PERFORM set_config('datestyle', 'German', false);
+  RETURN apiary_queue('look_at_state', '{}');
+END $$;
+CREATE FUNCTION look_at_state() RETURNS jsonb LANGUAGE sql
+SET apiary.kind = 'readonly' AS $$
+  SELECT jsonb_build_object('temp table', to_regclass('pg_temp.left_behind') IS NOT NULL,
+                            'datestyle', current_setting('datestyle'))
+$$;
+SELECT apiary_start('leave_state', '{}', 'session-state');
+SELECT apiary_result('session-state', '60 s');

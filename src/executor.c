@@ -513,21 +513,26 @@ link_to_future(RunningTask *t, const ReturnedFuture *r)
 /*
  * What a transaction leaves for its commit is done when the task returns,
  * still in its subtransaction and as its role, not at the commit as this
- * worker (only apiary's own rows are written after this).  The cursors it
- * left open are closed: at the commit, one WITH HOLD would run the rest
- * of its query as this worker, and stay in this session.  Its deferred
- * constraints are checked: a violation fails the task, where at the
- * commit it would undo the whole transaction and put the task back in
- * the queue, to fail again.
+ * worker (only apiary's own rows are written after this); and nothing it
+ * did to this session outlives it, for the next task may be another
+ * role's.  The cursors it left open are closed: at the commit, one WITH
+ * HOLD would run the rest of its query as this worker.  Its deferred
+ * constraints are checked: a violation fails the task, where at the commit
+ * it would undo the whole transaction and put the task back in the queue,
+ * to fail again.  Its temporary tables are dropped: they come first in
+ * every search_path.  Its settings (SET, not only SET LOCAL) are undone,
+ * from guc_level.
  */
 static void
-end_task_work(void)
+end_task_work(int guc_level)
 {
 	ConstraintsSetStmt all_immediate = {.type = T_ConstraintsSetStmt,
 	.constraints = NIL,.deferred = false};
 
 	PortalHashTableDeleteAll();
 	AfterTriggerSetState(&all_immediate);
+	ResetTempTableNamespace();
+	AtEOXact_GUC(false, guc_level);
 }
 
 /*
@@ -597,9 +602,11 @@ run_task(RunningTask *t, const char *function, Jsonb *args,
 		provenance_begin(&prov);
 		PG_TRY();
 		{
+			int			guc_level = NewGUCNestLevel();
+
 			out = apiary_call(f, resolved, true, cxt, &isnull);
 			bind_check_output(f->name, out, isnull);
-			end_task_work();
+			end_task_work(guc_level);
 			provenance_note(&prov, t->role, t->workflow, t->id, function);
 		}
 		PG_FINALLY();
