@@ -322,18 +322,34 @@ RESET ROLE;
 SELECT who, count(*) FROM checked_by GROUP BY who ORDER BY who;
 
 -- Nothing a task does to the executor's session outlives it: its
--- temporary tables and its settings are gone when the next task runs.
+-- temporary tables, settings, session locks and prepared statements are
+-- gone when the next task runs, and a failed task's session locks too.
 CREATE FUNCTION leave_state() RETURNS jsonb LANGUAGE plpgsql
 SET apiary.kind = 'transactional' AS $$
 BEGIN
   CREATE TEMP TABLE left_behind (x int);
   PERFORM set_config('datestyle', 'German', false);
+  PERFORM pg_advisory_lock(4242);
+  EXECUTE 'PREPARE left_prepared AS SELECT 1';
   RETURN apiary_queue('look_at_state', '{}');
 END $$;
 CREATE FUNCTION look_at_state() RETURNS jsonb LANGUAGE sql
 SET apiary.kind = 'readonly' AS $$
   SELECT jsonb_build_object('temp table', to_regclass('pg_temp.left_behind') IS NOT NULL,
-                            'datestyle', current_setting('datestyle'))
+                            'datestyle', current_setting('datestyle'),
+                            'prepared', (SELECT count(*) FROM pg_prepared_statements))
 $$;
 SELECT apiary_start('leave_state', '{}', 'session-state');
 SELECT apiary_result('session-state', '60 s');
+SELECT pg_try_advisory_lock(4242) AS lock_free;
+SELECT pg_advisory_unlock(4242);
+CREATE FUNCTION lock_and_fail() RETURNS int LANGUAGE plpgsql
+SET apiary.kind = 'transactional' AS $$
+BEGIN
+  PERFORM pg_advisory_lock(4243);
+  RAISE EXCEPTION 'failing with a session lock';
+END $$;
+SELECT apiary_start('lock_and_fail', '{}', 'lock-and-fail');
+SELECT apiary_result('lock-and-fail', '60 s');
+SELECT pg_try_advisory_lock(4243) AS lock_free;
+SELECT pg_advisory_unlock(4243);

@@ -49,6 +49,7 @@
 #include "access/xlog.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
+#include "commands/prepare.h"
 #include "commands/trigger.h"
 #include "common/pg_prng.h"
 #include "executor/spi.h"
@@ -58,6 +59,7 @@
 #include "postmaster/interrupt.h"
 #include "storage/fd.h"
 #include "storage/ipc.h"
+#include "storage/lock.h"
 #include "common/file_perm.h"
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
@@ -511,17 +513,29 @@ link_to_future(RunningTask *t, const ReturnedFuture *r)
 }
 
 /*
+ * What outlives a transaction in a session: a task's session-level
+ * advisory locks and its prepared statements, released and deallocated
+ * however the task ended, for the next task may be another role's.
+ */
+static void
+end_session_state(void)
+{
+	LockReleaseSession(USER_LOCKMETHOD);
+	DropAllPreparedStatements();
+}
+
+/*
  * What a transaction leaves for its commit is done when the task returns,
  * still in its subtransaction and as its role, not at the commit as this
  * worker (only apiary's own rows are written after this); and nothing it
- * did to this session outlives it, for the next task may be another
- * role's.  The cursors it left open are closed: at the commit, one WITH
- * HOLD would run the rest of its query as this worker.  Its deferred
- * constraints are checked: a violation fails the task, where at the commit
- * it would undo the whole transaction and put the task back in the queue,
- * to fail again.  Its temporary tables are dropped: they come first in
- * every search_path.  Its settings (SET, not only SET LOCAL) are undone,
- * from guc_level.
+ * did to this session outlives it.  The cursors it left open are closed:
+ * at the commit, one WITH HOLD would run the rest of its query as this
+ * worker.  Its deferred constraints are checked: a violation fails the
+ * task, where at the commit it would undo the whole transaction and put
+ * the task back in the queue, to fail again.  Its temporary tables are
+ * dropped: they come first in every search_path.  Its settings (SET, not
+ * only SET LOCAL) are undone, from guc_level.  (A task that fails has all
+ * of that undone by its subtransaction's rollback, but end_session_state.)
  */
 static void
 end_task_work(int guc_level)
@@ -532,6 +546,7 @@ end_task_work(int guc_level)
 	PortalHashTableDeleteAll();
 	AfterTriggerSetState(&all_immediate);
 	ResetTempTableNamespace();
+	end_session_state();
 	AtEOXact_GUC(false, guc_level);
 }
 
@@ -637,6 +652,7 @@ run_task(RunningTask *t, const char *function, Jsonb *args,
 		MemoryContextSwitchTo(cxt);
 		CurrentResourceOwner = owner;
 		SetUserIdAndSecContext(save_user, save_sec);
+		end_session_state();
 	}
 	PG_END_TRY();
 	running_task = NULL;
