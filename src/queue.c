@@ -163,6 +163,7 @@ typedef struct QRel
  */
 static const char *const table_names[] = {"tasks", "workflows", "waits", "ready", "links"};
 static Oid	table_oids[lengthof(table_names)];
+static bool tables_current = false; /* queue_installed said so, since */
 
 /*
  * An executor touches the same few tables several times in each task's
@@ -182,6 +183,7 @@ table_changed(Datum arg, Oid relid)
 		if (relid == InvalidOid || relid == table_oids[i])
 		{
 			memset(table_oids, 0, sizeof(table_oids));
+			tables_current = false;
 			return;
 		}
 }
@@ -315,24 +317,40 @@ queue_keep_open(void)
 	RegisterXactCallback(release_kept, NULL);
 }
 
+/*
+ * Asked before every executor transaction: the answer, once yes, is kept
+ * with the tables' OIDs, until an invalidation of one of them (a column
+ * added, a table dropped) forgets both.
+ */
 bool
 queue_installed(void)
 {
-	Oid			nsp = get_namespace_oid("apiary", true);
-	Oid			relid = OidIsValid(nsp) ? get_relname_relid("tasks", nsp) : InvalidOid;
+	Oid			nsp;
+	Oid			relid;
+	Oid			ready;
 	HeapTuple	tup;
-	bool		current = false;
+
+	if (tables_current)
+		return true;
+	nsp = get_namespace_oid("apiary", true);
+	relid = OidIsValid(nsp) ? get_relname_relid("tasks", nsp) : InvalidOid;
+	ready = OidIsValid(nsp) ? get_relname_relid("ready", nsp) : InvalidOid;
 
 	/* the tables as this library writes them: not before ALTER EXTENSION UPDATE */
-	if (!OidIsValid(relid) || !OidIsValid(get_relname_relid("ready", nsp)))
+	if (!OidIsValid(relid) || !OidIsValid(ready))
 		return false;
 	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
 	if (HeapTupleIsValid(tup))
 	{
-		current = ((Form_pg_class) GETSTRUCT(tup))->relnatts == T_NATTS;
+		if (((Form_pg_class) GETSTRUCT(tup))->relnatts == T_NATTS)
+		{
+			table_oids[table_index("tasks")] = relid;
+			table_oids[table_index("ready")] = ready;
+			tables_current = true;
+		}
 		ReleaseSysCache(tup);
 	}
-	return current;
+	return tables_current;
 }
 
 /* Store a new row version and make its index entries. */
