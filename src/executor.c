@@ -454,14 +454,11 @@ static void
 record_outcome(int64 task, QueueState state, Jsonb *value, TimestampTz started)
 {
 	int64		released[MAX_READY];
-	bool		finished;
 	int			n = queue_finish(task, state, value, started, released,
-								 MAX_READY, &finished);
+								 MAX_READY);
 
 	for (int i = 0; i < n; i++)
 		note_ready(i < MAX_READY ? released[i] : 0);
-	if (finished)
-		apiary_finished_at_commit();
 }
 
 /* A future a task returned, looked at before its subtransaction ends. */

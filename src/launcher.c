@@ -32,6 +32,7 @@
 #include "access/xlog.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
+#include "common/hashfn.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
@@ -61,7 +62,8 @@ static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
 static int	wake_at_commit = 0;
-static bool finished_at_commit = false;
+/* the condition variables to broadcast at commit, by index */
+static uint64 finished_at_commit[APIARY_RESULT_CVS / 64];
 
 static void apiary_wake_executors(int n);
 
@@ -87,7 +89,8 @@ apiary_shmem_startup(void)
 	{
 		memset(apiary_shared, 0, sizeof(ApiaryShared));
 		SpinLockInit(&apiary_shared->mutex);
-		ConditionVariableInit(&apiary_shared->finished);
+		for (int i = 0; i < APIARY_RESULT_CVS; i++)
+			ConditionVariableInit(&apiary_shared->finished[i]);
 		pg_atomic_init_u64(&apiary_shared->workflow_changes, 0);
 	}
 	LWLockRelease(AddinShmemInitLock);
@@ -102,15 +105,16 @@ apiary_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_PARALLEL_COMMIT:
 			if (wake_at_commit > 0)
 				apiary_wake_executors(wake_at_commit);
-			if (finished_at_commit && apiary_shared != NULL)
-				ConditionVariableBroadcast(&apiary_shared->finished);
+			for (int i = 0; i < APIARY_RESULT_CVS && apiary_shared != NULL; i++)
+				if (finished_at_commit[i / 64] & (UINT64CONST(1) << (i % 64)))
+					ConditionVariableBroadcast(&apiary_shared->finished[i]);
 			wake_at_commit = 0;
-			finished_at_commit = false;
+			memset(finished_at_commit, 0, sizeof(finished_at_commit));
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
 			wake_at_commit = 0;
-			finished_at_commit = false;
+			memset(finished_at_commit, 0, sizeof(finished_at_commit));
 			break;
 		default:
 			break;
@@ -134,16 +138,38 @@ apiary_wake_at_commit(int n)
 	wake_at_commit = n > APIARY_WAKE_ALL - wake_at_commit ? APIARY_WAKE_ALL : wake_at_commit + n;
 }
 
-void
-apiary_finished_at_commit(void)
+static int
+finished_index(Oid role, text *workflow)
 {
-	finished_at_commit = true;
+	uint32		h = hash_bytes((unsigned char *) VARDATA_ANY(workflow),
+							 VARSIZE_ANY_EXHDR(workflow));
+
+	return hash_combine(h, murmurhash32(role)) % APIARY_RESULT_CVS;
+}
+
+/* The condition variable apiary_result sleeps on for this workflow. */
+ConditionVariable *
+apiary_finished_cv(Oid role, text *workflow)
+{
+	return &apiary_shared->finished[finished_index(role, workflow)];
+}
+
+/* Tell the workflow's waiters when this transaction commits. */
+void
+apiary_finished_at_commit(Oid role, text *workflow)
+{
+	int			i = finished_index(role, workflow);
+
+	finished_at_commit[i / 64] |= UINT64CONST(1) << (i % 64);
 }
 
 bool
 apiary_finishes_at_commit(void)
 {
-	return finished_at_commit;
+	for (int i = 0; i < lengthof(finished_at_commit); i++)
+		if (finished_at_commit[i] != 0)
+			return true;
+	return false;
 }
 
 /*

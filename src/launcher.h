@@ -16,6 +16,13 @@
 
 #define APIARY_MAX_WORKERS 64
 
+/*
+ * apiary_result waits on one of these, chosen by a hash of the workflow's
+ * role and id; a transaction that finishes workflows wakes only their
+ * waiters' condition variables, not every waiter's.
+ */
+#define APIARY_RESULT_CVS 128
+
 typedef struct ExecutorSlot
 {
 	pid_t		pid;			/* 0 when free */
@@ -26,7 +33,7 @@ typedef struct ExecutorSlot
 typedef struct ApiaryShared
 {
 	slock_t		mutex;			/* protects slots */
-	ConditionVariable finished; /* broadcast when workflows finish */
+	ConditionVariable finished[APIARY_RESULT_CVS];	/* see above */
 	pg_atomic_uint64 workflow_changes;	/* cancels and resumes begun */
 	ExecutorSlot slots[APIARY_MAX_WORKERS];
 } ApiaryShared;
@@ -43,8 +50,9 @@ extern void apiary_register_launcher(void);
  */
 #define APIARY_WAKE_ALL INT_MAX
 extern void apiary_wake_at_commit(int n);
-extern void apiary_finished_at_commit(void);
+extern void apiary_finished_at_commit(Oid role, text *workflow);
 extern bool apiary_finishes_at_commit(void);
+extern ConditionVariable *apiary_finished_cv(Oid role, text *workflow);
 
 /* An executor marks itself idle before it looks for work. */
 extern void apiary_executor_idle(int slot, bool idle);

@@ -1085,7 +1085,7 @@ unready(Relation tasks, int64 id)
 
 int
 queue_finish(int64 id, QueueState state, Jsonb *value, TimestampTz ran_at,
-			 int64 *released, int max_released, bool *workflow_finished)
+			 int64 *released, int max_released)
 {
 	QRel	   *tasks;
 	QRel	   *waits;
@@ -1095,7 +1095,6 @@ queue_finish(int64 id, QueueState state, Jsonb *value, TimestampTz ran_at,
 	int			nreleased = 0;
 
 	Assert(state == QS_DONE || state == QS_FAILED || state == QS_CANCELLED);
-	*workflow_finished = false;
 	tasks = qrel_open("tasks", T_NATTS);
 	waits = qrel_open("waits", X_NATTS);
 	workflows = qrel_open("workflows", W_NATTS);
@@ -1136,7 +1135,7 @@ queue_finish(int64 id, QueueState state, Jsonb *value, TimestampTz ran_at,
 			workflow_keys(wkeys, o->role, o->workflow);
 			if (qrel_update(workflows, RelationGetPrimaryKeyIndex(workflows->rel),
 							2, wkeys, mutate_workflow, o))
-				*workflow_finished = true;
+				apiary_finished_at_commit(o->role, o->workflow);
 		}
 
 		/* the tasks waiting for this one */

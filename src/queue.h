@@ -85,12 +85,12 @@ extern QueueState queue_future(int64 id, Oid role, text *workflow,
  * it started, or 0 when none ran.  What depended on the task follows:
  * tasks that returned it as their future take the same outcome, tasks
  * waiting for it become ready when it was their last future (done) or are
- * cancelled (failed), and a root task finishes its workflow.  Returns how
- * many tasks became ready; their ids go to released, up to max_released.
+ * cancelled (failed), and a root task finishes its workflow (whose
+ * apiary_result waiters are woken at commit).  Returns how many tasks
+ * became ready; their ids go to released, up to max_released.
  */
 extern int	queue_finish(int64 id, QueueState state, Jsonb *value,
-						 TimestampTz ran_at, int64 *released, int max_released,
-						 bool *workflow_finished);
+						 TimestampTz ran_at, int64 *released, int max_released);
 
 /* The task ran and returned future, which is not done yet. */
 extern void queue_link(int64 id, int64 future, TimestampTz ran_at);

@@ -209,7 +209,9 @@ Datum
 apiary_result(PG_FUNCTION_ARGS)
 {
 	text	   *id;
+	Oid			role;
 	Datum		values[2];
+	ConditionVariable *finished;
 	TimestampTz deadline = 0;
 	Jsonb	   *output = NULL;
 	bool		done = false;
@@ -233,10 +235,12 @@ apiary_result(PG_FUNCTION_ARGS)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	prepare_plans();
-	values[0] = ObjectIdGetDatum(workflow_role(id));
+	role = workflow_role(id);
+	values[0] = ObjectIdGetDatum(role);
 	values[1] = PointerGetDatum(id);
+	finished = apiary_finished_cv(role, id);
 
-	ConditionVariablePrepareToSleep(&apiary_shared->finished);
+	ConditionVariablePrepareToSleep(finished);
 	for (;;)
 	{
 		char	   *state;
@@ -298,7 +302,7 @@ apiary_result(PG_FUNCTION_ARGS)
 						 errhint("The workflow goes on; call apiary_result again, or see apiary_status('%s').",
 								 text_to_cstring(id))));
 		}
-		(void) ConditionVariableTimedSleep(&apiary_shared->finished, wait_ms,
+		(void) ConditionVariableTimedSleep(finished, wait_ms,
 										   PG_WAIT_EXTENSION);
 	}
 	ConditionVariableCancelSleep();
@@ -357,9 +361,9 @@ apiary_status(PG_FUNCTION_ARGS)
  * first taking the lock running tasks hold from their cancel check to
  * their commit (queue.h): a task that saw the workflow cancelled commits
  * as cancelled before a resume looks at it, and one that saw it running
- * commits before a cancel does.
+ * commits before a cancel does.  Returns the workflow's role.
  */
-static void
+static Oid
 change_workflow(FunctionCallInfo fcinfo, const char *sql)
 {
 	Oid			types[2] = {OIDOID, TEXTOID};
@@ -385,13 +389,15 @@ change_workflow(FunctionCallInfo fcinfo, const char *sql)
 				 errmsg("workflow \"%s\" does not exist",
 						TextDatumGetCString(PG_GETARG_DATUM(0)))));
 	SPI_finish();
+	return role;
 }
 
 Datum
 apiary_cancel(PG_FUNCTION_ARGS)
 {
-	change_workflow(fcinfo, "SELECT apiary.cancel_workflow($1, $2)");
-	apiary_finished_at_commit();
+	Oid			role = change_workflow(fcinfo, "SELECT apiary.cancel_workflow($1, $2)");
+
+	apiary_finished_at_commit(role, PG_GETARG_TEXT_PP(0));
 	PG_RETURN_VOID();
 }
 
