@@ -11,6 +11,10 @@
 #                counter row in its own transaction and queues the next),
 #                started by pgbench clients for BENCH_SECONDS; throughput is
 #                completed workflows / time from first start to last finish
+#   wait3        3-step workflows whose pgbench clients each start one and
+#                wait for its result (apiary_result) before starting the
+#                next, as a web back end calling a workflow does; throughput
+#                is pgbench's transactions (workflows) per second
 #   plain1/3     the same updates as 1 and as 3 autocommit statements per
 #                pgbench transaction: the physical limit of the commits
 #
@@ -71,11 +75,14 @@ echo "enqueue->start, async commit (apiary's own path):  p50 ${s50} ms  p99 ${s9
 
 # --- throughput -------------------------------------------------------------
 printf '\\set id random(1, 1000)\nUPDATE counters SET n = n + 1 WHERE id = :id;\n' >"$dir/plain1.sql"
+printf '%s\n' '\set id random(1, 1000)' \
+	"SELECT apiary_start('step', jsonb_build_object('id', :id::int, 'k', 1, 'steps', 3)) AS w \\gset" \
+	"SELECT apiary_result(:w, '60 s');" >"$dir/wait3.sql"
 printf '\\set id random(1, 1000)\nUPDATE counters SET n = n + 1 WHERE id = :id;\nUPDATE counters SET n = n + 1 WHERE id = :id;\nUPDATE counters SET n = n + 1 WHERE id = :id;\n' >"$dir/plain3.sql"
 chmod 644 "$dir"/*.sql
 
 declare -A rate
-run_plain() { # name clients
+run_tps() { # name clients: pgbench's transactions per second
 	local tps
 	tps=$(bench -c "$2" -j "$(( $2 < 2 ? $2 : 2 ))" -T "$secs" -f "$dir/$1.sql" 2>&1 |
 		awk '/^tps = /{print $3}')
@@ -93,11 +100,12 @@ run_workflows() { # name steps clients
 }
 
 for c in "${clients[@]}"; do
-	run_plain plain1 "$c"
+	run_tps plain1 "$c"
 	run_workflows wf1 1 "$c"
-	run_plain plain3 "$c"
+	run_tps plain3 "$c"
 	run_workflows wf3 3 "$c"
-	echo "  $c client(s): plain1 ${rate[plain1,$c]} tps, wf1 ${rate[wf1,$c]}/s, plain3 ${rate[plain3,$c]} tps, wf3 ${rate[wf3,$c]}/s"
+	run_tps wait3 "$c"
+	echo "  $c client(s): plain1 ${rate[plain1,$c]} tps, wf1 ${rate[wf1,$c]}/s, plain3 ${rate[plain3,$c]} tps, wf3 ${rate[wf3,$c]}/s, wait3 ${rate[wait3,$c]}/s"
 done
 
 # every step took effect exactly once: counters = steps of all workflows
@@ -117,11 +125,11 @@ echo "checked: $steps workflow steps done, each once (counters also carry the pl
 	echo "| enqueue→start: commit timestamp of the enqueuing transaction → task start, enqueuer with synchronous_commit on (includes its WAL flush) | ${c50} ms | ${c99} ms | |"
 	echo "| the same with the enqueuer on synchronous_commit off: apiary's wake-up, claim and start alone | ${s50} ms | ${s99} ms | p50 < 1 ms |"
 	echo
-	echo "| clients | plain commits/s | 1-step workflows/s | ratio | 3 plain commits/s (pgbench tx) | 3-step workflows/s | ratio (target ≥ 0.5) |"
-	echo "|---:|---:|---:|---:|---:|---:|---:|"
+	echo "| clients | plain commits/s | 1-step workflows/s | ratio | 3 plain commits/s (pgbench tx) | 3-step workflows/s | ratio (target ≥ 0.5) | 3-step, each client waiting for its result | ratio |"
+	echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 	for c in "${clients[@]}"; do
-		awk -v c="$c" -v p1="${rate[plain1,$c]}" -v w1="${rate[wf1,$c]}" -v p3="${rate[plain3,$c]}" -v w3="${rate[wf3,$c]}" \
-			'BEGIN { printf "| %s | %.0f | %.0f | %.2fx | %.0f | %.0f | %.2fx |\n", c, p1, w1, w1 / p1, p3, w3, w3 / p3 }'
+		awk -v c="$c" -v p1="${rate[plain1,$c]}" -v w1="${rate[wf1,$c]}" -v p3="${rate[plain3,$c]}" -v w3="${rate[wf3,$c]}" -v r3="${rate[wait3,$c]}" \
+			'BEGIN { printf "| %s | %.0f | %.0f | %.2fx | %.0f | %.0f | %.2fx | %.0f | %.2fx |\n", c, p1, w1, w1 / p1, p3, w3, w3 / p3, r3, r3 / p3 }'
 	done
 } >"$out"
 echo
