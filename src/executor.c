@@ -766,8 +766,13 @@ run_one_task(int64 prefer, long *nap_ms)
 	SPI_finish();
 
 	/* this executor runs the first task made ready next; others the rest */
-	if (nready > 1)
-		apiary_wake_at_commit(nready - 1);
+	for (int i = 1; i < nready; i++)
+	{
+		if (i < MAX_READY)
+			apiary_hand_at_commit(ready_ids[i]);
+		else
+			apiary_wake_at_commit(1);
+	}
 
 	/*
 	 * apiary.synchronous_steps = off: a step that does not end its
@@ -990,6 +995,7 @@ claim_slot(int slot)
 	{
 		apiary_shared->slots[slot].pid = MyProcPid;
 		apiary_shared->slots[slot].latch = MyLatch;
+		apiary_shared->slots[slot].handed = 0;
 	}
 	SpinLockRelease(&apiary_shared->mutex);
 	return ok;
@@ -1033,7 +1039,8 @@ apiary_executor_main(Datum main_arg)
 	{
 		volatile bool ran = false;
 		long		nap_ms = 1000L;
-		int64		prefer = nready > 0 && nready <= MAX_READY ? ready_ids[0] : 0;
+		int64		prefer = nready > 0 && nready <= MAX_READY ? ready_ids[0] :
+			apiary_executor_handed(slot);
 
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)

@@ -62,6 +62,10 @@ static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
 static int	wake_at_commit = 0;
+/* tasks to hand to the first executors woken at commit */
+#define MAX_HANDED 8
+static int64 handed_at_commit[MAX_HANDED];
+static int	nhanded = 0;
 /* the condition variables to broadcast at commit, by index */
 static uint64 finished_at_commit[APIARY_RESULT_CVS / 64];
 
@@ -109,11 +113,13 @@ apiary_xact_callback(XactEvent event, void *arg)
 				if (finished_at_commit[i / 64] & (UINT64CONST(1) << (i % 64)))
 					ConditionVariableBroadcast(&apiary_shared->finished[i]);
 			wake_at_commit = 0;
+			nhanded = 0;
 			memset(finished_at_commit, 0, sizeof(finished_at_commit));
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
 			wake_at_commit = 0;
+			nhanded = 0;
 			memset(finished_at_commit, 0, sizeof(finished_at_commit));
 			break;
 		default:
@@ -136,6 +142,14 @@ void
 apiary_wake_at_commit(int n)
 {
 	wake_at_commit = n > APIARY_WAKE_ALL - wake_at_commit ? APIARY_WAKE_ALL : wake_at_commit + n;
+}
+
+void
+apiary_hand_at_commit(int64 task)
+{
+	if (nhanded < MAX_HANDED)
+		handed_at_commit[nhanded++] = task;
+	apiary_wake_at_commit(1);
 }
 
 static int
@@ -178,7 +192,11 @@ apiary_finishes_at_commit(void)
  * work with, and this runs after our commit is visible: either it sees our
  * tasks, or we see it idle and set its latch, so no wake-up can fall
  * between "found nothing" and going to sleep.  Busy executors look for
- * work again as soon as they are done, and are left alone.
+ * work again as soon as they are done, and are left alone.  The first
+ * ones woken are handed the tasks the transaction named: each tries its
+ * own first, without looking through apiary.ready for the oldest (which,
+ * after a burst, passes many dead index entries until a vacuum).  A
+ * handed task is a hint: it stays in apiary.ready for any executor.
  */
 static void
 apiary_wake_executors(int n)
@@ -196,6 +214,8 @@ apiary_wake_executors(int n)
 		if (slot->pid != 0 && slot->idle)
 		{
 			slot->idle = false;
+			if (nlatches < nhanded)
+				slot->handed = handed_at_commit[nlatches];
 			latches[nlatches++] = slot->latch;
 		}
 	}
@@ -210,6 +230,18 @@ apiary_executor_idle(int slot, bool idle)
 	SpinLockAcquire(&apiary_shared->mutex);
 	apiary_shared->slots[slot].idle = idle;
 	SpinLockRelease(&apiary_shared->mutex);
+}
+
+int64
+apiary_executor_handed(int slot)
+{
+	int64		task;
+
+	SpinLockAcquire(&apiary_shared->mutex);
+	task = apiary_shared->slots[slot].handed;
+	apiary_shared->slots[slot].handed = 0;
+	SpinLockRelease(&apiary_shared->mutex);
+	return task;
 }
 
 void

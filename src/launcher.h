@@ -28,6 +28,7 @@ typedef struct ExecutorSlot
 	pid_t		pid;			/* 0 when free */
 	Latch	   *latch;
 	bool		idle;			/* looking for work or asleep, not woken yet */
+	int64		handed;			/* a ready task to try first, or 0 */
 } ExecutorSlot;
 
 typedef struct ApiaryShared
@@ -50,12 +51,22 @@ extern void apiary_register_launcher(void);
  */
 #define APIARY_WAKE_ALL INT_MAX
 extern void apiary_wake_at_commit(int n);
+
+/*
+ * Wake one idle executor when this transaction commits, and hand it this
+ * task, made ready by the transaction, to try before it looks through
+ * apiary.ready for the oldest ready task.
+ */
+extern void apiary_hand_at_commit(int64 task);
 extern void apiary_finished_at_commit(Oid role, text *workflow);
 extern bool apiary_finishes_at_commit(void);
 extern ConditionVariable *apiary_finished_cv(Oid role, text *workflow);
 
 /* An executor marks itself idle before it looks for work. */
 extern void apiary_executor_idle(int slot, bool idle);
+
+/* The task handed to the executor in slot, or 0; the slot forgets it. */
+extern int64 apiary_executor_handed(int slot);
 
 extern PGDLLEXPORT void apiary_launcher_main(Datum main_arg);
 

@@ -782,7 +782,7 @@ find_workflow(Relation rel, Snapshot snapshot, Oid role, text *id,
 	return found;
 }
 
-bool
+int64
 queue_add_workflow(Oid role, text *id, bool generated, const char *function,
 				   Jsonb *args, char **recorded_function, Jsonb **recorded_args)
 {
@@ -816,7 +816,7 @@ queue_add_workflow(Oid role, text *id, bool generated, const char *function,
 		if (found)
 		{
 			qrel_close(workflows);
-			return false;
+			return 0;
 		}
 	}
 
@@ -840,7 +840,7 @@ queue_add_workflow(Oid role, text *id, bool generated, const char *function,
 		qrel_insert(workflows, values, nulls);
 	}
 	qrel_close(workflows);
-	return true;
+	return root;
 }
 
 QueueState

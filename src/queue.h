@@ -63,11 +63,12 @@ extern int64 queue_add_task(Oid role, text *workflow, int64 parent,
 							const char *function, Jsonb *args, List *futures);
 
 /*
- * Start workflow (role, id) with its root task, unless it exists: then
- * return false with the recorded call.  Waits for a concurrent start of
- * the same id to end.  A generated id (random) is new: no need to look.
+ * Start workflow (role, id) with its root task and return the task's id,
+ * unless the workflow exists: then return 0 with the recorded call.  Waits
+ * for a concurrent start of the same id to end.  A generated id (random)
+ * is new: no need to look.
  */
-extern bool queue_add_workflow(Oid role, text *id, bool generated,
+extern int64 queue_add_workflow(Oid role, text *id, bool generated,
 							   const char *function, Jsonb *args,
 							   char **recorded_function,
 							   Jsonb **recorded_args);

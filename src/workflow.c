@@ -108,6 +108,7 @@ apiary_start(PG_FUNCTION_ARGS)
 	text	   *id;
 	char	   *fn;
 	Jsonb	   *recorded;
+	int64		root;
 
 	require_workers("apiary_start");
 	bind_require_call_args(fcinfo);
@@ -121,8 +122,9 @@ apiary_start(PG_FUNCTION_ARGS)
 	registry_check_callable(name);
 	apiary_check_no_futures("apiary_start", args);
 
-	if (queue_add_workflow(GetUserId(), id, PG_ARGISNULL(2), name, args, &fn, &recorded))
-		apiary_wake_at_commit(1);
+	root = queue_add_workflow(GetUserId(), id, PG_ARGISNULL(2), name, args, &fn, &recorded);
+	if (root != 0)
+		apiary_hand_at_commit(root);
 	else if (strcmp(fn, name) != 0 ||
 			 !DatumGetBool(DirectFunctionCall2(jsonb_eq, JsonbPGetDatum(recorded),
 											   JsonbPGetDatum(args))))
