@@ -766,13 +766,10 @@ run_one_task(int64 prefer, long *nap_ms)
 	SPI_finish();
 
 	/* this executor runs the first task made ready next; others the rest */
-	for (int i = 1; i < nready; i++)
-	{
-		if (i < MAX_READY)
-			apiary_hand_at_commit(ready_ids[i]);
-		else
-			apiary_wake_at_commit(1);
-	}
+	for (int i = 1; i < Min(nready, MAX_READY); i++)
+		apiary_hand_at_commit(ready_ids[i]);
+	if (nready > MAX_READY)
+		apiary_wake_at_commit(nready - MAX_READY);
 
 	/*
 	 * apiary.synchronous_steps = off: a step that does not end its

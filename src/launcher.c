@@ -32,11 +32,12 @@
 #include "access/xlog.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
-#include "common/hashfn.h"
 #include "commands/extension.h"
+#include "common/hashfn.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
+#include "port/pg_bitutils.h"
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
@@ -109,9 +110,9 @@ apiary_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_PARALLEL_COMMIT:
 			if (wake_at_commit > 0)
 				apiary_wake_executors(wake_at_commit);
-			for (int i = 0; i < APIARY_RESULT_CVS && apiary_shared != NULL; i++)
-				if (finished_at_commit[i / 64] & (UINT64CONST(1) << (i % 64)))
-					ConditionVariableBroadcast(&apiary_shared->finished[i]);
+			for (int w = 0; w < lengthof(finished_at_commit) && apiary_shared != NULL; w++)
+				for (uint64 bits = finished_at_commit[w]; bits != 0; bits &= bits - 1)
+					ConditionVariableBroadcast(&apiary_shared->finished[w * 64 + pg_rightmost_one_pos64(bits)]);
 			wake_at_commit = 0;
 			nhanded = 0;
 			memset(finished_at_commit, 0, sizeof(finished_at_commit));

@@ -58,6 +58,8 @@ extern void apiary_wake_at_commit(int n);
  * apiary.ready for the oldest ready task.
  */
 extern void apiary_hand_at_commit(int64 task);
+
+/* Wake the workflow's apiary_result waiters when this transaction commits. */
 extern void apiary_finished_at_commit(Oid role, text *workflow);
 extern bool apiary_finishes_at_commit(void);
 extern ConditionVariable *apiary_finished_cv(Oid role, text *workflow);

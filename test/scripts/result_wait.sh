@@ -1,6 +1,5 @@
 #!/usr/bin/env bash
-# apiary_result wakes up when its own workflow finishes, whoever finishes it,
-# and not because another one did.
+# apiary_result wakes up when its own workflow finishes, whoever finishes it.
 #
 # Waiters sleep on one of apiary's condition variables, chosen by the
 # workflow; the transaction that finishes a workflow (an executor, or
@@ -81,8 +80,7 @@ done
 
 # 2. finished by the executors
 psql_ -c "SELECT pg_advisory_lock(77), pg_sleep(600)" >/dev/null 2>&1 &
-holder=$!
-waiters+=("$holder")
+waiters+=($!)
 for _ in $(seq 1 600); do
 	[ "$(psql_ -c "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 77 AND granted")" -eq 1 ] && break
 	sleep 0.1
