@@ -87,6 +87,31 @@ SELECT key FROM apiary.invocations WHERE key LIKE 'obs-%' ORDER BY key;
 ALTER SYSTEM RESET apiary.retention;
 SELECT pg_reload_conf();
 
+-- apiary.ready: once executors have taken apiary.ready_vacuum_threshold
+-- ready rows, the launcher vacuums the table (a manual vacuum, to the
+-- statistics), so that claims do not walk the dead rows' index entries.
+ALTER SYSTEM SET apiary.ready_vacuum_threshold = 20;
+SELECT pg_reload_conf();
+CREATE TEMP TABLE obs_vacuums AS SELECT vacuum_count FROM pg_stat_all_tables
+WHERE relid = 'apiary.ready'::regclass;
+SELECT count(apiary_start('obs_add', jsonb_build_object('a', i, 'b', 0), 'obs-vac-' || i))
+FROM generate_series(1, 60) i;
+SELECT count(*) AS results FROM generate_series(1, 60) i
+WHERE apiary_result('obs-vac-' || i, '60 s') = to_jsonb(i);
+DO $$
+BEGIN
+  FOR i IN 1..600 LOOP
+    PERFORM pg_stat_clear_snapshot();
+    EXIT WHEN (SELECT vacuum_count FROM pg_stat_all_tables
+               WHERE relid = 'apiary.ready'::regclass) > (TABLE obs_vacuums);
+    PERFORM pg_sleep(0.1);
+  END LOOP;
+END $$;
+SELECT vacuum_count > (TABLE obs_vacuums) AS ready_vacuumed FROM pg_stat_all_tables
+WHERE relid = 'apiary.ready'::regclass;
+ALTER SYSTEM RESET apiary.ready_vacuum_threshold;
+SELECT pg_reload_conf();
+
 -- Provenance: with apiary.provenance = writes, the rows apiary functions
 -- write are read back from the WAL by logical decoding (apiary's own output
 -- plugin) and attributed to the task or call that wrote them.

@@ -41,6 +41,7 @@ int			apiary_max_queued = 10000;
 int			apiary_max_key_size = 1024;
 int			apiary_stats_max = 1000;
 int			apiary_retention = 7 * 24 * 3600;
+int			apiary_ready_vacuum_threshold = 1000;
 int			apiary_provenance = APIARY_PROVENANCE_OFF;
 int			apiary_provenance_max_reads = 10000;
 int			apiary_provenance_nice = 10;
@@ -217,6 +218,16 @@ apiary_define_gucs(void)
 							0, INT_MAX,
 							PGC_SIGHUP,
 							GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("apiary.ready_vacuum_threshold",
+							"Number of ready-task rows taken after which the launcher vacuums apiary.ready.",
+							"0 leaves apiary.ready to autovacuum.",
+							&apiary_ready_vacuum_threshold,
+							1000,
+							0, INT_MAX,
+							PGC_SIGHUP,
+							0,
 							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("apiary.provenance_nice",

@@ -30,6 +30,7 @@ extern int	apiary_max_queued;
 extern int	apiary_max_key_size;
 extern int	apiary_stats_max;
 extern int	apiary_retention;
+extern int	apiary_ready_vacuum_threshold;
 
 typedef enum ApiaryProvenance
 {

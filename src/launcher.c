@@ -33,20 +33,24 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
+#include "commands/vacuum.h"
 #include "common/hashfn.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
+#include "nodes/makefuncs.h"
 #include "pgstat.h"
 #include "port/pg_bitutils.h"
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
+#include "storage/lmgr.h"
 #include "storage/proc.h"
 #include "storage/shmem.h"
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 #include "utils/varlena.h"
@@ -97,6 +101,7 @@ apiary_shmem_startup(void)
 		for (int i = 0; i < APIARY_RESULT_CVS; i++)
 			ConditionVariableInit(&apiary_shared->finished[i]);
 		pg_atomic_init_u64(&apiary_shared->workflow_changes, 0);
+		pg_atomic_init_u64(&apiary_shared->ready_deleted, 0);
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -223,6 +228,21 @@ apiary_wake_executors(int n)
 	SpinLockRelease(&apiary_shared->mutex);
 	for (int i = 0; i < nlatches; i++)
 		SetLatch(latches[i]);
+}
+
+void
+apiary_ready_deleted(void)
+{
+	uint64		n;
+	Latch	   *latch;
+
+	if (apiary_shared == NULL || apiary_ready_vacuum_threshold == 0)
+		return;
+	n = pg_atomic_add_fetch_u64(&apiary_shared->ready_deleted, 1);
+	/* a stale latch (launcher gone) only wakes some process needlessly */
+	latch = apiary_shared->launcher_latch;
+	if (n % apiary_ready_vacuum_threshold == 0 && latch != NULL)
+		SetLatch(latch);
 }
 
 void
@@ -354,6 +374,56 @@ prune(void)
 	return true;
 }
 
+/*
+ * VACUUM apiary.ready.  Executors take the oldest ready task first, so the
+ * index entries of the rows they delete pile up at the start of the index,
+ * where every claim's scan begins.  Scans mark them dead once they see
+ * them, but only a vacuum removes the pages they fill: until one comes,
+ * every claim walks them all (after a burst of a few tens of thousands of
+ * tasks, hundreds of pages; autovacuum comes by once a minute at most).
+ * Without truncating the table (that would lock the executors out), and
+ * not while another vacuum (autovacuum) or a lock holder has the table.
+ */
+static void
+vacuum_ready(void)
+{
+	static MemoryContext cxt = NULL;
+	MemoryContext old;
+	Oid			nsp,
+				relid = InvalidOid;
+
+	if (cxt == NULL)
+		cxt = AllocSetContextCreate(TopMemoryContext, "apiary vacuum",
+									ALLOCSET_SMALL_SIZES);
+	MemoryContextReset(cxt);	/* also what an error left behind */
+	old = CurrentMemoryContext;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	nsp = get_namespace_oid("apiary", true);
+	if (OidIsValid(nsp))
+		relid = get_relname_relid("ready", nsp);
+	if (OidIsValid(relid) && ConditionalLockRelationOid(relid, ShareUpdateExclusiveLock))
+	{
+		VacuumStmt *stmt;
+
+		UnlockRelationOid(relid, ShareUpdateExclusiveLock);
+		/* vacuum commits and starts transactions: nothing in theirs lasts */
+		MemoryContextSwitchTo(cxt);
+		stmt = makeNode(VacuumStmt);
+		stmt->options = list_make2(makeDefElem("index_cleanup", (Node *) makeString("on"), -1),
+								   makeDefElem("truncate", (Node *) makeString("off"), -1));
+		/* by oid alone: a table dropped meanwhile is skipped quietly */
+		stmt->rels = list_make1(makeVacuumRelation(NULL, relid, NIL));
+		stmt->is_vacuumcmd = true;
+		PortalContext = cxt;	/* vacuum's own context goes under it */
+		ExecVacuum(make_parsestate(NULL), stmt, true);
+		PortalContext = NULL;
+	}
+	CommitTransactionCommand();
+	MemoryContextSwitchTo(old);
+}
+
 /* Does the comma-separated list name item? */
 static bool
 names_item(const char *list, const char *item)
@@ -471,6 +541,8 @@ apiary_launcher_main(Datum main_arg)
 	BackgroundWorkerHandle *collector = NULL;
 	bool		crashes_counted = false;
 	TimestampTz next_prune = 0;
+	TimestampTz next_vacuum = 0;
+	uint64		vacuumed_at = 0;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	/*
@@ -483,11 +555,13 @@ apiary_launcher_main(Datum main_arg)
 
 	BackgroundWorkerInitializeConnection(apiary_database, NULL, 0);
 	pgstat_report_appname("apiary launcher");
+	apiary_shared->launcher_latch = MyLatch;
 
 	for (;;)
 	{
 		int			wanted = 0;
 		bool		installed;
+		long		timeout;
 
 		if (ConfigReloadPending)
 		{
@@ -544,8 +618,40 @@ apiary_launcher_main(Datum main_arg)
 				TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 60 * 1000);
 		}
 
+		/*
+		 * apiary.ready: after every apiary.ready_vacuum_threshold rows
+		 * deleted, but spending at most a tenth of the time vacuuming
+		 */
+		timeout = 1000;
+		if (wanted > 0 && apiary_ready_vacuum_threshold > 0 &&
+			pg_atomic_read_u64(&apiary_shared->ready_deleted) - vacuumed_at >=
+			(uint64) apiary_ready_vacuum_threshold)
+		{
+			TimestampTz now = GetCurrentTimestamp();
+
+			if (now >= next_vacuum)
+			{
+				vacuumed_at = pg_atomic_read_u64(&apiary_shared->ready_deleted);
+				PG_TRY();
+				{
+					vacuum_ready();
+				}
+				PG_CATCH();
+				{
+					EmitErrorReport();
+					AbortCurrentTransaction();
+					FlushErrorState();
+				}
+				PG_END_TRY();
+				next_vacuum = GetCurrentTimestamp();
+				next_vacuum += 9 * (next_vacuum - now);
+			}
+			else
+				timeout = Min(timeout, (next_vacuum - now) / 1000 + 1);
+		}
+
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 1000L, PG_WAIT_EXTENSION);
+						 timeout, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
 	}

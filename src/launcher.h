@@ -36,6 +36,8 @@ typedef struct ApiaryShared
 	slock_t		mutex;			/* protects slots */
 	ConditionVariable finished[APIARY_RESULT_CVS];	/* see above */
 	pg_atomic_uint64 workflow_changes;	/* cancels and resumes begun */
+	pg_atomic_uint64 ready_deleted; /* apiary.ready rows deleted, ever */
+	Latch	   *launcher_latch; /* set to have the launcher vacuum apiary.ready */
 	ExecutorSlot slots[APIARY_MAX_WORKERS];
 } ApiaryShared;
 
@@ -63,6 +65,12 @@ extern void apiary_hand_at_commit(int64 task);
 extern void apiary_finished_at_commit(Oid role, text *workflow);
 extern bool apiary_finishes_at_commit(void);
 extern ConditionVariable *apiary_finished_cv(Oid role, text *workflow);
+
+/*
+ * Count a deleted apiary.ready row; every apiary.ready_vacuum_threshold
+ * of them, the launcher vacuums apiary.ready.
+ */
+extern void apiary_ready_deleted(void);
 
 /* An executor marks itself idle before it looks for work. */
 extern void apiary_executor_idle(int slot, bool idle);

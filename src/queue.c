@@ -520,6 +520,7 @@ ready_delete(Relation ready, ItemPointer tid, bool wait)
 	if (res != TM_Ok)
 		return false;			/* claimed by another executor, or gone */
 	CommandCounterIncrement();
+	apiary_ready_deleted();
 	return true;
 }
 
