@@ -14,8 +14,9 @@
  * on SIGTERM.  Before starting executors it counts crashes of the tasks
  * they were running when the server went down (executor.c).  It also does
  * the housekeeping: retention (deleting what is older than
- * apiary.retention), and keeps the provenance collector (provenance.c)
- * running while apiary.provenance is on.
+ * apiary.retention), vacuuming apiary.ready as executors take its rows,
+ * and keeping the provenance collector (provenance.c) running while
+ * apiary.provenance is on.
  *
  * Shared memory holds one slot per executor, with its latch and whether it
  * is idle, and a condition variable.  A transaction that makes tasks ready
