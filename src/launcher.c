@@ -407,6 +407,7 @@ vacuum_ready(void)
 	if (OidIsValid(relid) && ConditionalLockRelationOid(relid, ShareUpdateExclusiveLock))
 	{
 		VacuumStmt *stmt;
+		MemoryContext portal;
 
 		UnlockRelationOid(relid, ShareUpdateExclusiveLock);
 		/* vacuum commits and starts transactions: nothing in theirs lasts */
@@ -417,9 +418,10 @@ vacuum_ready(void)
 		/* by oid alone: a table dropped meanwhile is skipped quietly */
 		stmt->rels = list_make1(makeVacuumRelation(NULL, relid, NIL));
 		stmt->is_vacuumcmd = true;
+		portal = PortalContext;
 		PortalContext = cxt;	/* vacuum's own context goes under it */
 		ExecVacuum(make_parsestate(NULL), stmt, true);
-		PortalContext = NULL;
+		PortalContext = portal;
 	}
 	CommitTransactionCommand();
 	MemoryContextSwitchTo(old);
