@@ -44,6 +44,7 @@
 
 #include <math.h>
 #include <signal.h>
+#include <sys/mman.h>
 
 #include "access/xact.h"
 #include "access/xlog.h"
@@ -107,17 +108,30 @@ static RunningTask *running_task = NULL;
  * task that slot was running when a backend crashed: the postmaster then
  * kills every backend at once and restarts them, with no exit callbacks.
  * The launcher counts those crashes before it starts any executor
- * (apiary_count_crashes).  The file stays open and is rewritten in place,
- * and is not fsynced: the operating system outlives a backend crash.
+ * (apiary_count_crashes).  The file is mapped into the executor's memory,
+ * so naming a task is two stores, no system call; it is not fsynced: the
+ * operating system, which holds the mapped page, outlives a backend crash.
+ * The task id is stored twice, the second time inverted, and a reader
+ * trusts it only when the two agree: an executor killed between the two
+ * stores leaves a marker that names no task.
  */
 #define MARKER_DIR "pg_apiary"
-#define MARKER_SIZE 32			/* "<database oid> <task id>", padded */
+#define MARKER_MAGIC 0x41504931	/* "API1" */
+
+typedef struct Marker
+{
+	uint32		magic;
+	Oid			database;
+	int64		task;
+	int64		check;			/* ~task */
+} Marker;
 
 static char marker_path[MAXPGPATH];
-static int	marker_fd = -1;
+static volatile Marker *marker = NULL;
 static int	executor_slot = -1;
 
 static void marker_write(int64 task);
+static void marker_open(int slot);
 static void marker_clear_at_exit(int code, Datum arg);
 
 /*
@@ -794,60 +808,78 @@ run_one_task(int64 prefer, long *nap_ms)
  * ---------------------------------------------------------------------
  */
 
-/*
- * Name the task this executor runs (0: none) in its marker file, in place:
- * a write to an open file, no file created or removed per task.
- */
+/* Name the task this executor runs (0: none) in its marker. */
 static void
 marker_write(int64 task)
 {
-	char		buf[MARKER_SIZE];
-
-	int			len = snprintf(buf, sizeof(buf), "%u %lld", MyDatabaseId, (long long) task);
-
-	memset(buf + len, ' ', sizeof(buf) - len);
-	buf[sizeof(buf) - 1] = '\n';
-	if (pwrite(marker_fd, buf, sizeof(buf), 0) != sizeof(buf))
-		ereport(ERROR,
-				(errcode_for_file_access(),
-				 errmsg("could not write file \"%s\": %m", marker_path)));
+	if (marker == NULL)
+		return;
+	marker->task = task;
+	marker->check = ~task;
 }
 
-/* Clear the marker without raising errors: at exit, or after one. */
+/* Clear the marker: at exit, or after an error. */
 static void
 marker_clear_at_exit(int code, Datum arg)
 {
-	char		buf[MARKER_SIZE];
-
-	memset(buf, ' ', sizeof(buf));
-	buf[0] = '0';
-	buf[sizeof(buf) - 1] = '\n';
-	if (marker_fd >= 0 && pwrite(marker_fd, buf, sizeof(buf), 0) != sizeof(buf))
-		ereport(LOG,
-				(errcode_for_file_access(),
-				 errmsg("could not write file \"%s\": %m", marker_path)));
+	marker_write(0);
 }
 
 /* The task a marker file names, or 0. */
 static int64
 marker_read(const char *path)
 {
-	char		buf[MARKER_SIZE + 1];
+	Marker		m;
 	int			fd = open(path, O_RDONLY | PG_BINARY, 0);
 	ssize_t		len;
-	unsigned int db;
-	long long	task;
 
 	if (fd < 0)
 		return 0;
-	len = read(fd, buf, MARKER_SIZE);
+	len = read(fd, &m, sizeof(m));
 	close(fd);
-	if (len <= 0)
+	if (len != sizeof(m) || m.magic != MARKER_MAGIC || m.database != MyDatabaseId ||
+		m.task <= 0 || m.check != ~m.task)
 		return 0;
-	buf[len] = '\0';
-	if (sscanf(buf, "%u %lld", &db, &task) != 2 || db != MyDatabaseId || task <= 0)
-		return 0;
-	return task;
+	return m.task;
+}
+
+/*
+ * Create this slot's marker file, naming no task yet, and map it.  The
+ * launcher counted what the last one named before starting this executor.
+ */
+static void
+marker_open(int slot)
+{
+	Marker		m = {MARKER_MAGIC, MyDatabaseId, 0, ~INT64CONST(0)};
+	int			fd;
+	void	   *p;
+
+	snprintf(marker_path, MAXPGPATH, "%s/executor.%d", MARKER_DIR, slot);
+	if (MakePGDirectory(MARKER_DIR) != 0 && errno != EEXIST)
+		ereport(FATAL,
+				(errcode_for_file_access(),
+				 errmsg("could not create directory \"%s\": %m", MARKER_DIR)));
+	fd = open(marker_path, O_RDWR | O_CREAT | O_TRUNC | PG_BINARY, pg_file_create_mode);
+	if (fd < 0)
+		ereport(FATAL,
+				(errcode_for_file_access(),
+				 errmsg("could not open file \"%s\": %m", marker_path)));
+	errno = 0;
+	if (write(fd, &m, sizeof(m)) != sizeof(m))
+	{
+		if (errno == 0)
+			errno = ENOSPC;		/* a short write: most likely a full disk */
+		ereport(FATAL,
+				(errcode_for_file_access(),
+				 errmsg("could not write file \"%s\": %m", marker_path)));
+	}
+	p = mmap(NULL, sizeof(m), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (p == MAP_FAILED)
+		ereport(FATAL,
+				(errcode_for_file_access(),
+				 errmsg("could not map file \"%s\": %m", marker_path)));
+	close(fd);
+	marker = p;
 }
 
 /*
@@ -1015,18 +1047,7 @@ apiary_executor_main(Datum main_arg)
 	pgstat_report_appname("apiary executor");
 
 	executor_slot = slot;
-	snprintf(marker_path, MAXPGPATH, "%s/executor.%d", MARKER_DIR, slot);
-	if (MakePGDirectory(MARKER_DIR) != 0 && errno != EEXIST)
-		ereport(FATAL,
-				(errcode_for_file_access(),
-				 errmsg("could not create directory \"%s\": %m", MARKER_DIR)));
-	/* the launcher counted what the last marker named before starting us */
-	marker_fd = open(marker_path, O_RDWR | O_CREAT | O_TRUNC | PG_BINARY,
-					 pg_file_create_mode);
-	if (marker_fd < 0)
-		ereport(FATAL,
-				(errcode_for_file_access(),
-				 errmsg("could not open file \"%s\": %m", marker_path)));
+	marker_open(slot);
 	/* an orderly exit, FATAL included, is no crash */
 	before_shmem_exit(marker_clear_at_exit, (Datum) 0);
 	RegisterSubXactCallback(note_subxact_abort, NULL);
