@@ -607,6 +607,37 @@ claimed(Relation tasks, int64 id, QueueTask *task)
 	return found && state == QS_PENDING;
 }
 
+/*
+ * Take task id if it is pending and due, and its ready row is free: the
+ * claim of one particular task.
+ */
+static bool
+take_task(Relation tasks, Relation ready, Snapshot snapshot, int64 id,
+		  TimestampTz now, QueueTask *task)
+{
+	QueueState	state;
+	TimestampTz run_after;
+
+	return read_task(tasks, snapshot, id, &state, &run_after, task) &&
+		state == QS_PENDING && run_after <= now &&
+		ready_take(ready, id, run_after, false);
+}
+
+bool
+queue_take(int64 id, QueueTask *task)
+{
+	QRel	   *qtasks = qrel_open("tasks", T_NATTS);
+	QRel	   *qready = qrel_open("ready", R_NATTS);
+	Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	bool		found = take_task(qtasks->rel, qready->rel, snapshot, id,
+								  GetCurrentTimestamp(), task);
+
+	UnregisterSnapshot(snapshot);
+	qrel_close(qready);
+	qrel_close(qtasks);
+	return found;
+}
+
 bool
 queue_claim(int64 prefer, QueueTask *task, TimestampTz *next_due)
 {
@@ -626,14 +657,7 @@ queue_claim(int64 prefer, QueueTask *task, TimestampTz *next_due)
 	 * change of a pending task's state or run_after takes that row.
 	 */
 	if (prefer != 0)
-	{
-		QueueState	state;
-		TimestampTz run_after;
-
-		found = read_task(tasks, snapshot, prefer, &state, &run_after, task) &&
-			state == QS_PENDING && run_after <= now &&
-			ready_take(ready, prefer, run_after, false);
-	}
+		found = take_task(tasks, ready, snapshot, prefer, now, task);
 
 	/* else the oldest ready task */
 	if (!found)

@@ -55,6 +55,9 @@ extern bool queue_installed(void);
  */
 extern bool queue_claim(int64 prefer, QueueTask *task, TimestampTz *next_due);
 
+/* Claim task id only, if it is ready and no other executor has it. */
+extern bool queue_take(int64 id, QueueTask *task);
+
 /*
  * Queue a task; futures lists the ids (int64 *) of the futures among its
  * arguments that are not done yet: it waits for them.  Returns its id.
