@@ -151,13 +151,12 @@ static bool queued_undone = false;
 
 /*
  * The task this executor's transaction claimed (0: none) and when its
- * attempt began; and, when that transaction failed outside the task's
- * subtransaction, that attempt and its error, for settle_failed.
+ * attempt began.  When that transaction fails outside the task's
+ * subtransaction, they stay set, with the error in failed_error, until
+ * settle_failed takes them.
  */
 static int64 claimed_id = 0;
 static TimestampTz claimed_started = 0;
-static int64 failed_id = 0;
-static TimestampTz failed_started = 0;
 static ErrorData *failed_error = NULL;
 static MemoryContext failed_cxt = NULL;
 
@@ -855,19 +854,22 @@ settle_failed(void)
 {
 	QueueTask	task;
 	ErrorData  *edata = failed_error;	/* in failed_cxt, kept to the next error */
+	int64		id = claimed_id;
 
+	/* once: an error while settling is only logged */
 	failed_error = NULL;
+	claimed_id = 0;
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	/* only apiary's own rows: no part in serializable snapshot isolation */
 	XactIsoLevel = XACT_READ_COMMITTED;
 	PushActiveSnapshot(GetTransactionSnapshot());
-	if (queue_installed() && queue_take(failed_id, &task))
+	if (queue_installed() && queue_take(id, &task))
 	{
 		ApiaryFunction *f = registry_acquire(task.function);
 		int			max_attempts = f->max_attempts > 0 ? f->max_attempts : apiary_max_attempts;
 		int			attempt = task.attempts + 1;
-		RunningTask t = {task.id, task.role, task.workflow, failed_started, 0};
+		RunningTask t = {task.id, task.role, task.workflow, claimed_started, 0};
 
 		registry_release(f);
 		retry_or_fail(&t, task.function, edata, attempt, max_attempts,
@@ -895,7 +897,7 @@ marker_write(int64 task)
 	marker->check = ~task;
 }
 
-/* Clear the marker: at exit, or after an error. */
+/* Clear the marker at an orderly exit. */
 static void
 marker_clear_at_exit(int code, Datum arg)
 {
@@ -1160,8 +1162,7 @@ apiary_executor_main(Datum main_arg)
 		{
 			/*
 			 * An error outside the task's own subtransaction: start over,
-			 * and settle the attempt it undid first (once: an error while
-			 * settling is only logged).
+			 * and settle the attempt it undid first.
 			 */
 			MemoryContextReset(failed_cxt);
 			failed_error = NULL;
@@ -1169,16 +1170,13 @@ apiary_executor_main(Datum main_arg)
 			{
 				MemoryContextSwitchTo(failed_cxt);
 				failed_error = CopyErrorData();
-				failed_id = claimed_id;
-				failed_started = claimed_started;
 				ran = true;
 			}
 			EmitErrorReport();
 			AbortCurrentTransaction();
 			FlushErrorState();
-			marker_clear_at_exit(0, (Datum) 0);
+			marker_write(0);
 			running_task = NULL;
-			claimed_id = 0;
 			nready = 0;
 			nap_ms = 1000L;
 		}
