@@ -91,6 +91,38 @@ CREATE OR REPLACE FUNCTION restock_item(item int, qty int) RETURNS int
 LANGUAGE sql SET apiary.kind = 'readonly' AS $$ SELECT qty $$;
 SELECT name, kind FROM apiary.functions WHERE name = 'restock_item';
 
+-- apiary_register on a declared function is the user's word: ALTER FUNCTION
+-- keeps its settings, and says so when the clause disagrees with its kind.
+SELECT apiary_register('restock_item(int,int)', 'transactional', max_attempts => 5, timeout => '2 s');
+ALTER FUNCTION restock_item(int, int) COST 10;
+SELECT name, kind, max_attempts, timeout, declared FROM apiary.functions WHERE name = 'restock_item';
+-- RESET leaves a registration made with apiary_register alone
+ALTER ROUTINE restock_item(int, int) RESET apiary.kind;
+SELECT name, kind, declared FROM apiary.functions WHERE name = 'restock_item';
+SELECT apiary_unregister('restock_item');
+-- ALTER ROUTINE is seen as ALTER FUNCTION is.
+ALTER ROUTINE restock_item(int, int) SET apiary.kind = 'readonly';
+SELECT name, kind, declared FROM apiary.functions WHERE name = 'restock_item';
+-- A function that declares a kind but is not registered (unregistered
+-- here, or declared while apiary was not installed) says how to fix that.
+SELECT apiary_unregister('restock_item');
+SELECT apiary_invoke('restock_item', '[1, 2]');
+ALTER FUNCTION restock_item(int, int) SET apiary.kind = 'readonly';
+SELECT apiary_invoke('restock_item', '[1, 2]');
+-- a procedure cannot be registered, declaratively either
+CREATE PROCEDURE restock_all() LANGUAGE sql
+SET apiary.kind = 'transactional' AS $$ UPDATE stock SET qty = 10 $$;
+CREATE PROCEDURE restock_all() LANGUAGE sql AS $$ UPDATE stock SET qty = 10 $$;
+ALTER PROCEDURE restock_all() SET apiary.kind = 'transactional';
+DROP PROCEDURE restock_all();
+
+-- A registration inserted for a function that has one replaces it: a
+-- restore creates the function (which registers it again by its clause)
+-- before it copies apiary.functions, rows made by apiary_register included.
+INSERT INTO apiary.functions (name, fn, kind, max_attempts, declared, registered_by)
+VALUES ('restock_item', 'restock_item(int,int)', 'external', 7, false, current_user::regrole);
+SELECT name, kind, max_attempts, declared FROM apiary.functions WHERE name = 'restock_item';
+
 -- An unknown kind is rejected by the setting's own check.
 CREATE FUNCTION bad_kind() RETURNS int LANGUAGE sql
 SET apiary.kind = 'eventual' AS $$ SELECT 1 $$;

@@ -226,7 +226,9 @@ report_not_found(const char *name)
 	int			rc;
 
 	/* a function of that name that was never registered? */
-	rc = SPI_execute_with_args("SELECT p.oid::pg_catalog.regprocedure::pg_catalog.text"
+	rc = SPI_execute_with_args("SELECT p.oid::pg_catalog.regprocedure::pg_catalog.text,"
+							   " (SELECT pg_catalog.substr(c, 13) FROM pg_catalog.unnest(p.proconfig) c"
+							   "  WHERE c LIKE 'apiary.kind=_%')"
 							   " FROM pg_catalog.pg_proc p"
 							   " WHERE p.proname OPERATOR(pg_catalog.=) $1::pg_catalog.name"
 							   " AND p.prokind OPERATOR(pg_catalog.=) 'f'"
@@ -236,11 +238,19 @@ report_not_found(const char *name)
 	{
 		char	   *sig = SPI_getvalue(SPI_tuptable->vals[0],
 									   SPI_tuptable->tupdesc, 1);
+		char	   *declared = SPI_getvalue(SPI_tuptable->vals[0],
+											SPI_tuptable->tupdesc, 2);
 
-		hint = psprintf("Function %s exists but is not registered with apiary: "
-						"register it with apiary_register('%s'), or add "
-						"SET apiary.kind = 'transactional' to its definition.",
-						sig, sig);
+		/* declared while apiary was not installed, or unregistered since */
+		if (declared != NULL)
+			hint = psprintf("Function %s declares SET apiary.kind = '%s' but is not registered: "
+							"ALTER FUNCTION %s SET apiary.kind = '%s' registers it.",
+							sig, declared, sig, declared);
+		else
+			hint = psprintf("Function %s exists but is not registered with apiary: "
+							"register it with apiary_register('%s'), or add "
+							"SET apiary.kind = 'transactional' to its definition.",
+							sig, sig);
 	}
 
 	/* else a registered name that is close */
@@ -452,18 +462,6 @@ registry_acquire(const char *name)
 }
 
 void
-registry_check_callable(const char *name)
-{
-	ApiaryFunction *f = registry_acquire(name);
-	Oid			fn = f->fn;
-	AclResult	acl = pg_proc_aclcheck(fn, GetUserId(), ACL_EXECUTE);
-
-	registry_release(f);
-	if (acl != ACLCHECK_OK)
-		aclcheck_error(acl, OBJECT_FUNCTION, get_func_name(fn));
-}
-
-void
 registry_release(ApiaryFunction *f)
 {
 	RegistryEntry *entry;
@@ -582,21 +580,23 @@ apiary_register(PG_FUNCTION_ARGS)
 	if (strlen(name) >= NAMEDATALEN)
 		ereport(ERROR,
 				(errcode(ERRCODE_NAME_TOO_LONG),
-				 errmsg("apiary function name \"%s\" is too long", name),
-				 errdetail("Names are at most %d bytes.", NAMEDATALEN - 1)));
+				 errmsg("apiary function name is too long"),
+				 errdetail("Names are at most %d bytes; this one has %zu.",
+						   NAMEDATALEN - 1, strlen(name))));
 	if (!PG_ARGISNULL(3) && PG_GETARG_INT32(3) < 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("max_attempts must be at least 1")));
 	if (!PG_ARGISNULL(4))
 	{
-		Interval	zero = {0};
+		/* timeouts are kept to the millisecond */
+		Interval	one_ms = {.time = 1000};
 
 		if (DatumGetInt32(DirectFunctionCall2(interval_cmp, PG_GETARG_DATUM(4),
-											  IntervalPGetDatum(&zero))) <= 0)
+											  IntervalPGetDatum(&one_ms))) < 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("timeout must be positive")));
+					 errmsg("timeout must be at least 1 millisecond")));
 	}
 
 	if (SPI_connect() != SPI_OK_CONNECT)
@@ -722,15 +722,38 @@ sync_declared(Oid fn)
 
 		check_callable(fn, &proname, &owner);
 
-		/* keep the name it is registered under; a new one takes its own */
-		rc = SPI_execute_with_args("SELECT name FROM apiary.functions"
+		/*
+		 * An existing registration keeps its name.  One made with
+		 * apiary_register is the user's word and stays as it is: the clause
+		 * only says so when the two disagree.
+		 */
+		rc = SPI_execute_with_args("SELECT name, declared, kind FROM apiary.functions"
 								   " WHERE fn OPERATOR(pg_catalog.=) $1::pg_catalog.regprocedure",
 								   1, argtypes, values, NULL, false, 1);
 		if (rc != SPI_OK_SELECT)
 			elog(ERROR, "SPI_execute failed: %s", SPI_result_code_string(rc));
-		name = SPI_processed == 1
-			? SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1)
-			: proname;
+		if (SPI_processed == 1)
+		{
+			HeapTuple	row = SPI_tuptable->vals[0];
+			TupleDesc	desc = SPI_tuptable->tupdesc;
+			bool		isnull;
+			bool		declared = DatumGetBool(SPI_getbinval(row, desc, 2, &isnull));
+			char	   *registered_kind = SPI_getvalue(row, desc, 3);
+
+			name = SPI_getvalue(row, desc, 1);
+			if (!declared && strcmp(registered_kind, kind_name) != 0)
+				ereport(WARNING,
+						(errmsg("apiary function \"%s\" stays %s, as registered with apiary_register",
+								name, registered_kind),
+						 errdetail("Its SET apiary.kind = '%s' has no effect on a function registered with apiary_register.",
+								   kind_name),
+						 errhint("Change the kind with apiary_register('%s', '%s').",
+								 format_procedure(fn), kind_name)));
+			if (!declared)
+				return;
+		}
+		else
+			name = proname;
 		store_registration(fn, name, kind, (Datum) 0, true, (Datum) 0, true,
 						   true, owner);
 	}
