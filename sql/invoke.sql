@@ -113,6 +113,10 @@ BEGIN READ ONLY;
 SELECT apiary_invoke('total');
 SELECT apiary_invoke('deposit', '{"account": 2, "amount": 1}');
 ROLLBACK;
+-- ... but not with a key: the journal is a write.
+BEGIN READ ONLY;
+SELECT apiary_invoke('total', '{}', 'read-only-key');
+ROLLBACK;
 -- An external function can be called synchronously too: it runs once, now.
 CREATE FUNCTION notify_owner(account int) RETURNS text LANGUAGE sql
 SET apiary.kind = 'external' AS $$ SELECT 'notified ' || owner FROM accounts WHERE id = account $$;

@@ -44,6 +44,15 @@ SELECT count(*) FROM payments;
 SELECT apiary_start('checkout', '{"cart": 8}') AS id \gset
 SELECT length(:'id') AS id_length, apiary_result(:'id', '60 s');
 
+-- The arguments must bind to the function's parameters when the workflow
+-- starts, as for apiary_invoke.  An empty workflow id is an error, and so
+-- is a start in a read-only transaction (a standby's, say).
+SELECT apiary_start('checkout', '{"cartt": 8}');
+SELECT apiary_start('checkout', '{"cart": 8}', '');
+BEGIN READ ONLY;
+SELECT apiary_start('checkout', '{"cart": 8}');
+ROLLBACK;
+
 --
 -- Fan-out and fan-in: futures as arguments, chains of returned futures.
 --
@@ -145,6 +154,7 @@ SELECT apiary_result('gated');
 ROLLBACK;
 -- A timeout ends the wait, not the workflow.
 SELECT apiary_result('gated', '10 ms');
+SELECT apiary_result('gated', '-1 s');
 SELECT pg_advisory_unlock(4242);
 SELECT apiary_result('gated', '60 s');
 SELECT apiary_result('no-such-workflow');
@@ -226,6 +236,14 @@ SELECT apiary_result('who', '60 s');
 
 -- apiary_queue belongs inside a running task.
 SELECT apiary_queue('square', '2');
+-- Inside one, its arguments must bind as apiary_start's do.
+CREATE FUNCTION misqueue() RETURNS jsonb LANGUAGE plpgsql
+SET apiary.kind = 'transactional' AS $$
+BEGIN
+  RETURN apiary_queue('square', '{"y": 2}');
+END $$;
+SELECT apiary_start('misqueue', '{}', 'misqueued');
+SELECT apiary_result('misqueued', '60 s');
 -- Futures are checked: another workflow's task is not a future of this one.
 CREATE FUNCTION forge(task bigint) RETURNS jsonb LANGUAGE plpgsql
 SET apiary.kind = 'transactional' AS $$
@@ -353,3 +371,12 @@ SELECT apiary_start('lock_and_fail', '{}', 'lock-and-fail');
 SELECT apiary_result('lock-and-fail', '60 s');
 SELECT pg_try_advisory_lock(4243) AS lock_free;
 SELECT pg_advisory_unlock(4243);
+
+-- Workflows belong to apiary.database, where the executors run: elsewhere
+-- apiary_start says so instead of queueing work that would never run.
+CREATE DATABASE apiary_elsewhere;
+\c apiary_elsewhere
+CREATE EXTENSION apiary;
+SELECT apiary_start('checkout', '{"cart": 8}');
+\c contrib_regression
+DROP DATABASE apiary_elsewhere;

@@ -442,30 +442,25 @@ direct_call(ApiaryFunction *f, Datum *values, char *nulls, bool read_only,
 	return FunctionCall1(&f->to_jsonb, result);
 }
 
-Datum
-bind_call(ApiaryFunction *f, Jsonb *args, bool read_only, bool direct,
-		  MemoryContext resultcxt, bool *isnull)
+/*
+ * Which value binds which parameter: element i of the result is the value
+ * for parameter i, or NULL when it takes its default.  Binding errors are
+ * reported here.
+ */
+static JsonbValue **
+bind_params(ApiaryFunction *f, Jsonb *args, BindMask *mask)
 {
 	int			count = JB_ROOT_IS_SCALAR(args) ? 1 : JB_ROOT_COUNT(args);
 	JsonbValue *given = palloc(Max(count, 1) * sizeof(JsonbValue));
 	JsonbValue **byparam = palloc0(Max(f->nargs, 1) * sizeof(JsonbValue *));
-	Datum	   *values = palloc(Max(f->nargs, 1) * sizeof(Datum));
-	char	   *nulls = palloc(Max(f->nargs, 1) * sizeof(char));
 	BindSignature sig = {f->nargs, f->param_names, f->ndefaults};
-	BindMask	mask;
 	BindError	err;
 	int			bad = 0;
-	int			nparams = 0;
-	SPIPlanPtr	plan;
-	ConvertErrorContext ctx = {f, 0};
-	ErrorContextCallback errcallback;
-	int			rc;
-	Datum		result;
 
 	if (JB_ROOT_IS_SCALAR(args))
 	{
 		JsonbExtractScalar(&args->root, &given[0]);
-		err = bind_scalar(&sig, &mask, &bad);
+		err = bind_scalar(&sig, mask, &bad);
 		report_bind_error(f, err, bad, NULL, 0, 1);
 		byparam[0] = &given[0];
 	}
@@ -492,7 +487,7 @@ bind_call(ApiaryFunction *f, Jsonb *args, bool read_only, bool direct,
 
 		if (JB_ROOT_IS_OBJECT(args))
 		{
-			err = bind_by_name(&sig, n, keys, keylens, slot, &mask, &bad);
+			err = bind_by_name(&sig, n, keys, keylens, slot, mask, &bad);
 			if (err == BIND_UNKNOWN_NAME)
 				report_bind_error(f, err, bad, keys[bad], keylens[bad], n);
 			report_bind_error(f, err, bad, NULL, 0, n);
@@ -501,12 +496,52 @@ bind_call(ApiaryFunction *f, Jsonb *args, bool read_only, bool direct,
 		}
 		else
 		{
-			err = bind_by_position(&sig, n, &mask, &bad);
+			err = bind_by_position(&sig, n, mask, &bad);
 			report_bind_error(f, err, bad, NULL, 0, n);
 			for (int k = 0; k < n; k++)
 				byparam[k] = &given[k];
 		}
 	}
+	return byparam;
+}
+
+void
+bind_check_queued(const char *name, Jsonb *args)
+{
+	ApiaryFunction *f = registry_acquire(name);
+
+	PG_TRY();
+	{
+		AclResult	acl = pg_proc_aclcheck(f->fn, GetUserId(), ACL_EXECUTE);
+		BindMask	mask;
+
+		if (acl != ACLCHECK_OK)
+			aclcheck_error(acl, OBJECT_FUNCTION, get_func_name(f->fn));
+		(void) bind_params(f, args, &mask);
+	}
+	PG_FINALLY();
+	{
+		registry_release(f);
+	}
+	PG_END_TRY();
+}
+
+Datum
+bind_call(ApiaryFunction *f, Jsonb *args, bool read_only, bool direct,
+		  MemoryContext resultcxt, bool *isnull)
+{
+	JsonbValue **byparam;
+	Datum	   *values = palloc(Max(f->nargs, 1) * sizeof(Datum));
+	char	   *nulls = palloc(Max(f->nargs, 1) * sizeof(char));
+	BindMask	mask;
+	int			nparams = 0;
+	SPIPlanPtr	plan;
+	ConvertErrorContext ctx = {f, 0};
+	ErrorContextCallback errcallback;
+	int			rc;
+	Datum		result;
+
+	byparam = bind_params(f, args, &mask);
 
 	/* convert, in parameter order: the plan's $n follow it */
 	errcallback.callback = convert_errcontext;

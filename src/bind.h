@@ -19,6 +19,15 @@ extern void bind_require_call_args(FunctionCallInfo fcinfo);
 /* Reject arguments over apiary.max_args_size or apiary.max_args_depth. */
 extern void bind_check_limits(const char *name, Jsonb *args);
 
+/*
+ * Before a task is queued: "does not exist", with its hint, unless name is
+ * registered; "permission denied" unless the current user may execute its
+ * function; and the errors of apiary_invoke unless args bind its parameters
+ * (names and number: the values convert when the task runs, and may be
+ * futures).  The executor checks all of it again when the task runs.
+ */
+extern void bind_check_queued(const char *name, Jsonb *args);
+
 /* An output to be journaled must fit apiary.max_output_size. */
 extern void bind_check_output(const char *name, Datum output, bool isnull);
 

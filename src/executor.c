@@ -329,8 +329,8 @@ apiary_queue_jsonb(const char *name, Jsonb *args)
 				 errhint("Start a workflow with apiary_start; the functions it runs may queue tasks.")));
 	bind_check_limits(name, args);
 
-	/* callable now; it is looked up, and checked, again when it runs */
-	registry_check_callable(name);
+	/* callable now, with these arguments; checked again when it runs */
+	bind_check_queued(name, args);
 	if (++running_task->queued > apiary_max_queued)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),

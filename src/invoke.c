@@ -191,6 +191,19 @@ apiary_invoke_internal(const char *name, Jsonb *args, text *key, bool *isnull)
 				 errdetail("Keys are at most %d bytes (apiary.max_key_size); this one has %zu.",
 						   apiary_max_key_size, VARSIZE_ANY_EXHDR(key))));
 
+	if (key != NULL && VARSIZE_ANY_EXHDR(key) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("key for apiary function \"%s\" must not be empty", name),
+				 errhint("Pass NULL to call it without a key.")));
+	/* the journal is a write: on a standby too, say so before the call */
+	if (key != NULL && XactReadOnly)
+		ereport(ERROR,
+				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
+				 errmsg("cannot journal a keyed call of apiary function \"%s\" in a read-only transaction",
+						name),
+				 errhint("Call it without a key, or in a read-write transaction.")));
+
 	frame.parent = current_frame;
 	frame.role = nested ? current_frame->role : GetUserId();
 	frame.key = key;

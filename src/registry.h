@@ -83,11 +83,4 @@ extern void registry_init(void);
 extern ApiaryFunction *registry_acquire(const char *name);
 extern void registry_release(ApiaryFunction *f);
 
-/*
- * Before queueing a call: raise "does not exist", with its hint, unless
- * name is registered, and "permission denied" unless the current user may
- * execute its function.  (The call checks the privilege again when it runs.)
- */
-extern void registry_check_callable(const char *name);
-
 #endif							/* APIARY_REGISTRY_H */

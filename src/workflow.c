@@ -22,10 +22,12 @@
 
 #include "access/xact.h"
 #include "catalog/pg_type.h"
+#include "commands/dbcommands.h"
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
+#include "tcop/utility.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
@@ -52,11 +54,22 @@ static SPIPlanPtr result_plan = NULL;
 static void
 require_workers(const char *function)
 {
+	const char *here;
+
 	if (apiary_shared == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("%s requires apiary's background workers", function),
 				 errhint("Add apiary to shared_preload_libraries in postgresql.conf, set apiary.database to this database, and restart the server.")));
+	/* the executors run workflows in one database: elsewhere none would */
+	here = get_database_name(MyDatabaseId);
+	if (here == NULL || strcmp(here, apiary_database) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("%s works only in database \"%s\", where apiary's executors run",
+						function, apiary_database),
+				 errhint("Connect to database \"%s\", or set apiary.database to this database and restart the server.",
+						 apiary_database)));
 }
 
 static void
@@ -92,6 +105,10 @@ generate_id(void)
 static void
 check_id(text *id)
 {
+	if (VARSIZE_ANY_EXHDR(id) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("workflow id must not be empty")));
 	if (VARSIZE_ANY_EXHDR(id) > apiary_max_key_size)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
@@ -111,6 +128,7 @@ apiary_start(PG_FUNCTION_ARGS)
 	int64		root;
 
 	require_workers("apiary_start");
+	PreventCommandIfReadOnly("apiary_start()");
 	bind_require_call_args(fcinfo);
 	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	args = PG_GETARG_JSONB_P(1);
@@ -118,8 +136,8 @@ apiary_start(PG_FUNCTION_ARGS)
 	check_id(id);
 	bind_check_limits(name, args);
 
-	/* callable now; the executor looks it up, and checks, again */
-	registry_check_callable(name);
+	/* callable now, with these arguments; checked again when it runs */
+	bind_check_queued(name, args);
 	apiary_check_no_futures("apiary_start", args);
 
 	root = queue_add_workflow(GetUserId(), id, PG_ARGISNULL(2), name, args, &fn, &recorded);
@@ -235,7 +253,14 @@ apiary_result(PG_FUNCTION_ARGS)
 	if (!PG_ARGISNULL(1))
 	{
 		Interval   *timeout = PG_GETARG_INTERVAL_P(1);
+		Interval	zero = {0};
 
+		if (DatumGetInt32(DirectFunctionCall2(interval_cmp, IntervalPGetDatum(timeout),
+											  IntervalPGetDatum(&zero))) < 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("timeout must not be negative"),
+					 errhint("A timeout of 0 returns the result if the workflow has finished, and times out at once if not.")));
 		deadline = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
 														   TimestampTzGetDatum(GetCurrentTimestamp()),
 														   IntervalPGetDatum(timeout)));
