@@ -48,6 +48,16 @@ SELECT * FROM error_of($$SELECT apiary_invoke('take', '{"id": 1, "qty": 99999999
 SELECT * FROM error_of($$SELECT apiary_invoke('take', '{"id": 1, "qty": true}')$$);
 SELECT * FROM error_of($$SELECT apiary_invoke('take', '{"id": 1, "qty": {"n": 1}}')$$);
 SELECT * FROM error_of($$SELECT apiary_invoke('take', '{"id": [1], "qty": 1}')$$);
+-- Arrays and rows come from JSON arrays, objects or text: a number or a
+-- boolean is a type mismatch.  Their conversion runs in the call
+-- statement, whose context line it gives.
+CREATE TYPE pair AS (a int, b int);
+CREATE FUNCTION sum_pair(p pair, extra int[] DEFAULT '{}') RETURNS int LANGUAGE sql
+SET apiary.kind = 'readonly' AS $$ SELECT p.a + p.b + coalesce((SELECT sum(e) FROM unnest(extra) e), 0)::int $$;
+SELECT * FROM error_of($$SELECT apiary_invoke('sum_pair', '{"p": 3}')$$);
+SELECT * FROM error_of($$SELECT apiary_invoke('sum_pair', '{"p": {"a": 1, "b": 2}, "extra": true}')$$);
+SELECT * FROM error_of($$SELECT apiary_invoke('sum_pair', '{"p": {"a": "one", "b": 2}}')$$);
+SELECT apiary_invoke('sum_pair', '{"p": "(1,2)", "extra": [3]}');
 
 -- The function's own errors pass through unchanged.
 SELECT * FROM error_of($$SELECT apiary_invoke('take', '{"id": 1, "qty": 5}')$$);

@@ -223,8 +223,16 @@ convert_value(ApiaryFunction *f, int i, JsonbValue *v, bool *isnull)
 
 	switch (p->conversion)
 	{
-		case PARAM_JSONB:
 		case PARAM_STRUCTURED:
+			/* arrays and records come from JSON arrays, objects or text */
+			if (v->type == jbvNumeric || v->type == jbvBool)
+				ereport(ERROR,
+						(errcode(ERRCODE_DATATYPE_MISMATCH),
+						 errmsg("argument \"%s\" of apiary function \"%s\" must be %s, not a JSON %s",
+								param_label(f, i), f->name, format_type_be(p->type),
+								v->type == jbvNumeric ? "number" : "boolean")));
+			return JsonbPGetDatum(JsonbValueToJsonb(v));
+		case PARAM_JSONB:
 			return JsonbPGetDatum(JsonbValueToJsonb(v));
 		case PARAM_JSON:
 			{
