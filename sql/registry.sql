@@ -132,6 +132,19 @@ CREATE SCHEMA other;
 CREATE FUNCTION other.reserve(item int) RETURNS int LANGUAGE sql
 SET apiary.kind = 'transactional' AS $$ SELECT item $$;
 SELECT to_regprocedure('other.reserve(int)') IS NULL AS not_created;
+-- With check_function_bodies off, as in a restore (which copies the
+-- registrations after it), the function is created, unregistered, with a
+-- warning: a restore never loses a function to apiary.
+SET check_function_bodies = off;
+CREATE FUNCTION other.reserve(item int) RETURNS int LANGUAGE sql
+SET apiary.kind = 'transactional' AS $$ SELECT item $$;
+CREATE PROCEDURE other.restock() LANGUAGE sql
+SET apiary.kind = 'transactional' AS $$ SELECT 1 $$;
+RESET check_function_bodies;
+SELECT to_regprocedure('other.reserve(int)') IS NOT NULL AS created,
+       (SELECT fn FROM apiary.functions WHERE name = 'reserve') AS reserve_is;
+-- a function registered under another name says which
+SELECT apiary_invoke('stock_of', '1');
 
 -- Dropping a function unregisters it, also through a cascade.
 CREATE FUNCTION other.audit(item int) RETURNS int LANGUAGE sql

@@ -27,8 +27,13 @@ INSERT INTO apiary.workflows (role, id, function, args, root)
 SELECT current_user::regrole, 'queued-before-upgrade', 'kept', '1', id FROM t;
 SELECT apiary_start('kept', '41', 'after-upgrade');
 
+-- a procedure could declare a kind up to 0.6 (registering nothing): the
+-- update says so
+CREATE PROCEDURE declared_proc() LANGUAGE sql
+SET apiary.kind = 'transactional' AS $$ SELECT 1 $$;
 ALTER EXTENSION apiary UPDATE;
 SELECT extversion FROM pg_extension WHERE extname = 'apiary';
+DROP PROCEDURE declared_proc();
 -- the update put the pending task in the ready queue, and it runs
 SELECT apiary_result('queued-before-upgrade', '60 s');
 SELECT apiary_start('kept', '41', 'after-upgrade');

@@ -36,6 +36,7 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
@@ -47,6 +48,7 @@
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
@@ -228,7 +230,10 @@ report_not_found(const char *name)
 	/* a function of that name that was never registered? */
 	rc = SPI_execute_with_args("SELECT p.oid::pg_catalog.regprocedure::pg_catalog.text,"
 							   " (SELECT pg_catalog.substr(c, 13) FROM pg_catalog.unnest(p.proconfig) c"
-							   "  WHERE c LIKE 'apiary.kind=_%')"
+							   "  WHERE pg_catalog.starts_with(c, 'apiary.kind=')"
+							   "  AND pg_catalog.length(c) OPERATOR(pg_catalog.>) 12),"
+							   " (SELECT name FROM apiary.functions r"
+							   "  WHERE r.fn OPERATOR(pg_catalog.=) p.oid)"
 							   " FROM pg_catalog.pg_proc p"
 							   " WHERE p.proname OPERATOR(pg_catalog.=) $1::pg_catalog.name"
 							   " AND p.prokind OPERATOR(pg_catalog.=) 'f'"
@@ -240,9 +245,13 @@ report_not_found(const char *name)
 									   SPI_tuptable->tupdesc, 1);
 		char	   *declared = SPI_getvalue(SPI_tuptable->vals[0],
 											SPI_tuptable->tupdesc, 2);
+		char	   *registered_as = SPI_getvalue(SPI_tuptable->vals[0],
+												 SPI_tuptable->tupdesc, 3);
 
+		if (registered_as != NULL)
+			hint = psprintf("Function %s is registered as \"%s\".", sig, registered_as);
 		/* declared while apiary was not installed, or unregistered since */
-		if (declared != NULL)
+		else if (declared != NULL)
 			hint = psprintf("Function %s declares SET apiary.kind = '%s' but is not registered: "
 							"ALTER FUNCTION %s SET apiary.kind = '%s' registers it.",
 							sig, declared, sig, declared);
@@ -479,6 +488,16 @@ registry_release(ApiaryFunction *f)
  * ---------------------------------------------------------------------
  */
 
+static void
+report_name_taken(const char *name, const char *other_fn)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_DUPLICATE_FUNCTION),
+			 errmsg("apiary function \"%s\" is already registered for %s",
+					name, other_fn),
+			 errhint("Register this function under another name with apiary_register(..., name => '...'), or unregister the other one first.")));
+}
+
 /*
  * Insert or update the registration of fn under name, as the journal's
  * owner.  A name held by another function, or a function registered under
@@ -519,11 +538,7 @@ store_registration(Oid fn, const char *name, ApiaryKind kind,
 					 errhint("Unregister it with apiary_unregister('%s') first.",
 							 other_name)));
 		if (!same_fn)
-			ereport(ERROR,
-					(errcode(ERRCODE_DUPLICATE_FUNCTION),
-					 errmsg("apiary function \"%s\" is already registered for %s",
-							name, other_fn),
-					 errhint("Register this function under another name with apiary_register(..., name => '...'), or unregister the other one first.")));
+			report_name_taken(name, other_fn);
 	}
 
 	values[0] = CStringGetTextDatum(name);
@@ -543,8 +558,19 @@ store_registration(Oid fn, const char *name, ApiaryKind kind,
 							   " ON CONFLICT (name) DO UPDATE SET kind = excluded.kind,"
 							   " max_attempts = excluded.max_attempts, timeout = excluded.timeout,"
 							   " declared = excluded.declared, registered_by = excluded.registered_by,"
-							   " registered_at = pg_catalog.now()",
+							   " registered_at = pg_catalog.now()"
+							   " WHERE f.fn OPERATOR(pg_catalog.=) excluded.fn",
 					NULL, 7, types, values, nulls, SPI_OK_INSERT);
+
+	/* another function's registration of the name, committed meanwhile */
+	rc = SPI_execute_with_args("SELECT fn::pg_catalog.text FROM apiary.functions"
+							   " WHERE name OPERATOR(pg_catalog.=) $2"
+							   " AND fn OPERATOR(pg_catalog.<>) $1::pg_catalog.regprocedure",
+							   2, lookup_types, lookup_values, NULL, false, 1);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute failed: %s", SPI_result_code_string(rc));
+	if (SPI_processed > 0)
+		report_name_taken(name, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
 }
 
 Datum
@@ -768,6 +794,43 @@ sync_declared(Oid fn)
 	}
 }
 
+/*
+ * With check_function_bodies off, as in a restore, a declaration apiary
+ * cannot register (a name taken, a procedure) is a warning: the function is
+ * created all the same, and a restore then copies the registrations.
+ */
+static void
+sync_declared_leniently(Oid fn)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		sync_declared(fn);
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+		edata->elevel = WARNING;
+		edata->hint = pstrdup("check_function_bodies is off, as in a restore: the function is created without a registration.");
+		ThrowErrorData(edata);
+	}
+	PG_END_TRY();
+}
+
 Datum
 apiary_on_ddl_command_end(PG_FUNCTION_ARGS)
 {
@@ -802,7 +865,12 @@ apiary_on_ddl_command_end(PG_FUNCTION_ARGS)
 												SPI_tuptable->tupdesc, 1, &isnull));
 	}
 	for (int i = 0; i < nfns; i++)
-		sync_declared(fns[i]);
+	{
+		if (check_function_bodies)
+			sync_declared(fns[i]);
+		else
+			sync_declared_leniently(fns[i]);
+	}
 	SPI_finish();
 	PG_RETURN_VOID();
 }

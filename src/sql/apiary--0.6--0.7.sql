@@ -4,21 +4,35 @@
 \echo Use "ALTER EXTENSION apiary UPDATE TO '0.7'" to load this file. \quit
 
 /*
- * A registration inserted for a function that already has one replaces it.
+ * A registration inserted for a function that already has one replaces it,
+ * and takes its name from a declared registration of another function.
+ * (apiary_register and declarative registration check the name first, so
+ * only a restore, or a superuser's own INSERT, takes a name this way.)
  *
  * This is for restores.  pg_dump keeps apiary.functions (extension
  * configuration), and a restore creates the functions before it copies the
- * table's rows: a function with SET apiary.kind is registered again by its
- * CREATE FUNCTION, and the copied row for it, which may carry settings
- * given to apiary_register, then clashed with that registration and the
- * whole table was lost.  Now the copied row takes its place.
- * apiary_register and declarative registration go through it too: they
- * insert the whole registration, having checked the name first.
+ * table's rows: a function with SET apiary.kind registers itself when it
+ * is created, and a copied row for it (which may carry the settings given
+ * to apiary_register), or a copied row under the name it took, clashed
+ * with that registration, and the whole table was lost.  Now the copied
+ * rows win.  The function's row is updated in place, not deleted and
+ * inserted, so that a DROP FUNCTION waiting on it still removes it.  A
+ * declared registration never replaces one made with apiary_register:
+ * that one is the user's word (sync_declared checks as much first; this
+ * settles a race with a concurrent apiary_register).
  */
 CREATE FUNCTION apiary.registration_replaces() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    DELETE FROM apiary.functions WHERE fn = NEW.fn;
+    DELETE FROM apiary.functions WHERE name = NEW.name AND fn <> NEW.fn AND declared;
+    UPDATE apiary.functions
+       SET name = NEW.name, kind = NEW.kind, max_attempts = NEW.max_attempts,
+           timeout = NEW.timeout, declared = NEW.declared,
+           registered_by = NEW.registered_by, registered_at = NEW.registered_at
+     WHERE fn = NEW.fn AND (declared OR NOT NEW.declared);
+    IF FOUND OR EXISTS (SELECT FROM apiary.functions WHERE fn = NEW.fn) THEN
+        RETURN NULL;
+    END IF;
     RETURN NEW;
 END $$;
 REVOKE ALL ON FUNCTION apiary.registration_replaces() FROM PUBLIC;
@@ -40,3 +54,19 @@ CREATE EVENT TRIGGER apiary_ddl_command_end ON ddl_command_end
                  'ALTER PROCEDURE', 'ALTER ROUTINE')
     EXECUTE FUNCTION apiary.on_ddl_command_end();
 ALTER EVENT TRIGGER apiary_ddl_command_end ENABLE ALWAYS;
+
+-- 0.6 let a procedure declare a kind, which registered nothing; altering
+-- one is now an error until the clause goes.
+DO $$
+DECLARE
+    p pg_catalog.text;
+BEGIN
+    FOR p IN SELECT oid::pg_catalog.regprocedure::pg_catalog.text FROM pg_catalog.pg_proc
+              WHERE prokind OPERATOR(pg_catalog.<>) 'f'
+                AND EXISTS (SELECT FROM pg_catalog.unnest(proconfig) c
+                             WHERE pg_catalog.starts_with(c, 'apiary.kind='))
+    LOOP
+        RAISE WARNING 'procedure % declares apiary.kind, which registers nothing', p
+            USING HINT = pg_catalog.format('ALTER PROCEDURE %s RESET apiary.kind', p);
+    END LOOP;
+END $$;
