@@ -117,6 +117,12 @@ ROLLBACK;
 BEGIN READ ONLY;
 SELECT apiary_invoke('total', '{}', 'read-only-key');
 ROLLBACK;
+-- A readonly function may make keyed calls: its kind makes the function
+-- read-only, not apiary's journal.
+CREATE FUNCTION total_keyed() RETURNS jsonb LANGUAGE sql
+SET apiary.kind = 'readonly' AS $$ SELECT apiary_invoke('total', '{}', 'total-from-readonly') $$;
+SELECT apiary_invoke('total_keyed') = apiary_invoke('total') AS same;
+DELETE FROM apiary.invocations WHERE key = 'total-from-readonly' RETURNING function AS journaled;
 -- An external function can be called synchronously too: it runs once, now.
 CREATE FUNCTION notify_owner(account int) RETURNS text LANGUAGE sql
 SET apiary.kind = 'external' AS $$ SELECT 'notified ' || owner FROM accounts WHERE id = account $$;

@@ -59,6 +59,13 @@ typedef struct InvokeFrame
 static InvokeFrame *current_frame = NULL;
 
 /*
+ * While a readonly function runs, XactReadOnly is its kind's; the
+ * transaction's own is kept here, for the journal of keyed calls it makes.
+ */
+static bool in_readonly_call = false;
+static bool xact_read_only;
+
+/*
  * Call f by the rules of its kind: a readonly function runs with the
  * transaction read-only, on the current snapshot.  Requires an SPI
  * connection.  direct: see bind_call.
@@ -68,11 +75,15 @@ apiary_call(ApiaryFunction *f, Jsonb *args, bool direct,
 			MemoryContext resultcxt, bool *isnull)
 {
 	bool		was_read_only = XactReadOnly;
+	bool		was_in_readonly_call = in_readonly_call;
 	Datum		result;
 
 	if (f->kind != APIARY_KIND_READONLY)
 		return bind_call(f, args, false, direct, resultcxt, isnull);
 
+	if (!in_readonly_call)
+		xact_read_only = XactReadOnly;
+	in_readonly_call = true;
 	XactReadOnly = true;
 	PG_TRY();
 	{
@@ -81,6 +92,7 @@ apiary_call(ApiaryFunction *f, Jsonb *args, bool direct,
 	PG_FINALLY();
 	{
 		XactReadOnly = was_read_only;
+		in_readonly_call = was_in_readonly_call;
 	}
 	PG_END_TRY();
 	return result;
@@ -197,7 +209,7 @@ apiary_invoke_internal(const char *name, Jsonb *args, text *key, bool *isnull)
 				 errmsg("key for apiary function \"%s\" must not be empty", name),
 				 errhint("Pass NULL to call it without a key.")));
 	/* the journal is a write: on a standby too, say so before the call */
-	if (key != NULL && XactReadOnly)
+	if (key != NULL && (in_readonly_call ? xact_read_only : XactReadOnly))
 		ereport(ERROR,
 				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
 				 errmsg("cannot journal a keyed call of apiary function \"%s\" in a read-only transaction",

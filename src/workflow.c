@@ -54,7 +54,8 @@ static SPIPlanPtr result_plan = NULL;
 static void
 require_workers(const char *function)
 {
-	const char *here;
+	/* apiary.database is fixed until a restart, and so is this session's */
+	static bool in_apiary_database = false;
 
 	if (apiary_shared == NULL)
 		ereport(ERROR,
@@ -62,8 +63,13 @@ require_workers(const char *function)
 				 errmsg("%s requires apiary's background workers", function),
 				 errhint("Add apiary to shared_preload_libraries in postgresql.conf, set apiary.database to this database, and restart the server.")));
 	/* the executors run workflows in one database: elsewhere none would */
-	here = get_database_name(MyDatabaseId);
-	if (here == NULL || strcmp(here, apiary_database) != 0)
+	if (!in_apiary_database)
+	{
+		char	   *here = get_database_name(MyDatabaseId);
+
+		in_apiary_database = here != NULL && strcmp(here, apiary_database) == 0;
+	}
+	if (!in_apiary_database)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("%s works only in database \"%s\", where apiary's executors run",
@@ -105,10 +111,6 @@ generate_id(void)
 static void
 check_id(text *id)
 {
-	if (VARSIZE_ANY_EXHDR(id) == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("workflow id must not be empty")));
 	if (VARSIZE_ANY_EXHDR(id) > apiary_max_key_size)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
@@ -134,6 +136,12 @@ apiary_start(PG_FUNCTION_ARGS)
 	args = PG_GETARG_JSONB_P(1);
 	id = PG_ARGISNULL(2) ? generate_id() : PG_GETARG_TEXT_PP(2);
 	check_id(id);
+	/* a new id (0.6 took empty ones: those stay readable) */
+	if (VARSIZE_ANY_EXHDR(id) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("workflow id must not be empty"),
+				 errhint("Pass NULL to have one generated.")));
 	bind_check_limits(name, args);
 
 	/* callable now, with these arguments; checked again when it runs */
