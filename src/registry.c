@@ -45,6 +45,7 @@
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "storage/lmgr.h"
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -499,6 +500,20 @@ report_name_taken(const char *name, const char *other_fn)
 }
 
 /*
+ * Registrations are made one at a time: each reads the registry, decides
+ * and writes, and one committed in between would be missed (a name taken
+ * twice, a declaration written over an apiary_register, a registration
+ * outliving a concurrent DROP FUNCTION).  Calls, which only read it, are
+ * not held up.
+ */
+static void
+lock_registry(void)
+{
+	LockRelationOid(get_relname_relid("functions", get_namespace_oid("apiary", false)),
+					ShareRowExclusiveLock);
+}
+
+/*
  * Insert or update the registration of fn under name, as the journal's
  * owner.  A name held by another function, or a function registered under
  * another name, is an error.
@@ -516,6 +531,7 @@ store_registration(Oid fn, const char *name, ApiaryKind kind,
 	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	int			rc;
 
+	lock_registry();
 	rc = SPI_execute_with_args("SELECT name, fn::pg_catalog.text,"
 							   " fn OPERATOR(pg_catalog.=) $1::pg_catalog.regprocedure"
 							   " FROM apiary.functions"
@@ -561,16 +577,6 @@ store_registration(Oid fn, const char *name, ApiaryKind kind,
 							   " registered_at = pg_catalog.now()"
 							   " WHERE f.fn OPERATOR(pg_catalog.=) excluded.fn",
 					NULL, 7, types, values, nulls, SPI_OK_INSERT);
-
-	/* another function's registration of the name, committed meanwhile */
-	rc = SPI_execute_with_args("SELECT fn::pg_catalog.text FROM apiary.functions"
-							   " WHERE name OPERATOR(pg_catalog.=) $2"
-							   " AND fn OPERATOR(pg_catalog.<>) $1::pg_catalog.regprocedure",
-							   2, lookup_types, lookup_values, NULL, false, 1);
-	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "SPI_execute failed: %s", SPI_result_code_string(rc));
-	if (SPI_processed > 0)
-		report_name_taken(name, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
 }
 
 Datum
@@ -753,6 +759,7 @@ sync_declared(Oid fn)
 		 * apiary_register is the user's word and stays as it is: the clause
 		 * only says so when the two disagree.
 		 */
+		lock_registry();
 		rc = SPI_execute_with_args("SELECT name, declared, kind FROM apiary.functions"
 								   " WHERE fn OPERATOR(pg_catalog.=) $1::pg_catalog.regprocedure",
 								   1, argtypes, values, NULL, false, 1);
@@ -796,8 +803,9 @@ sync_declared(Oid fn)
 
 /*
  * With check_function_bodies off, as in a restore, a declaration apiary
- * cannot register (a name taken, a procedure) is a warning: the function is
- * created all the same, and a restore then copies the registrations.
+ * cannot act on (a name taken, a procedure) is a warning: the function is
+ * created or altered all the same, and a restore then copies the
+ * registrations.
  */
 static void
 sync_declared_leniently(Oid fn)
@@ -824,8 +832,15 @@ sync_declared_leniently(Oid fn)
 		RollbackAndReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(cxt);
 		CurrentResourceOwner = owner;
+		/* what a declaration can get wrong; a cancel or a timeout stays one */
+		if (edata->sqlerrcode != ERRCODE_DUPLICATE_FUNCTION &&
+			edata->sqlerrcode != ERRCODE_DUPLICATE_OBJECT &&
+			edata->sqlerrcode != ERRCODE_WRONG_OBJECT_TYPE &&
+			edata->sqlerrcode != ERRCODE_FEATURE_NOT_SUPPORTED &&
+			edata->sqlerrcode != ERRCODE_INVALID_PARAMETER_VALUE)
+			ReThrowError(edata);
 		edata->elevel = WARNING;
-		edata->hint = pstrdup("check_function_bodies is off, as in a restore: the function is created without a registration.");
+		edata->hint = pstrdup("check_function_bodies is off, as in a restore: the declaration is not acted on.");
 		ThrowErrorData(edata);
 	}
 	PG_END_TRY();
