@@ -71,6 +71,10 @@ END $$;
 SELECT apiary_start('sum_of_squares', '[1, 2, 3]', 'squares');
 SELECT apiary_result('squares', '60 s');
 SELECT function, state, waiting_for, output FROM apiary_status('squares') ORDER BY task;
+-- A readonly function may not start a workflow: that is a write.
+CREATE FUNCTION start_square(x int) RETURNS text LANGUAGE sql
+SET apiary.kind = 'readonly' AS $$ SELECT apiary_start('square', to_jsonb(x), 'square-from-readonly') $$;
+SELECT apiary_invoke('start_square', '3');
 
 -- A chain: each step returns the future of the next.
 CREATE FUNCTION countdown(n int) RETURNS jsonb LANGUAGE plpgsql

@@ -98,6 +98,12 @@ apiary_call(ApiaryFunction *f, Jsonb *args, bool direct,
 	return result;
 }
 
+bool
+apiary_xact_read_only(void)
+{
+	return in_readonly_call ? xact_read_only : XactReadOnly;
+}
+
 /*
  * A keyed call whose key is still running further up the stack would wait
  * for its own result: refuse it.  (Its lock is ours already, and its row is
@@ -139,6 +145,17 @@ invoke_body(ApiaryFunction *f, Jsonb *args, InvokeFrame *frame,
 		SPI_finish();
 		return result;
 	}
+	/*
+	 * A call to run and journal: the journal is a write, which a readonly
+	 * function may make (its kind binds its own writes), a read-only
+	 * transaction not.
+	 */
+	if (frame->key != NULL && apiary_xact_read_only())
+		ereport(ERROR,
+				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
+				 errmsg("cannot journal a keyed call of apiary function \"%s\" in a read-only transaction",
+						f->name),
+				 errhint("Call it without a key, or in a read-write transaction.")));
 
 	/* a failed call counts too, though its transaction rolls back */
 	call_started = GetCurrentTimestamp();
@@ -208,14 +225,6 @@ apiary_invoke_internal(const char *name, Jsonb *args, text *key, bool *isnull)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("key for apiary function \"%s\" must not be empty", name),
 				 errhint("Pass NULL to call it without a key.")));
-	/* the journal is a write: on a standby too, say so before the call */
-	if (key != NULL && (in_readonly_call ? xact_read_only : XactReadOnly))
-		ereport(ERROR,
-				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
-				 errmsg("cannot journal a keyed call of apiary function \"%s\" in a read-only transaction",
-						name),
-				 errhint("Call it without a key, or in a read-write transaction.")));
-
 	frame.parent = current_frame;
 	frame.role = nested ? current_frame->role : GetUserId();
 	frame.key = key;

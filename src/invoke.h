@@ -21,4 +21,10 @@ extern Datum apiary_call(struct ApiaryFunction *f, Jsonb *args, bool direct,
 extern Datum apiary_invoke_internal(const char *name, Jsonb *args, text *key,
 									bool *isnull);
 
+/*
+ * Whether the transaction itself is read-only (a read-only transaction, a
+ * standby's), not the XactReadOnly a readonly function runs with.
+ */
+extern bool apiary_xact_read_only(void);
+
 #endif							/* APIARY_INVOKE_H */

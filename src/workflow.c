@@ -27,7 +27,6 @@
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
-#include "tcop/utility.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
@@ -37,6 +36,7 @@
 #include "bind.h"
 #include "executor.h"
 #include "guc.h"
+#include "invoke.h"
 #include "journal.h"
 #include "launcher.h"
 #include "queue.h"
@@ -130,7 +130,14 @@ apiary_start(PG_FUNCTION_ARGS)
 	int64		root;
 
 	require_workers("apiary_start");
-	PreventCommandIfReadOnly("apiary_start()");
+	if (XactReadOnly)
+		ereport(ERROR,
+				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
+				 apiary_xact_read_only()
+				 ? errmsg("cannot execute apiary_start() in a read-only transaction")
+				 : errmsg("cannot execute apiary_start() in a readonly apiary function"),
+				 apiary_xact_read_only() ? 0
+				 : errhint("Starting a workflow is a write: register the function as transactional.")));
 	bind_require_call_args(fcinfo);
 	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	args = PG_GETARG_JSONB_P(1);
