@@ -489,16 +489,6 @@ registry_release(ApiaryFunction *f)
  * ---------------------------------------------------------------------
  */
 
-static void
-report_name_taken(const char *name, const char *other_fn)
-{
-	ereport(ERROR,
-			(errcode(ERRCODE_DUPLICATE_FUNCTION),
-			 errmsg("apiary function \"%s\" is already registered for %s",
-					name, other_fn),
-			 errhint("Register this function under another name with apiary_register(..., name => '...'), or unregister the other one first.")));
-}
-
 /*
  * Registrations are made one at a time: each reads the registry, decides
  * and writes, and one committed in between would be missed (a name taken
@@ -554,7 +544,11 @@ store_registration(Oid fn, const char *name, ApiaryKind kind,
 					 errhint("Unregister it with apiary_unregister('%s') first.",
 							 other_name)));
 		if (!same_fn)
-			report_name_taken(name, other_fn);
+			ereport(ERROR,
+					(errcode(ERRCODE_DUPLICATE_FUNCTION),
+					 errmsg("apiary function \"%s\" is already registered for %s",
+							name, other_fn),
+					 errhint("Register this function under another name with apiary_register(..., name => '...'), or unregister the other one first.")));
 	}
 
 	values[0] = CStringGetTextDatum(name);

@@ -16,10 +16,7 @@
  * to apiary_register), or a copied row under the name it took, clashed
  * with that registration, and the whole table was lost.  Now the copied
  * rows win.  The function's row is updated in place, not deleted and
- * inserted, so that a DROP FUNCTION waiting on it still removes it.  A
- * declared registration never replaces one made with apiary_register:
- * that one is the user's word (sync_declared checks as much first; this
- * settles a race with a concurrent apiary_register).
+ * inserted, so that a DROP FUNCTION waiting on it still removes it.
  */
 CREATE FUNCTION apiary.registration_replaces() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -29,8 +26,8 @@ BEGIN
        SET name = NEW.name, kind = NEW.kind, max_attempts = NEW.max_attempts,
            timeout = NEW.timeout, declared = NEW.declared,
            registered_by = NEW.registered_by, registered_at = NEW.registered_at
-     WHERE fn = NEW.fn AND (declared OR NOT NEW.declared);
-    IF FOUND OR EXISTS (SELECT FROM apiary.functions WHERE fn = NEW.fn) THEN
+     WHERE fn = NEW.fn;
+    IF FOUND THEN
         RETURN NULL;
     END IF;
     RETURN NEW;
