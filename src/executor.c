@@ -72,6 +72,7 @@
 #include "utils/resowner.h"
 #include "utils/snapmgr.h"
 #include "utils/timeout.h"
+#include "utils/timestamp.h"
 
 #include "apiary.h"
 #include "bind.h"
@@ -113,15 +114,20 @@ static RunningTask *running_task = NULL;
  * operating system, which holds the mapped page, outlives a backend crash.
  * The task id is stored twice, the second time inverted, and a reader
  * trusts it only when the two agree: an executor killed between the two
- * stores leaves a marker that names no task.
+ * stores leaves a marker that names no task.  An immediate shutdown ends
+ * the executors as a crash does, without exit callbacks, but it is not the
+ * task's fault: a marker records when its postmaster started, and counts
+ * only under that same postmaster, which a crash restart keeps and a
+ * shutdown does not.
  */
 #define MARKER_DIR "pg_apiary"
-#define MARKER_MAGIC 0x41504931	/* "API1" */
+#define MARKER_MAGIC 0x41504932	/* "API2" */
 
 typedef struct Marker
 {
 	uint32		magic;
 	Oid			database;
+	TimestampTz postmaster_started;	/* PgStartTime */
 	int64		task;
 	int64		check;			/* ~task */
 } Marker;
@@ -917,7 +923,7 @@ marker_read(const char *path)
 	len = read(fd, &m, sizeof(m));
 	close(fd);
 	if (len != sizeof(m) || m.magic != MARKER_MAGIC || m.database != MyDatabaseId ||
-		m.task <= 0 || m.check != ~m.task)
+		m.postmaster_started != PgStartTime || m.task <= 0 || m.check != ~m.task)
 		return 0;
 	return m.task;
 }
@@ -929,7 +935,7 @@ marker_read(const char *path)
 static void
 marker_open(int slot)
 {
-	Marker		m = {MARKER_MAGIC, MyDatabaseId, 0, ~INT64CONST(0)};
+	Marker		m = {MARKER_MAGIC, MyDatabaseId, PgStartTime, 0, ~INT64CONST(0)};
 	int			fd;
 	void	   *p;
 

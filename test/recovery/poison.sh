@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # A task whose C function crashes the server is given up after max_attempts
 # crashes, instead of crash-looping, and every other workflow goes on.
+# An immediate shutdown is not a crash: a task running through three of
+# them (more than its max_attempts) is not counted, and completes.
 # Also runs the example C module built against the installed apiary.h.
 set -euo pipefail
 . "$(dirname "$0")/../../script/lib.sh"
@@ -21,6 +23,9 @@ CREATE FUNCTION example_crash() RETURNS int
 AS 'apiary_example', 'example_crash' LANGUAGE C;
 SELECT apiary_register('example_countdown(int)');
 SELECT apiary_register('example_crash()', max_attempts => 2);
+CREATE FUNCTION slow_square(x int) RETURNS int LANGUAGE sql
+AS $$ SELECT x * x FROM pg_sleep(2) $$;
+SELECT apiary_register('slow_square(int)', max_attempts => 2);
 SQL
 
 # the C API: synchronous calls, queued tasks, futures, task keys
@@ -51,4 +56,23 @@ restarts=$(grep -c "terminated by signal 11" "$dir/server.log" || true)
 out=$(psql_ -c "SELECT apiary_start('example_countdown', '2', 'after')" \
 	-c "SELECT apiary_result('after', '60 s')" | tail -n 1)
 [[ "$out" == '"done in task after/'* ]] || fail "workflow after the crashes returned $out"
-echo "ok: poison task given up after $crashes crashes; C API workflows ran"
+
+# immediate shutdowns while slow_square runs
+psql_ -c "SELECT apiary_start('slow_square', '3', 'through-shutdowns')" >/dev/null
+for i in 1 2 3; do
+	running=0
+	for _ in $(seq 1 200); do
+		running=$(psql_ -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type LIKE 'apiary executor%' AND wait_event = 'PgSleep'" 2>/dev/null || echo 0)
+		[ "$running" -eq 1 ] && break
+		sleep 0.05
+	done
+	[ "$running" -eq 1 ] || fail "slow_square is not running before shutdown $i"
+	as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null
+	as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null ||
+		fail "restart after shutdown $i failed"
+done
+out=$(psql_ -c "SELECT apiary_result('through-shutdowns', '60 s')")
+[ "$out" = 9 ] || fail "slow_square through shutdowns returned $out"
+crashes=$(psql_ -c "SELECT crashes FROM apiary.tasks WHERE workflow = 'through-shutdowns'")
+[ "$crashes" -eq 0 ] || fail "immediate shutdowns counted $crashes crashes"
+echo "ok: poison task given up after 2 crashes; C API workflows ran; 3 immediate shutdowns counted no crash"
