@@ -796,7 +796,7 @@ run_one_task(int64 prefer, long *nap_ms)
 		CommitTransactionCommand();
 		return false;
 	}
-	apiary_executor_idle(executor_slot, false);
+	(void) apiary_executor_idle(executor_slot, false);
 
 	t.id = task.id;
 	t.role = task.role;
@@ -1110,6 +1110,7 @@ claim_slot(int slot)
 		apiary_shared->slots[slot].pid = MyProcPid;
 		apiary_shared->slots[slot].latch = MyLatch;
 		apiary_shared->slots[slot].handed = 0;
+		apiary_shared->slots[slot].retire = false;
 	}
 	SpinLockRelease(&apiary_shared->mutex);
 	return ok;
@@ -1154,8 +1155,12 @@ apiary_executor_main(Datum main_arg)
 			ProcessConfigFile(PGC_SIGHUP);
 		}
 
-		/* idle before the snapshot: a commit after it wakes us (launcher.c) */
-		apiary_executor_idle(slot, true);
+		/*
+		 * Idle before the snapshot: a commit after it wakes us (launcher.c).
+		 * Fewer executors wanted: this one goes, between tasks.
+		 */
+		if (apiary_executor_idle(slot, true) && failed_error == NULL)
+			proc_exit(0);
 		nready = 0;
 		PG_TRY();
 		{

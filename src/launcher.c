@@ -246,12 +246,34 @@ apiary_ready_deleted(void)
 		SetLatch(latch);
 }
 
-void
+bool
 apiary_executor_idle(int slot, bool idle)
 {
+	bool		retire;
+
 	SpinLockAcquire(&apiary_shared->mutex);
 	apiary_shared->slots[slot].idle = idle;
+	retire = apiary_shared->slots[slot].retire;
 	SpinLockRelease(&apiary_shared->mutex);
+	return retire;
+}
+
+/*
+ * Ask the executor in slot to exit once its task is done, or not to after
+ * all.  It exits between tasks, so a task is never cut short by a lower
+ * apiary.workers (a shutdown, fast or immediate, still ends it).
+ */
+static void
+set_retire(int slot, bool retire)
+{
+	Latch	   *latch;
+
+	SpinLockAcquire(&apiary_shared->mutex);
+	apiary_shared->slots[slot].retire = retire;
+	latch = apiary_shared->slots[slot].latch;
+	SpinLockRelease(&apiary_shared->mutex);
+	if (retire && latch != NULL)
+		SetLatch(latch);
 }
 
 int64
@@ -294,10 +316,15 @@ extension_installed(void)
 	return installed;
 }
 
-/* Start an executor (in slot) or the provenance collector. */
+/*
+ * Start an executor (in slot) or the provenance collector.  The launcher
+ * tries again every second while a worker is missing; it says so once, not
+ * every time, until a worker starts again.
+ */
 static BackgroundWorkerHandle *
 start_worker(const char *function, const char *type, int slot)
 {
+	static bool no_room_reported = false;
 	BackgroundWorker worker;
 	BackgroundWorkerHandle *handle;
 	bool		executor = strcmp(type, "apiary executor") == 0;
@@ -318,13 +345,17 @@ start_worker(const char *function, const char *type, int slot)
 
 	if (!RegisterDynamicBackgroundWorker(&worker, &handle))
 	{
-		ereport(WARNING,
-				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-				 errmsg("could not start %s", worker.bgw_name),
-				 errhint("Raise max_worker_processes: it must leave room for apiary.workers executors%s.",
-						 executor ? "" : " and the provenance collector")));
+		if (!no_room_reported)
+			ereport(WARNING,
+					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+					 errmsg("could not start %s", worker.bgw_name),
+					 errdetail("The launcher keeps trying every second, without saying so again until a worker starts."),
+					 errhint("Raise max_worker_processes: it must leave room for apiary.workers executors%s.",
+							 executor ? "" : " and the provenance collector")));
+		no_room_reported = true;
 		return NULL;
 	}
+	no_room_reported = false;
 	return handle;
 }
 
@@ -456,20 +487,27 @@ provenance_step(BackgroundWorkerHandle **collector, bool installed)
 	static TimestampTz retry_at = 0;
 	bool		want = installed && apiary_provenance != APIARY_PROVENANCE_OFF;
 	const char *why = NULL;
+	const char *fix = NULL;
 	const char *plugins = GetConfigOption("output_plugin_libraries", true, false);
 	pid_t		pid;
 
 	if (want && wal_level < WAL_LEVEL_LOGICAL)
+	{
 		why = "wal_level is not logical";
+		fix = "Set wal_level = logical (a restart)";
+	}
 	else if (want && plugins != NULL && !names_item(plugins, "apiary"))
+	{
 		why = "output_plugin_libraries does not list apiary";
+		fix = "Add apiary to output_plugin_libraries";
+	}
 	if (why != NULL)
 	{
 		if (!warned)
 			ereport(WARNING,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("apiary.provenance records nothing: %s", why),
-					 errhint("Set wal_level = logical (a restart), and where the server restricts output plugins add apiary to output_plugin_libraries; apiary.provenance_status shows the state.")));
+					 errhint("%s; apiary.provenance_status shows the state.", fix)));
 		warned = true;
 		want = false;
 	}
@@ -511,29 +549,25 @@ provenance_step(BackgroundWorkerHandle **collector, bool installed)
 	CommitTransactionCommand();
 }
 
-/* Keep exactly n executors running. */
+/* Keep exactly n executors running; those beyond n finish their task first. */
 static void
 supervise(BackgroundWorkerHandle **handles, int n)
 {
 	for (int i = 0; i < APIARY_MAX_WORKERS; i++)
 	{
 		pid_t		pid;
+		bool		running = handles[i] != NULL &&
+			GetBackgroundWorkerPid(handles[i], &pid) != BGWH_STOPPED;
 
-		if (i < n)
-		{
-			if (handles[i] != NULL &&
-				GetBackgroundWorkerPid(handles[i], &pid) != BGWH_STOPPED)
-				continue;
-			if (handles[i] != NULL)
-				pfree(handles[i]);
-			handles[i] = start_worker("apiary_executor_main", "apiary executor", i);
-		}
+		if (running)
+			set_retire(i, i >= n);
 		else if (handles[i] != NULL)
 		{
-			TerminateBackgroundWorker(handles[i]);
 			pfree(handles[i]);
 			handles[i] = NULL;
 		}
+		if (i < n && !running)
+			handles[i] = start_worker("apiary_executor_main", "apiary executor", i);
 	}
 }
 

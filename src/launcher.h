@@ -29,6 +29,7 @@ typedef struct ExecutorSlot
 	Latch	   *latch;
 	bool		idle;			/* looking for work or asleep, not woken yet */
 	int64		handed;			/* a ready task to try first, or 0 */
+	bool		retire;			/* exit before the next task (fewer wanted) */
 } ExecutorSlot;
 
 typedef struct ApiaryShared
@@ -72,8 +73,11 @@ extern ConditionVariable *apiary_finished_cv(Oid role, text *workflow);
  */
 extern void apiary_ready_deleted(void);
 
-/* An executor marks itself idle before it looks for work. */
-extern void apiary_executor_idle(int slot, bool idle);
+/*
+ * An executor marks itself idle before it looks for work; the result says
+ * whether the launcher wants it to exit instead (apiary.workers lowered).
+ */
+extern bool apiary_executor_idle(int slot, bool idle);
 
 /* The task handed to the executor in slot, or 0; the slot forgets it. */
 extern int64 apiary_executor_handed(int slot);

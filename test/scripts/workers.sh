@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The launcher: waits for CREATE EXTENSION, keeps apiary.workers executors
-# running (restarting one that exits), follows apiary.workers on reload, and
-# lets the server stop promptly.
+# running (restarting one that exits), follows apiary.workers on reload
+# (an executor no longer wanted finishes its task first), and lets the
+# server stop promptly.
 set -euo pipefail
 . "$(dirname "$0")/../../script/lib.sh"
 
@@ -59,6 +60,26 @@ out=$(psql_ -c "SELECT apiary_start('nap', '{}', 'nap')" -c "SELECT apiary_resul
 sleep 0.5   # executors report their statistics when idle
 after=$(scans)
 [ $((after - before)) -lt 300 ] || fail "executors scanned apiary.tasks $((after - before)) times during one 2 s task"
+
+# lowering apiary.workers lets a running task finish: its executor exits
+# after it (with none left, a task cut short would never run again)
+lines=$(wc -l <"$dir/server.log")
+psql_ -c "SELECT apiary_start('nap', '{}', 'nap-through-scale-down')" >/dev/null
+for _ in $(seq 1 100); do
+	[ "$(psql_ -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'apiary executor' AND wait_event = 'PgSleep'")" -eq 1 ] && break
+	sleep 0.05
+done
+psql_ -c "ALTER SYSTEM SET apiary.workers = 0" -c "SELECT pg_reload_conf()" >/dev/null
+out=$(psql_ -c "SELECT apiary_result('nap-through-scale-down', '30 s')")
+[ "$out" = 1 ] || fail "nap through the scale-down returned '$out'"
+attempts=$(psql_ -c "SELECT attempts FROM apiary.tasks WHERE workflow = 'nap-through-scale-down'")
+[ "$attempts" -eq 1 ] || fail "nap ran $attempts times: its executor was stopped in the middle"
+wait_for 0
+if tail -n +"$((lines + 1))" "$dir/server.log" | grep -q "terminating background worker"; then
+	fail "an executor was terminated by the scale-down"
+fi
+psql_ -c "ALTER SYSTEM SET apiary.workers = 2" -c "SELECT pg_reload_conf()" >/dev/null
+wait_for 2
 
 # dropping the extension stops the executors
 psql_ -c "DROP EXTENSION apiary"
