@@ -1160,7 +1160,11 @@ apiary_executor_main(Datum main_arg)
 		 * Fewer executors wanted: this one goes, between tasks.
 		 */
 		if (apiary_executor_idle(slot, true) && failed_error == NULL)
+		{
+			if (prefer != 0)
+				apiary_pass_on(prefer);
 			proc_exit(0);
+		}
 		nready = 0;
 		PG_TRY();
 		{

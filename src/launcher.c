@@ -206,7 +206,7 @@ apiary_finishes_at_commit(void)
  * handed task is a hint: it stays in apiary.ready for any executor.
  */
 static void
-apiary_wake_executors(int n)
+wake_idle(int n, const int64 *handed, int nhanded)
 {
 	Latch	   *latches[APIARY_MAX_WORKERS];
 	int			nlatches = 0;
@@ -218,17 +218,30 @@ apiary_wake_executors(int n)
 	{
 		ExecutorSlot *slot = &apiary_shared->slots[i];
 
-		if (slot->pid != 0 && slot->idle)
+		/* an executor about to retire would take the wake-up with it */
+		if (slot->pid != 0 && slot->idle && !slot->retire)
 		{
 			slot->idle = false;
 			if (nlatches < nhanded)
-				slot->handed = handed_at_commit[nlatches];
+				slot->handed = handed[nlatches];
 			latches[nlatches++] = slot->latch;
 		}
 	}
 	SpinLockRelease(&apiary_shared->mutex);
 	for (int i = 0; i < nlatches; i++)
 		SetLatch(latches[i]);
+}
+
+static void
+apiary_wake_executors(int n)
+{
+	wake_idle(n, handed_at_commit, nhanded);
+}
+
+void
+apiary_pass_on(int64 task)
+{
+	wake_idle(1, &task, 1);
 }
 
 void
@@ -252,8 +265,8 @@ apiary_executor_idle(int slot, bool idle)
 	bool		retire;
 
 	SpinLockAcquire(&apiary_shared->mutex);
-	apiary_shared->slots[slot].idle = idle;
 	retire = apiary_shared->slots[slot].retire;
+	apiary_shared->slots[slot].idle = idle && !retire;
 	SpinLockRelease(&apiary_shared->mutex);
 	return retire;
 }
@@ -266,13 +279,14 @@ apiary_executor_idle(int slot, bool idle)
 static void
 set_retire(int slot, bool retire)
 {
-	Latch	   *latch;
+	Latch	   *latch = NULL;
 
 	SpinLockAcquire(&apiary_shared->mutex);
+	if (retire && !apiary_shared->slots[slot].retire)
+		latch = apiary_shared->slots[slot].latch;
 	apiary_shared->slots[slot].retire = retire;
-	latch = apiary_shared->slots[slot].latch;
 	SpinLockRelease(&apiary_shared->mutex);
-	if (retire && latch != NULL)
+	if (latch != NULL)
 		SetLatch(latch);
 }
 
@@ -324,7 +338,7 @@ extension_installed(void)
 static BackgroundWorkerHandle *
 start_worker(const char *function, const char *type, int slot)
 {
-	static bool no_room_reported = false;
+	static bool no_room_reported[2];	/* collector, executors */
 	BackgroundWorker worker;
 	BackgroundWorkerHandle *handle;
 	bool		executor = strcmp(type, "apiary executor") == 0;
@@ -345,17 +359,17 @@ start_worker(const char *function, const char *type, int slot)
 
 	if (!RegisterDynamicBackgroundWorker(&worker, &handle))
 	{
-		if (!no_room_reported)
+		if (!no_room_reported[executor])
 			ereport(WARNING,
 					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
 					 errmsg("could not start %s", worker.bgw_name),
-					 errdetail("The launcher keeps trying every second, without saying so again until a worker starts."),
+					 errdetail("The launcher keeps trying, without saying so again until one starts."),
 					 errhint("Raise max_worker_processes: it must leave room for apiary.workers executors%s.",
 							 executor ? "" : " and the provenance collector")));
-		no_room_reported = true;
+		no_room_reported[executor] = true;
 		return NULL;
 	}
-	no_room_reported = false;
+	no_room_reported[executor] = false;
 	return handle;
 }
 
@@ -549,7 +563,11 @@ provenance_step(BackgroundWorkerHandle **collector, bool installed)
 	CommitTransactionCommand();
 }
 
-/* Keep exactly n executors running; those beyond n finish their task first. */
+/*
+ * Keep exactly n executors running; those beyond n finish their task first.
+ * (Every slot is told, also those of executors this launcher did not start:
+ * a launcher restarted after an error has no handles for them.)
+ */
 static void
 supervise(BackgroundWorkerHandle **handles, int n)
 {
@@ -559,9 +577,8 @@ supervise(BackgroundWorkerHandle **handles, int n)
 		bool		running = handles[i] != NULL &&
 			GetBackgroundWorkerPid(handles[i], &pid) != BGWH_STOPPED;
 
-		if (running)
-			set_retire(i, i >= n);
-		else if (handles[i] != NULL)
+		set_retire(i, i >= n);
+		if (!running && handles[i] != NULL)
 		{
 			pfree(handles[i]);
 			handles[i] = NULL;

@@ -79,6 +79,12 @@ extern void apiary_ready_deleted(void);
  */
 extern bool apiary_executor_idle(int slot, bool idle);
 
+/*
+ * Wake one idle executor that stays, handing it task: an executor leaving
+ * passes on the task it would have run next.
+ */
+extern void apiary_pass_on(int64 task);
+
 /* The task handed to the executor in slot, or 0; the slot forgets it. */
 extern int64 apiary_executor_handed(int slot);
 

@@ -64,12 +64,18 @@ after=$(scans)
 # lowering apiary.workers lets a running task finish: its executor exits
 # after it (with none left, a task cut short would never run again)
 lines=$(wc -l <"$dir/server.log")
-psql_ -c "SELECT apiary_start('nap', '{}', 'nap-through-scale-down')" >/dev/null
+psql_ -c "CREATE FUNCTION long_nap() RETURNS int LANGUAGE sql SET apiary.kind = 'readonly' AS \$\$ SELECT 1 FROM pg_sleep(6) \$\$" >/dev/null
+psql_ -c "SELECT apiary_start('long_nap', '{}', 'nap-through-scale-down')" >/dev/null
+napping() { psql_ -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'apiary executor' AND wait_event = 'PgSleep'"; }
 for _ in $(seq 1 100); do
-	[ "$(psql_ -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'apiary executor' AND wait_event = 'PgSleep'")" -eq 1 ] && break
+	[ "$(napping)" -eq 1 ] && break
 	sleep 0.05
 done
+[ "$(napping)" -eq 1 ] || fail "long_nap did not start"
 psql_ -c "ALTER SYSTEM SET apiary.workers = 0" -c "SELECT pg_reload_conf()" >/dev/null
+# the idle ones go at once; the one napping stays until its task is done
+wait_for 1
+[ "$(napping)" -eq 1 ] || fail "the executor running long_nap did not wait for it"
 out=$(psql_ -c "SELECT apiary_result('nap-through-scale-down', '30 s')")
 [ "$out" = 1 ] || fail "nap through the scale-down returned '$out'"
 attempts=$(psql_ -c "SELECT attempts FROM apiary.tasks WHERE workflow = 'nap-through-scale-down'")
