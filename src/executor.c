@@ -118,7 +118,10 @@ static RunningTask *running_task = NULL;
  * the executors as a crash does, without exit callbacks, but it is not the
  * task's fault: a marker records when its postmaster started, and counts
  * only under that same postmaster, which a crash restart keeps and a
- * shutdown does not.
+ * shutdown does not.  An executor that crashes itself (a segmentation
+ * fault, an abort) also says so in its marker, from a signal handler, so
+ * that its task is counted under a new postmaster too: with
+ * restart_after_crash off, whatever restarts the server starts one.
  */
 #define MARKER_DIR "pg_apiary"
 #define MARKER_MAGIC 0x41504932	/* "API2" */
@@ -130,6 +133,7 @@ typedef struct Marker
 	TimestampTz postmaster_started;	/* PgStartTime */
 	int64		task;
 	int64		check;			/* ~task */
+	sig_atomic_t crashed;		/* this executor died of a fatal signal */
 } Marker;
 
 static char marker_path[MAXPGPATH];
@@ -903,6 +907,32 @@ marker_write(int64 task)
 	marker->check = ~task;
 }
 
+/*
+ * A fatal signal of the executor's own making: say so in the marker, then
+ * let the signal take its default course (the handler is reset on entry).
+ */
+static void
+marker_crash_handler(int sig)
+{
+	if (marker != NULL)
+		marker->crashed = 1;
+	raise(sig);
+}
+
+static void
+marker_catch_crashes(void)
+{
+	static const int fatal[] = {SIGSEGV, SIGBUS, SIGILL, SIGABRT};
+	struct sigaction act;
+
+	memset(&act, 0, sizeof(act));
+	act.sa_handler = marker_crash_handler;
+	act.sa_flags = SA_RESETHAND | SA_NODEFER;
+	sigemptyset(&act.sa_mask);
+	for (int i = 0; i < lengthof(fatal); i++)
+		(void) sigaction(fatal[i], &act, NULL);
+}
+
 /* Clear the marker at an orderly exit. */
 static void
 marker_clear_at_exit(int code, Datum arg)
@@ -923,7 +953,8 @@ marker_read(const char *path)
 	len = read(fd, &m, sizeof(m));
 	close(fd);
 	if (len != sizeof(m) || m.magic != MARKER_MAGIC || m.database != MyDatabaseId ||
-		m.postmaster_started != PgStartTime || m.task <= 0 || m.check != ~m.task)
+		(m.postmaster_started != PgStartTime && !m.crashed) ||
+		m.task <= 0 || m.check != ~m.task)
 		return 0;
 	return m.task;
 }
@@ -935,7 +966,7 @@ marker_read(const char *path)
 static void
 marker_open(int slot)
 {
-	Marker		m = {MARKER_MAGIC, MyDatabaseId, PgStartTime, 0, ~INT64CONST(0)};
+	Marker		m = {MARKER_MAGIC, MyDatabaseId, PgStartTime, 0, ~INT64CONST(0), 0};
 	int			fd;
 	void	   *p;
 
@@ -1134,6 +1165,7 @@ apiary_executor_main(Datum main_arg)
 
 	executor_slot = slot;
 	marker_open(slot);
+	marker_catch_crashes();
 	/* an orderly exit, FATAL included, is no crash */
 	before_shmem_exit(marker_clear_at_exit, (Datum) 0);
 	RegisterSubXactCallback(note_subxact_abort, NULL);

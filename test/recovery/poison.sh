@@ -2,7 +2,9 @@
 # A task whose C function crashes the server is given up after max_attempts
 # crashes, instead of crash-looping, and every other workflow goes on.
 # An immediate shutdown is not a crash: a task running through three of
-# them (more than its max_attempts) is not counted, and completes.
+# them (more than its max_attempts) is not counted, and completes.  With
+# restart_after_crash off, each crash stops the server and a new
+# postmaster is started (as an HA manager would): the crashes still count.
 # Also runs the example C module built against the installed apiary.h.
 set -euo pipefail
 . "$(dirname "$0")/../../script/lib.sh"
@@ -24,7 +26,7 @@ AS 'apiary_example', 'example_crash' LANGUAGE C;
 SELECT apiary_register('example_countdown(int)');
 SELECT apiary_register('example_crash()', max_attempts => 2);
 CREATE FUNCTION slow_square(x int) RETURNS int LANGUAGE sql
-AS $$ SELECT x * x FROM pg_sleep(2) $$;
+AS $$ SELECT x * x FROM pg_sleep(8) $$;
 SELECT apiary_register('slow_square(int)', max_attempts => 2);
 SQL
 
@@ -73,6 +75,32 @@ for i in 1 2 3; do
 done
 out=$(psql_ -c "SELECT apiary_result('through-shutdowns', '60 s')")
 [ "$out" = 9 ] || fail "slow_square through shutdowns returned $out"
-crashes=$(psql_ -c "SELECT crashes FROM apiary.tasks WHERE workflow = 'through-shutdowns'")
-[ "$crashes" -eq 0 ] || fail "immediate shutdowns counted $crashes crashes"
-echo "ok: poison task given up after 2 crashes; C API workflows ran; 3 immediate shutdowns counted no crash"
+counted=$(psql_ -c "SELECT crashes FROM apiary.tasks WHERE workflow = 'through-shutdowns'")
+[ "$counted" -eq 0 ] || fail "immediate shutdowns counted $counted crashes"
+
+# restart_after_crash = off: the server goes down at each crash; start it
+psql_ -c "ALTER SYSTEM SET restart_after_crash = off" -c "SELECT pg_reload_conf()" >/dev/null
+psql_ -c "SELECT apiary_start('example_crash', '{}', 'poison-2')" >/dev/null
+downs=0
+for _ in 1 2 3 4; do
+	state=
+	for _ in $(seq 1 600); do
+		if ! as_pg "$PG_BIN/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
+			state=down
+			break
+		fi
+		state=$(psql_ -c "SELECT state FROM apiary.workflows WHERE id = 'poison-2'" 2>/dev/null || true)
+		[ "$state" = failed ] && break
+		sleep 0.1
+	done
+	[ "$state" = failed ] && break
+	[ "$state" = down ] || fail "poison-2 is '$state': it neither failed nor took the server down"
+	downs=$((downs + 1))
+	# the task may take the new server down before pg_ctl sees it up
+	as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null 2>&1 || true
+done
+[ "$state" = failed ] || fail "poison-2 is '$state' after $downs crashes"
+crashes2=$(psql_ -c "SELECT crashes FROM apiary.tasks WHERE workflow = 'poison-2'")
+[ "$crashes2" -eq 2 ] && [ "$downs" -eq 2 ] ||
+	fail "with restart_after_crash off: $crashes2 crashes counted, the server went down $downs times"
+echo "ok: poison task given up after $crashes crashes (and after $crashes2 with restart_after_crash off); C API workflows ran; 3 immediate shutdowns counted no crash"
