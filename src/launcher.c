@@ -33,6 +33,8 @@
 #include "access/xlog.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
+#include "commands/dbcommands.h"
+#include "commands/event_trigger.h"
 #include "commands/extension.h"
 #include "commands/vacuum.h"
 #include "common/hashfn.h"
@@ -61,6 +63,8 @@
 #include "journal.h"
 #include "launcher.h"
 #include "provenance.h"
+
+PG_FUNCTION_INFO_V1(apiary_on_ddl_command_start);
 
 ApiaryShared *apiary_shared = NULL;
 
@@ -130,8 +134,74 @@ apiary_xact_callback(XactEvent event, void *arg)
 			memset(finished_at_commit, 0, sizeof(finished_at_commit));
 			break;
 		default:
-			break;
+			return;
 	}
+	/* a DROP EXTENSION this backend began is over, one way or the other */
+	if (apiary_shared != NULL && apiary_shared->dropping == MyProcPid)
+	{
+		SpinLockAcquire(&apiary_shared->mutex);
+		apiary_shared->dropping = 0;
+		SpinLockRelease(&apiary_shared->mutex);
+	}
+}
+
+/* Whether a live backend is dropping the extension (see below). */
+static bool
+drop_pending(void)
+{
+	pid_t		pid;
+
+	SpinLockAcquire(&apiary_shared->mutex);
+	pid = apiary_shared->dropping;
+	SpinLockRelease(&apiary_shared->mutex);
+	return pid != 0 && kill(pid, 0) == 0;
+}
+
+/*
+ * Event trigger at the start of DROP EXTENSION: when it drops apiary in
+ * the executors' database, the executors stand down first.  A task running
+ * would hold locks on apiary's tables while the drop takes them one by one,
+ * and the two could deadlock (40P01, one of them failing).  Its executor is
+ * terminated instead (its transaction rolls back, as every workflow is
+ * about to go), and the launcher starts none until the dropping
+ * transaction ends: if it rolls back, they resume where they were.
+ */
+Datum
+apiary_on_ddl_command_start(PG_FUNCTION_ARGS)
+{
+	EventTriggerData *trigdata = (EventTriggerData *) fcinfo->context;
+	DropStmt   *stmt;
+	ListCell   *lc;
+	bool		apiary = false;
+	pid_t		pids[APIARY_MAX_WORKERS];
+	int			npids = 0;
+	char	   *here;
+
+	if (!CALLED_AS_EVENT_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("function \"%s\" was not called by event trigger manager",
+						"apiary.on_ddl_command_start")));
+	if (apiary_shared == NULL || !IsA(trigdata->parsetree, DropStmt))
+		PG_RETURN_VOID();
+	stmt = (DropStmt *) trigdata->parsetree;
+	if (stmt->removeType != OBJECT_EXTENSION)
+		PG_RETURN_VOID();
+	foreach(lc, stmt->objects)
+		apiary |= IsA(lfirst(lc), String) && strcmp(strVal(lfirst(lc)), "apiary") == 0;
+	here = get_database_name(MyDatabaseId);
+	if (!apiary || here == NULL || strcmp(here, apiary_database) != 0)
+		PG_RETURN_VOID();
+
+	SpinLockAcquire(&apiary_shared->mutex);
+	apiary_shared->dropping = MyProcPid;
+	for (int i = 0; i < APIARY_MAX_WORKERS; i++)
+		if (apiary_shared->slots[i].pid != 0)
+			pids[npids++] = apiary_shared->slots[i].pid;
+	SpinLockRelease(&apiary_shared->mutex);
+	for (int i = 0; i < npids; i++)
+		(void) kill(pids[i], SIGTERM);
+	PG_RETURN_VOID();
 }
 
 /* Called from _PG_init while preloading. */
@@ -626,7 +696,7 @@ apiary_launcher_main(Datum main_arg)
 
 		/* executors run on a primary, in a database with apiary installed */
 		installed = !RecoveryInProgress() && extension_installed();
-		if (installed)
+		if (installed && !drop_pending())
 			wanted = apiary_workers;
 		if (wanted > 0 && !crashes_counted)
 		{

@@ -40,6 +40,7 @@ typedef struct ApiaryShared
 	pg_atomic_uint64 ready_deleted; /* apiary.ready rows deleted, ever */
 	Latch	   *launcher_latch; /* set to have the launcher vacuum apiary.ready */
 	ExecutorSlot slots[APIARY_MAX_WORKERS];
+	pid_t		dropping;		/* a backend dropping the extension, or 0 */
 } ApiaryShared;
 
 /* NULL unless apiary is in shared_preload_libraries */

@@ -52,6 +52,20 @@ CREATE EVENT TRIGGER apiary_ddl_command_end ON ddl_command_end
     EXECUTE FUNCTION apiary.on_ddl_command_end();
 ALTER EVENT TRIGGER apiary_ddl_command_end ENABLE ALWAYS;
 
+/*
+ * DROP EXTENSION apiary first stands the executors down (launcher.c): a
+ * task running while the drop locks apiary's tables one by one could
+ * deadlock with it.
+ */
+CREATE FUNCTION apiary.on_ddl_command_start() RETURNS event_trigger
+    AS 'MODULE_PATHNAME', 'apiary_on_ddl_command_start'
+    LANGUAGE C;
+REVOKE ALL ON FUNCTION apiary.on_ddl_command_start() FROM PUBLIC;
+CREATE EVENT TRIGGER apiary_ddl_command_start ON ddl_command_start
+    WHEN TAG IN ('DROP EXTENSION')
+    EXECUTE FUNCTION apiary.on_ddl_command_start();
+ALTER EVENT TRIGGER apiary_ddl_command_start ENABLE ALWAYS;
+
 -- 0.6 let a procedure declare a kind, which registered nothing; altering
 -- one is now an error until the clause goes.
 DO $$

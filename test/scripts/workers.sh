@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The launcher: waits for CREATE EXTENSION, keeps apiary.workers executors
 # running (restarting one that exits), follows apiary.workers on reload
-# (an executor no longer wanted finishes its task first), and lets the
-# server stop promptly.
+# (an executor no longer wanted finishes its task first), stands the
+# executors down for DROP EXTENSION, and lets the server stop promptly.
 set -euo pipefail
 . "$(dirname "$0")/../../script/lib.sh"
 
@@ -87,7 +87,30 @@ fi
 psql_ -c "ALTER SYSTEM SET apiary.workers = 2" -c "SELECT pg_reload_conf()" >/dev/null
 wait_for 2
 
-# dropping the extension stops the executors
+# dropping the extension stops the executors, also in the middle of
+# workflows whose tasks hold locks on apiary's tables (a drop racing them
+# deadlocked); creating it again brings them back
+psql_ >/dev/null <<'SQL'
+CREATE FUNCTION slow_chain(n int) RETURNS jsonb LANGUAGE plpgsql
+SET apiary.kind = 'transactional' AS $$
+BEGIN
+  PERFORM pg_sleep(0.3);
+  IF n > 0 THEN
+    RETURN apiary_queue('slow_chain', to_jsonb(n - 1));
+  END IF;
+  RETURN to_jsonb(n);
+END $$;
+SELECT apiary_start('slow_chain', '20') FROM generate_series(1, 30);
+SQL
+sleep 1
+lines=$(wc -l <"$dir/server.log")
+psql_ -c "DROP EXTENSION apiary" || fail "DROP EXTENSION failed while workflows ran"
+wait_for 0
+if tail -n +"$((lines + 1))" "$dir/server.log" | grep -E "deadlock detected|could not open relation"; then
+	fail "the drop and the executors got in each other's way"
+fi
+psql_ -c "CREATE EXTENSION apiary"
+wait_for 2
 psql_ -c "DROP EXTENSION apiary"
 wait_for 0
 
