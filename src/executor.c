@@ -1134,8 +1134,10 @@ claim_slot(int slot)
 	bool		ok;
 
 	SpinLockAcquire(&apiary_shared->mutex);
-	ok = apiary_shared->slots[slot].pid == 0 ||
-		kill(apiary_shared->slots[slot].pid, 0) != 0;
+	/* not while the extension is being dropped (launcher.c) */
+	ok = !apiary_drop_pending_locked() &&
+		(apiary_shared->slots[slot].pid == 0 ||
+		 kill(apiary_shared->slots[slot].pid, 0) != 0);
 	if (ok)
 	{
 		apiary_shared->slots[slot].pid = MyProcPid;

@@ -50,6 +50,7 @@
 #include "storage/proc.h"
 #include "storage/shmem.h"
 #include "tcop/tcopprot.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
@@ -80,6 +81,10 @@ static int	nhanded = 0;
 static uint64 finished_at_commit[APIARY_RESULT_CVS / 64];
 
 static void apiary_wake_executors(int n);
+static void end_drop(void);
+
+/* The nesting level of the (sub)transaction that began this backend's drop */
+static int	drop_level = 0;
 
 static void
 apiary_shmem_request(void)
@@ -133,28 +138,49 @@ apiary_xact_callback(XactEvent event, void *arg)
 			nhanded = 0;
 			memset(finished_at_commit, 0, sizeof(finished_at_commit));
 			break;
+		case XACT_EVENT_PRE_PREPARE:
+			/* the drop's end would come from another session: refuse it */
+			if (drop_level > 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("cannot PREPARE a transaction that drops extension apiary")));
+			return;
 		default:
 			return;
 	}
-	/* a DROP EXTENSION this backend began is over, one way or the other */
-	if (apiary_shared != NULL && apiary_shared->dropping == MyProcPid)
-	{
-		SpinLockAcquire(&apiary_shared->mutex);
-		apiary_shared->dropping = 0;
-		SpinLockRelease(&apiary_shared->mutex);
-	}
+	end_drop();
 }
 
-/* Whether a live backend is dropping the extension (see below). */
+/* A subtransaction that began a DROP EXTENSION apiary rolled back. */
+static void
+apiary_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+						SubTransactionId parentSubid, void *arg)
+{
+	if (event == SUBXACT_EVENT_ABORT_SUB && drop_level >= GetCurrentTransactionNestLevel())
+		end_drop();
+}
+
+/* This backend's DROP EXTENSION apiary is over, one way or the other. */
+static void
+end_drop(void)
+{
+	if (drop_level == 0 || apiary_shared == NULL)
+		return;
+	drop_level = 0;
+	SpinLockAcquire(&apiary_shared->mutex);
+	apiary_shared->drops--;
+	SpinLockRelease(&apiary_shared->mutex);
+}
+
 static bool
 drop_pending(void)
 {
-	pid_t		pid;
+	bool		pending;
 
 	SpinLockAcquire(&apiary_shared->mutex);
-	pid = apiary_shared->dropping;
+	pending = apiary_drop_pending_locked();
 	SpinLockRelease(&apiary_shared->mutex);
-	return pid != 0 && kill(pid, 0) == 0;
+	return pending;
 }
 
 /*
@@ -176,6 +202,7 @@ apiary_on_ddl_command_start(PG_FUNCTION_ARGS)
 	pid_t		pids[APIARY_MAX_WORKERS];
 	int			npids = 0;
 	char	   *here;
+	Oid			extension;
 
 	if (!CALLED_AS_EVENT_TRIGGER(fcinfo))
 		ereport(ERROR,
@@ -190,11 +217,21 @@ apiary_on_ddl_command_start(PG_FUNCTION_ARGS)
 	foreach(lc, stmt->objects)
 		apiary |= IsA(lfirst(lc), String) && strcmp(strVal(lfirst(lc)), "apiary") == 0;
 	here = get_database_name(MyDatabaseId);
-	if (!apiary || here == NULL || strcmp(here, apiary_database) != 0)
+	if (!apiary || here == NULL || strcmp(here, apiary_database) != 0 || drop_level > 0)
+		PG_RETURN_VOID();
+	/* the trigger fires before the drop checks its rights: check them here */
+	extension = get_extension_oid("apiary", true);
+	if (!OidIsValid(extension) || !pg_extension_ownercheck(extension, GetUserId()))
 		PG_RETURN_VOID();
 
+	/*
+	 * Under the mutex that claim_slot takes too: an executor that claims its
+	 * slot later sees the drop and goes, and one that claimed it before is
+	 * in the list.
+	 */
+	drop_level = GetCurrentTransactionNestLevel();
 	SpinLockAcquire(&apiary_shared->mutex);
-	apiary_shared->dropping = MyProcPid;
+	apiary_shared->drops++;
 	for (int i = 0; i < APIARY_MAX_WORKERS; i++)
 		if (apiary_shared->slots[i].pid != 0)
 			pids[npids++] = apiary_shared->slots[i].pid;
@@ -213,6 +250,7 @@ apiary_shmem_init(void)
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = apiary_shmem_startup;
 	RegisterXactCallback(apiary_xact_callback, NULL);
+	RegisterSubXactCallback(apiary_subxact_callback, NULL);
 }
 
 void

@@ -40,7 +40,7 @@ typedef struct ApiaryShared
 	pg_atomic_uint64 ready_deleted; /* apiary.ready rows deleted, ever */
 	Latch	   *launcher_latch; /* set to have the launcher vacuum apiary.ready */
 	ExecutorSlot slots[APIARY_MAX_WORKERS];
-	pid_t		dropping;		/* a backend dropping the extension, or 0 */
+	int			drops;			/* transactions dropping the extension */
 } ApiaryShared;
 
 /* NULL unless apiary is in shared_preload_libraries */
@@ -85,6 +85,9 @@ extern bool apiary_executor_idle(int slot, bool idle);
  * passes on the task it would have run next.
  */
 extern void apiary_pass_on(int64 task);
+
+/* Whether a transaction dropping the extension is under way (needs mutex). */
+#define apiary_drop_pending_locked() (apiary_shared->drops > 0)
 
 /* The task handed to the executor in slot, or 0; the slot forgets it. */
 extern int64 apiary_executor_handed(int slot);
