@@ -136,7 +136,6 @@ typedef struct Marker
 	sig_atomic_t crashed;		/* this executor died of a fatal signal */
 } Marker;
 
-static char marker_path[MAXPGPATH];
 static volatile Marker *marker = NULL;
 static int	executor_slot = -1;
 
@@ -967,6 +966,7 @@ static void
 marker_open(int slot)
 {
 	Marker		m = {MARKER_MAGIC, MyDatabaseId, PgStartTime, 0, ~INT64CONST(0), 0};
+	char		marker_path[MAXPGPATH];
 	int			fd;
 	void	   *p;
 

@@ -21,6 +21,7 @@
 
 #include <limits.h>
 
+#include "commands/dbcommands.h"
 #include "miscadmin.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
@@ -58,6 +59,21 @@ static const char *const kind_names[] = {
 	[APIARY_KIND_READONLY] = "readonly",
 	[APIARY_KIND_EXTERNAL] = "external",
 };
+
+bool
+apiary_in_database(void)
+{
+	/* apiary.database is fixed until a restart, and so is this session's */
+	static bool in_database = false;
+
+	if (!in_database)
+	{
+		char	   *here = get_database_name(MyDatabaseId);
+
+		in_database = here != NULL && strcmp(here, apiary_database) == 0;
+	}
+	return in_database;
+}
 
 bool
 apiary_kind_parse(const char *name, ApiaryKind *kind)

@@ -44,6 +44,9 @@ extern int	apiary_provenance_nice;
 
 extern void apiary_define_gucs(void);
 
+/* Whether this session is connected to apiary.database, the executors' own. */
+extern bool apiary_in_database(void);
+
 /* Parse a kind name; false when it is none of the kinds. */
 extern bool apiary_kind_parse(const char *name, ApiaryKind *kind);
 extern const char *apiary_kind_name(ApiaryKind kind);

@@ -33,7 +33,6 @@
 #include "access/xlog.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
-#include "commands/dbcommands.h"
 #include "commands/event_trigger.h"
 #include "commands/extension.h"
 #include "commands/vacuum.h"
@@ -201,7 +200,6 @@ apiary_on_ddl_command_start(PG_FUNCTION_ARGS)
 	bool		apiary = false;
 	pid_t		pids[APIARY_MAX_WORKERS];
 	int			npids = 0;
-	char	   *here;
 	Oid			extension;
 
 	if (!CALLED_AS_EVENT_TRIGGER(fcinfo))
@@ -216,8 +214,7 @@ apiary_on_ddl_command_start(PG_FUNCTION_ARGS)
 		PG_RETURN_VOID();
 	foreach(lc, stmt->objects)
 		apiary |= IsA(lfirst(lc), String) && strcmp(strVal(lfirst(lc)), "apiary") == 0;
-	here = get_database_name(MyDatabaseId);
-	if (!apiary || here == NULL || strcmp(here, apiary_database) != 0 || drop_level > 0)
+	if (!apiary || !apiary_in_database() || drop_level > 0)
 		PG_RETURN_VOID();
 	/* the trigger fires before the drop checks its rights: check them here */
 	extension = get_extension_oid("apiary", true);

@@ -22,7 +22,6 @@
 
 #include "access/xact.h"
 #include "catalog/pg_type.h"
-#include "commands/dbcommands.h"
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
@@ -54,22 +53,13 @@ static SPIPlanPtr result_plan = NULL;
 static void
 require_workers(const char *function)
 {
-	/* apiary.database is fixed until a restart, and so is this session's */
-	static bool in_apiary_database = false;
-
 	if (apiary_shared == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("%s requires apiary's background workers", function),
 				 errhint("Add apiary to shared_preload_libraries in postgresql.conf, set apiary.database to this database, and restart the server.")));
 	/* the executors run workflows in one database: elsewhere none would */
-	if (!in_apiary_database)
-	{
-		char	   *here = get_database_name(MyDatabaseId);
-
-		in_apiary_database = here != NULL && strcmp(here, apiary_database) == 0;
-	}
-	if (!in_apiary_database)
+	if (!apiary_in_database())
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("%s works only in database \"%s\", where apiary's executors run",
@@ -130,14 +120,15 @@ apiary_start(PG_FUNCTION_ARGS)
 	int64		root;
 
 	require_workers("apiary_start");
+	if (apiary_xact_read_only())
+		ereport(ERROR,
+				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
+				 errmsg("cannot execute apiary_start() in a read-only transaction")));
 	if (XactReadOnly)
 		ereport(ERROR,
 				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
-				 apiary_xact_read_only()
-				 ? errmsg("cannot execute apiary_start() in a read-only transaction")
-				 : errmsg("cannot execute apiary_start() in a readonly apiary function"),
-				 apiary_xact_read_only() ? 0
-				 : errhint("Starting a workflow is a write: register the function as transactional.")));
+				 errmsg("cannot execute apiary_start() in a readonly apiary function"),
+				 errhint("Starting a workflow is a write: register the function as transactional.")));
 	bind_require_call_args(fcinfo);
 	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	args = PG_GETARG_JSONB_P(1);
