@@ -353,7 +353,17 @@ queue_installed(void)
 	return tables_current;
 }
 
-/* Store a new row version and make its index entries. */
+/*
+ * Store a new row version and make its index entries.
+ *
+ * The slot never owns the tuple it is lent (ExecStoreHeapTuple's
+ * shouldFree is false): the slot lives to the end of the transaction, the
+ * tuple in the caller's memory, perhaps a task function's, which its
+ * subtransaction's rollback frees.  An error between storing and clearing
+ * (a serialization failure in the insert, a timeout, a cancel) leaves it
+ * in the slot, and a slot that owned it would free it again when next
+ * used, corrupting memory.
+ */
 static void
 qrel_insert(QRel *q, Datum *values, bool *nulls)
 {
@@ -361,11 +371,12 @@ qrel_insert(QRel *q, Datum *values, bool *nulls)
 
 	qrel_prepare_writes(q);
 	tup = heap_form_tuple(RelationGetDescr(q->rel), values, nulls);
-	ExecStoreHeapTuple(tup, q->slot, true);
+	ExecStoreHeapTuple(tup, q->slot, false);
 	table_tuple_insert(q->rel, q->slot, GetCurrentCommandId(true), 0, NULL);
 	ExecInsertIndexTuples(q->rri, q->slot, q->estate, false, false, NULL, NIL);
 	ResetPerTupleExprContext(q->estate);
 	ExecClearTuple(q->slot);
+	heap_freetuple(tup);
 	CommandCounterIncrement();
 }
 
@@ -419,7 +430,7 @@ qrel_update(QRel *q, Oid indexoid, int nkeys, ScanKey keys,
 			return false;
 		}
 		tup = heap_modify_tuple(old, desc, values, nulls, replace);
-		ExecStoreHeapTuple(tup, q->slot, true);
+		ExecStoreHeapTuple(tup, q->slot, false);	/* see qrel_insert */
 		res = table_tuple_update(q->rel, &tid, q->slot,
 								 GetCurrentCommandId(true), snapshot,
 								 InvalidSnapshot, true, &tmfd, &lockmode,
@@ -432,10 +443,12 @@ qrel_update(QRel *q, Oid indexoid, int nkeys, ScanKey keys,
 									  NULL, NIL);
 			ResetPerTupleExprContext(q->estate);
 			ExecClearTuple(q->slot);
+			heap_freetuple(tup);
 			CommandCounterIncrement();
 			return true;
 		}
 		ExecClearTuple(q->slot);
+		heap_freetuple(tup);
 		if (res != TM_Updated && res != TM_Deleted)
 			elog(ERROR, "unexpected result %d updating a row of \"%s\"",
 				 (int) res, RelationGetRelationName(q->rel));
