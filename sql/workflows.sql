@@ -226,6 +226,40 @@ SELECT function, state, error->>'cancelled' AS cancelled FROM apiary_status('to-
 SELECT count(*) FROM effects;
 SELECT apiary_cancel('no-such-workflow');
 
+-- A finished workflow's cancel cancels the tasks it left unfinished (queued
+-- and not waited for): a running one rolls back at its end, and the
+-- workflow keeps its result.
+CREATE FUNCTION fire_and_forget() RETURNS int LANGUAGE plpgsql
+SET apiary.kind = 'transactional' AS $$
+BEGIN
+  PERFORM apiary_queue('square', jsonb_build_array(apiary_queue('gated_write', '"left running"')));
+  RETURN 1;
+END $$;
+SELECT pg_advisory_lock(4343);
+SELECT apiary_start('fire_and_forget', '{}', 'forgotten');
+SELECT apiary_result('forgotten', '60 s');
+DO $$
+BEGIN
+  FOR i IN 1..1200 LOOP
+    EXIT WHEN EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory'
+                       AND objid = 4343 AND NOT granted);
+    PERFORM pg_sleep(0.05);
+  END LOOP;
+END $$;
+SELECT apiary_cancel('forgotten');
+SELECT pg_advisory_unlock(4343);
+DO $$
+BEGIN
+  FOR i IN 1..1200 LOOP
+    EXIT WHEN (SELECT error->>'cancelled' FROM apiary_status('forgotten')
+                WHERE function = 'gated_write') = 'by apiary_cancel, while running';
+    PERFORM pg_sleep(0.05);
+  END LOOP;
+END $$;
+SELECT function, state, error->>'cancelled' AS cancelled FROM apiary_status('forgotten') ORDER BY task;
+SELECT apiary_result('forgotten', '60 s');
+SELECT count(*) FROM effects;
+
 -- Tasks run as the role that started them, and workflow ids are per role.
 CREATE FUNCTION whoami() RETURNS text LANGUAGE sql
 SET apiary.kind = 'readonly' AS $$ SELECT current_user::text $$;
@@ -344,23 +378,43 @@ RESET ROLE;
 SELECT who, count(*) FROM checked_by GROUP BY who ORDER BY who;
 
 -- Nothing a task does to the executor's session outlives it: its
--- temporary tables, settings, session locks and prepared statements are
--- gone when the next task runs, and a failed task's session locks too.
+-- temporary tables, settings, session locks, prepared statements, last
+-- sequence value and random() seed are gone when the next task runs, and a
+-- failed task's session locks too.
+CREATE SEQUENCE state_seq;
 CREATE FUNCTION leave_state() RETURNS jsonb LANGUAGE plpgsql
 SET apiary.kind = 'transactional' AS $$
+DECLARE
+  seeded float8;
+  f jsonb;
 BEGIN
+  PERFORM setseed(0.42);
+  seeded := random();
+  f := apiary_queue('look_at_state', jsonb_build_object('seeded', seeded));
   CREATE TEMP TABLE left_behind (x int);
   PERFORM set_config('datestyle', 'German', false);
   PERFORM pg_advisory_lock(4242);
   EXECUTE 'PREPARE left_prepared AS SELECT 1';
-  RETURN apiary_queue('look_at_state', '{}');
+  PERFORM nextval('state_seq');
+  PERFORM setseed(0.42);
+  RETURN f;
 END $$;
-CREATE FUNCTION look_at_state() RETURNS jsonb LANGUAGE sql
+CREATE FUNCTION look_at_state(seeded float8) RETURNS jsonb LANGUAGE plpgsql
 SET apiary.kind = 'readonly' AS $$
-  SELECT jsonb_build_object('temp table', to_regclass('pg_temp.left_behind') IS NOT NULL,
+DECLARE
+  last text;
+BEGIN
+  BEGIN
+    last := lastval()::text;
+  EXCEPTION WHEN object_not_in_prerequisite_state THEN
+    last := 'not yet defined';
+  END;
+  RETURN jsonb_build_object('temp table', to_regclass('pg_temp.left_behind') IS NOT NULL,
                             'datestyle', current_setting('datestyle'),
-                            'prepared', (SELECT count(*) FROM pg_prepared_statements))
-$$;
+                            'prepared', (SELECT count(*) FROM pg_prepared_statements),
+                            'lastval', last,
+                            'seeded random', random() = seeded);
+END $$;
 SELECT apiary_start('leave_state', '{}', 'session-state');
 SELECT apiary_result('session-state', '60 s');
 SELECT pg_try_advisory_lock(4242) AS lock_free;
@@ -375,6 +429,68 @@ SELECT apiary_start('lock_and_fail', '{}', 'lock-and-fail');
 SELECT apiary_result('lock-and-fail', '60 s');
 SELECT pg_try_advisory_lock(4243) AS lock_free;
 SELECT pg_advisory_unlock(4243);
+
+-- A task does not wait for a workflow: a waiting task would hold its
+-- executor, which the awaited workflow may need.  A timeout of 0 reads a
+-- finished workflow's result.
+CREATE FUNCTION await(w text, timeout interval) RETURNS jsonb LANGUAGE plpgsql
+SET apiary.kind = 'transactional' AS $$
+BEGIN
+  RETURN apiary_result(w, timeout);
+END $$;
+SELECT apiary_start('await', '{"w": "order-7", "timeout": null}', 'await-waits'),
+       apiary_start('await', '{"w": "order-7", "timeout": "0"}', 'await-polls');
+SELECT apiary_result('await-waits', '60 s');
+SELECT apiary_result('await-polls', '60 s');
+-- A timeout too long to reckon is none.
+SELECT apiary_result('order-7', '300000 years');
+
+-- A readonly function cannot queue tasks.
+CREATE FUNCTION queue_from_readonly() RETURNS jsonb LANGUAGE sql
+SET apiary.kind = 'readonly' AS $$ SELECT apiary_queue('square', '2') $$;
+SELECT apiary_start('queue_from_readonly', '{}', 'readonly-queue');
+SELECT apiary_result('readonly-queue', '60 s');
+
+-- A task cannot return a future that waits for its own output, for
+-- neither could ever finish: its own future, or that of a task waiting
+-- for it.  (Such futures can only be forged.)
+CREATE FUNCTION own_future() RETURNS jsonb LANGUAGE sql
+SET apiary.kind = 'transactional' AS $$
+  SELECT jsonb_build_object('apiary_future', split_part(apiary_task_key(), '/', 2)::bigint)
+$$;
+CREATE FUNCTION child_of_own() RETURNS jsonb LANGUAGE sql
+SET apiary.kind = 'transactional' AS $$
+  SELECT apiary_queue('square', jsonb_build_array(
+           jsonb_build_object('apiary_future', split_part(apiary_task_key(), '/', 2)::bigint)))
+$$;
+SELECT apiary_start('own_future', '{}', 'own-future');
+SELECT apiary_result('own-future', '60 s');
+SELECT apiary_start('child_of_own', '{}', 'child-of-own');
+SELECT apiary_result('child-of-own', '60 s');
+SELECT function, state FROM apiary_status('child-of-own') ORDER BY task;
+
+-- A future passed inside a value, and queued on by the task that gets it,
+-- releases the new task even if it finishes while that task still runs:
+-- the task that queues holds the future's row until it commits.
+CREATE FUNCTION slow_value(x int) RETURNS int LANGUAGE sql
+SET apiary.kind = 'transactional' AS $$ SELECT x FROM pg_sleep(0.5) $$;
+CREATE FUNCTION queue_on(deps jsonb) RETURNS jsonb LANGUAGE plpgsql
+SET apiary.kind = 'transactional' AS $$
+DECLARE
+  f jsonb;
+BEGIN
+  f := apiary_queue('square', jsonb_build_array(deps->0));
+  PERFORM pg_sleep(1.5);
+  RETURN f;
+END $$;
+CREATE FUNCTION pass_future() RETURNS jsonb LANGUAGE plpgsql
+SET apiary.kind = 'transactional' AS $$
+BEGIN
+  RETURN apiary_queue('queue_on', jsonb_build_object('deps',
+           jsonb_build_array(apiary_queue('slow_value', '[6]'))));
+END $$;
+SELECT apiary_start('pass_future', '{}', 'passed-future');
+SELECT apiary_result('passed-future', '60 s');
 
 -- Workflows belong to apiary.database, where the executors run: elsewhere
 -- apiary_start says so instead of queueing work that would never run.

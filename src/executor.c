@@ -51,6 +51,7 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/prepare.h"
+#include "commands/sequence.h"
 #include "commands/trigger.h"
 #include "common/pg_prng.h"
 #include "executor/spi.h"
@@ -297,7 +298,7 @@ resolve_futures(Jsonb *args, RunningTask *t)
 		if ((tok == WJB_VALUE || tok == WJB_ELEM) && value_is_future(&v, &id))
 		{
 			Jsonb	   *out = NULL;
-			QueueState st = queue_future(id, t->role, t->workflow, &out, NULL);
+			QueueState st = queue_future(id, t->role, t->workflow, false, &out, NULL);
 
 			if (st != QS_DONE)
 				elog(ERROR, "future %lld of task %lld is %s, not done",
@@ -336,6 +337,11 @@ apiary_queue_jsonb(const char *name, Jsonb *args)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("apiary_queue can only be called by a function running as an apiary task"),
 				 errhint("Start a workflow with apiary_start; the functions it runs may queue tasks.")));
+	if (XactReadOnly)
+		ereport(ERROR,
+				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
+				 errmsg("cannot queue a task in a read-only transaction"),
+				 errhint("A readonly function cannot queue tasks; register the function that queues as transactional.")));
 	bind_check_limits(name, args);
 
 	/* callable now, with these arguments; checked again when it runs */
@@ -358,7 +364,8 @@ apiary_queue_jsonb(const char *name, Jsonb *args)
 
 			if ((tok != WJB_VALUE && tok != WJB_ELEM) || !value_is_future(&v, &id))
 				continue;
-			st = queue_future(id, running_task->role, running_task->workflow, NULL, NULL);
+			st = queue_future(id, running_task->role, running_task->workflow,
+							  true, NULL, NULL);
 			if (st == QS_FAILED || st == QS_CANCELLED)
 				ereport(ERROR,
 						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -530,8 +537,16 @@ check_returned_future(RunningTask *t, Datum out, bool isnull,
 		return;
 	}
 	old = MemoryContextSwitchTo(cxt);
-	r->state = queue_future(r->id, t->role, t->workflow, &r->output, &r->error);
+	r->state = queue_future(r->id, t->role, t->workflow, true,
+							&r->output, &r->error);
 	MemoryContextSwitchTo(old);
+	if (r->state != QS_DONE && r->state != QS_FAILED && r->state != QS_CANCELLED &&
+		queue_depends_on(r->id, t->id))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("a task cannot return a future that waits for its own output"),
+				 errdetail("Future %lld waits, itself or through other futures, for the output of task %lld, which returned it: neither could ever finish.",
+						   (long long) r->id, (long long) t->id)));
 }
 
 /* The task returned a future: take its output, now or once it is done. */
@@ -548,14 +563,19 @@ link_to_future(RunningTask *t, const ReturnedFuture *r)
 
 /*
  * What outlives a transaction in a session: a task's session-level
- * advisory locks and its prepared statements, released and deallocated
- * however the task ended, for the next task may be another role's.
+ * advisory locks, its prepared statements, its sequences' last values and
+ * its random() seed, released, deallocated, forgotten and reseeded however
+ * the task ended, for the next task may be another role's.
  */
 static void
 end_session_state(void)
 {
 	LockReleaseSession(USER_LOCKMETHOD);
 	DropAllPreparedStatements();
+	/* lastval() would name its sequence, and setseed() fix random() */
+	ResetSequenceCaches();
+	(void) DirectFunctionCall1(setseed,
+							   Float8GetDatum(pg_prng_double(&pg_global_prng_state) * 2.0 - 1.0));
 }
 
 /*
@@ -596,6 +616,24 @@ retry_delay(double first, int attempt)
 	return base * (0.5 + pg_prng_double(&pg_global_prng_state));
 }
 
+/*
+ * The function's timeout ends a task through statement_timeout's timer,
+ * whose message would name that setting, which never reaches tasks: a
+ * cancel once the timeout has passed says which timeout it was.
+ */
+static void
+timed_out(ErrorData *edata, RunningTask *t, const char *function,
+		  int64 timeout_ms)
+{
+	if (edata->sqlerrcode != ERRCODE_QUERY_CANCELED || timeout_ms <= 0 ||
+		GetCurrentTimestamp() - t->started < timeout_ms * 1000)
+		return;
+	edata->message = psprintf("function \"%s\" ran longer than its timeout of %lld ms",
+							  function, (long long) timeout_ms);
+	edata->detail = NULL;
+	edata->hint = pstrdup("Register the function again with apiary_register and a longer timeout.");
+}
+
 static void
 run_task(RunningTask *t, const char *function, Jsonb *args,
 		 const char *search_path, int attempt)
@@ -613,6 +651,7 @@ run_task(RunningTask *t, const char *function, Jsonb *args,
 	ErrorData  *edata = NULL;
 	ApiaryKind	kind = APIARY_KIND_TRANSACTIONAL;
 	int			max_attempts = apiary_max_attempts;
+	volatile int64 timeout_ms = 0;	/* read in PG_CATCH */
 	ProvenanceFrame prov;
 
 	GetUserIdAndSecContext(&save_user, &save_sec);
@@ -646,8 +685,9 @@ run_task(RunningTask *t, const char *function, Jsonb *args,
 			XLogFlush(GetXLogInsertRecPtr());
 		if (f->max_attempts > 0)
 			max_attempts = f->max_attempts;
-		if (f->timeout_ms > 0)
-			enable_timeout_after(STATEMENT_TIMEOUT, (int) Min(f->timeout_ms, INT_MAX));
+		timeout_ms = f->timeout_ms;
+		if (timeout_ms > 0)
+			enable_timeout_after(STATEMENT_TIMEOUT, (int) Min(timeout_ms, INT_MAX));
 		provenance_begin(&prov);
 		PG_TRY();
 		{
@@ -669,7 +709,7 @@ run_task(RunningTask *t, const char *function, Jsonb *args,
 		check_returned_future(t, out, isnull, &returned, cxt);
 
 		/* a workflow cancelled meanwhile takes the task's effects back */
-		cancelled = queue_workflow_cancelled(t->role, t->workflow);
+		cancelled = queue_workflow_cancelled(t->role, t->workflow, t->id);
 		if (cancelled)
 			RollbackAndReleaseCurrentSubTransaction();
 		else
@@ -682,6 +722,7 @@ run_task(RunningTask *t, const char *function, Jsonb *args,
 		MemoryContextSwitchTo(cxt);
 		edata = CopyErrorData();
 		FlushErrorState();
+		timed_out(edata, t, function, timeout_ms);
 		RollbackAndReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(cxt);
 		CurrentResourceOwner = owner;

@@ -46,12 +46,15 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_collation.h"
+#include "catalog/pg_index.h"
 #include "commands/sequence.h"
 #include "executor/executor.h"
 #include "miscadmin.h"
+#include "storage/bufmgr.h"
 #include "storage/lmgr.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
+#include "utils/hsearch.h"
 #include "utils/inval.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
@@ -881,48 +884,95 @@ queue_add_workflow(Oid role, text *id, bool generated, const char *function,
 	return root;
 }
 
+static bool
+finished_state(QueueState state)
+{
+	return state == QS_DONE || state == QS_FAILED || state == QS_CANCELLED;
+}
+
+/*
+ * Lock the row version tup found with FOR SHARE: false if another
+ * transaction changed it meanwhile (after waiting for that one to end).
+ */
+static bool
+hold_row(Relation rel, HeapTuple tup)
+{
+	HeapTupleData locked;
+	Buffer		buffer;
+	TM_FailureData tmfd;
+	TM_Result	res;
+
+	locked.t_self = tup->t_self;
+	res = heap_lock_tuple(rel, &locked, GetCurrentCommandId(true),
+						  LockTupleShare, LockWaitBlock, false, &buffer, &tmfd);
+	ReleaseBuffer(buffer);
+	if (res == TM_Updated || res == TM_Deleted)
+		return false;
+	if (res != TM_Ok && res != TM_SelfModified)
+		elog(ERROR, "unexpected result %d locking task row", (int) res);
+	return true;
+}
+
 QueueState
-queue_future(int64 id, Oid role, text *workflow, Jsonb **output, Jsonb **error)
+queue_future(int64 id, Oid role, text *workflow, bool hold,
+			 Jsonb **output, Jsonb **error)
 {
 	QRel	   *tasks = qrel_open("tasks", T_NATTS);
 	Relation	rel = tasks->rel;
 	TupleDesc	desc = RelationGetDescr(rel);
 	ScanKeyData key;
-	SysScanDesc scan;
-	HeapTuple	tup;
 	QueueState	state = QS_FAILED;
 	bool		found = false;
 	bool		isnull;
-	/* the latest: a future queued earlier in this transaction, too */
-	Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
 
 	task_key(&key, &id);
-	scan = systable_beginscan(rel, RelationGetPrimaryKeyIndex(rel), true,
-							  snapshot, 1, &key);
-	tup = systable_getnext(scan);
-	if (HeapTupleIsValid(tup) &&
-		DatumGetObjectId(heap_getattr(tup, T_ROLE, desc, &isnull)) == role &&
-		DatumGetBool(DirectFunctionCall2Coll(texteq, C_COLLATION_OID,
-											 heap_getattr(tup, T_WORKFLOW, desc, &isnull),
-										 PointerGetDatum(workflow))))
+	for (;;)
 	{
-		Datum		d;
+		/* the latest: a future queued earlier in this transaction, too */
+		Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
+		SysScanDesc scan = systable_beginscan(rel, RelationGetPrimaryKeyIndex(rel),
+											  true, snapshot, 1, &key);
+		HeapTuple	tup = systable_getnext(scan);
+		bool		again = false;
 
-		found = true;
-		state = state_from_datum(heap_getattr(tup, T_STATE, desc, &isnull));
-		if (output)
+		if (HeapTupleIsValid(tup) &&
+			DatumGetObjectId(heap_getattr(tup, T_ROLE, desc, &isnull)) == role &&
+			DatumGetBool(DirectFunctionCall2Coll(texteq, C_COLLATION_OID,
+												 heap_getattr(tup, T_WORKFLOW, desc, &isnull),
+												 PointerGetDatum(workflow))))
 		{
-			d = heap_getattr(tup, T_OUTPUT, desc, &isnull);
-			*output = isnull ? NULL : DatumGetJsonbPCopy(d);
+			Datum		d;
+
+			found = true;
+			state = state_from_datum(heap_getattr(tup, T_STATE, desc, &isnull));
+			if (output)
+			{
+				d = heap_getattr(tup, T_OUTPUT, desc, &isnull);
+				*output = isnull ? NULL : DatumGetJsonbPCopy(d);
+			}
+			if (error)
+			{
+				d = heap_getattr(tup, T_ERROR, desc, &isnull);
+				*error = isnull ? NULL : DatumGetJsonbPCopy(d);
+			}
+
+			/*
+			 * The caller is about to wait for it or link to it, in rows its
+			 * finish looks for only once it has changed its own row.  Until
+			 * we commit, that change waits for our lock, and then sees our
+			 * rows.  A future queued in this transaction cannot finish
+			 * before it commits anyway.
+			 */
+			if (hold && !finished_state(state) &&
+				!TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetXmin(tup->t_data)))
+				again = !hold_row(rel, tup);
 		}
-		if (error)
-		{
-			d = heap_getattr(tup, T_ERROR, desc, &isnull);
-			*error = isnull ? NULL : DatumGetJsonbPCopy(d);
-		}
+		systable_endscan(scan);
+		UnregisterSnapshot(snapshot);
+		if (!again)
+			break;
+		CHECK_FOR_INTERRUPTS();
 	}
-	systable_endscan(scan);
-	UnregisterSnapshot(snapshot);
 	qrel_close(tasks);
 	if (!found)
 		ereport(ERROR,
@@ -1231,6 +1281,100 @@ queue_finish(int64 id, QueueState state, Jsonb *value, TimestampTz ran_at,
 	return nreleased;
 }
 
+/* The index of apiary.waits on its task column (waits_task). */
+static Oid
+waits_by_task(Relation waits)
+{
+	List	   *indexes = RelationGetIndexList(waits);
+	ListCell   *lc;
+	Oid			found = InvalidOid;
+
+	foreach(lc, indexes)
+	{
+		HeapTuple	tup = SearchSysCache1(INDEXRELID, ObjectIdGetDatum(lfirst_oid(lc)));
+
+		if (!HeapTupleIsValid(tup))
+			continue;
+		if (((Form_pg_index) GETSTRUCT(tup))->indnatts == 1 &&
+			((Form_pg_index) GETSTRUCT(tup))->indkey.values[0] == X_TASK)
+			found = lfirst_oid(lc);
+		ReleaseSysCache(tup);
+	}
+	list_free(indexes);
+	if (!OidIsValid(found))
+		elog(ERROR, "apiary.waits has no index on its task column");
+	return found;
+}
+
+bool
+queue_depends_on(int64 future, int64 task)
+{
+	QRel	   *tasks = qrel_open("tasks", T_NATTS);
+	QRel	   *waits = qrel_open("waits", X_NATTS);
+	TupleDesc	desc = RelationGetDescr(tasks->rel);
+	Oid			by_task = waits_by_task(waits->rel);
+	Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	HASHCTL		ctl = {.keysize = sizeof(int64), .entrysize = sizeof(int64),
+	.hcxt = CurrentMemoryContext};
+	HTAB	   *seen = hash_create("apiary futures followed", 64, &ctl,
+								   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	List	   *todo = list_make1(&future);
+	bool		depends = false;
+
+	while (todo != NIL && !depends)
+	{
+		int64		id = *(int64 *) linitial(todo);
+		bool		found;
+		ScanKeyData key;
+		SysScanDesc scan;
+		HeapTuple	tup;
+		bool		isnull;
+
+		todo = list_delete_first(todo);
+		if (id == task)
+		{
+			depends = true;
+			break;
+		}
+		hash_search(seen, &id, HASH_ENTER, &found);
+		if (found)
+			continue;
+		CHECK_FOR_INTERRUPTS();
+
+		/* an unfinished task depends on the future it returned ... */
+		task_key(&key, &id);
+		scan = systable_beginscan(tasks->rel, RelationGetPrimaryKeyIndex(tasks->rel),
+								  true, snapshot, 1, &key);
+		tup = systable_getnext(scan);
+		if (!HeapTupleIsValid(tup) ||
+			finished_state(state_from_datum(heap_getattr(tup, T_STATE, desc, &isnull))))
+		{
+			systable_endscan(scan);
+			continue;
+		}
+		{
+			Datum		d = heap_getattr(tup, T_LINKED_TO, desc, &isnull);
+
+			if (!isnull)
+			{
+				int64	   *linked = palloc_object(int64);
+
+				*linked = DatumGetInt64(d);
+				todo = lappend(todo, linked);
+			}
+		}
+		systable_endscan(scan);
+
+		/* ... and on those it waits for */
+		todo = list_concat(todo, scan_ids(waits->rel, by_task, X_TASK, id, X_FUTURE));
+	}
+	hash_destroy(seen);
+	UnregisterSnapshot(snapshot);
+	qrel_close(waits);
+	qrel_close(tasks);
+	return depends;
+}
+
 typedef struct Link
 {
 	int64		future;
@@ -1343,7 +1487,7 @@ queue_count_crash(int64 id, char **function)
  */
 
 bool
-queue_workflow_cancelled(Oid role, text *workflow)
+queue_workflow_cancelled(Oid role, text *workflow, int64 task)
 {
 	/* the last workflow this process found running, and when */
 	static Oid	checked_role = InvalidOid;
@@ -1357,6 +1501,7 @@ queue_workflow_cancelled(Oid role, text *workflow)
 	SysScanDesc scan;
 	HeapTuple	tup;
 	bool		cancelled = false;
+	bool		finished = false;
 	bool		isnull;
 
 	/* held to our commit: a cancel waits for it, and we for a cancel */
@@ -1389,9 +1534,26 @@ queue_workflow_cancelled(Oid role, text *workflow)
 							  snapshot, 2, keys);
 	tup = systable_getnext(scan);
 	if (HeapTupleIsValid(tup))
-		cancelled = strcmp(TextDatumGetCString(heap_getattr(tup, W_STATE, RelationGetDescr(rel), &isnull)),
-						   "cancelled") == 0;
+	{
+		char	   *state = TextDatumGetCString(heap_getattr(tup, W_STATE,
+															 RelationGetDescr(rel), &isnull));
+
+		cancelled = strcmp(state, "cancelled") == 0;
+		finished = !cancelled && strcmp(state, "running") != 0;
+	}
 	systable_endscan(scan);
+
+	/* a finished workflow's cancel marks its running tasks' rows */
+	if (finished)
+	{
+		QRel	   *tasks = qrel_open("tasks", T_NATTS);
+		QueueState	own;
+		TimestampTz run_after;
+
+		cancelled = read_task(tasks->rel, snapshot, task, &own, &run_after, NULL) &&
+			own == QS_CANCELLED;
+		qrel_close(tasks);
+	}
 	UnregisterSnapshot(snapshot);
 	qrel_close(workflows);
 

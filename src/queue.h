@@ -78,9 +78,11 @@ extern int64 queue_add_workflow(Oid role, text *id, bool generated,
 
 /*
  * A future's state and its output or error, if it is a task of this
- * workflow; errors out otherwise.
+ * workflow; errors out otherwise.  With hold, an unfinished future's row
+ * is locked until this transaction ends, so that its finish sees the wait
+ * or link this transaction makes for it.
  */
-extern QueueState queue_future(int64 id, Oid role, text *workflow,
+extern QueueState queue_future(int64 id, Oid role, text *workflow, bool hold,
 							   Jsonb **output, Jsonb **error);
 
 /*
@@ -95,6 +97,13 @@ extern QueueState queue_future(int64 id, Oid role, text *workflow,
  */
 extern int	queue_finish(int64 id, QueueState state, Jsonb *value,
 						 TimestampTz ran_at, int64 *released, int max_released);
+
+/*
+ * Does the unfinished future wait, through the futures it waits for or
+ * returned, for task's output?  Then task cannot return it: neither would
+ * ever finish.
+ */
+extern bool queue_depends_on(int64 future, int64 task);
 
 /* The task ran and returned future, which is not done yet. */
 extern void queue_link(int64 id, int64 future, TimestampTz ran_at);
@@ -112,9 +121,10 @@ extern int	queue_count_crash(int64 id, char **function);
  * exclusive; until the end of the transaction) keep a cancel from falling
  * between an executor's check and its commit; a count in shared memory of
  * the exclusive ones taken lets the check skip reading a workflow this
- * executor found running when no cancel has begun since.
+ * executor found running when no cancel has begun since.  A task of a
+ * finished workflow is cancelled on its own row.
  */
-extern bool queue_workflow_cancelled(Oid role, text *workflow);
+extern bool queue_workflow_cancelled(Oid role, text *workflow, int64 task);
 extern void queue_lock_workflow(Oid role, text *workflow);
 
 #endif							/* APIARY_QUEUE_H */

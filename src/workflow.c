@@ -248,6 +248,9 @@ apiary_result(PG_FUNCTION_ARGS)
 	TimestampTz deadline = 0;
 	Jsonb	   *output = NULL;
 	bool		done = false;
+	bool		polls = false;
+	text	   *task_workflow;
+	int64		task;
 
 	require_workers("apiary_result");
 	if (PG_ARGISNULL(0))
@@ -259,18 +262,31 @@ apiary_result(PG_FUNCTION_ARGS)
 	if (!PG_ARGISNULL(1))
 	{
 		Interval   *timeout = PG_GETARG_INTERVAL_P(1);
-		Interval	zero = {0};
+		/* months of 30 days, as interval comparison counts them */
+		double		usecs = timeout->time + (double) timeout->day * USECS_PER_DAY +
+			(double) timeout->month * DAYS_PER_MONTH * USECS_PER_DAY;
 
-		if (DatumGetInt32(DirectFunctionCall2(interval_cmp, IntervalPGetDatum(timeout),
-											  IntervalPGetDatum(&zero))) < 0)
+		if (usecs < 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("timeout must not be negative"),
 					 errhint("A timeout of 0 returns the result if the workflow has finished, and times out at once if not.")));
-		deadline = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
-														   TimestampTzGetDatum(GetCurrentTimestamp()),
-														   IntervalPGetDatum(timeout)));
+		/* beyond a thousand years it is no deadline (nor an overflow) */
+		if (usecs < 1000.0 * DAYS_PER_YEAR * USECS_PER_DAY)
+			deadline = GetCurrentTimestamp() + (int64) usecs;
+		polls = usecs == 0;
 	}
+
+	/*
+	 * A task that waits holds its executor, and what it waits for may need
+	 * that executor: with every executor so held, nothing runs again.
+	 */
+	if (apiary_in_task(&task_workflow, &task) && !polls)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("apiary_result cannot wait in a function running as an apiary task"),
+				 errdetail("A waiting task holds its executor, which the workflow it waits for may need."),
+				 errhint("Queue the work with apiary_queue and pass or return its future; or read a finished workflow's result with a timeout of 0.")));
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
