@@ -668,6 +668,18 @@ provenance_step(BackgroundWorkerHandle **collector, bool installed)
 	CommitTransactionCommand();
 }
 
+/* Does a live executor hold slot? */
+static bool
+slot_held(int slot)
+{
+	pid_t		pid;
+
+	SpinLockAcquire(&apiary_shared->mutex);
+	pid = apiary_shared->slots[slot].pid;
+	SpinLockRelease(&apiary_shared->mutex);
+	return pid != 0 && kill(pid, 0) == 0;
+}
+
 /*
  * Keep exactly n executors running; those beyond n finish their task first.
  * (Every slot is told, also those of executors this launcher did not start:
@@ -679,8 +691,16 @@ supervise(BackgroundWorkerHandle **handles, int n)
 	for (int i = 0; i < APIARY_MAX_WORKERS; i++)
 	{
 		pid_t		pid;
-		bool		running = handles[i] != NULL &&
-			GetBackgroundWorkerPid(handles[i], &pid) != BGWH_STOPPED;
+
+		/*
+		 * An executor of an earlier launcher (one that exited with an
+		 * error) holds its slot still: an executor started for that slot
+		 * would exit at once, and wake this launcher to start another.
+		 * Leave it be; once it exits, the next pass starts a new one.
+		 */
+		bool		running = handles[i] != NULL ?
+			GetBackgroundWorkerPid(handles[i], &pid) != BGWH_STOPPED :
+			slot_held(i);
 
 		set_retire(i, i >= n);
 		if (!running && handles[i] != NULL)

@@ -6,7 +6,10 @@
 set -euo pipefail
 . "$(dirname "$0")/../../script/lib.sh"
 
-throwaway_server "${PORT:-55474}" "apiary.workers = 2"
+# no room to spare beyond the two launchers (apiary's, logical
+# replication's) and three executors: an executor
+# started for a slot already held shows as a warning that there is none
+throwaway_server "${PORT:-55474}" "apiary.workers = 2" "max_worker_processes = 5"
 fail() { echo "FAIL: $*"; tail -n 20 "$dir/server.log"; exit 1; }
 executors() { psql_ -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'apiary executor'"; }
 # wait_for N: until N executors run (bounded), else fail
@@ -34,6 +37,27 @@ for _ in $(seq 1 100); do
 	sleep 0.1
 done
 [ "$(executors)" -eq 2 ] || fail "the executor that exited was not replaced"
+
+# a launcher that exits (terminated here; or after an error) is started
+# again by the postmaster, and the new one leaves the executors it finds
+# running be: it started others for their slots, which exited at once,
+# woke it, and were started again, thousands of times a second
+pids() { psql_ -c "SELECT string_agg(pid::text, ',' ORDER BY pid) FROM pg_stat_activity WHERE backend_type = 'apiary executor'"; }
+launcher() { psql_ -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'apiary launcher'"; }
+before=$(pids)
+old=$(launcher)
+lines=$(wc -l <"$dir/server.log")
+psql_ -c "SELECT pg_terminate_backend($old)" >/dev/null
+for _ in $(seq 1 300); do
+	new=$(launcher)
+	[ -n "$new" ] && [ "$new" != "$old" ] && break
+	sleep 0.1
+done
+[ -n "$new" ] && [ "$new" != "$old" ] || fail "the launcher was not started again"
+sleep 2     # a few of the new launcher's passes
+[ "$(pids)" = "$before" ] || fail "the new launcher replaced running executors ($before, then $(pids))"
+! tail -n +"$((lines + 1))" "$dir/server.log" | grep "could not start apiary executor" ||
+	fail "the new launcher started executors for slots already held"
 
 # apiary.workers follows a reload, up and down
 psql_ -c "ALTER SYSTEM SET apiary.workers = 3" -c "SELECT pg_reload_conf()" >/dev/null
@@ -106,7 +130,6 @@ sleep 1
 lines=$(wc -l <"$dir/server.log")
 # a drop that is not the owner's fails, and stops nothing: the same
 # executors run after it
-pids() { psql_ -c "SELECT string_agg(pid::text, ',' ORDER BY pid) FROM pg_stat_activity WHERE backend_type = 'apiary executor'"; }
 before=$(pids)
 psql_ -c "CREATE ROLE not_owner" >/dev/null
 if psql_ -c "SET ROLE not_owner" -c "DROP EXTENSION apiary" 2>/dev/null; then
