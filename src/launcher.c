@@ -653,16 +653,22 @@ provenance_step(BackgroundWorkerHandle **collector, bool installed)
 	PushActiveSnapshot(GetTransactionSnapshot());
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	/* fixed text, run as the launcher (also after DROP EXTENSION) */
+	/*
+	 * Fixed text, run as the launcher (also after DROP EXTENSION).  Also a
+	 * slot left in the database apiary.database named before a restart:
+	 * it too would hold WAL that nothing decodes.
+	 */
 	if (SPI_execute("SELECT pg_catalog.pg_drop_replication_slot(slot_name)"
 					" FROM pg_catalog.pg_replication_slots"
 					" WHERE slot_name OPERATOR(pg_catalog.=) '" PROVENANCE_SLOT "'"
-					" AND database OPERATOR(pg_catalog.=) pg_catalog.current_database()"
+					" AND plugin OPERATOR(pg_catalog.=) 'apiary'"
 					" AND NOT active", false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not look for replication slot \"%s\"", PROVENANCE_SLOT);
 	if (SPI_processed > 0)
-		ereport(LOG, (errmsg("apiary provenance is off: dropped replication slot \"%s\"",
-							 PROVENANCE_SLOT)));
+		ereport(LOG, (errmsg("apiary provenance: dropped replication slot \"%s\", which nothing decodes: %s",
+							 PROVENANCE_SLOT,
+							 !installed ? "apiary is not installed in apiary.database" :
+							 why != NULL ? why : "apiary.provenance is off")));
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();

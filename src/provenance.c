@@ -889,23 +889,36 @@ ensure_slot(void)
 	PushActiveSnapshot(GetTransactionSnapshot());
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	journal_execute("SELECT plugin OPERATOR(pg_catalog.=) 'apiary' FROM pg_catalog.pg_replication_slots"
+	journal_execute("SELECT plugin OPERATOR(pg_catalog.=) 'apiary',"
+					" database IS NOT DISTINCT FROM pg_catalog.current_database(), database"
+					" FROM pg_catalog.pg_replication_slots"
 					" WHERE slot_name OPERATOR(pg_catalog.=) '" PROVENANCE_SLOT "'",
 					NULL, 0, NULL, NULL, NULL, SPI_OK_SELECT);
 	exists = SPI_processed > 0;
 	if (exists)
 	{
 		bool		isnull;
+		bool		here = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+		char	   *database = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3);
 
 		ours = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		/*
+		 * One left in the database apiary.database named before: nothing
+		 * decodes it there any more, and it would hold WAL forever.
+		 */
+		if (ours && !here)
+		{
+			ours = false;
+			ereport(LOG, (errmsg("apiary provenance: dropping replication slot \"%s\" of database \"%s\", which apiary.database no longer names",
+								 PROVENANCE_SLOT, database ? database : "")));
+		}
+		else if (!ours)
+			ereport(LOG, (errmsg("apiary provenance: dropping replication slot \"%s\" of another output plugin",
+								 PROVENANCE_SLOT)));
 	}
 	if (exists && !ours)
-	{
 		journal_execute("SELECT pg_catalog.pg_drop_replication_slot('" PROVENANCE_SLOT "')",
 						NULL, 0, NULL, NULL, NULL, SPI_OK_SELECT);
-		ereport(LOG, (errmsg("apiary provenance: replaced replication slot \"%s\" of another output plugin",
-							 PROVENANCE_SLOT)));
-	}
 	if (!ours)
 	{
 		journal_execute("SELECT pg_catalog.pg_create_logical_replication_slot('" PROVENANCE_SLOT "', 'apiary')",

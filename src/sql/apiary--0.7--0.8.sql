@@ -50,3 +50,41 @@ BEGIN
                      FOR UPDATE SKIP LOCKED);
     RETURN true;
 END $$;
+
+/*
+ * Provenance status: the slot is this database's only.  A slot of the name
+ * left in the database apiary.database named before is not this
+ * database's recording (the collector drops it: it held WAL forever), and
+ * a database that apiary.database does not name records nothing.
+ */
+CREATE OR REPLACE VIEW apiary.provenance_status AS
+    SELECT pg_catalog.current_setting('apiary.provenance', true) AS setting,
+           pg_catalog.current_setting('wal_level') AS wal_level,
+           s.slot_name IS NOT NULL AS slot,
+           pg_catalog.pg_wal_lsn_diff(
+               CASE WHEN pg_catalog.pg_is_in_recovery() THEN NULL ELSE pg_catalog.pg_current_wal_lsn() END,
+               s.confirmed_flush_lsn)::pg_catalog.int8 AS lag_bytes,
+           CASE
+             WHEN coalesce(pg_catalog.current_setting('apiary.provenance', true), 'off')
+                  OPERATOR(pg_catalog.=) 'off' THEN 'off'
+             WHEN pg_catalog.current_database() OPERATOR(pg_catalog.<>)
+                  coalesce(pg_catalog.current_setting('apiary.database', true), 'postgres')
+               THEN 'not recording: apiary.database is '
+                    || coalesce(pg_catalog.current_setting('apiary.database', true), 'postgres')
+             WHEN pg_catalog.current_setting('wal_level') OPERATOR(pg_catalog.<>) 'logical'
+               THEN 'not recording: wal_level is ' || pg_catalog.current_setting('wal_level')
+                    || '; set wal_level = logical and restart'
+             -- pg_settings, not current_setting: only roles that may read
+             -- the setting see it there, and others get no error
+             WHEN NOT ('apiary' OPERATOR(pg_catalog.=) ANY (pg_catalog.string_to_array(
+                       pg_catalog.replace(coalesce((SELECT g.setting FROM pg_catalog.pg_settings g
+                                                     WHERE g.name OPERATOR(pg_catalog.=) 'output_plugin_libraries'),
+                                                   'apiary'), ' ', ''), ',')))
+               THEN 'not recording: output_plugin_libraries does not list apiary; add it and reload'
+             WHEN s.slot_name IS NULL THEN 'starting (or failing: see the server log)'
+             ELSE 'recording'
+           END AS state
+      FROM (SELECT 1) one
+      LEFT JOIN pg_catalog.pg_replication_slots s
+             ON s.slot_name OPERATOR(pg_catalog.=) 'apiary_provenance'
+            AND s.database OPERATOR(pg_catalog.=) pg_catalog.current_database();

@@ -6,7 +6,8 @@
 # processes are killed with kill -9.  After the restart every write appears
 # in apiary.provenance exactly once (the slot kept the WAL; rows decoded
 # again are kept once), and writes made outside apiary do not appear.
-# Then the cap on what the collector holds of one transaction.
+# Then the cap on what the collector holds of one transaction, and a move
+# of apiary.database to another database.
 set -euo pipefail
 . "$(dirname "$0")/../../script/lib.sh"
 
@@ -120,4 +121,22 @@ sleep 0.5
 bulk=$(psql_ -c "SELECT count(*) FILTER (WHERE function = 'fill') || ' ' || count(*) FROM apiary.provenance WHERE relname = 'public.bulk'")
 [ "$bulk" = "100000 100000" ] || fail "bulk writes: expected 100000 of fill and none else, found (fill, all) $bulk"
 grep -q "wrote more than 100000 rows; the other 10 are not recorded" "$dir/server.log" || fail "no warning for the rows left out"
-echo "ok: $want writes of $N workflows in apiary.provenance exactly once across a kill -9 ($before decoded before it, $((want - before)) after)" and a transaction of 100,010 writes capped
+
+# apiary.database moved to another database: the slot left in the old one
+# would hold WAL forever, and made the new one's collector fail; it is
+# dropped, and each database's provenance_status tells the truth
+psql_ -c "CREATE DATABASE moved" >/dev/null
+pg_psql "$dir" "$port" -d moved -qAt -c "CREATE EXTENSION apiary" >/dev/null
+psql_ -c "ALTER SYSTEM SET apiary.database = 'moved'" >/dev/null
+as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 restart >/dev/null
+for _ in $(seq 1 100); do
+	state=$(pg_psql "$dir" "$port" -d moved -qAt -c "SELECT state FROM apiary.provenance_status")
+	[ "$state" = recording ] && break
+	sleep 0.1
+done
+[ "$state" = recording ] || fail "provenance in the new apiary.database is '$state', not recording"
+slots=$(psql_ -c "SELECT string_agg(database, ',') FROM pg_replication_slots WHERE slot_name = 'apiary_provenance'")
+[ "$slots" = moved ] || fail "apiary_provenance slots in databases: '$slots', not just moved"
+old=$(psql_ -c "SELECT state FROM apiary.provenance_status")
+[ "$old" = "not recording: apiary.database is moved" ] || fail "the old database's provenance_status says '$old'"
+echo "ok: $want writes of $N workflows in apiary.provenance exactly once across a kill -9 ($before decoded before it, $((want - before)) after), a transaction of 100,010 writes capped, and the slot moved with apiary.database"
