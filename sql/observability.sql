@@ -69,10 +69,33 @@ SELECT regexp_replace(regexp_replace(regexp_replace(apiary_graph('obs-fan'),
 SELECT apiary_graph('no-such-workflow');
 
 -- Retention: finished workflows older than apiary.retention go, with their
--- tasks, in batches, by the launcher; recent ones and running ones stay.
-UPDATE apiary.workflows SET finished_at = now() - interval '3 days' WHERE id = 'obs-fan';
+-- tasks, in batches, by the launcher; recent ones and running ones stay,
+-- and so does a finished one whose task, queued and not waited for, still
+-- runs, until it has finished.  Retention needs no executors: here the
+-- last one leaves once its task is done.
+CREATE FUNCTION obs_gated() RETURNS int LANGUAGE sql
+SET apiary.kind = 'transactional' AS $$ SELECT 1 FROM pg_advisory_xact_lock(4545) $$;
+CREATE FUNCTION obs_leaves() RETURNS int LANGUAGE plpgsql
+SET apiary.kind = 'transactional' AS $$
+BEGIN
+  PERFORM apiary_queue('obs_gated', '{}');
+  RETURN 1;
+END $$;
+SELECT pg_advisory_lock(4545);
+SELECT apiary_start('obs_leaves', '{}', 'obs-left');
+SELECT apiary_result('obs-left', '60 s');
+DO $$
+BEGIN
+  FOR i IN 1..600 LOOP
+    EXIT WHEN EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory'
+                       AND objid = 4545 AND NOT granted);
+    PERFORM pg_sleep(0.1);
+  END LOOP;
+END $$;
+UPDATE apiary.workflows SET finished_at = now() - interval '3 days' WHERE id IN ('obs-fan', 'obs-left');
 UPDATE apiary.invocations SET finished_at = now() - interval '3 days' WHERE key = 'obs-old';
 ALTER SYSTEM SET apiary.retention = '2d';
+ALTER SYSTEM SET apiary.workers = 0;
 SELECT pg_reload_conf();
 DO $$
 BEGIN
@@ -84,7 +107,27 @@ END $$;
 SELECT id FROM apiary.workflows WHERE id LIKE 'obs-%' ORDER BY id;
 SELECT count(*) AS tasks_left FROM apiary.tasks WHERE workflow = 'obs-fan';
 SELECT key FROM apiary.invocations WHERE key LIKE 'obs-%' ORDER BY key;
+SELECT pg_advisory_unlock(4545);
+DO $$
+BEGIN
+  FOR i IN 1..600 LOOP
+    EXIT WHEN NOT EXISTS (SELECT FROM pg_stat_activity WHERE backend_type = 'apiary executor');
+    PERFORM pg_sleep(0.1);
+  END LOOP;
+END $$;
+SELECT state FROM apiary.tasks WHERE workflow = 'obs-left' ORDER BY id;
+-- a reload prunes at once
+SELECT pg_reload_conf();
+DO $$
+BEGIN
+  FOR i IN 1..600 LOOP
+    EXIT WHEN NOT EXISTS (SELECT FROM apiary.workflows WHERE id = 'obs-left');
+    PERFORM pg_sleep(0.1);
+  END LOOP;
+END $$;
+SELECT id FROM apiary.workflows WHERE id LIKE 'obs-%' ORDER BY id;
 ALTER SYSTEM RESET apiary.retention;
+ALTER SYSTEM RESET apiary.workers;
 SELECT pg_reload_conf();
 
 -- apiary.ready: once executors have taken apiary.ready_vacuum_threshold

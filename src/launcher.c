@@ -746,6 +746,7 @@ apiary_launcher_main(Datum main_arg)
 	{
 		int			wanted = 0;
 		bool		installed;
+		bool		housekeeping;
 		long		timeout;
 
 		if (ConfigReloadPending)
@@ -757,7 +758,8 @@ apiary_launcher_main(Datum main_arg)
 
 		/* executors run on a primary, in a database with apiary installed */
 		installed = !RecoveryInProgress() && extension_installed();
-		if (installed && !drop_pending())
+		housekeeping = installed && !drop_pending();
+		if (housekeeping)
 			wanted = apiary_workers;
 		if (wanted > 0 && !crashes_counted)
 		{
@@ -783,7 +785,8 @@ apiary_launcher_main(Datum main_arg)
 		}
 
 		/* retention: once a minute, or at once while there is a backlog */
-		if (wanted > 0 && apiary_retention > 0 && GetCurrentTimestamp() >= next_prune)
+		/* also without executors: keyed calls need no workers */
+		if (housekeeping && apiary_retention > 0 && GetCurrentTimestamp() >= next_prune)
 		{
 			volatile bool more = false;
 
@@ -808,7 +811,7 @@ apiary_launcher_main(Datum main_arg)
 		 * deleted, but spending at most a tenth of the time vacuuming
 		 */
 		timeout = 1000;
-		if (wanted > 0 && apiary_ready_vacuum_threshold > 0 &&
+		if (housekeeping && apiary_ready_vacuum_threshold > 0 &&
 			pg_atomic_read_u64(&apiary_shared->ready_deleted) - vacuumed_at >=
 			(uint64) apiary_ready_vacuum_threshold)
 		{

@@ -88,3 +88,65 @@ CREATE OR REPLACE VIEW apiary.provenance_status AS
       LEFT JOIN pg_catalog.pg_replication_slots s
              ON s.slot_name OPERATOR(pg_catalog.=) 'apiary_provenance'
             AND s.database OPERATOR(pg_catalog.=) pg_catalog.current_database();
+
+
+/*
+ * Retention: not a finished workflow whose tasks are not all finished (it
+ * queued some it did not wait for).  Deleting one whose task was running
+ * waited for that task's ready row, past the lock timeout, and the whole
+ * batch failed, every minute until the task ended; and the task would
+ * have finished on a row deleted under it.  It is deleted once they are.
+ */
+CREATE OR REPLACE FUNCTION apiary.prune(older_than pg_catalog.interval, batch pg_catalog.int4)
+RETURNS pg_catalog.int4 LANGUAGE plpgsql
+-- housekeeping yields: a DROP EXTENSION or ALTER TABLE never waits on it
+-- (it gives up in a moment, and the launcher tries again later)
+SET lock_timeout = '100ms'
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cutoff timestamptz := clock_timestamp() OPERATOR(pg_catalog.-) older_than;
+    workflows int;
+    calls int;
+    rows_gone int;
+BEGIN
+    WITH gone AS (
+        DELETE FROM apiary.workflows w
+         WHERE (w.role, w.id) IN (SELECT x.role, x.id FROM apiary.workflows x
+                                   WHERE x.state OPERATOR(pg_catalog.<>) 'running'
+                                     AND x.finished_at OPERATOR(pg_catalog.<) cutoff
+                                     AND NOT EXISTS (
+                                         SELECT FROM apiary.tasks u
+                                          WHERE u.role OPERATOR(pg_catalog.=) x.role
+                                            AND u.workflow OPERATOR(pg_catalog.=) x.id
+                                            AND u.state OPERATOR(pg_catalog.=) ANY
+                                                (ARRAY['pending', 'waiting', 'linked']))
+                                   LIMIT batch FOR UPDATE SKIP LOCKED)
+        RETURNING w.role, w.id),
+    tasks AS (
+        DELETE FROM apiary.tasks t USING gone
+         WHERE t.role OPERATOR(pg_catalog.=) gone.role AND t.workflow OPERATOR(pg_catalog.=) gone.id
+        RETURNING t.id, t.state),
+    waits AS (
+        DELETE FROM apiary.waits x USING tasks WHERE x.task OPERATOR(pg_catalog.=) tasks.id),
+    links AS (
+        -- a link's future is a task of the same workflow
+        DELETE FROM apiary.links l USING tasks WHERE l.future OPERATOR(pg_catalog.=) tasks.id),
+    ready AS (
+        DELETE FROM apiary.ready r USING tasks
+         WHERE tasks.state OPERATOR(pg_catalog.=) 'pending' AND r.task OPERATOR(pg_catalog.=) tasks.id)
+    SELECT count(*) INTO workflows FROM gone;
+
+    DELETE FROM apiary.invocations i
+     WHERE i.ctid OPERATOR(pg_catalog.=) ANY (ARRAY(
+           SELECT x.ctid FROM apiary.invocations x
+            WHERE x.finished_at OPERATOR(pg_catalog.<) cutoff
+            LIMIT batch FOR UPDATE SKIP LOCKED));
+    GET DIAGNOSTICS calls = ROW_COUNT;
+    DELETE FROM apiary.provenance_rows p
+     WHERE p.ctid OPERATOR(pg_catalog.=) ANY (ARRAY(
+           SELECT x.ctid FROM apiary.provenance_rows x
+            WHERE x.at OPERATOR(pg_catalog.<) cutoff
+            LIMIT batch FOR UPDATE SKIP LOCKED));
+    GET DIAGNOSTICS rows_gone = ROW_COUNT;
+    RETURN greatest(workflows, calls, rows_gone);
+END $$;
