@@ -271,6 +271,25 @@ SELECT apiary_result('order-7');
 RESET ROLE;
 SELECT apiary_start('whoami', '{}', 'who');
 SELECT apiary_result('who', '60 s');
+-- A role dropped with work still queued leaves no rights to run it with:
+-- its tasks fail (42704), and are not retried.
+CREATE ROLE apiary_gone_user;
+BEGIN;
+SET ROLE apiary_gone_user;
+SELECT apiary_start('whoami', '{}', 'orphaned');
+RESET ROLE;
+DROP ROLE apiary_gone_user;
+COMMIT;
+DO $$
+BEGIN
+  FOR i IN 1..1200 LOOP
+    EXIT WHEN (SELECT state FROM apiary.workflows WHERE id = 'orphaned') <> 'running';
+    PERFORM pg_sleep(0.05);
+  END LOOP;
+END $$;
+SELECT w.state, t.attempts, t.error->>'sqlstate' AS sqlstate,
+       t.error->>'message' LIKE 'role with OID %, which queued this task, no longer exists' AS message
+FROM apiary.workflows w JOIN apiary.tasks t ON t.id = w.root WHERE w.id = 'orphaned';
 
 -- apiary_queue belongs inside a running task.
 SELECT apiary_queue('square', '2');

@@ -72,6 +72,7 @@
 #include "utils/portal.h"
 #include "utils/resowner.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
 #include "utils/timeout.h"
 #include "utils/timestamp.h"
 
@@ -652,6 +653,7 @@ run_task(RunningTask *t, const char *function, Jsonb *args,
 	ApiaryKind	kind = APIARY_KIND_TRANSACTIONAL;
 	int			max_attempts = apiary_max_attempts;
 	volatile int64 timeout_ms = 0;	/* read in PG_CATCH */
+	volatile bool role_gone = false;
 	ProvenanceFrame prov;
 
 	GetUserIdAndSecContext(&save_user, &save_sec);
@@ -665,8 +667,18 @@ run_task(RunningTask *t, const char *function, Jsonb *args,
 		/*
 		 * The task runs as the role that queued it, never as this worker,
 		 * with the search_path it was queued with (undone with the
-		 * subtransaction; usually it is this worker's own already).
+		 * subtransaction; usually it is this worker's own already).  A
+		 * role dropped since has no rights left to run it with.
 		 */
+		if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(t->role)))
+		{
+			role_gone = true;
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("role with OID %u, which queued this task, no longer exists",
+							t->role),
+					 errdetail("A task runs as the role that queued it.")));
+		}
 		SetUserIdAndSecContext(t->role, save_sec | SECURITY_LOCAL_USERID_CHANGE);
 		if (search_path != NULL && strcmp(search_path, namespace_search_path) != 0)
 			(void) set_config_option("search_path", search_path, PGC_USERSET,
@@ -737,7 +749,7 @@ run_task(RunningTask *t, const char *function, Jsonb *args,
 	 * any task, anything at all for an external one (its effects are
 	 * outside, and it has a stable apiary_task_key for them).
 	 */
-	retry = edata != NULL && attempt < max_attempts &&
+	retry = edata != NULL && attempt < max_attempts && !role_gone &&
 		(kind == APIARY_KIND_EXTERNAL ||
 		 edata->sqlerrcode == ERRCODE_T_R_SERIALIZATION_FAILURE ||
 		 edata->sqlerrcode == ERRCODE_T_R_DEADLOCK_DETECTED);
