@@ -226,6 +226,16 @@ SELECT function, state, error->>'cancelled' AS cancelled FROM apiary_status('to-
 SELECT count(*) FROM effects;
 SELECT apiary_cancel('no-such-workflow');
 
+-- A task cannot cancel its own workflow: the cancel would be rolled back
+-- with its own effects.
+CREATE FUNCTION cancel_self() RETURNS int LANGUAGE sql
+SET apiary.kind = 'transactional' AS $$
+  SELECT apiary_cancel(split_part(apiary_task_key(), '/', 1));
+  SELECT 1
+$$;
+SELECT apiary_start('cancel_self', '{}', 'self-cancel');
+SELECT apiary_result('self-cancel', '60 s');
+
 -- A finished workflow's cancel cancels the tasks it left unfinished (queued
 -- and not waited for): a running one rolls back at its end, and the
 -- workflow keeps its result.

@@ -402,12 +402,14 @@ apiary_queue(PG_FUNCTION_ARGS)
 }
 
 bool
-apiary_in_task(text **workflow, int64 *task)
+apiary_in_task(text **workflow, int64 *task, Oid *role)
 {
 	if (running_task == NULL)
 		return false;
 	*workflow = running_task->workflow;
 	*task = running_task->id;
+	if (role != NULL)
+		*role = running_task->role;
 	return true;
 }
 

@@ -18,8 +18,8 @@ extern PGDLLEXPORT void apiary_executor_main(Datum main_arg);
  */
 extern void apiary_check_no_futures(const char *caller, Jsonb *args);
 
-/* Is this process running a task's function?  Which? */
-extern bool apiary_in_task(text **workflow, int64 *task);
+/* Is this process running a task's function?  Which, and as which role? */
+extern bool apiary_in_task(text **workflow, int64 *task, Oid *role);
 
 /* For the launcher: count crashes of tasks that took the server down. */
 extern void apiary_count_crashes(void);

@@ -195,7 +195,7 @@ note_provenance(ProvenanceFrame *prov, InvokeFrame *frame, ApiaryFunction *f)
 
 	if (!prov->active)
 		return;
-	(void) apiary_in_task(&workflow, &task);
+	(void) apiary_in_task(&workflow, &task, NULL);
 	provenance_note(prov, frame->role, workflow, task, f->name);
 }
 

@@ -21,6 +21,7 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "catalog/pg_collation.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "funcapi.h"
@@ -281,7 +282,7 @@ apiary_result(PG_FUNCTION_ARGS)
 	 * A task that waits holds its executor, and what it waits for may need
 	 * that executor: with every executor so held, nothing runs again.
 	 */
-	if (apiary_in_task(&task_workflow, &task) && !polls)
+	if (apiary_in_task(&task_workflow, &task, NULL) && !polls)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("apiary_result cannot wait in a function running as an apiary task"),
@@ -431,12 +432,15 @@ apiary_status(PG_FUNCTION_ARGS)
  * commits before a cancel does.  Returns the workflow's role.
  */
 static Oid
-change_workflow(FunctionCallInfo fcinfo, const char *sql)
+change_workflow(FunctionCallInfo fcinfo, const char *sql, bool cancel)
 {
 	Oid			types[2] = {OIDOID, TEXTOID};
 	Datum		values[2];
 	bool		isnull;
 	Oid			role;
+	Oid			task_role;
+	text	   *task_workflow;
+	int64		task;
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
@@ -446,6 +450,15 @@ change_workflow(FunctionCallInfo fcinfo, const char *sql)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	role = workflow_role(PG_GETARG_TEXT_PP(0));
+	/* the cancel would be rolled back with the task's own effects */
+	if (cancel && apiary_in_task(&task_workflow, &task, &task_role) && role == task_role &&
+		DatumGetBool(DirectFunctionCall2Coll(texteq, C_COLLATION_OID,
+											 PointerGetDatum(task_workflow),
+											 PG_GETARG_DATUM(0))))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("a task cannot cancel its own workflow"),
+				 errhint("Raise an error to fail the workflow, or return.")));
 	queue_lock_workflow(role, PG_GETARG_TEXT_PP(0));
 	values[0] = ObjectIdGetDatum(role);
 	values[1] = PG_GETARG_DATUM(0);
@@ -462,7 +475,7 @@ change_workflow(FunctionCallInfo fcinfo, const char *sql)
 Datum
 apiary_cancel(PG_FUNCTION_ARGS)
 {
-	Oid			role = change_workflow(fcinfo, "SELECT apiary.cancel_workflow($1, $2)");
+	Oid			role = change_workflow(fcinfo, "SELECT apiary.cancel_workflow($1, $2)", true);
 
 	apiary_finished_at_commit(role, PG_GETARG_TEXT_PP(0));
 	PG_RETURN_VOID();
@@ -471,7 +484,7 @@ apiary_cancel(PG_FUNCTION_ARGS)
 Datum
 apiary_resume(PG_FUNCTION_ARGS)
 {
-	change_workflow(fcinfo, "SELECT apiary.resume_workflow($1, $2)");
+	change_workflow(fcinfo, "SELECT apiary.resume_workflow($1, $2)", false);
 	apiary_wake_at_commit(APIARY_WAKE_ALL);
 	PG_RETURN_VOID();
 }
