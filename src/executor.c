@@ -99,7 +99,18 @@ typedef struct RunningTask
 	text	   *workflow;
 	TimestampTz started;
 	int			queued;			/* tasks it queued (apiary.max_queued) */
+	List	   *foreign_waits;	/* WaitPairs to check before the commit */
 } RunningTask;
+
+/*
+ * A task queued child to wait for future, which another transaction
+ * queued and which may finish before this task commits (hold_waits).
+ */
+typedef struct WaitPair
+{
+	int64		future;
+	int64		child;
+} WaitPair;
 
 static RunningTask *running_task = NULL;
 
@@ -299,7 +310,7 @@ resolve_futures(Jsonb *args, RunningTask *t)
 		if ((tok == WJB_VALUE || tok == WJB_ELEM) && value_is_future(&v, &id))
 		{
 			Jsonb	   *out = NULL;
-			QueueState st = queue_future(id, t->role, t->workflow, false, &out, NULL);
+			QueueState st = queue_future(id, t->role, t->workflow, false, NULL, &out, NULL);
 
 			if (st != QS_DONE)
 				elog(ERROR, "future %lld of task %lld is %s, not done",
@@ -330,6 +341,7 @@ apiary_queue_jsonb(const char *name, Jsonb *args)
 	JsonbIteratorToken tok;
 	JsonbValue	v;
 	List	   *waits = NIL;
+	List	   *foreign_futures = NIL;
 	int64		id;
 	int64		task;
 
@@ -362,11 +374,12 @@ apiary_queue_jsonb(const char *name, Jsonb *args)
 			QueueState	st;
 			ListCell   *lc;
 			bool		seen = false;
+			bool		foreign;
 
 			if ((tok != WJB_VALUE && tok != WJB_ELEM) || !value_is_future(&v, &id))
 				continue;
 			st = queue_future(id, running_task->role, running_task->workflow,
-							  true, NULL, NULL);
+							  false, &foreign, NULL, NULL);
 			if (st == QS_FAILED || st == QS_CANCELLED)
 				ereport(ERROR,
 						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -382,6 +395,8 @@ apiary_queue_jsonb(const char *name, Jsonb *args)
 
 				*future = id;
 				waits = lappend(waits, future);
+				if (foreign)
+					foreign_futures = lappend(foreign_futures, future);
 			}
 		}
 	}
@@ -390,6 +405,21 @@ apiary_queue_jsonb(const char *name, Jsonb *args)
 						  running_task->id, name, args, waits);
 	if (waits == NIL)
 		note_ready(task);
+	else
+	{
+		ListCell   *lc;
+		MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
+
+		foreach(lc, foreign_futures)
+		{
+			WaitPair   *w = palloc_object(WaitPair);
+
+			w->future = *(int64 *) lfirst(lc);
+			w->child = task;
+			running_task->foreign_waits = lappend(running_task->foreign_waits, w);
+		}
+		MemoryContextSwitchTo(old);
+	}
 	return apiary_future_jsonb(task);
 }
 
@@ -508,6 +538,39 @@ record_outcome(int64 task, QueueState state, Jsonb *value, TimestampTz started)
 		note_ready(i < MAX_READY ? released[i] : 0);
 }
 
+/*
+ * The task's function has returned: hold the futures of other transactions
+ * that it made tasks wait for, to its commit, so that their finish sees the
+ * waits (queue_future).  Held only now, so that a future's finish waits at
+ * most for this commit, not for the rest of the function.  One that
+ * finished meanwhile could not see the waits: its waiters are released
+ * here instead, or, if it failed, the task fails as apiary_queue would
+ * have.
+ */
+static void
+hold_waits(RunningTask *t)
+{
+	ListCell   *lc;
+
+	foreach(lc, t->foreign_waits)
+	{
+		WaitPair   *w = lfirst(lc);
+		QueueState	st = queue_future(w->future, t->role, t->workflow, true,
+									  NULL, NULL, NULL);
+
+		if (st == QS_DONE)
+		{
+			if (queue_release(w->child))
+				note_ready(w->child);
+		}
+		else if (st == QS_FAILED || st == QS_CANCELLED)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("future %lld has %s", (long long) w->future,
+							queue_state_name(st))));
+	}
+}
+
 /* A future a task returned, looked at before its subtransaction ends. */
 typedef struct ReturnedFuture
 {
@@ -539,12 +602,12 @@ check_returned_future(RunningTask *t, Datum out, bool isnull,
 		r->state = QS_PENDING;
 		return;
 	}
+	queue_lock_links(t->role, t->workflow);
 	old = MemoryContextSwitchTo(cxt);
-	r->state = queue_future(r->id, t->role, t->workflow, true,
+	r->state = queue_future(r->id, t->role, t->workflow, true, NULL,
 							&r->output, &r->error);
 	MemoryContextSwitchTo(old);
-	if (r->state != QS_DONE && r->state != QS_FAILED && r->state != QS_CANCELLED &&
-		queue_depends_on(r->id, t->id))
+	if (!queue_finished_state(r->state) && queue_depends_on(r->id, t->id))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("a task cannot return a future that waits for its own output"),
@@ -625,11 +688,11 @@ retry_delay(double first, int attempt)
  * cancel once the timeout has passed says which timeout it was.
  */
 static void
-timed_out(ErrorData *edata, RunningTask *t, const char *function,
-		  int64 timeout_ms)
+timed_out(ErrorData *edata, const char *function, int64 timeout_ms,
+		  TimestampTz from)
 {
 	if (edata->sqlerrcode != ERRCODE_QUERY_CANCELED || timeout_ms <= 0 ||
-		GetCurrentTimestamp() - t->started < timeout_ms * 1000)
+		GetCurrentTimestamp() - from < timeout_ms * 1000)
 		return;
 	edata->message = psprintf("function \"%s\" ran longer than its timeout of %lld ms",
 							  function, (long long) timeout_ms);
@@ -652,9 +715,11 @@ run_task(RunningTask *t, const char *function, Jsonb *args,
 	ReturnedFuture returned;
 	bool		retry;
 	ErrorData  *edata = NULL;
-	ApiaryKind	kind = APIARY_KIND_TRANSACTIONAL;
-	int			max_attempts = apiary_max_attempts;
-	volatile int64 timeout_ms = 0;	/* read in PG_CATCH */
+	/* set in PG_TRY, read after it */
+	volatile ApiaryKind kind = APIARY_KIND_TRANSACTIONAL;
+	volatile int max_attempts = apiary_max_attempts;
+	volatile int64 timeout_ms = 0;
+	volatile TimestampTz timeout_from = 0;
 	volatile bool role_gone = false;
 	ProvenanceFrame prov;
 
@@ -700,6 +765,7 @@ run_task(RunningTask *t, const char *function, Jsonb *args,
 		if (f->max_attempts > 0)
 			max_attempts = f->max_attempts;
 		timeout_ms = f->timeout_ms;
+		timeout_from = GetCurrentTimestamp();
 		if (timeout_ms > 0)
 			enable_timeout_after(STATEMENT_TIMEOUT, (int) Min(timeout_ms, INT_MAX));
 		provenance_begin(&prov);
@@ -720,6 +786,7 @@ run_task(RunningTask *t, const char *function, Jsonb *args,
 		}
 		PG_END_TRY();
 		SetUserIdAndSecContext(save_user, save_sec);
+		hold_waits(t);
 		check_returned_future(t, out, isnull, &returned, cxt);
 
 		/* a workflow cancelled meanwhile takes the task's effects back */
@@ -736,7 +803,7 @@ run_task(RunningTask *t, const char *function, Jsonb *args,
 		MemoryContextSwitchTo(cxt);
 		edata = CopyErrorData();
 		FlushErrorState();
-		timed_out(edata, t, function, timeout_ms);
+		timed_out(edata, function, timeout_ms, timeout_from);
 		RollbackAndReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(cxt);
 		CurrentResourceOwner = owner;
@@ -746,12 +813,16 @@ run_task(RunningTask *t, const char *function, Jsonb *args,
 	PG_END_TRY();
 	running_task = NULL;
 
+	/* a task cancelled while it ran is cancelled, however it ended */
+	if (edata != NULL)
+		cancelled = queue_workflow_cancelled(t->role, t->workflow, t->id);
+
 	/*
 	 * Retry what retrying can cure: conflicts with other transactions for
 	 * any task, anything at all for an external one (its effects are
 	 * outside, and it has a stable apiary_task_key for them).
 	 */
-	retry = edata != NULL && attempt < max_attempts && !role_gone &&
+	retry = edata != NULL && attempt < max_attempts && !role_gone && !cancelled &&
 		(kind == APIARY_KIND_EXTERNAL ||
 		 edata->sqlerrcode == ERRCODE_T_R_SERIALIZATION_FAILURE ||
 		 edata->sqlerrcode == ERRCODE_T_R_DEADLOCK_DETECTED);
@@ -861,6 +932,7 @@ run_one_task(int64 prefer, long *nap_ms)
 	t.workflow = task.workflow;
 	t.started = GetCurrentTimestamp();
 	t.queued = 0;
+	t.foreign_waits = NIL;
 	claimed_id = t.id;
 	claimed_started = t.started;
 	nready = 0;
@@ -933,7 +1005,7 @@ settle_failed(void)
 		ApiaryFunction *f = registry_acquire(task.function);
 		int			max_attempts = f->max_attempts > 0 ? f->max_attempts : apiary_max_attempts;
 		int			attempt = task.attempts + 1;
-		RunningTask t = {task.id, task.role, task.workflow, claimed_started, 0};
+		RunningTask t = {task.id, task.role, task.workflow, claimed_started, 0, NIL};
 
 		registry_release(f);
 		retry_or_fail(&t, task.function, edata, attempt, max_attempts,

@@ -661,7 +661,8 @@ provenance_step(BackgroundWorkerHandle **collector, bool installed)
 	if (SPI_execute("SELECT pg_catalog.pg_drop_replication_slot(slot_name)"
 					" FROM pg_catalog.pg_replication_slots"
 					" WHERE slot_name OPERATOR(pg_catalog.=) '" PROVENANCE_SLOT "'"
-					" AND plugin OPERATOR(pg_catalog.=) 'apiary'"
+					" AND (plugin OPERATOR(pg_catalog.=) 'apiary'"
+					"      OR database OPERATOR(pg_catalog.=) pg_catalog.current_database())"
 					" AND NOT active", false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not look for replication slot \"%s\"", PROVENANCE_SLOT);
 	if (SPI_processed > 0)
@@ -700,12 +701,13 @@ supervise(BackgroundWorkerHandle **handles, int n)
 
 		/*
 		 * An executor of an earlier launcher (one that exited with an
-		 * error) holds its slot still: an executor started for that slot
-		 * would exit at once, and wake this launcher to start another.
-		 * Leave it be; once it exits, the next pass starts a new one.
+		 * error; perhaps just after starting it) holds its slot still: an
+		 * executor started for that slot would exit at once, and wake this
+		 * launcher to start another.  Leave it be; once it exits, the next
+		 * pass starts a new one.
 		 */
-		bool		running = handles[i] != NULL ?
-			GetBackgroundWorkerPid(handles[i], &pid) != BGWH_STOPPED :
+		bool		running = (handles[i] != NULL &&
+								   GetBackgroundWorkerPid(handles[i], &pid) != BGWH_STOPPED) ||
 			slot_held(i);
 
 		set_retire(i, i >= n);

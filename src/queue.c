@@ -109,6 +109,7 @@ enum
 /* Marks apiary's advisory locks on workflow ids in pg_locks (objsubid). */
 #define START_LOCK_MARKER 0x4151
 #define CANCEL_LOCK_MARKER 0x4152
+#define LINK_LOCK_MARKER 0x4153
 
 static const char *const state_names[] = {
 	[QS_WAITING] = "waiting",
@@ -608,8 +609,8 @@ read_task(Relation tasks, Snapshot snapshot, int64 id, QueueState *state,
 
 /*
  * We deleted task's ready row: read it, as it is now.  False if it is not
- * pending after all (retention removed a workflow's leftover task: the
- * deletion just tidies its ready row away).
+ * pending after all (gone, or finished: the deletion just tidies a stray
+ * ready row away).
  */
 static bool
 claimed(Relation tasks, int64 id, QueueTask *task)
@@ -884,8 +885,8 @@ queue_add_workflow(Oid role, text *id, bool generated, const char *function,
 	return root;
 }
 
-static bool
-finished_state(QueueState state)
+bool
+queue_finished_state(QueueState state)
 {
 	return state == QS_DONE || state == QS_FAILED || state == QS_CANCELLED;
 }
@@ -914,16 +915,17 @@ hold_row(Relation rel, HeapTuple tup)
 }
 
 QueueState
-queue_future(int64 id, Oid role, text *workflow, bool hold,
+queue_future(int64 id, Oid role, text *workflow, bool hold, bool *foreign,
 			 Jsonb **output, Jsonb **error)
 {
 	QRel	   *tasks = qrel_open("tasks", T_NATTS);
 	Relation	rel = tasks->rel;
 	TupleDesc	desc = RelationGetDescr(rel);
 	ScanKeyData key;
-	QueueState	state = QS_FAILED;
-	bool		found = false;
+	QueueState	state;
+	bool		found;
 	bool		isnull;
+	bool		cancel_locked = false;
 
 	task_key(&key, &id);
 	for (;;)
@@ -935,16 +937,20 @@ queue_future(int64 id, Oid role, text *workflow, bool hold,
 		HeapTuple	tup = systable_getnext(scan);
 		bool		again = false;
 
-		if (HeapTupleIsValid(tup) &&
+		state = QS_FAILED;
+		found = HeapTupleIsValid(tup) &&
 			DatumGetObjectId(heap_getattr(tup, T_ROLE, desc, &isnull)) == role &&
 			DatumGetBool(DirectFunctionCall2Coll(texteq, C_COLLATION_OID,
 												 heap_getattr(tup, T_WORKFLOW, desc, &isnull),
-												 PointerGetDatum(workflow))))
+												 PointerGetDatum(workflow)));
+		if (found)
 		{
 			Datum		d;
+			bool		mine = TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetXmin(tup->t_data));
 
-			found = true;
 			state = state_from_datum(heap_getattr(tup, T_STATE, desc, &isnull));
+			if (foreign)
+				*foreign = !mine;
 			if (output)
 			{
 				d = heap_getattr(tup, T_OUTPUT, desc, &isnull);
@@ -957,15 +963,22 @@ queue_future(int64 id, Oid role, text *workflow, bool hold,
 			}
 
 			/*
-			 * The caller is about to wait for it or link to it, in rows its
-			 * finish looks for only once it has changed its own row.  Until
-			 * we commit, that change waits for our lock, and then sees our
-			 * rows.  A future queued in this transaction cannot finish
-			 * before it commits anyway.
+			 * The caller waits for it or links to it in rows that its
+			 * finish looks for only after changing its own row: until we
+			 * commit, that change waits for our lock, and then sees them.
+			 * (A future queued in this transaction cannot finish before
+			 * it commits.)  The workflow's cancel lock comes first, as in
+			 * every transaction that takes both (queue_workflow_cancelled
+			 * takes it again at the task's end): a cancel waits for us
+			 * rather than for the row we hold.
 			 */
-			if (hold && !finished_state(state) &&
-				!TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetXmin(tup->t_data)))
+			if (hold && !mine && !queue_finished_state(state))
+			{
+				if (!cancel_locked)
+					journal_lock(CANCEL_LOCK_MARKER, role, workflow, ShareLock);
+				cancel_locked = true;
 				again = !hold_row(rel, tup);
+			}
 		}
 		systable_endscan(scan);
 		UnregisterSnapshot(snapshot);
@@ -1171,6 +1184,30 @@ unready(Relation tasks, int64 id)
 	return taken;
 }
 
+/* One of waiter's futures is done: true if that was its last. */
+static bool
+release(QRel *tasks, int64 waiter)
+{
+	Release		r = {false, 0};
+	ScanKeyData key;
+
+	task_key(&key, &waiter);
+	if (qrel_update(tasks, RelationGetPrimaryKeyIndex(tasks->rel), 1, &key,
+					mutate_release, &r) && r.ready)
+		ready_add(waiter, r.run_after);
+	return r.ready;
+}
+
+bool
+queue_release(int64 waiter)
+{
+	QRel	   *tasks = qrel_open("tasks", T_NATTS);
+	bool		ready = release(tasks, waiter);
+
+	qrel_close(tasks);
+	return ready;
+}
+
 int
 queue_finish(int64 id, QueueState state, Jsonb *value, TimestampTz ran_at,
 			 int64 *released, int max_released)
@@ -1235,13 +1272,8 @@ queue_finish(int64 id, QueueState state, Jsonb *value, TimestampTz ran_at,
 
 			if (o->state == QS_DONE)
 			{
-				Release		r = {false, 0};
-
-				task_key(&key, &waiter);
-				if (qrel_update(tasks, RelationGetPrimaryKeyIndex(tasks->rel), 1, &key,
-								mutate_release, &r) && r.ready)
+				if (release(tasks, waiter))
 				{
-					ready_add(waiter, r.run_after);
 					if (nreleased < max_released)
 						released[nreleased] = waiter;
 					nreleased++;
@@ -1279,6 +1311,14 @@ queue_finish(int64 id, QueueState state, Jsonb *value, TimestampTz ran_at,
 	qrel_close(waits);
 	qrel_close(tasks);
 	return nreleased;
+}
+
+void
+queue_lock_links(Oid role, text *workflow)
+{
+	/* the cancel lock first, as everywhere (see queue_future) */
+	journal_lock(CANCEL_LOCK_MARKER, role, workflow, ShareLock);
+	journal_lock(LINK_LOCK_MARKER, role, workflow, ExclusiveLock);
 }
 
 /* The index of apiary.waits on its task column (waits_task). */
@@ -1347,7 +1387,7 @@ queue_depends_on(int64 future, int64 task)
 								  true, snapshot, 1, &key);
 		tup = systable_getnext(scan);
 		if (!HeapTupleIsValid(tup) ||
-			finished_state(state_from_datum(heap_getattr(tup, T_STATE, desc, &isnull))))
+			queue_finished_state(state_from_datum(heap_getattr(tup, T_STATE, desc, &isnull))))
 		{
 			systable_endscan(scan);
 			continue;

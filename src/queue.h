@@ -76,14 +76,24 @@ extern int64 queue_add_workflow(Oid role, text *id, bool generated,
 							   char **recorded_function,
 							   Jsonb **recorded_args);
 
+/* Done, failed or cancelled: nothing more will happen to it. */
+extern bool queue_finished_state(QueueState state);
+
 /*
  * A future's state and its output or error, if it is a task of this
- * workflow; errors out otherwise.  With hold, an unfinished future's row
- * is locked until this transaction ends, so that its finish sees the wait
- * or link this transaction makes for it.
+ * workflow; errors out otherwise.  *foreign (unless NULL) says whether
+ * another transaction queued it.  With hold, a foreign future not yet
+ * finished is locked until this transaction ends, so that its finish sees
+ * the wait or link this transaction made for it.
  */
 extern QueueState queue_future(int64 id, Oid role, text *workflow, bool hold,
-							   Jsonb **output, Jsonb **error);
+							   bool *foreign, Jsonb **output, Jsonb **error);
+
+/*
+ * One of waiter's futures is done, which its finish could not tell it (see
+ * queue_future): true if that was its last, and it is ready now.
+ */
+extern bool queue_release(int64 waiter);
 
 /*
  * Record a task's outcome: QS_DONE with its output, QS_FAILED or
@@ -101,8 +111,11 @@ extern int	queue_finish(int64 id, QueueState state, Jsonb *value,
 /*
  * Does the unfinished future wait, through the futures it waits for or
  * returned, for task's output?  Then task cannot return it: neither would
- * ever finish.
+ * ever finish.  Asked under queue_lock_links, which a task that returns a
+ * future it did not just queue holds to its commit, so that two such
+ * tasks of a workflow cannot each miss the link the other makes.
  */
+extern void queue_lock_links(Oid role, text *workflow);
 extern bool queue_depends_on(int64 future, int64 task);
 
 /* The task ran and returned future, which is not done yet. */

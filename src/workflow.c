@@ -362,7 +362,8 @@ apiary_result(PG_FUNCTION_ARGS)
 			int			usecs;
 
 			TimestampDifference(GetCurrentTimestamp(), deadline, &secs, &usecs);
-			wait_ms = secs * 1000 + usecs / 1000;
+			/* an hour at most (WaitLatch takes an int): the loop goes on */
+			wait_ms = Min(secs, 3600) * 1000 + usecs / 1000;
 			if (GetCurrentTimestamp() >= deadline)
 				ereport(ERROR,
 						(errcode(ERRCODE_QUERY_CANCELED),

@@ -95,7 +95,9 @@ CREATE OR REPLACE VIEW apiary.provenance_status AS
  * queued some it did not wait for).  Deleting one whose task was running
  * waited for that task's ready row, past the lock timeout, and the whole
  * batch failed, every minute until the task ended; and the task would
- * have finished on a row deleted under it.  It is deleted once they are.
+ * have finished on a row deleted under it.  It is deleted once they are
+ * (or once apiary_cancel has ended them), so no pending task, and no
+ * ready row, goes with it any more.
  */
 CREATE OR REPLACE FUNCTION apiary.prune(older_than pg_catalog.interval, batch pg_catalog.int4)
 RETURNS pg_catalog.int4 LANGUAGE plpgsql
@@ -125,15 +127,12 @@ BEGIN
     tasks AS (
         DELETE FROM apiary.tasks t USING gone
          WHERE t.role OPERATOR(pg_catalog.=) gone.role AND t.workflow OPERATOR(pg_catalog.=) gone.id
-        RETURNING t.id, t.state),
+        RETURNING t.id),
     waits AS (
         DELETE FROM apiary.waits x USING tasks WHERE x.task OPERATOR(pg_catalog.=) tasks.id),
     links AS (
         -- a link's future is a task of the same workflow
-        DELETE FROM apiary.links l USING tasks WHERE l.future OPERATOR(pg_catalog.=) tasks.id),
-    ready AS (
-        DELETE FROM apiary.ready r USING tasks
-         WHERE tasks.state OPERATOR(pg_catalog.=) 'pending' AND r.task OPERATOR(pg_catalog.=) tasks.id)
+        DELETE FROM apiary.links l USING tasks WHERE l.future OPERATOR(pg_catalog.=) tasks.id)
     SELECT count(*) INTO workflows FROM gone;
 
     DELETE FROM apiary.invocations i
