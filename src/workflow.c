@@ -430,7 +430,8 @@ apiary_status(PG_FUNCTION_ARGS)
  * first taking the lock running tasks hold from their cancel check to
  * their commit (queue.h): a task that saw the workflow cancelled commits
  * as cancelled before a resume looks at it, and one that saw it running
- * commits before a cancel does.  Returns the workflow's role.
+ * commits before a cancel does.  A cancel from a task of the same
+ * workflow is refused.  Returns the workflow's role.
  */
 static Oid
 change_workflow(FunctionCallInfo fcinfo, const char *sql, bool cancel)
