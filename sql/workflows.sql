@@ -520,6 +520,49 @@ BEGIN
 END $$;
 SELECT apiary_start('pass_future', '{}', 'passed-future');
 SELECT apiary_result('passed-future', '60 s');
+-- If that future fails meanwhile, the new task is cancelled, as the
+-- future's finish would have done, and the task that returned it fails
+-- with the future's error.  (The future waits for this session's lock,
+-- which is let go once the task that queues on it is waiting for it to
+-- fail.)
+CREATE FUNCTION gated_fail(x int) RETURNS int LANGUAGE plpgsql
+SET apiary.kind = 'transactional' AS $$
+BEGIN
+  PERFORM pg_advisory_xact_lock(5151);
+  RAISE EXCEPTION 'gated failure %', x USING ERRCODE = 'AP500';
+END $$;
+CREATE FUNCTION queue_on_failing(deps jsonb) RETURNS jsonb LANGUAGE plpgsql
+SET apiary.kind = 'transactional' AS $$
+DECLARE
+  f jsonb;
+BEGIN
+  f := apiary_queue('square', jsonb_build_array(deps->0));
+  FOR i IN 1..1200 LOOP
+    EXIT WHEN (SELECT state FROM apiary.tasks
+                WHERE id = (deps->0->>'apiary_future')::bigint) = 'failed';
+    PERFORM pg_sleep(0.05);
+  END LOOP;
+  RETURN f;
+END $$;
+CREATE FUNCTION pass_failing() RETURNS jsonb LANGUAGE plpgsql
+SET apiary.kind = 'transactional' AS $$
+BEGIN
+  RETURN apiary_queue('queue_on_failing', jsonb_build_object('deps',
+           jsonb_build_array(apiary_queue('gated_fail', '[7]'))));
+END $$;
+SELECT pg_advisory_lock(5151);
+SELECT apiary_start('pass_failing', '{}', 'passed-failure');
+DO $$
+BEGIN
+  FOR i IN 1..1200 LOOP
+    EXIT WHEN EXISTS (SELECT FROM pg_stat_activity WHERE backend_type = 'apiary executor'
+                       AND query LIKE '%queue_on_failing' AND wait_event = 'PgSleep');
+    PERFORM pg_sleep(0.05);
+  END LOOP;
+END $$;
+SELECT pg_advisory_unlock(5151);
+SELECT apiary_result('passed-failure', '60 s');
+SELECT function, state FROM apiary_status('passed-failure') ORDER BY task;
 
 -- Workflows belong to apiary.database, where the executors run: elsewhere
 -- apiary_start says so instead of queueing work that would never run.

@@ -543,20 +543,31 @@ record_outcome(int64 task, QueueState state, Jsonb *value, TimestampTz started)
  * that it made tasks wait for, to its commit, so that their finish sees the
  * waits (queue_future).  Held only now, so that a future's finish waits at
  * most for this commit, not for the rest of the function.  One that
- * finished meanwhile could not see the waits: its waiters are released
- * here instead, or, if it failed, the task fails as apiary_queue would
- * have.
+ * finished meanwhile could not see the waits: its waiters are released, or
+ * cancelled, here instead, as its finish would have done.  (A waiter a
+ * rolled-back subtransaction took back is simply not found.)
  */
 static void
-hold_waits(RunningTask *t)
+hold_waits(RunningTask *t, Datum out, bool isnull)
 {
 	ListCell   *lc;
+	int64		returned;
+
+	/*
+	 * A task returning a future takes the link lock before any held row,
+	 * as everywhere (check_returned_future, which comes after, so that it
+	 * sees what this releases or cancels)
+	 */
+	if (t->foreign_waits != NIL && !isnull &&
+		apiary_jsonb_is_future(DatumGetJsonbP(out), &returned) && !queued_here(returned))
+		queue_lock_links(t->role, t->workflow);
 
 	foreach(lc, t->foreign_waits)
 	{
 		WaitPair   *w = lfirst(lc);
+		Jsonb	   *failure = NULL;
 		QueueState	st = queue_future(w->future, t->role, t->workflow, true,
-									  NULL, NULL, NULL);
+									  NULL, NULL, &failure);
 
 		if (st == QS_DONE)
 		{
@@ -564,10 +575,7 @@ hold_waits(RunningTask *t)
 				note_ready(w->child);
 		}
 		else if (st == QS_FAILED || st == QS_CANCELLED)
-			ereport(ERROR,
-					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("future %lld has %s", (long long) w->future,
-							queue_state_name(st))));
+			queue_cancel_waiter(w->child, w->future, failure);
 	}
 }
 
@@ -786,7 +794,7 @@ run_task(RunningTask *t, const char *function, Jsonb *args,
 		}
 		PG_END_TRY();
 		SetUserIdAndSecContext(save_user, save_sec);
-		hold_waits(t);
+		hold_waits(t, out, isnull);
 		check_returned_future(t, out, isnull, &returned, cxt);
 
 		/* a workflow cancelled meanwhile takes the task's effects back */
@@ -813,20 +821,23 @@ run_task(RunningTask *t, const char *function, Jsonb *args,
 	PG_END_TRY();
 	running_task = NULL;
 
-	/* a task cancelled while it ran is cancelled, however it ended */
-	if (edata != NULL)
-		cancelled = queue_workflow_cancelled(t->role, t->workflow, t->id);
-
 	/*
 	 * Retry what retrying can cure: conflicts with other transactions for
 	 * any task, anything at all for an external one (its effects are
 	 * outside, and it has a stable apiary_task_key for them).
 	 */
-	retry = edata != NULL && attempt < max_attempts && !role_gone && !cancelled &&
+	retry = edata != NULL && attempt < max_attempts && !role_gone &&
 		(kind == APIARY_KIND_EXTERNAL ||
 		 edata->sqlerrcode == ERRCODE_T_R_SERIALIZATION_FAILURE ||
 		 edata->sqlerrcode == ERRCODE_T_R_DEADLOCK_DETECTED);
 	apiary_stats_record(function, t->started, edata != NULL, retry);
+
+	/* a task cancelled while it ran is cancelled, however it ended */
+	if (edata != NULL && queue_workflow_cancelled(t->role, t->workflow, t->id))
+	{
+		cancelled = true;
+		retry = false;
+	}
 
 	if (cancelled || edata != NULL)
 		nready = 0;				/* what it queued is gone */

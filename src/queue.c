@@ -1208,34 +1208,24 @@ queue_release(int64 waiter)
 	return ready;
 }
 
-int
-queue_finish(int64 id, QueueState state, Jsonb *value, TimestampTz ran_at,
-			 int64 *released, int max_released)
+/*
+ * Record outcome first, and what follows from it for the tasks that
+ * depended on it (see queue_finish).  Returns how many became ready.
+ */
+static int
+finish(Outcome *first, int64 *released, int max_released)
 {
 	QRel	   *tasks;
 	QRel	   *waits;
 	QRel	   *workflows;
 	QRel	   *links;
-	List	   *work = NIL;
+	List	   *work = list_make1(first);
 	int			nreleased = 0;
 
-	Assert(state == QS_DONE || state == QS_FAILED || state == QS_CANCELLED);
 	tasks = qrel_open("tasks", T_NATTS);
 	waits = qrel_open("waits", X_NATTS);
 	workflows = qrel_open("workflows", W_NATTS);
 	links = qrel_open("links", L_NATTS);
-
-	{
-		Outcome    *o = palloc0_object(Outcome);
-
-		o->id = id;
-		o->state = state;
-		o->value = value;
-		o->ran_at = ran_at;
-		/* a crash counted to the limit: the task is pending */
-		o->only_from = QS_PENDING;
-		work = lappend(work, o);
-	}
 
 	/* a worklist, not recursion: chains of futures have any length */
 	while (work != NIL)
@@ -1311,6 +1301,34 @@ queue_finish(int64 id, QueueState state, Jsonb *value, TimestampTz ran_at,
 	qrel_close(waits);
 	qrel_close(tasks);
 	return nreleased;
+}
+
+int
+queue_finish(int64 id, QueueState state, Jsonb *value, TimestampTz ran_at,
+			 int64 *released, int max_released)
+{
+	Outcome    *o = palloc0_object(Outcome);
+
+	Assert(state == QS_DONE || state == QS_FAILED || state == QS_CANCELLED);
+	o->id = id;
+	o->state = state;
+	o->value = value;
+	o->ran_at = ran_at;
+	/* a crash counted to the limit: the task is pending */
+	o->only_from = QS_PENDING;
+	return finish(o, released, max_released);
+}
+
+void
+queue_cancel_waiter(int64 waiter, int64 future, Jsonb *failure)
+{
+	Outcome    *c = palloc0_object(Outcome);
+
+	c->id = waiter;
+	c->state = QS_CANCELLED;
+	c->value = cancelled_error(failure, future);
+	c->only_from = QS_WAITING;
+	(void) finish(c, NULL, 0);
 }
 
 void

@@ -96,6 +96,13 @@ extern QueueState queue_future(int64 id, Oid role, text *workflow, bool hold,
 extern bool queue_release(int64 waiter);
 
 /*
+ * ... or it failed or was cancelled, with failure: waiter is cancelled, as
+ * that future's finish would have done, if it is still waiting (and if it
+ * exists: a rolled-back subtransaction may have taken it back).
+ */
+extern void queue_cancel_waiter(int64 waiter, int64 future, Jsonb *failure);
+
+/*
  * Record a task's outcome: QS_DONE with its output, QS_FAILED or
  * QS_CANCELLED with its error.  ran_at is when the attempt that produced
  * it started, or 0 when none ran.  What depended on the task follows:
