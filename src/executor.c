@@ -555,8 +555,8 @@ hold_waits(RunningTask *t, Datum out, bool isnull)
 
 	/*
 	 * A task returning a future takes the link lock before any held row,
-	 * as everywhere (check_returned_future, which comes after, so that it
-	 * sees what this releases or cancels)
+	 * as everywhere.  (check_returned_future comes after this, so that it
+	 * sees what this releases or cancels.)
 	 */
 	if (t->foreign_waits != NIL && !isnull &&
 		apiary_jsonb_is_future(DatumGetJsonbP(out), &returned) && !queued_here(returned))
