@@ -116,6 +116,54 @@ WHERE role::text LIKE 'regress_%' ORDER BY role::text, id;
 SELECT role, key FROM apiary.invocations WHERE key = 'same-key' ORDER BY role::text;
 RESET ROLE;
 
+-- So are provenance rows, through the apiary.provenance view as well.
+INSERT INTO apiary.provenance_rows (begin_lsn, n, role, workflow, task, function, xid,
+                                    relation, relname, operation, "row", at)
+VALUES ('0/1', 1, 'regress_owner', 'who-sec', 1, 's_whoami', '1', NULL, 'sec.label',
+        'read', '{"v": "owners only"}', now());
+SET ROLE regress_owner;
+SELECT relname, "row" FROM apiary.provenance;
+RESET ROLE;
+SET ROLE regress_stranger;
+SELECT count(*) AS provenance_seen FROM apiary.provenance;
+RESET ROLE;
+DELETE FROM apiary.provenance_rows WHERE begin_lsn = '0/1';
+
+-- A keyed call is the role's that makes it: inside a SECURITY DEFINER
+-- function, its owner's, which its caller can neither read nor pre-record.
+SET ROLE regress_owner;
+CREATE FUNCTION sec.s_definer() RETURNS jsonb LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, public
+SET apiary.kind = 'transactional' AS $$ SELECT apiary_invoke('s_secret', '{}', 'definer-key') $$;
+RESET ROLE;
+SET ROLE regress_stranger;
+SELECT apiary_invoke('s_definer');
+SELECT count(*) AS definer_keys_seen FROM apiary.invocations WHERE key = 'definer-key';
+RESET ROLE;
+SELECT role, key, output FROM apiary.invocations WHERE key = 'definer-key';
+
+-- Schema USAGE is checked as a call by name would: when a task is queued,
+-- and when it runs.
+CREATE SCHEMA sec_hidden AUTHORIZATION regress_owner;
+SET ROLE regress_owner;
+CREATE FUNCTION sec_hidden.s_hidden() RETURNS text LANGUAGE sql
+SET apiary.kind = 'transactional' AS $$ SELECT 'behind the schema' $$;
+RESET ROLE;
+SET ROLE regress_stranger;
+SELECT err($$SELECT apiary_invoke('s_hidden')$$);
+SELECT err($$SELECT apiary_start('s_hidden', '{}', 'hidden')$$);
+RESET ROLE;
+GRANT USAGE ON SCHEMA sec_hidden TO regress_stranger;
+BEGIN;
+SET LOCAL ROLE regress_stranger;
+SELECT apiary_start('s_hidden', '{}', 'hidden');
+RESET ROLE;
+REVOKE USAGE ON SCHEMA sec_hidden FROM regress_stranger;
+COMMIT;
+SET ROLE regress_stranger;
+SELECT err($$SELECT apiary_result('hidden', '60 s')$$);
+RESET ROLE;
+
 -- Another role's workflow is not found, whatever one does with it ...
 SET ROLE regress_owner;
 SELECT apiary_start('s_whoami', '{}', 'owners-only');
@@ -192,7 +240,7 @@ SELECT err($$INSERT INTO apiary.invocations VALUES ('regress_owner', 'k', 'f', '
 SELECT err($$SELECT apiary.cancel_workflow('regress_owner'::regrole, 'owners-only')$$);
 RESET ROLE;
 
-DROP SCHEMA sec, sec_a, sec_b CASCADE;
+DROP SCHEMA sec, sec_a, sec_b, sec_hidden CASCADE;
 DELETE FROM apiary.invocations WHERE role::text LIKE 'regress_%';
 DELETE FROM apiary.tasks WHERE role::text LIKE 'regress_%';
 DELETE FROM apiary.workflows WHERE role::text LIKE 'regress_%';

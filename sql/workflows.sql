@@ -186,6 +186,33 @@ SELECT apiary_task_key();
 -- A transactional function is not retried after an ordinary error (the
 -- division by zero above ran once).
 SELECT attempts FROM apiary_status('div0');
+-- Inside the calls a task makes with apiary_invoke, the key also numbers
+-- the call, so that two calls of an external service are two calls.
+CREATE FUNCTION key_of() RETURNS text LANGUAGE sql AS $$ SELECT apiary_task_key() $$;
+SELECT apiary_register('key_of()', 'external');
+CREATE FUNCTION two_calls() RETURNS jsonb LANGUAGE plpgsql
+SET apiary.kind = 'transactional' AS $$
+BEGIN
+  RETURN jsonb_build_array(apiary_task_key(), apiary_invoke('key_of'), apiary_invoke('key_of'));
+END $$;
+SELECT apiary_start('two_calls', '{}', 'two-calls');
+SELECT apiary_result('two-calls', '60 s');
+-- apiary_resume gives the tasks it queues again a fresh budget of attempts.
+CREATE SEQUENCE stubborn_attempts;
+CREATE FUNCTION fails_thrice() RETURNS int LANGUAGE plpgsql AS $$
+BEGIN
+  IF nextval('stubborn_attempts') < 4 THEN
+    RAISE EXCEPTION 'service unavailable' USING ERRCODE = 'AP503';
+  END IF;
+  RETURN 4;
+END $$;
+SELECT apiary_register('fails_thrice()', 'external', max_attempts => 2);
+SELECT apiary_start('fails_thrice', '{}', 'fails-thrice');
+SELECT apiary_result('fails-thrice', '60 s');
+SELECT state, attempts FROM apiary_status('fails-thrice');
+SELECT apiary_resume('fails-thrice');
+SELECT apiary_result('fails-thrice', '60 s');
+SELECT state, attempts FROM apiary_status('fails-thrice');
 
 -- A function's timeout ends it, as a statement timeout would.
 CREATE FUNCTION sleepy() RETURNS int LANGUAGE sql AS $$ SELECT 1 FROM pg_sleep(30) $$;
@@ -193,6 +220,20 @@ SELECT apiary_register('sleepy()', timeout => '100 ms');
 SELECT apiary_start('sleepy', '{}', 'sleepy');
 SELECT apiary_result('sleepy', '60 s');
 \echo :LAST_ERROR_SQLSTATE
+-- Also when the function catches the cancel and carries on.
+CREATE FUNCTION stubborn() RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+  BEGIN
+    PERFORM pg_sleep(30);
+  EXCEPTION WHEN query_canceled THEN
+    NULL;
+  END;
+  RETURN 'finished anyway';
+END $$;
+SELECT apiary_register('stubborn()', timeout => '100 ms');
+SELECT apiary_start('stubborn', '{}', 'stubborn');
+SELECT apiary_result('stubborn', '60 s');
+SELECT state, attempts FROM apiary_status('stubborn');
 
 -- apiary_cancel stops a workflow: a task still running rolls back.
 CREATE TABLE effects (what text);
@@ -311,6 +352,13 @@ BEGIN
 END $$;
 SELECT apiary_start('misqueue', '{}', 'misqueued');
 SELECT apiary_result('misqueued', '60 s');
+-- A future's id is an integer: any other number under the key is data.
+CREATE FUNCTION echo_jsonb(v jsonb) RETURNS jsonb LANGUAGE sql AS $$ SELECT v $$;
+SELECT apiary_register('echo_jsonb(jsonb)');
+SELECT apiary_invoke('echo_jsonb', '[{"apiary_future": 5.7}]'),
+       apiary_invoke('echo_jsonb', '[{"apiary_future": 1e30}]');
+SELECT apiary_start('echo_jsonb', '[{"apiary_future": 5.7}]', 'not-a-future');
+SELECT apiary_result('not-a-future', '60 s');
 -- Futures are checked: another workflow's task is not a future of this one.
 CREATE FUNCTION forge(task bigint) RETURNS jsonb LANGUAGE plpgsql
 SET apiary.kind = 'transactional' AS $$
@@ -405,6 +453,37 @@ SELECT apiary_start('leave_cursor', '{}', 'cursor-1'), apiary_start('leave_curso
 SELECT apiary_result('cursor-1', '60 s'), apiary_result('cursor-2', '60 s');
 RESET ROLE;
 SELECT who, count(*) FROM checked_by GROUP BY who ORDER BY who;
+
+-- Nor can a constraint trigger get code run at the commit: what it defers
+-- is checked when the task returns, as the task's role, a cursor WITH HOLD
+-- it opens is closed, and deferring once more fails the task (42501).
+DELETE FROM checked_by;
+CREATE TABLE redeferred (x int);
+CREATE FUNCTION redefer() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO checked_by VALUES ('trigger ' || NEW.x || ' as ' || current_user);
+  IF NEW.x = 2 THEN
+    EXECUTE 'DECLARE held CURSOR WITH HOLD FOR SELECT note_reader()';
+  END IF;
+  IF NEW.x < 3 THEN
+    SET CONSTRAINTS ALL DEFERRED;
+    INSERT INTO redeferred VALUES (NEW.x + 1);
+  END IF;
+  RETURN NULL;
+END $$;
+CREATE CONSTRAINT TRIGGER redefer AFTER INSERT ON redeferred
+  DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION redefer();
+CREATE FUNCTION defer_from(x int) RETURNS int LANGUAGE sql
+SET apiary.kind = 'transactional' AS $$ INSERT INTO redeferred VALUES (x) RETURNING x $$;
+GRANT INSERT, SELECT ON redeferred TO apiary_worker_user;
+SET ROLE apiary_worker_user;
+SELECT apiary_start('defer_from', '[2]', 'defer-2'), apiary_start('defer_from', '[1]', 'defer-1');
+SELECT apiary_result('defer-2', '60 s');
+SELECT apiary_result('defer-1', '60 s');
+SELECT state, attempts, error->>'sqlstate' AS sqlstate FROM apiary_status('defer-1');
+RESET ROLE;
+SELECT who FROM checked_by ORDER BY who;
+SELECT x FROM redeferred ORDER BY x;
 
 -- Nothing a task does to the executor's session outlives it: its
 -- temporary tables, settings, session locks, prepared statements, last

@@ -51,6 +51,8 @@ _PG_init(void)
 	{
 		apiary_shmem_init();
 		apiary_stats_init();
-		apiary_register_launcher();
+		/* nor under pg_upgrade, whose restore would find it connected */
+		if (!IsBinaryUpgrade)
+			apiary_register_launcher();
 	}
 }

@@ -23,7 +23,8 @@
 /*
  * apiary_invoke: run the function registered as name now, in the current
  * transaction; with a non-NULL key, at most once per key.  Returns the
- * output, or NULL for an SQL NULL.
+ * output, or NULL for an SQL NULL.  name and args must not be NULL (an
+ * error, 22004, as for the SQL function; pass '{}' for no arguments).
  */
 extern PGDLLEXPORT Jsonb *apiary_invoke_jsonb(const char *name, Jsonb *args,
 											  const char *key);
@@ -31,6 +32,7 @@ extern PGDLLEXPORT Jsonb *apiary_invoke_jsonb(const char *name, Jsonb *args,
 /*
  * apiary_queue: inside a running task, queue a child task of the same
  * workflow, committed with the current transaction.  Returns its future.
+ * name and args must not be NULL (22004).
  */
 extern PGDLLEXPORT Jsonb *apiary_queue_jsonb(const char *name, Jsonb *args);
 
@@ -40,7 +42,8 @@ extern PGDLLEXPORT bool apiary_jsonb_is_future(Jsonb *jb, int64 *task);
 
 /*
  * apiary_task_key: inside a running task, a key that stays the same across
- * its attempts; NULL outside a task.
+ * its attempts, "<workflow>/<task>"; inside the nth apiary_invoke call the
+ * task makes, "<workflow>/<task>/<n>"; NULL outside a task.
  */
 extern PGDLLEXPORT char *apiary_task_key_cstring(void);
 

@@ -138,11 +138,18 @@ report_bind_error(ApiaryFunction *f, BindError err, int bad,
 void
 bind_require_call_args(FunctionCallInfo fcinfo)
 {
-	if (PG_ARGISNULL(0))
+	bind_require_name_args(PG_ARGISNULL(0) ? NULL : "", PG_ARGISNULL(1) ? NULL : "");
+}
+
+/* The same for the C API (apiary.h), given the values. */
+void
+bind_require_name_args(const void *name, const void *args)
+{
+	if (name == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("function name must not be null")));
-	if (PG_ARGISNULL(1))
+	if (args == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("arguments must not be null"),
@@ -408,6 +415,22 @@ direct_possible(ApiaryFunction *f, const BindMask *mask)
 	return true;
 }
 
+/*
+ * May the current user call f by its name, as the statement would: USAGE
+ * on its schema and EXECUTE on it.  (A call through fmgr checks neither.)
+ */
+static void
+check_may_call(ApiaryFunction *f)
+{
+	AclResult	acl = pg_namespace_aclcheck(f->namespace, GetUserId(), ACL_USAGE);
+
+	if (acl != ACLCHECK_OK)
+		aclcheck_error(acl, OBJECT_SCHEMA, get_namespace_name(f->namespace));
+	acl = pg_proc_aclcheck(f->fn, GetUserId(), ACL_EXECUTE);
+	if (acl != ACLCHECK_OK)
+		aclcheck_error(acl, OBJECT_FUNCTION, get_func_name(f->fn));
+}
+
 /* The call as the statement would make it, with every parameter given. */
 static Datum
 direct_call(ApiaryFunction *f, Datum *values, char *nulls, bool read_only,
@@ -415,12 +438,9 @@ direct_call(ApiaryFunction *f, Datum *values, char *nulls, bool read_only,
 {
 	LOCAL_FCINFO(fcinfo, FUNC_MAX_ARGS);
 	PgStat_FunctionCallUsage fcusage;
-	AclResult	aclresult;
 	Datum		result;
 
-	aclresult = pg_proc_aclcheck(f->fn, GetUserId(), ACL_EXECUTE);
-	if (aclresult != ACLCHECK_OK)
-		aclcheck_error(aclresult, OBJECT_FUNCTION, get_func_name(f->fn));
+	check_may_call(f);
 	InvokeFunctionExecuteHook(f->fn);
 
 	InitFunctionCallInfoData(*fcinfo, &f->call, f->nargs, f->collation, NULL, NULL);
@@ -520,11 +540,9 @@ bind_check_queued(const char *name, Jsonb *args)
 
 	PG_TRY();
 	{
-		AclResult	acl = pg_proc_aclcheck(f->fn, GetUserId(), ACL_EXECUTE);
 		BindMask	mask;
 
-		if (acl != ACLCHECK_OK)
-			aclcheck_error(acl, OBJECT_FUNCTION, get_func_name(f->fn));
+		check_may_call(f);
 		(void) bind_params(f, args, &mask);
 	}
 	PG_FINALLY();

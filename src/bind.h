@@ -15,6 +15,7 @@
 
 /* NULL name or args to apiary_invoke, apiary_start, apiary_queue: an error. */
 extern void bind_require_call_args(FunctionCallInfo fcinfo);
+extern void bind_require_name_args(const void *name, const void *args);
 
 /* Reject arguments over apiary.max_args_size or apiary.max_args_depth. */
 extern void bind_check_limits(const char *name, Jsonb *args);

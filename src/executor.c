@@ -69,6 +69,7 @@
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/numeric.h"
 #include "utils/portal.h"
 #include "utils/resowner.h"
 #include "utils/snapmgr.h"
@@ -99,6 +100,7 @@ typedef struct RunningTask
 	text	   *workflow;
 	TimestampTz started;
 	int			queued;			/* tasks it queued (apiary.max_queued) */
+	int			calls;			/* apiary_invoke calls it began (task keys) */
 	List	   *foreign_waits;	/* WaitPairs to check before the commit */
 } RunningTask;
 
@@ -215,6 +217,30 @@ queued_here(int64 future)
  * ---------------------------------------------------------------------
  */
 
+/*
+ * A future's id is an integer that fits a task id; any other number (5.7,
+ * 1e30) under the key is plain data, not a future.
+ */
+static bool
+is_task_id(Numeric n, int64 *id)
+{
+	char	   *s;
+	char	   *end;
+	long long	v;
+
+	if (numeric_is_nan(n) || numeric_is_inf(n))
+		return false;
+	s = DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(n)));
+	if (strspn(s + (*s == '-'), "0123456789") != strlen(s + (*s == '-')))
+		return false;
+	errno = 0;
+	v = strtoll(s, &end, 10);
+	if (errno != 0 || *end != '\0')
+		return false;
+	*id = (int64) v;
+	return true;
+}
+
 /* Is v a future, {"apiary_future": <id>}?  Sets *id. */
 static bool
 value_is_future(JsonbValue *v, int64 *id)
@@ -228,9 +254,7 @@ value_is_future(JsonbValue *v, int64 *id)
 									   strlen("apiary_future"), NULL);
 	if (idv == NULL || idv->type != jbvNumeric)
 		return false;
-	*id = DatumGetInt64(DirectFunctionCall1(numeric_int8,
-											NumericGetDatum(idv->val.numeric)));
-	return true;
+	return is_task_id(idv->val.numeric, id);
 }
 
 bool
@@ -345,6 +369,7 @@ apiary_queue_jsonb(const char *name, Jsonb *args)
 	int64		id;
 	int64		task;
 
+	bind_require_name_args(name, args);
 	if (running_task == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -448,13 +473,33 @@ apiary_in_task(text **workflow, int64 *task, Oid *role)
  * an external function hands to the service it calls, so that a retry after
  * a crash or timeout is not a second charge.
  */
+/*
+ * The key of the task running, "<workflow>/<task>"; inside the nth
+ * apiary_invoke call it made (counted in the order they began, at any
+ * depth), "<workflow>/<task>/<n>", so that two external calls of one task
+ * are two calls to the service.  The same across attempts, as long as the
+ * function makes its calls in the same order.
+ */
 char *
 apiary_task_key_cstring(void)
 {
+	int			call;
+
 	if (running_task == NULL)
 		return NULL;
-	return psprintf("%s/%lld", text_to_cstring(running_task->workflow),
-					(long long) running_task->id);
+	call = apiary_invoke_ordinal();
+	if (call == 0)
+		return psprintf("%s/%lld", text_to_cstring(running_task->workflow),
+						(long long) running_task->id);
+	return psprintf("%s/%lld/%d", text_to_cstring(running_task->workflow),
+					(long long) running_task->id, call);
+}
+
+/* The ordinal of an apiary_invoke call the running task begins; 0 outside. */
+int
+apiary_next_call(void)
+{
+	return running_task == NULL ? 0 : ++running_task->calls;
 }
 
 Datum
@@ -656,23 +701,33 @@ end_session_state(void)
  * What a transaction leaves for its commit is done when the task returns,
  * still in its subtransaction and as its role, not at the commit as this
  * worker (only apiary's own rows are written after this); and nothing it
- * did to this session outlives it.  The cursors it left open are closed:
- * at the commit, one WITH HOLD would run the rest of its query as this
- * worker.  Its deferred constraints are checked: a violation fails the
- * task, where at the commit it would undo the whole transaction and put
- * the task back in the queue, to fail again.  Its temporary tables are
- * dropped: they come first in every search_path.  Its settings (SET, not
- * only SET LOCAL) are undone, from guc_level.  (A task that fails has all
- * of that undone by its subtransaction's rollback, but end_session_state.)
+ * did to this session outlives it.  Its deferred constraints are checked:
+ * a violation fails the task, where at the commit it would undo the whole
+ * transaction and put the task back in the queue, to fail again.  A
+ * constraint trigger that defers more (SET CONSTRAINTS ... DEFERRED) has
+ * that checked too, once more, as a security-restricted operation, which
+ * refuses to defer anything further (42501): it would run at the commit,
+ * as this worker.  Then the cursors it left open, including any those
+ * triggers opened, are closed: at the commit, one WITH HOLD would run the
+ * rest of its query as this worker.  Its temporary tables are dropped:
+ * they come first in every search_path.  Its settings (SET, not only SET
+ * LOCAL) are undone, from guc_level.  (A task that fails has all of that
+ * undone by its subtransaction's rollback, but end_session_state.)
  */
 static void
 end_task_work(int guc_level)
 {
 	ConstraintsSetStmt all_immediate = {.type = T_ConstraintsSetStmt,
 	.constraints = NIL,.deferred = false};
+	Oid			user;
+	int			sec;
 
-	PortalHashTableDeleteAll();
 	AfterTriggerSetState(&all_immediate);
+	GetUserIdAndSecContext(&user, &sec);
+	SetUserIdAndSecContext(user, sec | SECURITY_RESTRICTED_OPERATION);
+	AfterTriggerSetState(&all_immediate);
+	SetUserIdAndSecContext(user, sec);
+	PortalHashTableDeleteAll();
 	ResetTempTableNamespace();
 	end_session_state();
 	AtEOXact_GUC(false, guc_level);
@@ -782,6 +837,11 @@ run_task(RunningTask *t, const char *function, Jsonb *args,
 			int			guc_level = NewGUCNestLevel();
 
 			out = apiary_call(f, resolved, true, cxt, &isnull);
+			/* a function that caught its timeout's cancel still timed out */
+			if (timeout_ms > 0 && GetCurrentTimestamp() - timeout_from >= timeout_ms * 1000)
+				ereport(ERROR,
+						(errcode(ERRCODE_QUERY_CANCELED),
+						 errmsg("canceling statement due to statement timeout")));
 			bind_check_output(f->name, out, isnull);
 			end_task_work(guc_level);
 			provenance_note(&prov, t->role, t->workflow, t->id, function);
@@ -883,7 +943,8 @@ retry_or_fail(RunningTask *t, const char *function, ErrorData *edata,
 		/* this executor looks for work next, and sleeps until it is due */
 		queue_retry(t->id, delay, t->started);
 		ereport(LOG,
-				(errmsg("apiary task %lld (%s) failed, retrying in %.3f s (attempt %d of %d): %s",
+				(errcode(edata->sqlerrcode),
+				 errmsg("apiary task %lld (%s) failed, retrying in %.3f s (attempt %d of %d): %s",
 						(long long) t->id, function, delay, attempt, max_attempts,
 						edata->message)));
 		return;
@@ -891,7 +952,8 @@ retry_or_fail(RunningTask *t, const char *function, ErrorData *edata,
 
 	record_outcome(t->id, QS_FAILED, error_jsonb(edata, t->id, function), t->started);
 	ereport(LOG,
-			(errmsg("apiary task %lld (%s) of workflow \"%s\" failed: %s",
+			(errcode(edata->sqlerrcode),
+			 errmsg("apiary task %lld (%s) of workflow \"%s\" failed: %s",
 					(long long) t->id, function, text_to_cstring(t->workflow),
 					edata->message)));
 }
@@ -943,6 +1005,7 @@ run_one_task(int64 prefer, long *nap_ms)
 	t.workflow = task.workflow;
 	t.started = GetCurrentTimestamp();
 	t.queued = 0;
+	t.calls = 0;
 	t.foreign_waits = NIL;
 	claimed_id = t.id;
 	claimed_started = t.started;
@@ -1016,7 +1079,7 @@ settle_failed(void)
 		ApiaryFunction *f = registry_acquire(task.function);
 		int			max_attempts = f->max_attempts > 0 ? f->max_attempts : apiary_max_attempts;
 		int			attempt = task.attempts + 1;
-		RunningTask t = {task.id, task.role, task.workflow, claimed_started, 0, NIL};
+		RunningTask t = {task.id, task.role, task.workflow, claimed_started, 0, 0, NIL};
 
 		registry_release(f);
 		retry_or_fail(&t, task.function, edata, attempt, max_attempts,
@@ -1369,10 +1432,13 @@ apiary_executor_main(Datum main_arg)
 		}
 		PG_END_TRY();
 
+		/*
+		 * Background workers report their statistics themselves, at most
+		 * once a second, also while busy: autovacuum goes by them.
+		 */
+		pgstat_report_stat(false);
 		if (ran)
 			continue;
-		/* background workers report their statistics themselves */
-		pgstat_report_stat(false);
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 nap_ms, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);

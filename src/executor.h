@@ -20,6 +20,7 @@ extern void apiary_check_no_futures(const char *caller, Jsonb *args);
 
 /* Is this process running a task's function?  Which, and as which role? */
 extern bool apiary_in_task(text **workflow, int64 *task, Oid *role);
+extern int	apiary_next_call(void);
 
 /* For the launcher: count crashes of tasks that took the server down. */
 extern void apiary_count_crashes(void);

@@ -107,6 +107,15 @@ check_kind(char **newval, void **extra, GucSource source)
 	return false;
 }
 
+static bool
+check_database(char **newval, void **extra, GucSource source)
+{
+	if (*newval != NULL && (*newval)[0] != '\0')
+		return true;
+	GUC_check_errdetail("apiary.database must name a database.");
+	return false;
+}
+
 void
 apiary_define_gucs(void)
 {
@@ -190,12 +199,14 @@ apiary_define_gucs(void)
 							0,
 							NULL, NULL, NULL);
 
-	/* the workers' settings exist only where the workers can */
+	/*
+	 * The workers' settings exist only where the workers can.  Without
+	 * preloading, the prefix is not reserved either (as pg_stat_statements
+	 * does): that would remove them, with a warning to every session that
+	 * loads apiary, from a postgresql.conf that keeps them.
+	 */
 	if (!process_shared_preload_libraries_in_progress)
-	{
-		MarkGUCPrefixReserved("apiary");
 		return;
-	}
 
 	DefineCustomStringVariable("apiary.database",
 							   "Database in which apiary's executors run workflows.",
@@ -204,7 +215,7 @@ apiary_define_gucs(void)
 							   "postgres",
 							   PGC_POSTMASTER,
 							   0,
-							   NULL, NULL, NULL);
+							   check_database, NULL, NULL);
 
 	DefineCustomIntVariable("apiary.workers",
 							"Number of executor workers that run queued tasks.",

@@ -17,8 +17,9 @@
  *	- nesting: a call made from inside another apiary call runs in a
  *	  subtransaction of its own.  If it fails, its effects and journal rows
  *	  are rolled back and the error goes on to the caller, which may catch
- *	  it and carry on.  Keyed nested calls record the enclosing call's key,
- *	  and every call in a nest uses the outermost caller's key namespace.
+ *	  it and carry on.  Keyed nested calls record the enclosing call's key.
+ * A key belongs to the role that makes the call (current_user there: the
+ * owner, inside a SECURITY DEFINER function).
  *
  * The chain of calls in progress is a stack of frames on the C stack,
  * unwound in PG_FINALLY/PG_CATCH so that an error leaves no stale frame.
@@ -54,9 +55,17 @@ typedef struct InvokeFrame
 	struct InvokeFrame *parent;
 	Oid			role;			/* key namespace */
 	text	   *key;			/* NULL when unkeyed */
+	int			ordinal;		/* in its task (apiary_next_call); 0: none */
 } InvokeFrame;
 
 static InvokeFrame *current_frame = NULL;
+
+/* The ordinal of the innermost call in progress, for its task key. */
+int
+apiary_invoke_ordinal(void)
+{
+	return current_frame == NULL ? 0 : current_frame->ordinal;
+}
 
 /*
  * While a readonly function runs, XactReadOnly is its kind's; the
@@ -226,8 +235,9 @@ apiary_invoke_internal(const char *name, Jsonb *args, text *key, bool *isnull)
 				 errmsg("key for apiary function \"%s\" must not be empty", name),
 				 errhint("Pass NULL to call it without a key.")));
 	frame.parent = current_frame;
-	frame.role = nested ? current_frame->role : GetUserId();
+	frame.role = GetUserId();
 	frame.key = key;
+	frame.ordinal = apiary_next_call();
 	if (key != NULL)
 		check_not_running(&frame);
 
@@ -292,10 +302,11 @@ Jsonb *
 apiary_invoke_jsonb(const char *name, Jsonb *args, const char *key)
 {
 	bool		isnull;
-	Datum		result = apiary_invoke_internal(name, args,
-												key ? cstring_to_text(key) : NULL,
-												&isnull);
+	Datum		result;
 
+	bind_require_name_args(name, args);
+	result = apiary_invoke_internal(name, args, key ? cstring_to_text(key) : NULL,
+									&isnull);
 	return isnull ? NULL : DatumGetJsonbP(result);
 }
 

@@ -26,5 +26,6 @@ extern Datum apiary_invoke_internal(const char *name, Jsonb *args, text *key,
  * standby's), not the XactReadOnly a readonly function runs with.
  */
 extern bool apiary_xact_read_only(void);
+extern int	apiary_invoke_ordinal(void);
 
 #endif							/* APIARY_INVOKE_H */

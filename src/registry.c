@@ -376,6 +376,7 @@ build_function(const char *name)
 				 errmsg("the function registered as \"%s\" no longer exists", name),
 				 errhint("Remove the registration with apiary_unregister('%s').", name)));
 	proc = (Form_pg_proc) GETSTRUCT(tup);
+	f->namespace = proc->pronamespace;
 	f->qualified_name = quote_qualified_identifier(get_namespace_name(proc->pronamespace),
 												   NameStr(proc->proname));
 	f->signature = format_procedure(f->fn);
@@ -899,11 +900,22 @@ apiary_on_sql_drop(PG_FUNCTION_ARGS)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	journal_execute("DELETE FROM apiary.functions"
-					 " WHERE fn::pg_catalog.oid OPERATOR(pg_catalog.=) ANY (ARRAY("
-					 "  SELECT objid FROM pg_catalog.pg_event_trigger_dropped_objects()"
-					"  WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass))",
-					NULL, 0, NULL, NULL, NULL, SPI_OK_DELETE);
+
+	/*
+	 * Only a drop that took functions with it touches apiary.functions: a
+	 * registration that has not committed yet locks that table, and must
+	 * hold up no other DROP.
+	 */
+	if (SPI_execute("SELECT FROM pg_catalog.pg_event_trigger_dropped_objects()"
+					" WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass"
+					" LIMIT 1", true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute failed");
+	if (SPI_processed > 0)
+		journal_execute("DELETE FROM apiary.functions"
+						" WHERE fn::pg_catalog.oid OPERATOR(pg_catalog.=) ANY (ARRAY("
+						"  SELECT objid FROM pg_catalog.pg_event_trigger_dropped_objects()"
+						"  WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass))",
+						NULL, 0, NULL, NULL, NULL, SPI_OK_DELETE);
 	SPI_finish();
 	PG_RETURN_VOID();
 }

@@ -50,6 +50,7 @@ typedef struct ApiaryFunction
 	int64		timeout_ms;		/* 0: none */
 
 	/* from pg_proc */
+	Oid			namespace;		/* its schema */
 	char	   *qualified_name; /* schema.name, quoted, for SQL */
 	char	   *signature;		/* regprocedure text, for messages */
 	int			nargs;			/* input parameters */

@@ -205,14 +205,18 @@ workflow_role(text *id)
 	return role;
 }
 
-/* Raise a workflow's recorded failure as the error it was. */
+/*
+ * Raise a workflow's recorded failure as the error it was, with the
+ * function's own context line(s) first, then the task's.
+ */
 static void
 raise_failure(text *id, Jsonb *error)
 {
 	JsonbValue *v;
-	char	   *fields[6] = {0};
-	const char *keys[6] = {"sqlstate", "message", "detail", "hint", "function", "task"};
+	char	   *fields[7] = {0};
+	const char *keys[7] = {"sqlstate", "message", "detail", "hint", "function", "task", "context"};
 	int			sqlstate = ERRCODE_INTERNAL_ERROR;
+	char	   *where;
 
 	for (int i = 0; i < lengthof(keys); i++)
 	{
@@ -228,15 +232,19 @@ raise_failure(text *id, Jsonb *error)
 	if (fields[0] && strlen(fields[0]) == 5)
 		sqlstate = MAKE_SQLSTATE(fields[0][0], fields[0][1], fields[0][2],
 								 fields[0][3], fields[0][4]);
+	if (fields[5] && fields[4])
+		where = psprintf("task %s (%s) of workflow \"%s\"",
+						 fields[5], fields[4], text_to_cstring(id));
+	else
+		where = psprintf("workflow \"%s\"", text_to_cstring(id));
+	if (fields[6])
+		where = psprintf("%s\n%s", fields[6], where);
 	ereport(ERROR,
 			(errcode(sqlstate),
 			 errmsg_internal("%s", fields[1] ? fields[1] : "workflow failed"),
 			 fields[2] ? errdetail_internal("%s", fields[2]) : 0,
 			 fields[3] ? errhint("%s", fields[3]) : 0,
-			 fields[5] && fields[4]
-			 ? errcontext("task %s (%s) of workflow \"%s\"",
-						  fields[5], fields[4], text_to_cstring(id))
-			 : errcontext("workflow \"%s\"", text_to_cstring(id))));
+			 errcontext("%s", where)));
 }
 
 Datum
