@@ -73,6 +73,15 @@ RESET ROLE;
 SET ROLE regress_stranger;
 SELECT apiary_result('who-sec', '60 s');
 RESET ROLE;
+-- session_user is that role too, and is_superuser says what it is.
+CREATE FUNCTION sec.s_session() RETURNS jsonb LANGUAGE sql
+SET apiary.kind = 'transactional'
+AS $$ SELECT jsonb_build_object('session_user', session_user, 'is_superuser', current_setting('is_superuser')) $$;
+ALTER FUNCTION sec.s_session() OWNER TO regress_owner;
+SET ROLE regress_stranger;
+SELECT apiary_start('s_session', '{}', 'session-sec');
+SELECT apiary_result('session-sec', '60 s');
+RESET ROLE;
 
 -- It runs with the search_path it was queued with.
 SET ROLE regress_owner;

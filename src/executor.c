@@ -795,8 +795,9 @@ run_task(RunningTask *t, const char *function, Jsonb *args,
 		ApiaryFunction *f;
 
 		/*
-		 * The task runs as the role that queued it, never as this worker,
-		 * with the search_path it was queued with (undone with the
+		 * The task runs as the role that queued it, never as this worker
+		 * (session_user too, and is_superuser as that role's), with the
+		 * search_path it was queued with (undone with the
 		 * subtransaction; usually it is this worker's own already).  A
 		 * role dropped since has no rights left to run it with.
 		 */
@@ -809,6 +810,7 @@ run_task(RunningTask *t, const char *function, Jsonb *args,
 							t->role),
 					 errdetail("A task runs as the role that queued it.")));
 		}
+		SetSessionAuthorization(t->role, superuser_arg(t->role));
 		SetUserIdAndSecContext(t->role, save_sec | SECURITY_LOCAL_USERID_CHANGE);
 		if (search_path != NULL && strcmp(search_path, namespace_search_path) != 0)
 			(void) set_config_option("search_path", search_path, PGC_USERSET,
@@ -853,6 +855,7 @@ run_task(RunningTask *t, const char *function, Jsonb *args,
 			registry_release(f);
 		}
 		PG_END_TRY();
+		SetSessionAuthorization(save_user, true);
 		SetUserIdAndSecContext(save_user, save_sec);
 		hold_waits(t, out, isnull);
 		check_returned_future(t, out, isnull, &returned, cxt);
@@ -875,6 +878,7 @@ run_task(RunningTask *t, const char *function, Jsonb *args,
 		RollbackAndReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(cxt);
 		CurrentResourceOwner = owner;
+		SetSessionAuthorization(save_user, true);
 		SetUserIdAndSecContext(save_user, save_sec);
 		end_session_state();
 	}
