@@ -1144,9 +1144,9 @@ marker_clear_at_exit(int code, Datum arg)
 	marker_write(0);
 }
 
-/* The task a marker file names, or 0. */
+/* The task a marker file names, or 0; *crashed: its executor crashed itself. */
 static int64
-marker_read(const char *path)
+marker_read(const char *path, bool *crashed)
 {
 	Marker		m;
 	int			fd = open(path, O_RDONLY | PG_BINARY, 0);
@@ -1160,6 +1160,7 @@ marker_read(const char *path)
 		(m.postmaster_started != PgStartTime && !m.crashed) ||
 		m.task <= 0 || m.check != ~m.task)
 		return 0;
+	*crashed = m.crashed != 0;
 	return m.task;
 }
 
@@ -1249,9 +1250,12 @@ count_crash(int64 task)
 				ErrorData	edata = {0};
 
 				edata.sqlerrcode = ERRCODE_INTERNAL_ERROR;
-				edata.message = psprintf("task %lld was running when the server went down %d times",
-										 (long long) task, crashes);
-				edata.hint = "apiary will not run it again. Fix the function, then call apiary_resume.";
+				edata.message = crashes == 1 ?
+					psprintf("task %lld was running when the server went down", (long long) task) :
+					psprintf("task %lld was running each of the %d times the server went down",
+							 (long long) task, crashes);
+				edata.hint = "apiary will not run it again: it may have taken the server down. "
+					"Fix the function if so, then call apiary_resume.";
 				record_outcome(task, QS_FAILED, error_jsonb(&edata, task, function), 0);
 				if (nready > 0)
 					apiary_wake_at_commit(nready);
@@ -1272,14 +1276,24 @@ count_crash(int64 task)
 void
 apiary_count_crashes(void)
 {
+	int64		tasks[APIARY_MAX_WORKERS] = {0};
+	bool		crashed[APIARY_MAX_WORKERS] = {0};
+	bool		any_crashed = false;
+
 	if (MakePGDirectory(MARKER_DIR) != 0 && errno != EEXIST)
 		ereport(ERROR,
 				(errcode_for_file_access(),
 				 errmsg("could not create directory \"%s\": %m", MARKER_DIR)));
+
+	/*
+	 * When an executor crashed itself, only its task is counted: the tasks
+	 * beside it were rolled back by the restart, through no fault of
+	 * their own.  Else (another backend crashed, or an executor was killed
+	 * outright) every task that was running is.
+	 */
 	for (int slot = 0; slot < APIARY_MAX_WORKERS; slot++)
 	{
 		char		path[MAXPGPATH];
-		int64		task;
 		bool		held;
 
 		SpinLockAcquire(&apiary_shared->mutex);
@@ -1290,26 +1304,29 @@ apiary_count_crashes(void)
 			continue;
 
 		snprintf(path, MAXPGPATH, "%s/executor.%d", MARKER_DIR, slot);
-		task = marker_read(path);
-		if (task != 0)
-		{
-			/* counting must not stop the launcher: on error, log and go on */
-			PG_TRY();
-			{
-				count_crash(task);
-			}
-			PG_CATCH();
-			{
-				EmitErrorReport();
-				AbortCurrentTransaction();
-				FlushErrorState();
-			}
-			PG_END_TRY();
-		}
+		tasks[slot] = marker_read(path, &crashed[slot]);
+		any_crashed |= tasks[slot] != 0 && crashed[slot];
 		if (unlink(path) != 0 && errno != ENOENT)
 			ereport(LOG,
 					(errcode_for_file_access(),
 					 errmsg("could not remove file \"%s\": %m", path)));
+	}
+	for (int slot = 0; slot < APIARY_MAX_WORKERS; slot++)
+	{
+		if (tasks[slot] == 0 || (any_crashed && !crashed[slot]))
+			continue;
+		/* counting must not stop the launcher: on error, log and go on */
+		PG_TRY();
+		{
+			count_crash(tasks[slot]);
+		}
+		PG_CATCH();
+		{
+			EmitErrorReport();
+			AbortCurrentTransaction();
+			FlushErrorState();
+		}
+		PG_END_TRY();
 	}
 }
 
