@@ -234,6 +234,33 @@ SELECT apiary_register('stubborn()', timeout => '100 ms');
 SELECT apiary_start('stubborn', '{}', 'stubborn');
 SELECT apiary_result('stubborn', '60 s');
 SELECT state, attempts FROM apiary_status('stubborn');
+-- Another cancel (pg_cancel_backend of the executor, say) is not the
+-- function's doing: the task is retried.
+CREATE FUNCTION gated_cancel(x int) RETURNS int LANGUAGE sql
+SET apiary.kind = 'transactional' AS $$ SELECT x FROM pg_advisory_xact_lock(4246) $$;
+SELECT pg_advisory_lock(4246);
+SELECT apiary_start('gated_cancel', '5', 'cancelled-backend');
+DO $$
+BEGIN
+  FOR i IN 1..1200 LOOP
+    EXIT WHEN EXISTS (SELECT FROM pg_stat_activity WHERE backend_type = 'apiary executor'
+                       AND query LIKE '%: gated_cancel' AND wait_event_type = 'Lock');
+    PERFORM pg_sleep(0.05);
+  END LOOP;
+END $$;
+SELECT pg_cancel_backend(pid) FROM pg_stat_activity
+WHERE backend_type = 'apiary executor' AND query LIKE '%: gated_cancel';
+DO $$
+BEGIN
+  FOR i IN 1..1200 LOOP
+    -- the cancelled attempt is counted once its retry is recorded
+    EXIT WHEN (SELECT attempts FROM apiary_status('cancelled-backend')) = 1;
+    PERFORM pg_sleep(0.05);
+  END LOOP;
+END $$;
+SELECT pg_advisory_unlock(4246);
+SELECT apiary_result('cancelled-backend', '60 s');
+SELECT state, attempts FROM apiary_status('cancelled-backend');
 
 -- apiary_cancel stops a workflow: a task still running rolls back.
 CREATE TABLE effects (what text);

@@ -748,19 +748,21 @@ retry_delay(double first, int attempt)
 /*
  * The function's timeout ends a task through statement_timeout's timer,
  * whose message would name that setting, which never reaches tasks: a
- * cancel once the timeout has passed says which timeout it was.
+ * cancel once the timeout has passed says which timeout it was.  Returns
+ * whether it was that timeout.
  */
-static void
+static bool
 timed_out(ErrorData *edata, const char *function, int64 timeout_ms,
 		  TimestampTz from)
 {
 	if (edata->sqlerrcode != ERRCODE_QUERY_CANCELED || timeout_ms <= 0 ||
 		GetCurrentTimestamp() - from < timeout_ms * 1000)
-		return;
+		return false;
 	edata->message = psprintf("function \"%s\" ran longer than its timeout of %lld ms",
 							  function, (long long) timeout_ms);
 	edata->detail = NULL;
 	edata->hint = pstrdup("Register the function again with apiary_register and a longer timeout.");
+	return true;
 }
 
 static void
@@ -784,6 +786,7 @@ run_task(RunningTask *t, const char *function, Jsonb *args,
 	volatile int64 timeout_ms = 0;
 	volatile TimestampTz timeout_from = 0;
 	volatile bool role_gone = false;
+	bool		interrupted = false;
 	ProvenanceFrame prov;
 
 	GetUserIdAndSecContext(&save_user, &save_sec);
@@ -874,7 +877,8 @@ run_task(RunningTask *t, const char *function, Jsonb *args,
 		MemoryContextSwitchTo(cxt);
 		edata = CopyErrorData();
 		FlushErrorState();
-		timed_out(edata, function, timeout_ms, timeout_from);
+		interrupted = edata->sqlerrcode == ERRCODE_QUERY_CANCELED &&
+			!timed_out(edata, function, timeout_ms, timeout_from);
 		RollbackAndReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(cxt);
 		CurrentResourceOwner = owner;
@@ -886,12 +890,14 @@ run_task(RunningTask *t, const char *function, Jsonb *args,
 	running_task = NULL;
 
 	/*
-	 * Retry what retrying can cure: conflicts with other transactions for
-	 * any task, anything at all for an external one (its effects are
+	 * Retry what retrying can cure: conflicts with other transactions, and
+	 * a cancel that was not the function's timeout (pg_cancel_backend of
+	 * this executor, say: an operator's, not the function's doing), for
+	 * any task; anything at all for an external one (its effects are
 	 * outside, and it has a stable apiary_task_key for them).
 	 */
 	retry = edata != NULL && attempt < max_attempts && !role_gone &&
-		(kind == APIARY_KIND_EXTERNAL ||
+		(kind == APIARY_KIND_EXTERNAL || interrupted ||
 		 edata->sqlerrcode == ERRCODE_T_R_SERIALIZATION_FAILURE ||
 		 edata->sqlerrcode == ERRCODE_T_R_DEADLOCK_DETECTED);
 	apiary_stats_record(function, t->started, edata != NULL, retry);
