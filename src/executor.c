@@ -735,7 +735,8 @@ end_task_work(int guc_level)
 
 /*
  * Seconds before retry n (1-based), doubling from first, jittered by +-50%
- * so that retries of conflicting tasks spread out; at most an hour.
+ * so that retries of conflicting tasks spread out: at most an hour before
+ * the jitter, an hour and a half after it.
  */
 static double
 retry_delay(double first, int attempt)
