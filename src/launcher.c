@@ -469,7 +469,8 @@ start_worker(const char *function, const char *type, int slot)
 					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
 					 errmsg("could not start %s", worker.bgw_name),
 					 errdetail("The launcher keeps trying, without saying so again until one starts."),
-					 errhint("Raise max_worker_processes: it must leave room for apiary.workers executors%s.",
+					 errhint("Raise max_worker_processes: it must leave room for the launcher, apiary.workers executors%s, "
+							 "parallel query workers and logical replication workers.",
 							 executor ? "" : " and the provenance collector")));
 		no_room_reported[executor] = true;
 		return NULL;
@@ -742,6 +743,7 @@ apiary_launcher_main(Datum main_arg)
 
 	BackgroundWorkerInitializeConnection(apiary_database, NULL, 0);
 	pgstat_report_appname("apiary launcher");
+	pgstat_report_activity(STATE_IDLE, NULL);
 	apiary_shared->launcher_latch = MyLatch;
 
 	for (;;)
