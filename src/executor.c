@@ -471,14 +471,11 @@ apiary_in_task(text **workflow, int64 *task, Oid *role)
 /*
  * A key for the running task that stays the same across its attempts: what
  * an external function hands to the service it calls, so that a retry after
- * a crash or timeout is not a second charge.
- */
-/*
- * The key of the task running, "<workflow>/<task>"; inside the nth
- * apiary_invoke call it made (counted in the order they began, at any
- * depth), "<workflow>/<task>/<n>", so that two external calls of one task
- * are two calls to the service.  The same across attempts, as long as the
- * function makes its calls in the same order.
+ * a crash or timeout is not a second charge.  "<workflow>/<task>"; inside
+ * the nth apiary_invoke call the task made (counted in the order they
+ * began, at any depth), "<workflow>/<task>/<n>", so that two external
+ * calls of one task are two calls to the service: the same across attempts
+ * as long as the function makes its calls in the same order.
  */
 char *
 apiary_task_key_cstring(void)
