@@ -234,6 +234,15 @@ SELECT apiary_register('stubborn()', timeout => '100 ms');
 SELECT apiary_start('stubborn', '{}', 'stubborn');
 SELECT apiary_result('stubborn', '60 s');
 SELECT state, attempts FROM apiary_status('stubborn');
+-- A cancel the function raises itself is its own error: not retried.
+CREATE FUNCTION raises_cancel() RETURNS int LANGUAGE plpgsql AS $$
+BEGIN
+  RAISE EXCEPTION 'gave up' USING ERRCODE = 'query_canceled';
+END $$;
+SELECT apiary_register('raises_cancel()', max_attempts => 3);
+SELECT apiary_start('raises_cancel', '{}', 'raises-cancel');
+SELECT apiary_result('raises-cancel', '60 s');
+SELECT state, attempts FROM apiary_status('raises-cancel');
 -- Another cancel (pg_cancel_backend of the executor, say) is not the
 -- function's doing: the task is retried.
 CREATE FUNCTION gated_cancel(x int) RETURNS int LANGUAGE sql

@@ -52,7 +52,14 @@ _PG_init(void)
 		apiary_shmem_init();
 		apiary_stats_init();
 		/* nor under pg_upgrade, whose restore would find it connected */
-		if (!IsBinaryUpgrade)
+		if (IsBinaryUpgrade)
+			return;
+		if (apiary_database == NULL || apiary_database[0] == '\0')
+			ereport(WARNING,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("apiary.database is empty: apiary's launcher and executors do not start"),
+					 errhint("Set apiary.database to the database apiary is installed in, and restart.")));
+		else
 			apiary_register_launcher();
 	}
 }

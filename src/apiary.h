@@ -43,7 +43,7 @@ extern PGDLLEXPORT bool apiary_jsonb_is_future(Jsonb *jb, int64 *task);
 /*
  * apiary_task_key: inside a running task, a key that stays the same across
  * its attempts, "<workflow>/<task>"; inside the nth apiary_invoke call the
- * task makes, "<workflow>/<task>/<n>"; NULL outside a task.
+ * task makes, "<workflow>/<task>.<n>"; NULL outside a task.
  */
 extern PGDLLEXPORT char *apiary_task_key_cstring(void);
 

@@ -473,7 +473,8 @@ apiary_in_task(text **workflow, int64 *task, Oid *role)
  * an external function hands to the service it calls, so that a retry after
  * a crash or timeout is not a second charge.  "<workflow>/<task>"; inside
  * the nth apiary_invoke call the task made (counted in the order they
- * began, at any depth), "<workflow>/<task>/<n>", so that two external
+ * began, at any depth), "<workflow>/<task>.<n>" (a workflow id may hold
+ * '/', so the number must not look like a task's), so that two external
  * calls of one task are two calls to the service: the same across attempts
  * as long as the function makes its calls in the same order.
  */
@@ -488,7 +489,7 @@ apiary_task_key_cstring(void)
 	if (call == 0)
 		return psprintf("%s/%lld", text_to_cstring(running_task->workflow),
 						(long long) running_task->id);
-	return psprintf("%s/%lld/%d", text_to_cstring(running_task->workflow),
+	return psprintf("%s/%lld.%d", text_to_cstring(running_task->workflow),
 					(long long) running_task->id, call);
 }
 
@@ -856,8 +857,9 @@ run_task(RunningTask *t, const char *function, Jsonb *args,
 			registry_release(f);
 		}
 		PG_END_TRY();
-		SetSessionAuthorization(save_user, true);
+		/* the session user can change only outside a restricted context */
 		SetUserIdAndSecContext(save_user, save_sec);
+		SetSessionAuthorization(save_user, true);
 		hold_waits(t, out, isnull);
 		check_returned_future(t, out, isnull, &returned, cxt);
 
@@ -875,13 +877,15 @@ run_task(RunningTask *t, const char *function, Jsonb *args,
 		MemoryContextSwitchTo(cxt);
 		edata = CopyErrorData();
 		FlushErrorState();
-		interrupted = edata->sqlerrcode == ERRCODE_QUERY_CANCELED &&
-			!timed_out(edata, function, timeout_ms, timeout_from);
+		/* another cancel, by PostgreSQL's interrupt handling (not a RAISE) */
+		interrupted = !timed_out(edata, function, timeout_ms, timeout_from) &&
+			edata->sqlerrcode == ERRCODE_QUERY_CANCELED &&
+			edata->funcname != NULL && strcmp(edata->funcname, "ProcessInterrupts") == 0;
 		RollbackAndReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(cxt);
 		CurrentResourceOwner = owner;
-		SetSessionAuthorization(save_user, true);
 		SetUserIdAndSecContext(save_user, save_sec);
+		SetSessionAuthorization(save_user, true);
 		end_session_state();
 	}
 	PG_END_TRY();
@@ -1450,6 +1454,8 @@ apiary_executor_main(Datum main_arg)
 			EmitErrorReport();
 			AbortCurrentTransaction();
 			FlushErrorState();
+			/* the abort restored the user, not the session user */
+			SetSessionAuthorization(GetAuthenticatedUserId(), true);
 			marker_write(0);
 			running_task = NULL;
 			nready = 0;

@@ -107,15 +107,6 @@ check_kind(char **newval, void **extra, GucSource source)
 	return false;
 }
 
-static bool
-check_database(char **newval, void **extra, GucSource source)
-{
-	if (*newval != NULL && (*newval)[0] != '\0')
-		return true;
-	GUC_check_errdetail("apiary.database must name a database.");
-	return false;
-}
-
 void
 apiary_define_gucs(void)
 {
@@ -215,7 +206,7 @@ apiary_define_gucs(void)
 							   "postgres",
 							   PGC_POSTMASTER,
 							   0,
-							   check_database, NULL, NULL);
+							   NULL, NULL, NULL);
 
 	DefineCustomIntVariable("apiary.workers",
 							"Number of executor workers that run queued tasks.",

@@ -11,6 +11,17 @@
 ALTER VIEW apiary.provenance SET (security_invoker = true);
 
 /*
+ * A keyed call belongs to the role that makes it, current_user where
+ * apiary_invoke is called: inside a SECURITY DEFINER function, its owner.
+ * It belonged to the outermost caller, which could then read the outputs
+ * of calls made with the definer's rights.
+ */
+COMMENT ON COLUMN apiary.invocations.role IS
+    'the role whose key namespace the key belongs to (current_user where apiary_invoke was called)';
+COMMENT ON COLUMN apiary.invocations.parent_key IS
+    'key of the enclosing keyed invocation, for nested calls (perhaps another role''s, around a SECURITY DEFINER function)';
+
+/*
  * Resume: each task it queues again starts with a fresh budget of
  * attempts and crashes; it used to run once and fail again at its first
  * error (or crash), its earlier attempts still counted.
