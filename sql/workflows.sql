@@ -257,6 +257,8 @@ BEGIN
     PERFORM pg_sleep(0.05);
   END LOOP;
 END $$;
+-- (apiary_status shows the task an executor runs as running)
+SELECT function, state FROM apiary_status('cancelled-backend');
 SELECT pg_cancel_backend(pid) FROM pg_stat_activity
 WHERE backend_type = 'apiary executor' AND query LIKE '%: gated_cancel';
 DO $$

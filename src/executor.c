@@ -1117,6 +1117,8 @@ marker_write(int64 task)
 		return;
 	marker->task = task;
 	marker->check = ~task;
+	/* and for apiary_status, which shows the task running */
+	pg_atomic_write_u64(&apiary_shared->slots[executor_slot].running, (uint64) task);
 }
 
 /*

@@ -111,6 +111,8 @@ apiary_shmem_startup(void)
 			ConditionVariableInit(&apiary_shared->finished[i]);
 		pg_atomic_init_u64(&apiary_shared->workflow_changes, 0);
 		pg_atomic_init_u64(&apiary_shared->ready_deleted, 0);
+		for (int i = 0; i < APIARY_MAX_WORKERS; i++)
+			pg_atomic_init_u64(&apiary_shared->slots[i].running, 0);
 	}
 	LWLockRelease(AddinShmemInitLock);
 }

@@ -30,6 +30,7 @@ typedef struct ExecutorSlot
 	bool		idle;			/* looking for work or asleep, not woken yet */
 	int64		handed;			/* a ready task to try first, or 0 */
 	bool		retire;			/* exit before the next task (fewer wanted) */
+	pg_atomic_uint64 running;	/* the task it runs, or 0 (apiary_status) */
 } ExecutorSlot;
 
 typedef struct ApiaryShared

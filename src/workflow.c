@@ -390,6 +390,18 @@ apiary_result(PG_FUNCTION_ARGS)
 	PG_RETURN_JSONB_P(output);
 }
 
+/* Is an executor running this task now? */
+static bool
+task_running(int64 task)
+{
+	if (apiary_shared == NULL)
+		return false;
+	for (int i = 0; i < APIARY_MAX_WORKERS; i++)
+		if (pg_atomic_read_u64(&apiary_shared->slots[i].running) == (uint64) task)
+			return true;
+	return false;
+}
+
 Datum
 apiary_status(PG_FUNCTION_ARGS)
 {
@@ -427,6 +439,10 @@ apiary_status(PG_FUNCTION_ARGS)
 
 		for (int c = 0; c < 12; c++)
 			row[c] = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, c + 1, &nulls[c]);
+		/* a task an executor has claimed is pending until it commits */
+		if (!nulls[3] && strcmp(TextDatumGetCString(row[3]), "pending") == 0 &&
+			task_running(DatumGetInt64(row[0])))
+			row[3] = CStringGetTextDatum("running");
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, row, nulls);
 	}
 	SPI_finish();
