@@ -183,6 +183,7 @@ SELECT apiary_start('flaky_call', '{}', 'flaky');
 SELECT apiary_result('flaky', '60 s');
 SELECT function, state, attempts FROM apiary_status('flaky');
 SELECT apiary_task_key();
+SELECT apiary_task_attempt();
 -- A transactional function is not retried after an ordinary error (the
 -- division by zero above ran once).
 SELECT attempts FROM apiary_status('div0');
@@ -197,14 +198,15 @@ BEGIN
 END $$;
 SELECT apiary_start('two_calls', '{}', 'two-calls');
 SELECT apiary_result('two-calls', '60 s');
--- apiary_resume gives the tasks it queues again a fresh budget of attempts.
+-- apiary_resume gives the tasks it queues again a fresh budget of attempts
+-- (apiary_task_attempt() says which attempt runs).
 CREATE SEQUENCE stubborn_attempts;
 CREATE FUNCTION fails_thrice() RETURNS int LANGUAGE plpgsql AS $$
 BEGIN
   IF nextval('stubborn_attempts') < 4 THEN
     RAISE EXCEPTION 'service unavailable' USING ERRCODE = 'AP503';
   END IF;
-  RETURN 4;
+  RETURN apiary_task_attempt();
 END $$;
 SELECT apiary_register('fails_thrice()', 'external', max_attempts => 2);
 SELECT apiary_start('fails_thrice', '{}', 'fails-thrice');

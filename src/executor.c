@@ -91,6 +91,7 @@
 
 PG_FUNCTION_INFO_V1(apiary_queue);
 PG_FUNCTION_INFO_V1(apiary_task_key);
+PG_FUNCTION_INFO_V1(apiary_task_attempt);
 
 /* The task this process is running, if any: apiary_queue's context. */
 typedef struct RunningTask
@@ -101,6 +102,7 @@ typedef struct RunningTask
 	TimestampTz started;
 	int			queued;			/* tasks it queued (apiary.max_queued) */
 	int			calls;			/* apiary_invoke calls it began (task keys) */
+	int			attempt;		/* 1 at the first, since its last resume */
 	List	   *foreign_waits;	/* WaitPairs to check before the commit */
 } RunningTask;
 
@@ -510,6 +512,20 @@ apiary_task_key(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("apiary_task_key can only be called by a function running as an apiary task")));
 	PG_RETURN_TEXT_P(cstring_to_text(key));
+}
+
+/*
+ * Which attempt of the running task this is: 1 at the first (and after a
+ * resume), up to its max_attempts; so a function can tell its last.
+ */
+Datum
+apiary_task_attempt(PG_FUNCTION_ARGS)
+{
+	if (running_task == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("apiary_task_attempt can only be called by a function running as an apiary task")));
+	PG_RETURN_INT32(running_task->attempt);
 }
 
 /* ---------------------------------------------------------------------
@@ -1018,6 +1034,7 @@ run_one_task(int64 prefer, long *nap_ms)
 	t.started = GetCurrentTimestamp();
 	t.queued = 0;
 	t.calls = 0;
+	t.attempt = task.attempts + 1;
 	t.foreign_waits = NIL;
 	claimed_id = t.id;
 	claimed_started = t.started;
@@ -1091,7 +1108,7 @@ settle_failed(void)
 		ApiaryFunction *f = registry_acquire(task.function);
 		int			max_attempts = f->max_attempts > 0 ? f->max_attempts : apiary_max_attempts;
 		int			attempt = task.attempts + 1;
-		RunningTask t = {task.id, task.role, task.workflow, claimed_started, 0, 0, NIL};
+		RunningTask t = {task.id, task.role, task.workflow, claimed_started, 0, 0, 0, NIL};
 
 		registry_release(f);
 		retry_or_fail(&t, task.function, edata, attempt, max_attempts,

@@ -22,6 +22,20 @@ COMMENT ON COLUMN apiary.invocations.parent_key IS
     'key of the enclosing keyed invocation, for nested calls (perhaps another role''s, around a SECURITY DEFINER function)';
 
 /*
+ * apiary_task_attempt: which attempt of the running task this is, so that
+ * a function can tell its last (and compensate, say).  It and
+ * apiary_task_key read the executor's own state, which a parallel worker
+ * does not have: both are parallel restricted.
+ */
+CREATE FUNCTION @extschema@.apiary_task_attempt()
+    RETURNS pg_catalog.int4
+    AS 'MODULE_PATHNAME', 'apiary_task_attempt'
+    LANGUAGE C STABLE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION @extschema@.apiary_task_attempt() IS
+    'inside a running task: which attempt this is, 1 at the first (and after a resume)';
+ALTER FUNCTION @extschema@.apiary_task_key() PARALLEL RESTRICTED;
+
+/*
  * Resume: each task it queues again starts with a fresh budget of
  * attempts and crashes; it used to run once and fail again at its first
  * error (or crash), its earlier attempts still counted.
