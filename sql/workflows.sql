@@ -187,6 +187,20 @@ SELECT apiary_task_attempt();
 -- A transactional function is not retried after an ordinary error (the
 -- division by zero above ran once).
 SELECT attempts FROM apiary_status('div0');
+-- But not when its arguments do not bind: the function never ran, and a
+-- retry would bind them no better.
+CREATE FUNCTION text_out() RETURNS text LANGUAGE sql
+SET apiary.kind = 'transactional' AS $$ SELECT 'abc' $$;
+CREATE FUNCTION ext_int(x int) RETURNS int LANGUAGE sql AS $$ SELECT x $$;
+SELECT apiary_register('ext_int(int)', 'external', max_attempts => 3);
+CREATE FUNCTION feed_text() RETURNS jsonb LANGUAGE plpgsql
+SET apiary.kind = 'transactional' AS $$
+BEGIN
+  RETURN apiary_queue('ext_int', jsonb_build_array(apiary_queue('text_out')));
+END $$;
+SELECT apiary_start('feed_text', '{}', 'unbindable');
+SELECT apiary_result('unbindable', '60 s');
+SELECT function, state, attempts FROM apiary_status('unbindable') ORDER BY task;
 -- Inside the calls a task makes with apiary_invoke, the key also numbers
 -- the call, so that two calls of an external service are two calls.
 CREATE FUNCTION key_of() RETURNS text LANGUAGE sql AS $$ SELECT apiary_task_key() $$;

@@ -552,6 +552,8 @@ bind_check_queued(const char *name, Jsonb *args)
 	PG_END_TRY();
 }
 
+bool		bind_binding_task = false;
+
 Datum
 bind_call(ApiaryFunction *f, Jsonb *args, bool read_only, bool direct,
 		  MemoryContext resultcxt, bool *isnull)
@@ -567,6 +569,8 @@ bind_call(ApiaryFunction *f, Jsonb *args, bool read_only, bool direct,
 	int			rc;
 	Datum		result;
 
+	/* only a task's own call is direct (executor.c) */
+	bind_binding_task = direct;
 	byparam = bind_params(f, args, &mask);
 
 	/* convert, in parameter order: the plan's $n follow it */
@@ -586,6 +590,7 @@ bind_call(ApiaryFunction *f, Jsonb *args, bool read_only, bool direct,
 		nparams++;
 	}
 	error_context_stack = errcallback.previous;
+	bind_binding_task = false;
 
 	if (direct && direct_possible(f, &mask))
 		result = direct_call(f, values, nulls, read_only, isnull);

@@ -17,6 +17,13 @@
 extern void bind_require_call_args(FunctionCallInfo fcinfo);
 extern void bind_require_name_args(const void *name, const void *args);
 
+/*
+ * True from the start of a task's own call (bind_call with direct) until
+ * its arguments are bound and converted: an error while it is set is the
+ * arguments', which no retry can cure.
+ */
+extern bool bind_binding_task;
+
 /* Reject arguments over apiary.max_args_size or apiary.max_args_depth. */
 extern void bind_check_limits(const char *name, Jsonb *args);
 

@@ -802,6 +802,7 @@ run_task(RunningTask *t, const char *function, Jsonb *args,
 	volatile TimestampTz timeout_from = 0;
 	volatile bool role_gone = false;
 	bool		interrupted = false;
+	bool		unbound = false;
 	ProvenanceFrame prov;
 
 	GetUserIdAndSecContext(&save_user, &save_sec);
@@ -856,6 +857,7 @@ run_task(RunningTask *t, const char *function, Jsonb *args,
 		{
 			int			guc_level = NewGUCNestLevel();
 
+			bind_binding_task = false;
 			out = apiary_call(f, resolved, true, cxt, &isnull);
 			/* a function that caught its timeout's cancel still timed out */
 			if (timeout_ms > 0 && GetCurrentTimestamp() - timeout_from >= timeout_ms * 1000)
@@ -893,6 +895,8 @@ run_task(RunningTask *t, const char *function, Jsonb *args,
 		MemoryContextSwitchTo(cxt);
 		edata = CopyErrorData();
 		FlushErrorState();
+		unbound = bind_binding_task;
+		bind_binding_task = false;
 		/* another cancel, by PostgreSQL's interrupt handling (not a RAISE) */
 		interrupted = !timed_out(edata, function, timeout_ms, timeout_from) &&
 			edata->sqlerrcode == ERRCODE_QUERY_CANCELED &&
@@ -912,9 +916,10 @@ run_task(RunningTask *t, const char *function, Jsonb *args,
 	 * a cancel that was not the function's timeout (pg_cancel_backend of
 	 * this executor, say: an operator's, not the function's doing), for
 	 * any task; anything at all for an external one (its effects are
-	 * outside, and it has a stable apiary_task_key for them).
+	 * outside, and it has a stable apiary_task_key for them), but for
+	 * arguments that do not bind to its parameters: the function never ran.
 	 */
-	retry = edata != NULL && attempt < max_attempts && !role_gone &&
+	retry = edata != NULL && attempt < max_attempts && !role_gone && !unbound &&
 		(kind == APIARY_KIND_EXTERNAL || interrupted ||
 		 edata->sqlerrcode == ERRCODE_T_R_SERIALIZATION_FAILURE ||
 		 edata->sqlerrcode == ERRCODE_T_R_DEADLOCK_DETECTED);
