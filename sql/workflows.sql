@@ -1,6 +1,21 @@
 --
 -- Workflows: tasks run by the background executors, composed with futures.
 --
+-- wait_until polls a condition for up to a minute and says whether it
+-- came true (a wait that times out shows as f).
+CREATE FUNCTION wait_until(cond text) RETURNS bool LANGUAGE plpgsql AS $$
+DECLARE
+  ok bool;
+BEGIN
+  FOR i IN 1..1200 LOOP
+    EXECUTE 'SELECT ' || cond INTO ok;
+    IF ok THEN
+      RETURN true;
+    END IF;
+    PERFORM pg_sleep(0.05);
+  END LOOP;
+  RETURN false;
+END $$;
 CREATE TABLE carts (id int PRIMARY KEY, amount int NOT NULL, state text NOT NULL);
 INSERT INTO carts VALUES (7, 42, 'open'), (8, 10, 'open');
 CREATE TABLE payments (cart int, amount int);
@@ -265,26 +280,14 @@ CREATE FUNCTION gated_cancel(x int) RETURNS int LANGUAGE sql
 SET apiary.kind = 'transactional' AS $$ SELECT x FROM pg_advisory_xact_lock(4246) $$;
 SELECT pg_advisory_lock(4246);
 SELECT apiary_start('gated_cancel', '5', 'cancelled-backend');
-DO $$
-BEGIN
-  FOR i IN 1..1200 LOOP
-    EXIT WHEN EXISTS (SELECT FROM pg_stat_activity WHERE backend_type = 'apiary executor'
-                       AND query LIKE '%: gated_cancel' AND wait_event_type = 'Lock');
-    PERFORM pg_sleep(0.05);
-  END LOOP;
-END $$;
+SELECT wait_until($c$EXISTS (SELECT FROM pg_stat_activity WHERE backend_type = 'apiary executor'
+  AND query LIKE '%: gated_cancel' AND wait_event_type = 'Lock')$c$);
 -- (apiary_status shows the task an executor runs as running)
 SELECT function, state FROM apiary_status('cancelled-backend');
 SELECT pg_cancel_backend(pid) FROM pg_stat_activity
 WHERE backend_type = 'apiary executor' AND query LIKE '%: gated_cancel';
-DO $$
-BEGIN
-  FOR i IN 1..1200 LOOP
-    -- the cancelled attempt is counted once its retry is recorded
-    EXIT WHEN (SELECT attempts FROM apiary_status('cancelled-backend')) = 1;
-    PERFORM pg_sleep(0.05);
-  END LOOP;
-END $$;
+-- the cancelled attempt is counted once its retry is recorded
+SELECT wait_until($c$(SELECT attempts FROM apiary_status('cancelled-backend')) = 1$c$);
 SELECT pg_advisory_unlock(4246);
 SELECT apiary_result('cancelled-backend', '60 s');
 SELECT state, attempts FROM apiary_status('cancelled-backend');
@@ -299,24 +302,12 @@ $$;
 SELECT pg_advisory_lock(4343);
 SELECT apiary_start('gated_write', '"cancelled write"', 'to-cancel');
 -- wait until an executor runs it: blocked on our lock, its write made
-DO $$
-BEGIN
-  FOR i IN 1..1200 LOOP
-    EXIT WHEN EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory'
-                       AND objid = 4343 AND NOT granted);
-    PERFORM pg_sleep(0.05);
-  END LOOP;
-END $$;
+SELECT wait_until($c$EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory'
+  AND objid = 4343 AND NOT granted)$c$);
 SELECT apiary_cancel('to-cancel');
 SELECT apiary_result('to-cancel', '60 s');
 SELECT pg_advisory_unlock(4343);
-DO $$
-BEGIN
-  FOR i IN 1..1200 LOOP
-    EXIT WHEN (SELECT state FROM apiary_status('to-cancel')) = 'cancelled';
-    PERFORM pg_sleep(0.05);
-  END LOOP;
-END $$;
+SELECT wait_until($c$(SELECT state FROM apiary_status('to-cancel')) = 'cancelled'$c$);
 SELECT function, state, error->>'cancelled' AS cancelled FROM apiary_status('to-cancel');
 SELECT count(*) FROM effects;
 SELECT apiary_cancel('no-such-workflow');
@@ -343,24 +334,12 @@ END $$;
 SELECT pg_advisory_lock(4343);
 SELECT apiary_start('fire_and_forget', '{}', 'forgotten');
 SELECT apiary_result('forgotten', '60 s');
-DO $$
-BEGIN
-  FOR i IN 1..1200 LOOP
-    EXIT WHEN EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory'
-                       AND objid = 4343 AND NOT granted);
-    PERFORM pg_sleep(0.05);
-  END LOOP;
-END $$;
+SELECT wait_until($c$EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory'
+  AND objid = 4343 AND NOT granted)$c$);
 SELECT apiary_cancel('forgotten');
 SELECT pg_advisory_unlock(4343);
-DO $$
-BEGIN
-  FOR i IN 1..1200 LOOP
-    EXIT WHEN (SELECT error->>'cancelled' FROM apiary_status('forgotten')
-                WHERE function = 'gated_write') = 'by apiary_cancel, while running';
-    PERFORM pg_sleep(0.05);
-  END LOOP;
-END $$;
+SELECT wait_until($c$(SELECT error->>'cancelled' FROM apiary_status('forgotten')
+  WHERE function = 'gated_write') = 'by apiary_cancel, while running'$c$);
 SELECT function, state, error->>'cancelled' AS cancelled FROM apiary_status('forgotten') ORDER BY task;
 SELECT apiary_result('forgotten', '60 s');
 SELECT count(*) FROM effects;
@@ -385,13 +364,7 @@ SELECT apiary_start('whoami', '{}', 'orphaned');
 RESET ROLE;
 DROP ROLE apiary_gone_user;
 COMMIT;
-DO $$
-BEGIN
-  FOR i IN 1..1200 LOOP
-    EXIT WHEN (SELECT state FROM apiary.workflows WHERE id = 'orphaned') <> 'running';
-    PERFORM pg_sleep(0.05);
-  END LOOP;
-END $$;
+SELECT wait_until($c$(SELECT state FROM apiary.workflows WHERE id = 'orphaned') <> 'running'$c$);
 SELECT w.state, t.attempts, t.error->>'sqlstate' AS sqlstate,
        t.error->>'message' LIKE 'role with OID %, which queued this task, no longer exists' AS message
 FROM apiary.workflows w JOIN apiary.tasks t ON t.id = w.root WHERE w.id = 'orphaned';
@@ -685,14 +658,8 @@ BEGIN
 END $$;
 SELECT pg_advisory_lock(5151);
 SELECT apiary_start('pass_failing', '{}', 'passed-failure');
-DO $$
-BEGIN
-  FOR i IN 1..1200 LOOP
-    EXIT WHEN EXISTS (SELECT FROM pg_stat_activity WHERE backend_type = 'apiary executor'
-                       AND query LIKE '%queue_on_failing' AND wait_event = 'PgSleep');
-    PERFORM pg_sleep(0.05);
-  END LOOP;
-END $$;
+SELECT wait_until($c$EXISTS (SELECT FROM pg_stat_activity WHERE backend_type = 'apiary executor'
+  AND query LIKE '%queue_on_failing' AND wait_event = 'PgSleep')$c$);
 SELECT pg_advisory_unlock(5151);
 SELECT apiary_result('passed-failure', '60 s');
 SELECT function, state FROM apiary_status('passed-failure') ORDER BY task;

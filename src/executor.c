@@ -760,6 +760,13 @@ retry_delay(double first, int attempt)
 	return base * (0.5 + pg_prng_double(&pg_global_prng_state));
 }
 
+/* Has the function run for its timeout (timeout_ms > 0) since from? */
+static bool
+past_timeout(int64 timeout_ms, TimestampTz from)
+{
+	return timeout_ms > 0 && GetCurrentTimestamp() - from >= timeout_ms * 1000;
+}
+
 /*
  * The function's timeout ends a task through statement_timeout's timer,
  * whose message would name that setting, which never reaches tasks: a
@@ -770,8 +777,7 @@ static bool
 timed_out(ErrorData *edata, const char *function, int64 timeout_ms,
 		  TimestampTz from)
 {
-	if (edata->sqlerrcode != ERRCODE_QUERY_CANCELED || timeout_ms <= 0 ||
-		GetCurrentTimestamp() - from < timeout_ms * 1000)
+	if (edata->sqlerrcode != ERRCODE_QUERY_CANCELED || !past_timeout(timeout_ms, from))
 		return false;
 	edata->message = psprintf("function \"%s\" ran longer than its timeout of %lld ms",
 							  function, (long long) timeout_ms);
@@ -860,7 +866,7 @@ run_task(RunningTask *t, const char *function, Jsonb *args,
 			bind_binding_task = false;
 			out = apiary_call(f, resolved, true, cxt, &isnull);
 			/* a function that caught its timeout's cancel still timed out */
-			if (timeout_ms > 0 && GetCurrentTimestamp() - timeout_from >= timeout_ms * 1000)
+			if (past_timeout(timeout_ms, timeout_from))
 				ereport(ERROR,
 						(errcode(ERRCODE_QUERY_CANCELED),
 						 errmsg("canceling statement due to statement timeout")));
