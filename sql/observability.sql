@@ -84,47 +84,23 @@ END $$;
 SELECT pg_advisory_lock(4545);
 SELECT apiary_start('obs_leaves', '{}', 'obs-left');
 SELECT apiary_result('obs-left', '60 s');
-DO $$
-BEGIN
-  FOR i IN 1..600 LOOP
-    EXIT WHEN EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory'
-                       AND objid = 4545 AND NOT granted);
-    PERFORM pg_sleep(0.1);
-  END LOOP;
-END $$;
+SELECT wait_until($c$EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory'
+  AND objid = 4545 AND NOT granted)$c$);
 UPDATE apiary.workflows SET finished_at = now() - interval '3 days' WHERE id IN ('obs-fan', 'obs-left');
 UPDATE apiary.invocations SET finished_at = now() - interval '3 days' WHERE key = 'obs-old';
 ALTER SYSTEM SET apiary.retention = '2d';
 ALTER SYSTEM SET apiary.workers = 0;
 SELECT pg_reload_conf();
-DO $$
-BEGIN
-  FOR i IN 1..600 LOOP
-    EXIT WHEN NOT EXISTS (SELECT FROM apiary.workflows WHERE id = 'obs-fan');
-    PERFORM pg_sleep(0.1);
-  END LOOP;
-END $$;
+SELECT wait_until($c$NOT EXISTS (SELECT FROM apiary.workflows WHERE id = 'obs-fan')$c$);
 SELECT id FROM apiary.workflows WHERE id LIKE 'obs-%' ORDER BY id;
 SELECT count(*) AS tasks_left FROM apiary.tasks WHERE workflow = 'obs-fan';
 SELECT key FROM apiary.invocations WHERE key LIKE 'obs-%' ORDER BY key;
 SELECT pg_advisory_unlock(4545);
-DO $$
-BEGIN
-  FOR i IN 1..600 LOOP
-    EXIT WHEN NOT EXISTS (SELECT FROM pg_stat_activity WHERE backend_type = 'apiary executor');
-    PERFORM pg_sleep(0.1);
-  END LOOP;
-END $$;
+SELECT wait_until($c$NOT EXISTS (SELECT FROM pg_stat_activity WHERE backend_type = 'apiary executor')$c$);
 SELECT state FROM apiary.tasks WHERE workflow = 'obs-left' ORDER BY id;
 -- a reload prunes at once
 SELECT pg_reload_conf();
-DO $$
-BEGIN
-  FOR i IN 1..600 LOOP
-    EXIT WHEN NOT EXISTS (SELECT FROM apiary.workflows WHERE id = 'obs-left');
-    PERFORM pg_sleep(0.1);
-  END LOOP;
-END $$;
+SELECT wait_until($c$NOT EXISTS (SELECT FROM apiary.workflows WHERE id = 'obs-left')$c$);
 SELECT id FROM apiary.workflows WHERE id LIKE 'obs-%' ORDER BY id;
 ALTER SYSTEM RESET apiary.retention;
 ALTER SYSTEM RESET apiary.workers;
@@ -141,15 +117,8 @@ SELECT count(apiary_start('obs_add', jsonb_build_object('a', i, 'b', 0), 'obs-va
 FROM generate_series(1, 60) i;
 SELECT count(*) AS results FROM generate_series(1, 60) i
 WHERE apiary_result('obs-vac-' || i, '60 s') = to_jsonb(i);
-DO $$
-BEGIN
-  FOR i IN 1..600 LOOP
-    PERFORM pg_stat_clear_snapshot();
-    EXIT WHEN (SELECT vacuum_count FROM pg_stat_all_tables
-               WHERE relid = 'apiary.ready'::regclass) > (TABLE obs_vacuums);
-    PERFORM pg_sleep(0.1);
-  END LOOP;
-END $$;
+SELECT wait_until($c$(SELECT vacuum_count FROM pg_stat_all_tables
+  WHERE relid = 'apiary.ready'::regclass) > (TABLE obs_vacuums)$c$);
 SELECT vacuum_count > (TABLE obs_vacuums) AS ready_vacuumed FROM pg_stat_all_tables
 WHERE relid = 'apiary.ready'::regclass;
 ALTER SYSTEM RESET apiary.ready_vacuum_threshold;
@@ -161,13 +130,11 @@ SELECT pg_reload_conf();
 SELECT setting, state FROM apiary.provenance_status;
 ALTER SYSTEM SET apiary.provenance = 'writes';
 SELECT pg_reload_conf();
-DO $$
-BEGIN
-  FOR i IN 1..600 LOOP
-    EXIT WHEN EXISTS (SELECT FROM apiary.provenance_status WHERE state = 'recording');
-    PERFORM pg_sleep(0.1);
-  END LOOP;
-END $$;
+-- (a session applies a reload between statements, never inside one, and
+-- provenance_status reads this session's setting: a new session starts
+-- with the reload)
+\c
+SELECT wait_until($c$EXISTS (SELECT FROM apiary.provenance_status WHERE state = 'recording')$c$);
 SELECT setting, wal_level, slot, state FROM apiary.provenance_status;
 SELECT plugin FROM pg_replication_slots WHERE slot_name = 'apiary_provenance';
 CREATE TABLE obs_items (id int PRIMARY KEY, qty int);
@@ -211,13 +178,7 @@ INSERT INTO obs_items VALUES (9, 99);
 COMMIT;
 SELECT apiary_start('obs_outer', '{"id": 4}', 'obs-nested');
 SELECT apiary_result('obs-nested', '60 s');
-DO $$
-BEGIN
-  FOR i IN 1..600 LOOP
-    EXIT WHEN (SELECT count(*) FROM apiary.provenance WHERE relname = 'public.obs_items') >= 7;
-    PERFORM pg_sleep(0.1);
-  END LOOP;
-END $$;
+SELECT wait_until($c$(SELECT count(*) FROM apiary.provenance WHERE relname = 'public.obs_items') >= 7$c$);
 SELECT workflow, task IS NOT NULL AS in_task, function, relation, operation, "row"
 FROM apiary.provenance WHERE relname = 'public.obs_items'
 ORDER BY workflow NULLS LAST, at, function, operation, "row"::text;
@@ -226,13 +187,9 @@ ORDER BY workflow NULLS LAST, at, function, operation, "row"::text;
 -- executor hooks in the function's own transaction
 ALTER SYSTEM SET apiary.provenance = 'all';
 SELECT pg_reload_conf();
-DO $$
-BEGIN
-  FOR i IN 1..600 LOOP
-    EXIT WHEN current_setting('apiary.provenance') = 'all';
-    PERFORM pg_sleep(0.1);
-  END LOOP;
-END $$;
+-- (a new session, with the reload)
+\c
+SELECT current_setting('apiary.provenance');
 CREATE TABLE obs_shelf (id int PRIMARY KEY, label text);
 INSERT INTO obs_shelf SELECT g, 'shelf ' || g FROM generate_series(1, 5) g;
 CREATE FUNCTION obs_read(id int) RETURNS text LANGUAGE sql
@@ -254,13 +211,7 @@ AS $$ SELECT count(*) FROM obs_shelf WHERE id < 3 $$;
 SELECT apiary_invoke('obs_low_ids');
 -- reads outside apiary are not recorded
 SELECT count(*) FROM obs_shelf;
-DO $$
-BEGIN
-  FOR i IN 1..600 LOOP
-    EXIT WHEN (SELECT count(*) FROM apiary.provenance WHERE relname = 'public.obs_shelf') >= 7;
-    PERFORM pg_sleep(0.1);
-  END LOOP;
-END $$;
+SELECT wait_until($c$(SELECT count(*) FROM apiary.provenance WHERE relname = 'public.obs_shelf') >= 7$c$);
 SELECT workflow, function, relation, operation, "row"
 FROM apiary.provenance WHERE relname = 'public.obs_shelf'
 ORDER BY workflow NULLS LAST, function, "row"::text;
@@ -276,13 +227,7 @@ CREATE ROLE obs_clerk;
 SET ROLE obs_clerk;
 SELECT apiary_invoke('obs_rotate', '{"id": 1}');
 RESET ROLE;
-DO $$
-BEGIN
-  FOR i IN 1..600 LOOP
-    EXIT WHEN (SELECT count(*) FROM apiary.provenance WHERE relname = 'public.obs_secret') >= 2;
-    PERFORM pg_sleep(0.1);
-  END LOOP;
-END $$;
+SELECT wait_until($c$(SELECT count(*) FROM apiary.provenance WHERE relname = 'public.obs_secret') >= 2$c$);
 SET ROLE obs_clerk;
 SELECT function, relname, operation, "row" FROM apiary.provenance
 WHERE relname = 'public.obs_secret' ORDER BY operation;
@@ -296,11 +241,5 @@ DROP ROLE obs_clerk;
 -- off again: the slot goes, and holds no WAL back
 ALTER SYSTEM RESET apiary.provenance;
 SELECT pg_reload_conf();
-DO $$
-BEGIN
-  FOR i IN 1..600 LOOP
-    EXIT WHEN NOT EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = 'apiary_provenance');
-    PERFORM pg_sleep(0.1);
-  END LOOP;
-END $$;
+SELECT wait_until($c$NOT EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = 'apiary_provenance')$c$);
 SELECT setting, slot, state FROM apiary.provenance_status;

@@ -2,12 +2,15 @@
 -- Workflows: tasks run by the background executors, composed with futures.
 --
 -- wait_until polls a condition for up to a minute and says whether it
--- came true (a wait that times out shows as f).
+-- came true (a wait that times out shows as f).  Each poll reads the
+-- statistics afresh: pg_stat_activity would otherwise show the whole call
+-- what its first read saw.
 CREATE FUNCTION wait_until(cond text) RETURNS bool LANGUAGE plpgsql AS $$
 DECLARE
   ok bool;
 BEGIN
   FOR i IN 1..1200 LOOP
+    PERFORM pg_stat_clear_snapshot();
     EXECUTE 'SELECT ' || cond INTO ok;
     IF ok THEN
       RETURN true;
