@@ -122,6 +122,10 @@ DROP PROCEDURE restock_all();
 INSERT INTO apiary.functions (name, fn, kind, max_attempts, declared, registered_by)
 VALUES ('restock_item', 'restock_item(int,int)', 'external', 7, false, current_user::regrole);
 SELECT name, kind, max_attempts, declared FROM apiary.functions WHERE name = 'restock_item';
+-- the function is read as regprocedure reads it, and stored qualified
+SELECT fn FROM apiary.functions WHERE name = 'restock_item';
+INSERT INTO apiary.functions (name, fn, kind, declared, registered_by)
+VALUES ('lost', 'no_such_function(int)', 'external', false, current_user::regrole);
 
 -- An unknown kind is rejected by the setting's own check.
 CREATE FUNCTION bad_kind() RETURNS int LANGUAGE sql
@@ -175,3 +179,30 @@ ALTER EVENT TRIGGER apiary_sql_drop ENABLE ALWAYS;
 SELECT apiary_invoke('inventory', '1');
 SELECT apiary_unregister('inventory');
 SELECT name FROM apiary.functions ORDER BY name;
+
+--
+-- A registration names its function by signature (which pg_upgrade keeps,
+-- where it does not keep OIDs), and follows renames of the function, its
+-- schema and the types of its arguments, a table's row type included.
+--
+CREATE SCHEMA warehouse;
+CREATE TABLE warehouse.bin (item int, qty int);
+CREATE DOMAIN warehouse.amount AS int CHECK (VALUE >= 0);
+CREATE FUNCTION warehouse.fill(b warehouse.bin, extra warehouse.amount) RETURNS int
+LANGUAGE sql SET apiary.kind = 'transactional' AS $$ SELECT b.qty + extra $$;
+SELECT fn FROM apiary.functions WHERE name = 'fill';
+ALTER TABLE warehouse.bin RENAME TO shelf;
+ALTER DOMAIN warehouse.amount RENAME TO quantity;
+ALTER FUNCTION warehouse.fill(warehouse.shelf, warehouse.quantity) RENAME TO top_up;
+ALTER SCHEMA warehouse RENAME TO depot;
+SELECT fn FROM apiary.functions WHERE name = 'fill';
+ALTER FUNCTION depot.top_up(depot.shelf, depot.quantity) SET SCHEMA public;
+SELECT fn FROM apiary.functions WHERE name = 'fill';
+SELECT apiary_invoke('fill', '{"b": {"item": 1, "qty": 4}, "extra": 3}');
+-- a rename rolled back leaves the registration as it was
+BEGIN;
+ALTER TABLE depot.shelf RENAME TO stock;
+ROLLBACK;
+SELECT fn FROM apiary.functions WHERE name = 'fill';
+DROP SCHEMA depot CASCADE;
+SELECT count(*) FROM apiary.functions WHERE name = 'fill';

@@ -172,6 +172,14 @@ COMMIT;
 SET ROLE regress_stranger;
 SELECT err($$SELECT apiary_result('hidden', '60 s')$$);
 RESET ROLE;
+-- A registration in a schema the role cannot use does not stand in the
+-- way of its own renames, which the registry looks at.
+CREATE SCHEMA sec_stranger AUTHORIZATION regress_stranger;
+SET ROLE regress_stranger;
+CREATE TABLE sec_stranger.own (a int);
+ALTER TABLE sec_stranger.own RENAME TO own_renamed;
+RESET ROLE;
+DROP SCHEMA sec_stranger CASCADE;
 
 -- Another role's workflow is not found, whatever one does with it ...
 SET ROLE regress_owner;

@@ -27,6 +27,14 @@ INSERT INTO apiary.workflows (role, id, function, args, root)
 SELECT current_user::regrole, 'queued-before-upgrade', 'kept', '1', id FROM t;
 SELECT apiary_start('kept', '41', 'after-upgrade');
 
+-- a registration whose function was dropped unseen: 0.10, which names
+-- functions by signature, has nothing to name it by, and removes it
+CREATE FUNCTION gone() RETURNS int LANGUAGE sql AS $$ SELECT 1 $$;
+SELECT apiary_register('gone()', 'readonly');
+ALTER EVENT TRIGGER apiary_sql_drop DISABLE;
+DROP FUNCTION gone();
+ALTER EVENT TRIGGER apiary_sql_drop ENABLE ALWAYS;
+
 -- a procedure could declare a kind up to 0.6 (registering nothing): the
 -- update says so
 CREATE PROCEDURE declared_proc() LANGUAGE sql
@@ -34,6 +42,8 @@ SET apiary.kind = 'transactional' AS $$ SELECT 1 $$;
 ALTER EXTENSION apiary UPDATE;
 SELECT extversion FROM pg_extension WHERE extname = 'apiary';
 DROP PROCEDURE declared_proc();
+-- registrations name their functions by signature since 0.10
+SELECT name, fn FROM apiary.functions ORDER BY name;
 -- the update put the pending task in the ready queue, and it runs
 SELECT apiary_result('queued-before-upgrade', '60 s');
 SELECT apiary_start('kept', '41', 'after-upgrade');

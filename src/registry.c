@@ -3,9 +3,9 @@
  * registry.c
  *	  Registering functions with apiary, and finding them again fast.
  *
- * A registration is a row of apiary.functions: a name, the function (as a
- * regprocedure), its kind and its retry/timeout settings.  Rows are written
- * three ways, all here:
+ * A registration is a row of apiary.functions: a name, the function (by
+ * its schema-qualified signature), its kind and its retry/timeout
+ * settings.  Rows are written three ways, all here:
  *
  *	- apiary_register() / apiary_unregister(), by the function's owner;
  *	- declaratively: an event trigger at ddl_command_end reads
@@ -20,7 +20,17 @@
  * session, whether or not this library was loaded there beforehand, and
  * sql_drop reports functions dropped by cascade, which a utility hook never
  * sees.  As a last line, a lookup that finds a registration whose function
- * is gone says so instead of calling a stale OID.
+ * is gone says so.
+ *
+ * The function is named by its signature, "public.reserve(integer,integer)"
+ * as pg_identify_object gives it, not by OID: pg_upgrade does not keep
+ * function OIDs (and refuses a cluster with a regprocedure column), while
+ * a signature means the same function in the upgraded cluster, in a
+ * restored dump and on a standby.  A rename changes the signature, so an
+ * event trigger at ddl_command_start notes which function each
+ * registration names before any RENAME or SET SCHEMA, and the one at
+ * ddl_command_end writes the signatures that changed (of the function,
+ * or through its schema or the types of its arguments).
  *
  * Each backend caches, per registered name, everything needed to call the
  * function: its parameters and how JSON converts to each, and the prepared
@@ -44,8 +54,10 @@
 #include "commands/trigger.h"
 #include "executor/spi.h"
 #include "funcapi.h"
+#include "commands/extension.h"
 #include "miscadmin.h"
 #include "storage/lmgr.h"
+#include "storage/proc.h"
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -67,6 +79,7 @@ PG_FUNCTION_INFO_V1(apiary_register);
 PG_FUNCTION_INFO_V1(apiary_unregister);
 PG_FUNCTION_INFO_V1(apiary_registry_changed);
 PG_FUNCTION_INFO_V1(apiary_on_ddl_command_end);
+PG_FUNCTION_INFO_V1(apiary_on_rename_start);
 PG_FUNCTION_INFO_V1(apiary_on_sql_drop);
 
 typedef struct RegistryEntry
@@ -77,8 +90,54 @@ typedef struct RegistryEntry
 
 static HTAB *registry_cache = NULL;
 static Oid	registry_relid = InvalidOid;	/* apiary.functions, once known */
+static Oid	registry_fn_type = InvalidOid;	/* the type of its column fn */
 
 #define KIND_SETTING "apiary.kind="
+
+/* How a registration names its function (see the header comment). */
+static char *
+signature_of(Oid fn)
+{
+	return format_procedure_qualified(fn);
+}
+
+/*
+ * Before ALTER EXTENSION apiary UPDATE to 0.10, apiary.functions.fn is a
+ * regprocedure, and registrations go on working until the update: the
+ * statements here take the function as a value of the column's type
+ * (fn_value), and read it back as an OID with fn_oid_sql.
+ */
+static bool
+fn_is_signature(void)
+{
+	if (!OidIsValid(registry_fn_type))
+	{
+		Oid			rel = get_relname_relid("functions", journal_namespace());
+
+		registry_fn_type = get_atttype(rel, get_attnum(rel, "fn"));
+		registry_relid = rel;
+	}
+	return registry_fn_type == TEXTOID;
+}
+
+static Oid
+fn_type(void)
+{
+	return fn_is_signature() ? TEXTOID : REGPROCEDUREOID;
+}
+
+static Datum
+fn_value(Oid fn)
+{
+	return fn_is_signature() ? CStringGetTextDatum(signature_of(fn)) : ObjectIdGetDatum(fn);
+}
+
+/* The column fn as an OID, NULL when it names no function. */
+static const char *
+fn_oid_sql(void)
+{
+	return fn_is_signature() ? "pg_catalog.to_regprocedure(fn)::pg_catalog.oid" : "fn::pg_catalog.oid";
+}
 
 /* ---------------------------------------------------------------------
  * Cache invalidation
@@ -121,6 +180,7 @@ relation_changed(Datum arg, Oid relid)
 	{
 		invalidate_matching(0, true);
 		registry_relid = InvalidOid;
+		registry_fn_type = InvalidOid;
 	}
 }
 
@@ -229,18 +289,18 @@ report_not_found(const char *name)
 	int			rc;
 
 	/* a function of that name that was never registered? */
-	rc = SPI_execute_with_args("SELECT p.oid::pg_catalog.regprocedure::pg_catalog.text,"
-							   " (SELECT pg_catalog.substr(c, 13) FROM pg_catalog.unnest(p.proconfig) c"
-							   "  WHERE pg_catalog.starts_with(c, 'apiary.kind=')"
-							   "  AND pg_catalog.length(c) OPERATOR(pg_catalog.>) 12),"
-							   " (SELECT name FROM apiary.functions r"
-							   "  WHERE r.fn OPERATOR(pg_catalog.=) p.oid)"
-							   " FROM pg_catalog.pg_proc p"
-							   " WHERE p.proname OPERATOR(pg_catalog.=) $1::pg_catalog.name"
-							   " AND p.prokind OPERATOR(pg_catalog.=) 'f'"
-							   " ORDER BY 1 LIMIT 1",
-							   1, argtypes, values, NULL, true, 1);
-	if (rc == SPI_OK_SELECT && SPI_processed == 1)
+	rc = journal_execute(psprintf("SELECT p.oid::pg_catalog.regprocedure::pg_catalog.text,"
+										" (SELECT pg_catalog.substr(c, 13) FROM pg_catalog.unnest(p.proconfig) c"
+										"  WHERE pg_catalog.starts_with(c, 'apiary.kind=')"
+										"  AND pg_catalog.length(c) OPERATOR(pg_catalog.>) 12),"
+										" (SELECT name FROM apiary.functions"
+										"  WHERE %s OPERATOR(pg_catalog.=) p.oid)"
+										" FROM pg_catalog.pg_proc p"
+										" WHERE p.proname OPERATOR(pg_catalog.=) $1::pg_catalog.name"
+										" AND p.prokind OPERATOR(pg_catalog.=) 'f'"
+										" ORDER BY 1 LIMIT 1", fn_oid_sql()),
+						 NULL, 1, argtypes, values, NULL, SPI_OK_SELECT);
+	if (SPI_processed == 1)
 	{
 		char	   *sig = SPI_getvalue(SPI_tuptable->vals[0],
 									   SPI_tuptable->tupdesc, 1);
@@ -328,21 +388,16 @@ build_function(const char *name)
 	char	   *modes;
 	int			nall;
 	bool		isnull;
-	int			rc;
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 
-	if (!OidIsValid(registry_relid))
-		registry_relid = get_relname_relid("functions", journal_namespace());
-
-	rc = SPI_execute_with_args("SELECT fn::pg_catalog.oid, kind, max_attempts,"
-							   " (pg_catalog.date_part('epoch', timeout)"
-							   "  OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8"
-							   " FROM apiary.functions WHERE name OPERATOR(pg_catalog.=) $1",
-							   1, argtypes, values, NULL, true, 1);
-	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "SPI_execute failed: %s", SPI_result_code_string(rc));
+	journal_execute(psprintf("SELECT %s, kind, max_attempts,"
+							 " (pg_catalog.date_part('epoch', timeout)"
+							 "  OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8, fn"
+							 " FROM apiary.functions WHERE name OPERATOR(pg_catalog.=) $1",
+							 fn_oid_sql()),
+					NULL, 1, argtypes, values, NULL, SPI_OK_SELECT);
 	if (SPI_processed == 0)
 		report_not_found(name);
 
@@ -357,6 +412,8 @@ build_function(const char *name)
 	strlcpy(f->name, name, NAMEDATALEN);
 	f->fn = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0],
 										   SPI_tuptable->tupdesc, 1, &isnull));
+	if (isnull)
+		f->fn = InvalidOid;
 	f->kind = parse_kind(SPI_getvalue(SPI_tuptable->vals[0],
 									  SPI_tuptable->tupdesc, 2));
 	f->max_attempts = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
@@ -374,6 +431,8 @@ build_function(const char *name)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_FUNCTION),
 				 errmsg("the function registered as \"%s\" no longer exists", name),
+				 errdetail("It was registered as %s.",
+						   SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5)),
 				 errhint("Remove the registration with apiary_unregister('%s').", name)));
 	proc = (Form_pg_proc) GETSTRUCT(tup);
 	f->namespace = proc->pronamespace;
@@ -515,22 +574,19 @@ store_registration(Oid fn, const char *name, ApiaryKind kind,
 				   Datum timeout, bool timeout_null,
 				   bool declared, Oid registered_by)
 {
-	Oid			lookup_types[2] = {OIDOID, TEXTOID};
-	Datum		lookup_values[2] = {ObjectIdGetDatum(fn), CStringGetTextDatum(name)};
-	Oid			types[7] = {TEXTOID, OIDOID, TEXTOID, INT4OID, INTERVALOID, BOOLOID, OIDOID};
+	Oid			lookup_types[2] = {fn_type(), TEXTOID};
+	Datum		lookup_values[2] = {fn_value(fn), CStringGetTextDatum(name)};
+	Oid			types[7] = {TEXTOID, fn_type(), TEXTOID, INT4OID, INTERVALOID, BOOLOID, OIDOID};
 	Datum		values[7];
 	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
-	int			rc;
 
 	lock_registry();
-	rc = SPI_execute_with_args("SELECT name, fn::pg_catalog.text,"
-							   " fn OPERATOR(pg_catalog.=) $1::pg_catalog.regprocedure"
-							   " FROM apiary.functions"
-							   " WHERE fn OPERATOR(pg_catalog.=) $1::pg_catalog.regprocedure"
-							   " OR name OPERATOR(pg_catalog.=) $2",
-							   2, lookup_types, lookup_values, NULL, false, 0);
-	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "SPI_execute failed: %s", SPI_result_code_string(rc));
+	journal_execute(psprintf("SELECT name, COALESCE((%s)::pg_catalog.regprocedure::pg_catalog.text,"
+							 " fn::pg_catalog.text), fn OPERATOR(pg_catalog.=) $1"
+							 " FROM apiary.functions"
+							 " WHERE fn OPERATOR(pg_catalog.=) $1 OR name OPERATOR(pg_catalog.=) $2",
+							 fn_oid_sql()),
+					NULL, 2, lookup_types, lookup_values, NULL, SPI_OK_SELECT);
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
 		char	   *other_name = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
@@ -553,7 +609,7 @@ store_registration(Oid fn, const char *name, ApiaryKind kind,
 	}
 
 	values[0] = CStringGetTextDatum(name);
-	values[1] = ObjectIdGetDatum(fn);
+	values[1] = lookup_values[0];
 	values[2] = CStringGetTextDatum(apiary_kind_name(kind));
 	values[3] = max_attempts;
 	nulls[3] = max_attempts_null ? 'n' : ' ';
@@ -564,7 +620,7 @@ store_registration(Oid fn, const char *name, ApiaryKind kind,
 
 	journal_execute("INSERT INTO apiary.functions AS f"
 							   " (name, fn, kind, max_attempts, timeout, declared, registered_by)"
-							   " VALUES ($1, $2::pg_catalog.regprocedure, $3, $4, $5, $6,"
+							   " VALUES ($1, $2, $3, $4, $5, $6,"
 							   " $7::pg_catalog.regrole)"
 							   " ON CONFLICT (name) DO UPDATE SET kind = excluded.kind,"
 							   " max_attempts = excluded.max_attempts, timeout = excluded.timeout,"
@@ -646,7 +702,6 @@ apiary_unregister(PG_FUNCTION_ARGS)
 	bool		isnull;
 	Oid			fn;
 	Oid			registered_by;
-	int			rc;
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
@@ -657,14 +712,15 @@ apiary_unregister(PG_FUNCTION_ARGS)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	rc = SPI_execute_with_args("SELECT fn::pg_catalog.oid, registered_by::pg_catalog.oid"
-							   " FROM apiary.functions WHERE name OPERATOR(pg_catalog.=) $1",
-							   1, argtypes, values, NULL, false, 1);
-	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "SPI_execute failed: %s", SPI_result_code_string(rc));
+	journal_execute(psprintf("SELECT %s, registered_by::pg_catalog.oid"
+							 " FROM apiary.functions WHERE name OPERATOR(pg_catalog.=) $1",
+							 fn_oid_sql()),
+					NULL, 1, argtypes, values, NULL, SPI_OK_SELECT);
 	if (SPI_processed == 0)
 		report_not_found(name);
 	fn = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	if (isnull)
+		fn = InvalidOid;
 	registered_by = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
 
 	/* The function's owner may; so may its registrant once it is gone. */
@@ -740,8 +796,8 @@ sync_declared(Oid fn)
 	if (kind_name != NULL)
 	{
 		ApiaryKind	kind = parse_kind(kind_name);
-		Oid			argtypes[1] = {OIDOID};
-		Datum		values[1] = {ObjectIdGetDatum(fn)};
+		Oid			argtypes[1] = {fn_type()};
+		Datum		values[1] = {fn_value(fn)};
 		char	   *proname;
 		char	   *name;
 		Oid			owner;
@@ -756,7 +812,7 @@ sync_declared(Oid fn)
 		 */
 		lock_registry();
 		rc = SPI_execute_with_args("SELECT name, declared, kind FROM apiary.functions"
-								   " WHERE fn OPERATOR(pg_catalog.=) $1::pg_catalog.regprocedure",
+								   " WHERE fn OPERATOR(pg_catalog.=) $1",
 								   1, argtypes, values, NULL, false, 1);
 		if (rc != SPI_OK_SELECT)
 			elog(ERROR, "SPI_execute failed: %s", SPI_result_code_string(rc));
@@ -787,11 +843,11 @@ sync_declared(Oid fn)
 	}
 	else
 	{
-		Oid			argtypes[1] = {OIDOID};
-		Datum		values[1] = {ObjectIdGetDatum(fn)};
+		Oid			argtypes[1] = {fn_type()};
+		Datum		values[1] = {fn_value(fn)};
+
 		journal_execute("DELETE FROM apiary.functions"
-						" WHERE fn OPERATOR(pg_catalog.=) $1::pg_catalog.regprocedure"
-						" AND declared",
+						" WHERE fn OPERATOR(pg_catalog.=) $1 AND declared",
 						NULL, 1, argtypes, values, NULL, SPI_OK_DELETE);
 	}
 }
@@ -841,23 +897,166 @@ sync_declared_leniently(Oid fn)
 	PG_END_TRY();
 }
 
-Datum
-apiary_on_ddl_command_end(PG_FUNCTION_ARGS)
+/*
+ * Should the registry's event triggers act?  Not before apiary's tables
+ * exist, nor on apiary's own install and update scripts, which change no
+ * registration.
+ */
+static bool
+registry_watches(void)
 {
-	Oid		   *fns;
-	int			nfns;
-	int			rc;
+	return OidIsValid(get_namespace_oid("apiary", true)) &&
+		!(creating_extension &&
+		  CurrentExtensionObject == get_extension_oid("apiary", true));
+}
 
+/*
+ * Renames: before a RENAME or SET SCHEMA, each registration's name, the
+ * signature it holds and the function that signature names now, kept in
+ * the transaction's memory for the trigger at the statement's end.  The
+ * stamp says whose they are: a statement that failed leaves them behind,
+ * freed with its transaction or taken over by the next statement's.
+ */
+typedef struct Renamed
+{
+	char	   *name;
+	char	   *signature;
+	Oid			fn;
+} Renamed;
+
+static Renamed *renamed = NULL;
+static int	nrenamed = 0;
+static LocalTransactionId renamed_stamp = InvalidLocalTransactionId;
+
+static void
+check_event_trigger(FunctionCallInfo fcinfo, const char *name)
+{
 	if (!CALLED_AS_EVENT_TRIGGER(fcinfo))
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("function \"%s\" was not called by event trigger manager",
-						"apiary.on_ddl_command_end")));
-	if (!OidIsValid(get_namespace_oid("apiary", true)))
+						name)));
+}
+
+/* Can the statement change a function's signature? */
+static bool
+may_rename_signature(Node *stmt)
+{
+	if (IsA(stmt, AlterObjectSchemaStmt))
+		return true;
+	if (!IsA(stmt, RenameStmt))
+		return false;
+	/* a rename of the function, of its schema or of a type (not a column) */
+	switch (((RenameStmt *) stmt)->renameType)
+	{
+		case OBJECT_FUNCTION:
+		case OBJECT_PROCEDURE:
+		case OBJECT_ROUTINE:
+		case OBJECT_SCHEMA:
+		case OBJECT_TYPE:
+		case OBJECT_DOMAIN:
+		case OBJECT_TABLE:
+		case OBJECT_VIEW:
+		case OBJECT_MATVIEW:
+		case OBJECT_FOREIGN_TABLE:
+		case OBJECT_SEQUENCE:
+			return true;
+		default:
+			return false;
+	}
+}
+
+Datum
+apiary_on_rename_start(PG_FUNCTION_ARGS)
+{
+	check_event_trigger(fcinfo, "apiary.on_rename_start");
+	renamed_stamp = InvalidLocalTransactionId;
+	if (!may_rename_signature(((EventTriggerData *) fcinfo->context)->parsetree) ||
+		!registry_watches() || !fn_is_signature())
 		PG_RETURN_VOID();
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
+	journal_execute("SELECT name, fn, pg_catalog.to_regprocedure(fn)::pg_catalog.oid"
+					" FROM apiary.functions", NULL, 0, NULL, NULL, NULL, SPI_OK_SELECT);
+	nrenamed = (int) SPI_processed;
+	renamed = MemoryContextAlloc(TopTransactionContext,
+								 Max(nrenamed, 1) * sizeof(Renamed));
+	for (int i = 0; i < nrenamed; i++)
+	{
+		HeapTuple	row = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+
+		renamed[i].name = MemoryContextStrdup(TopTransactionContext,
+											  SPI_getvalue(row, desc, 1));
+		renamed[i].signature = MemoryContextStrdup(TopTransactionContext,
+												   SPI_getvalue(row, desc, 2));
+		renamed[i].fn = DatumGetObjectId(SPI_getbinval(row, desc, 3, &isnull));
+		if (isnull)
+			renamed[i].fn = InvalidOid;
+	}
+	renamed_stamp = MyProc->lxid;
+	SPI_finish();
+	PG_RETURN_VOID();
+}
+
+/* After the statement: write the signatures that changed. */
+static void
+apply_renames(void)
+{
+	if (renamed_stamp != MyProc->lxid)
+		return;
+	renamed_stamp = InvalidLocalTransactionId;
+	for (int i = 0; i < nrenamed; i++)
+	{
+		Oid			argtypes[3] = {TEXTOID, TEXTOID, TEXTOID};
+		Datum		values[3];
+		char	   *now;
+
+		if (!OidIsValid(renamed[i].fn))
+			continue;
+		now = format_procedure_extended(renamed[i].fn,
+										FORMAT_PROC_FORCE_QUALIFY | FORMAT_PROC_INVALID_AS_NULL);
+		if (now == NULL || strcmp(now, renamed[i].signature) == 0)
+			continue;
+		values[0] = CStringGetTextDatum(renamed[i].name);
+		values[1] = CStringGetTextDatum(renamed[i].signature);
+		values[2] = CStringGetTextDatum(now);
+		journal_execute("UPDATE apiary.functions SET fn = $3"
+						" WHERE name OPERATOR(pg_catalog.=) $1 AND fn OPERATOR(pg_catalog.=) $2",
+						NULL, 3, argtypes, values, NULL, SPI_OK_UPDATE);
+	}
+}
+
+Datum
+apiary_on_ddl_command_end(PG_FUNCTION_ARGS)
+{
+	CommandTag	tag;
+	bool		declares;
+	Oid		   *fns;
+	int			nfns;
+	int			rc;
+
+	check_event_trigger(fcinfo, "apiary.on_ddl_command_end");
+	tag = ((EventTriggerData *) fcinfo->context)->tag;
+	declares = tag == CMDTAG_CREATE_FUNCTION || tag == CMDTAG_ALTER_FUNCTION ||
+		tag == CMDTAG_CREATE_PROCEDURE || tag == CMDTAG_ALTER_PROCEDURE ||
+		tag == CMDTAG_ALTER_ROUTINE;
+	/* most ALTERs rename nothing and declare nothing */
+	if ((!declares && renamed_stamp != MyProc->lxid) || !registry_watches())
+		PG_RETURN_VOID();
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	apply_renames();
+
+	/* declarations: after the renames, so that a renamed one is found */
+	if (!declares)
+	{
+		SPI_finish();
+		PG_RETURN_VOID();
+	}
 	rc = SPI_execute("SELECT DISTINCT objid FROM pg_catalog.pg_event_trigger_ddl_commands()"
 					 " WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass",
 					 false, 0);
@@ -888,14 +1087,9 @@ apiary_on_ddl_command_end(PG_FUNCTION_ARGS)
 Datum
 apiary_on_sql_drop(PG_FUNCTION_ARGS)
 {
-
-	if (!CALLED_AS_EVENT_TRIGGER(fcinfo))
-		ereport(ERROR,
-				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("function \"%s\" was not called by event trigger manager",
-						"apiary.on_sql_drop")));
-	/* DROP EXTENSION apiary: nothing left to clean */
-	if (!OidIsValid(get_namespace_oid("apiary", true)))
+	check_event_trigger(fcinfo, "apiary.on_sql_drop");
+	/* (after DROP EXTENSION apiary, nothing is left to clean) */
+	if (!registry_watches())
 		PG_RETURN_VOID();
 
 	if (SPI_connect() != SPI_OK_CONNECT)
@@ -911,10 +1105,12 @@ apiary_on_sql_drop(PG_FUNCTION_ARGS)
 					" LIMIT 1", true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute failed");
 	if (SPI_processed > 0)
-		journal_execute("DELETE FROM apiary.functions"
-						" WHERE fn::pg_catalog.oid OPERATOR(pg_catalog.=) ANY (ARRAY("
-						"  SELECT objid FROM pg_catalog.pg_event_trigger_dropped_objects()"
-						"  WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass))",
+		journal_execute(psprintf("DELETE FROM apiary.functions"
+								 " WHERE %s OPERATOR(pg_catalog.=) ANY (ARRAY("
+								 "  SELECT %s FROM pg_catalog.pg_event_trigger_dropped_objects()"
+								 "  WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass))",
+								 fn_is_signature() ? "fn" : "fn::pg_catalog.oid",
+								 fn_is_signature() ? "object_identity" : "objid"),
 						NULL, 0, NULL, NULL, NULL, SPI_OK_DELETE);
 	SPI_finish();
 	PG_RETURN_VOID();

@@ -13,6 +13,8 @@
 # a declared function renamed (its registration keeps the old name) after
 # which a function of its new name was declared in another schema, so
 # that, restored in either order, one of the two finds its name taken.
+# Then a dump made with 0.9, whose registry named functions by
+# regprocedure, restored into the current version.
 set -euo pipefail
 . "$(dirname "$0")/../../script/lib.sh"
 
@@ -78,4 +80,30 @@ out=$(pg_psql "$dir" "$port" -d restored -qAt -c "SELECT apiary_invoke('notify_b
 [ "$out" = '"notified 7"' ] || fail "apiary_invoke after the restore gave $out"
 out=$(pg_psql "$dir" "$port" -d restored -qAt -c "SELECT apiary_invoke('quote', '7'), apiary_invoke('send', '7'), apiary_invoke('ship', '7')")
 [ "$out" = '14|-7|7' ] || fail "calls after the restore gave $out, not 14|-7|7"
-echo "ok: 6 registrations (declared, registered, both, a name reused, a function renamed) kept by pg_dump and restore"
+
+# A dump made with 0.9, which named functions by regprocedure, restores
+# into the current version, which names them by signature.
+psql_ >/dev/null <<'SQL'
+CREATE DATABASE old_version;
+CREATE DATABASE from_old_version;
+SQL
+pg_psql "$dir" "$port" -d old_version -q >/dev/null <<'SQL'
+CREATE EXTENSION apiary VERSION '0.9';
+CREATE SCHEMA shop;
+CREATE FUNCTION shop.price(item int) RETURNS int LANGUAGE sql
+SET apiary.kind = 'readonly' AS $$ SELECT item * 10 $$;
+CREATE FUNCTION shop.note(t text) RETURNS text LANGUAGE sql AS $$ SELECT t $$;
+SELECT apiary_register('shop.note(text)', 'external', name => 'noted', max_attempts => 5);
+SQL
+"$PG_BIN/pg_dump" -h "$dir" -p "$port" -U postgres old_version >"$dir/old.sql"
+grep -q 'shop.note(text)' "$dir/old.sql" || fail "the 0.9 dump does not name shop.note(text)"
+pg_psql "$dir" "$port" -d from_old_version -q -f "$dir/old.sql" >"$dir/restore_old.log" 2>&1 ||
+	{ cat "$dir/restore_old.log"; fail "the restore of the 0.9 dump failed"; }
+out=$(pg_psql "$dir" "$port" -d from_old_version -qAt -c \
+	"SELECT string_agg(name || '=' || fn || ':' || kind || ':' || coalesce(max_attempts, 0), ' ' ORDER BY name) FROM apiary.functions")
+[ "$out" = "noted=shop.note(pg_catalog.text):external:5 price=shop.price(integer):readonly:0" ] ||
+	fail "registrations restored from the 0.9 dump: $out"
+out=$(pg_psql "$dir" "$port" -d from_old_version -qAt -c "SELECT apiary_invoke('noted', '\"x\"')")
+[ "$out" = '"x"' ] || fail "apiary_invoke after restoring the 0.9 dump gave $out"
+
+echo "ok: 6 registrations (declared, registered, both, a name reused, a function renamed) kept by pg_dump and restore, and a dump of 0.9 restored"
