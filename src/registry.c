@@ -51,10 +51,10 @@
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
 #include "commands/event_trigger.h"
+#include "commands/extension.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
 #include "funcapi.h"
-#include "commands/extension.h"
 #include "miscadmin.h"
 #include "storage/lmgr.h"
 #include "storage/proc.h"
@@ -290,15 +290,15 @@ report_not_found(const char *name)
 
 	/* a function of that name that was never registered? */
 	rc = journal_execute(psprintf("SELECT p.oid::pg_catalog.regprocedure::pg_catalog.text,"
-										" (SELECT pg_catalog.substr(c, 13) FROM pg_catalog.unnest(p.proconfig) c"
-										"  WHERE pg_catalog.starts_with(c, 'apiary.kind=')"
-										"  AND pg_catalog.length(c) OPERATOR(pg_catalog.>) 12),"
-										" (SELECT name FROM apiary.functions"
-										"  WHERE %s OPERATOR(pg_catalog.=) p.oid)"
-										" FROM pg_catalog.pg_proc p"
-										" WHERE p.proname OPERATOR(pg_catalog.=) $1::pg_catalog.name"
-										" AND p.prokind OPERATOR(pg_catalog.=) 'f'"
-										" ORDER BY 1 LIMIT 1", fn_oid_sql()),
+									" (SELECT pg_catalog.substr(c, 13) FROM pg_catalog.unnest(p.proconfig) c"
+									"  WHERE pg_catalog.starts_with(c, 'apiary.kind=')"
+									"  AND pg_catalog.length(c) OPERATOR(pg_catalog.>) 12),"
+									" (SELECT name FROM apiary.functions"
+									"  WHERE %s OPERATOR(pg_catalog.=) p.oid)"
+									" FROM pg_catalog.pg_proc p"
+									" WHERE p.proname OPERATOR(pg_catalog.=) $1::pg_catalog.name"
+									" AND p.prokind OPERATOR(pg_catalog.=) 'f'"
+									" ORDER BY 1 LIMIT 1", fn_oid_sql()),
 						 NULL, 1, argtypes, values, NULL, SPI_OK_SELECT);
 	if (SPI_processed == 1)
 	{
