@@ -199,7 +199,9 @@ END $$;
 SELECT apiary_register('flaky_call()', 'external', max_attempts => 3);
 SELECT apiary_start('flaky_call', '{}', 'flaky');
 SELECT apiary_result('flaky', '60 s');
-SELECT function, state, attempts FROM apiary_status('flaky');
+SELECT function, state, attempts, error FROM apiary_status('flaky');
+-- (a retried task that is done shows no error; while it waits for its next
+-- attempt it shows the last one's, below)
 SELECT apiary_task_key();
 SELECT apiary_task_attempt();
 -- A transactional function is not retried after an ordinary error (the
@@ -666,6 +668,20 @@ SELECT wait_until($c$EXISTS (SELECT FROM pg_stat_activity WHERE backend_type = '
 SELECT pg_advisory_unlock(5151);
 SELECT apiary_result('passed-failure', '60 s');
 SELECT function, state FROM apiary_status('passed-failure') ORDER BY task;
+
+-- While a task waits for its next attempt, its status shows the last
+-- attempt's error.
+CREATE FUNCTION always_down() RETURNS int LANGUAGE plpgsql AS $$
+BEGIN
+  RAISE EXCEPTION 'service unavailable' USING ERRCODE = 'AP503';
+END $$;
+SELECT apiary_register('always_down()', 'external', max_attempts => 50);
+SELECT apiary_start('always_down', '{}', 'down');
+SELECT wait_until($c$(SELECT error IS NOT NULL FROM apiary_status('down'))$c$);
+SELECT state IN ('pending', 'running') AS unfinished, attempts > 0 AS attempted,
+       error->>'sqlstate' AS sqlstate, error->>'message' AS message
+FROM apiary_status('down');
+SELECT apiary_cancel('down');
 
 -- Workflows belong to apiary.database, where the executors run: elsewhere
 -- apiary_start says so instead of queueing work that would never run.

@@ -980,7 +980,7 @@ retry_or_fail(RunningTask *t, const char *function, ErrorData *edata,
 		double		delay = retry_delay(first_delay, attempt);
 
 		/* this executor looks for work next, and sleeps until it is due */
-		queue_retry(t->id, delay, t->started);
+		queue_retry(t->id, delay, t->started, error_jsonb(edata, t->id, function));
 		ereport(LOG,
 				(errcode(edata->sqlerrcode),
 				 errmsg("apiary task %lld (%s) failed, retrying in %.3f s (attempt %d of %d): %s",

@@ -1043,6 +1043,12 @@ mutate_outcome(Datum *values, bool *nulls, bool *replace, void *arg)
 	values[T_STATE - 1] = state_datum(o->state);
 	values[col - 1] = JsonbPGetDatum(o->value);
 	nulls[col - 1] = o->value == NULL;
+	if (o->state == QS_DONE)
+	{
+		/* done after a retry: the error of the attempt before goes */
+		nulls[T_ERROR - 1] = true;
+		replace[T_ERROR - 1] = true;
+	}
 	values[T_FINISHED_AT - 1] = TimestampTzGetDatum(GetCurrentTimestamp());
 	nulls[T_FINISHED_AT - 1] = false;
 	replace[T_STATE - 1] = replace[col - 1] = replace[T_FINISHED_AT - 1] = true;
@@ -1447,7 +1453,9 @@ mutate_link(Datum *values, bool *nulls, bool *replace, void *arg)
 	values[T_STATE - 1] = state_datum(QS_LINKED);
 	values[T_LINKED_TO - 1] = Int64GetDatum(l->future);
 	nulls[T_LINKED_TO - 1] = false;
-	replace[T_STATE - 1] = replace[T_LINKED_TO - 1] = true;
+	/* the attempt succeeded: an error of the one before goes */
+	nulls[T_ERROR - 1] = true;
+	replace[T_STATE - 1] = replace[T_LINKED_TO - 1] = replace[T_ERROR - 1] = true;
 	record_attempt(values, nulls, replace, l->ran_at);
 	return true;
 }
@@ -1471,6 +1479,7 @@ typedef struct Retry
 {
 	double		delay;
 	TimestampTz ran_at;
+	Jsonb	   *error;
 	TimestampTz run_after;		/* set */
 } Retry;
 
@@ -1481,17 +1490,19 @@ mutate_retry(Datum *values, bool *nulls, bool *replace, void *arg)
 
 	r->run_after = GetCurrentTimestamp() + (int64) (r->delay * USECS_PER_SEC);
 	values[T_RUN_AFTER - 1] = TimestampTzGetDatum(r->run_after);
-	replace[T_RUN_AFTER - 1] = true;
+	values[T_ERROR - 1] = JsonbPGetDatum(r->error);
+	nulls[T_ERROR - 1] = false;
+	replace[T_RUN_AFTER - 1] = replace[T_ERROR - 1] = true;
 	record_attempt(values, nulls, replace, r->ran_at);
 	return true;
 }
 
 void
-queue_retry(int64 id, double delay, TimestampTz ran_at)
+queue_retry(int64 id, double delay, TimestampTz ran_at, Jsonb *error)
 {
 	QRel	   *tasks;
 	ScanKeyData key;
-	Retry		r = {delay, ran_at, 0};
+	Retry		r = {delay, ran_at, error, 0};
 
 	tasks = qrel_open("tasks", T_NATTS);
 	task_key(&key, &id);

@@ -128,8 +128,12 @@ extern bool queue_depends_on(int64 future, int64 task);
 /* The task ran and returned future, which is not done yet. */
 extern void queue_link(int64 id, int64 future, TimestampTz ran_at);
 
-/* The task ran and failed; run it again after delay seconds. */
-extern void queue_retry(int64 id, double delay, TimestampTz ran_at);
+/*
+ * The task ran and failed with error; run it again after delay seconds.
+ * The error stays on the pending task, for apiary_status, until the next
+ * attempt's outcome.
+ */
+extern void queue_retry(int64 id, double delay, TimestampTz ran_at, Jsonb *error);
 
 /* Count a crash of the server while task ran: the new count, 0 if not pending. */
 extern int	queue_count_crash(int64 id, char **function);
