@@ -204,5 +204,41 @@ BEGIN;
 ALTER TABLE depot.shelf RENAME TO stock;
 ROLLBACK;
 SELECT fn FROM apiary.functions WHERE name = 'fill';
+-- ALTER INDEX renames a table too
+ALTER INDEX depot.shelf RENAME TO rack;
+SELECT fn FROM apiary.functions WHERE name = 'fill';
+-- Signatures never take the quoted-everything form, which any session
+-- may ask for: they are compared as text.
+SET quote_all_identifiers = on;
+ALTER TABLE depot.rack RENAME TO shelf;
+CREATE FUNCTION depot.count_up(n int) RETURNS int LANGUAGE sql
+SET apiary.kind = 'readonly' AS $$ SELECT n + 1 $$;
+RESET quote_all_identifiers;
+SELECT name, fn FROM apiary.functions WHERE name IN ('fill', 'count_up') ORDER BY name;
+-- A rename the event trigger did not see leaves the signature behind, but
+-- the registration names its function by OID in this cluster: calls go
+-- on, and the next refresh (after any rename, and by the launcher once a
+-- minute) catches up.
+ALTER EVENT TRIGGER apiary_ddl_command_end DISABLE;
+ALTER FUNCTION depot.count_up(int) RENAME TO count_on;
+ALTER EVENT TRIGGER apiary_ddl_command_end ENABLE ALWAYS;
+SELECT fn FROM apiary.functions WHERE name = 'count_up';
+SELECT apiary_invoke('count_up', '1');
+SELECT apiary.refresh_signatures();
+SELECT fn FROM apiary.functions WHERE name = 'count_up';
+-- After pg_upgrade the OIDs are another cluster's (apiary.registry_cluster
+-- says so): calls find the function by its signature instead, and the
+-- first change to the registry resolves every registration again, here as
+-- test/recovery/pg_upgrade.sh does for real.
+UPDATE apiary.registry_cluster SET system_identifier = 42;
+UPDATE apiary.functions SET fn_oid = NULL WHERE name IN ('fill', 'count_up');
+SELECT apiary_invoke('count_up', '1'), apiary_invoke('fill', '{"b": {"item": 1, "qty": 1}, "extra": 1}');
+CREATE FUNCTION depot.unrelated() RETURNS int LANGUAGE sql AS $$ SELECT 1 $$;
+SELECT system_identifier = apiary.system_identifier() AS adopted FROM apiary.registry_cluster;
+SELECT name, fn_oid = fn::regprocedure AS resolved FROM apiary.functions
+WHERE name IN ('fill', 'count_up') ORDER BY name;
 DROP SCHEMA depot CASCADE;
-SELECT count(*) FROM apiary.functions WHERE name = 'fill';
+SELECT count(*) FROM apiary.functions WHERE name IN ('fill', 'count_up');
+-- A temporary function is one session's: it cannot be registered.
+CREATE FUNCTION pg_temp.scratch() RETURNS int LANGUAGE sql AS $$ SELECT 1 $$;
+SELECT apiary_register('pg_temp.scratch()');

@@ -63,6 +63,7 @@
 #include "journal.h"
 #include "launcher.h"
 #include "provenance.h"
+#include "registry.h"
 
 PG_FUNCTION_INFO_V1(apiary_on_ddl_command_start);
 
@@ -731,6 +732,7 @@ apiary_launcher_main(Datum main_arg)
 	BackgroundWorkerHandle *collector = NULL;
 	bool		crashes_counted = false;
 	TimestampTz next_prune = 0;
+	TimestampTz next_upkeep = 0;
 	TimestampTz next_vacuum = 0;
 	uint64		vacuumed_at = 0;
 
@@ -788,6 +790,23 @@ apiary_launcher_main(Datum main_arg)
 				FlushErrorState();
 			}
 			PG_END_TRY();
+		}
+
+		/* the registry's upkeep: once a minute */
+		if (housekeeping && GetCurrentTimestamp() >= next_upkeep)
+		{
+			PG_TRY();
+			{
+				registry_upkeep();
+			}
+			PG_CATCH();
+			{
+				EmitErrorReport();
+				AbortCurrentTransaction();
+				FlushErrorState();
+			}
+			PG_END_TRY();
+			next_upkeep = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 60 * 1000);
 		}
 
 		/* retention: once a minute, or at once while there is a backlog */

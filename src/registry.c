@@ -3,9 +3,9 @@
  * registry.c
  *	  Registering functions with apiary, and finding them again fast.
  *
- * A registration is a row of apiary.functions: a name, the function (by
- * its schema-qualified signature), its kind and its retry/timeout
- * settings.  Rows are written three ways, all here:
+ * A registration is a row of apiary.functions: a name, the function, its
+ * kind and its retry/timeout settings.  Rows are written three ways, all
+ * here:
  *
  *	- apiary_register() / apiary_unregister(), by the function's owner;
  *	- declaratively: an event trigger at ddl_command_end reads
@@ -22,15 +22,15 @@
  * sees.  As a last line, a lookup that finds a registration whose function
  * is gone says so.
  *
- * The function is named by its signature, "public.reserve(integer,integer)"
- * as pg_identify_object gives it, not by OID: pg_upgrade does not keep
- * function OIDs (and refuses a cluster with a regprocedure column), while
- * a signature means the same function in the upgraded cluster, in a
- * restored dump and on a standby.  A rename changes the signature, so an
- * event trigger at ddl_command_start notes which function each
- * registration names before any RENAME or SET SCHEMA, and the one at
- * ddl_command_end writes the signatures that changed (of the function,
- * or through its schema or the types of its arguments).
+ * The function is kept twice (apiary--0.9--0.10.sql): by OID (fn_oid),
+ * which names it in this cluster and follows renames by itself, and by
+ * its schema-qualified signature (fn), which names it in another: after
+ * pg_upgrade, which does not keep function OIDs, and in a restored dump.
+ * Lookups use the OID while apiary.registry_cluster says it is this
+ * cluster's, the signature otherwise (until apiary.adopt_registrations
+ * has resolved them all again); changes adopt first.  The event trigger
+ * at ddl_command_end brings the signatures up to date after a rename, and
+ * the launcher once a minute (registry_upkeep).
  *
  * Each backend caches, per registered name, everything needed to call the
  * function: its parameters and how JSON converts to each, and the prepared
@@ -57,7 +57,6 @@
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "storage/lmgr.h"
-#include "storage/proc.h"
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -68,6 +67,7 @@
 #include "utils/memutils.h"
 #include "utils/regproc.h"
 #include "utils/rel.h"
+#include "utils/snapmgr.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
 
@@ -79,7 +79,7 @@ PG_FUNCTION_INFO_V1(apiary_register);
 PG_FUNCTION_INFO_V1(apiary_unregister);
 PG_FUNCTION_INFO_V1(apiary_registry_changed);
 PG_FUNCTION_INFO_V1(apiary_on_ddl_command_end);
-PG_FUNCTION_INFO_V1(apiary_on_rename_start);
+PG_FUNCTION_INFO_V1(apiary_system_identifier);
 PG_FUNCTION_INFO_V1(apiary_on_sql_drop);
 
 typedef struct RegistryEntry
@@ -94,18 +94,27 @@ static Oid	registry_fn_type = InvalidOid;	/* the type of its column fn */
 
 #define KIND_SETTING "apiary.kind="
 
-/* How a registration names its function (see the header comment). */
+/*
+ * The function's signature, as apiary.functions.fn holds it.  Never in the
+ * quoted-everything form, which any session may ask for: signatures are
+ * compared as text.
+ */
 static char *
 signature_of(Oid fn)
 {
-	return format_procedure_qualified(fn);
+	bool		save = quote_all_identifiers;
+	char	   *signature;
+
+	quote_all_identifiers = false;
+	signature = format_procedure_qualified(fn);
+	quote_all_identifiers = save;
+	return signature;
 }
 
 /*
  * Before ALTER EXTENSION apiary UPDATE to 0.10, apiary.functions.fn is a
- * regprocedure, and registrations go on working until the update: the
- * statements here take the function as a value of the column's type
- * (fn_value), and read it back as an OID with fn_oid_sql.
+ * regprocedure and there is no fn_oid, and registrations go on working
+ * until the update: the statements here are put together for either.
  */
 static bool
 fn_is_signature(void)
@@ -120,23 +129,43 @@ fn_is_signature(void)
 	return registry_fn_type == TEXTOID;
 }
 
-static Oid
-fn_type(void)
-{
-	return fn_is_signature() ? TEXTOID : REGPROCEDUREOID;
-}
-
-static Datum
-fn_value(Oid fn)
-{
-	return fn_is_signature() ? CStringGetTextDatum(signature_of(fn)) : ObjectIdGetDatum(fn);
-}
-
-/* The column fn as an OID, NULL when it names no function. */
+/* The function as an OID, once the registry is this cluster's (adopt). */
 static const char *
 fn_oid_sql(void)
 {
-	return fn_is_signature() ? "pg_catalog.to_regprocedure(fn)::pg_catalog.oid" : "fn::pg_catalog.oid";
+	return fn_is_signature() ? "fn_oid" : "fn::pg_catalog.oid";
+}
+
+/*
+ * The function as an OID, NULL when it names none: the registry's OID
+ * while it is this cluster's, else the signature's function.
+ */
+static const char *
+fn_lookup_sql(void)
+{
+	return fn_is_signature() ?
+		"CASE WHEN (SELECT system_identifier FROM apiary.registry_cluster)"
+		" OPERATOR(pg_catalog.=) apiary.system_identifier()"
+		" THEN fn_oid ELSE apiary.resolve_signature(fn) END" :
+		"fn::pg_catalog.oid";
+}
+
+/*
+ * After pg_upgrade, the registry's OIDs are the old cluster's: resolve
+ * every signature again before a change compares OIDs (a no-op once done).
+ */
+static void
+adopt_registrations(void)
+{
+	if (fn_is_signature())
+		journal_execute("SELECT apiary.adopt_registrations()", NULL, 0, NULL, NULL,
+						NULL, SPI_OK_SELECT);
+}
+
+Datum
+apiary_system_identifier(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_INT64((int64) GetSystemIdentifier());
 }
 
 /* ---------------------------------------------------------------------
@@ -259,6 +288,12 @@ check_callable(Oid fn, char **proname, Oid *owner)
 				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
 				 errmsg("%s is not a function", format_procedure(fn)),
 				 errdetail("apiary runs plain functions, not procedures, aggregates or window functions.")));
+	/* registrations are the database's; a temporary function, one session's */
+	if (isAnyTempNamespace(proc->pronamespace))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot register temporary function \"%s\"", NameStr(proc->proname)),
+				 errdetail("Registrations belong to the database, and tasks run in sessions of their own.")));
 	for (int i = 0; i < proc->pronargs; i++)
 		check_type(fn, proc->proargtypes.values[i], false);
 	check_type(fn, proc->prorettype, true);
@@ -298,7 +333,7 @@ report_not_found(const char *name)
 									" FROM pg_catalog.pg_proc p"
 									" WHERE p.proname OPERATOR(pg_catalog.=) $1::pg_catalog.name"
 									" AND p.prokind OPERATOR(pg_catalog.=) 'f'"
-									" ORDER BY 1 LIMIT 1", fn_oid_sql()),
+									" ORDER BY 1 LIMIT 1", fn_lookup_sql()),
 						 NULL, 1, argtypes, values, NULL, SPI_OK_SELECT);
 	if (SPI_processed == 1)
 	{
@@ -396,7 +431,7 @@ build_function(const char *name)
 							 " (pg_catalog.date_part('epoch', timeout)"
 							 "  OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8, fn"
 							 " FROM apiary.functions WHERE name OPERATOR(pg_catalog.=) $1",
-							 fn_oid_sql()),
+							 fn_lookup_sql()),
 					NULL, 1, argtypes, values, NULL, SPI_OK_SELECT);
 	if (SPI_processed == 0)
 		report_not_found(name);
@@ -574,18 +609,21 @@ store_registration(Oid fn, const char *name, ApiaryKind kind,
 				   Datum timeout, bool timeout_null,
 				   bool declared, Oid registered_by)
 {
-	Oid			lookup_types[2] = {fn_type(), TEXTOID};
-	Datum		lookup_values[2] = {fn_value(fn), CStringGetTextDatum(name)};
-	Oid			types[7] = {TEXTOID, fn_type(), TEXTOID, INT4OID, INTERVALOID, BOOLOID, OIDOID};
+	Oid			lookup_types[2] = {OIDOID, TEXTOID};
+	Datum		lookup_values[2] = {ObjectIdGetDatum(fn), CStringGetTextDatum(name)};
+	Oid			types[7] = {TEXTOID, TEXTOID, TEXTOID, INT4OID, INTERVALOID, BOOLOID, OIDOID};
 	Datum		values[7];
 	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	const char *oid_sql;
 
 	lock_registry();
+	adopt_registrations();
+	oid_sql = fn_oid_sql();
 	journal_execute(psprintf("SELECT name, COALESCE((%s)::pg_catalog.regprocedure::pg_catalog.text,"
-							 " fn::pg_catalog.text), fn OPERATOR(pg_catalog.=) $1"
+							 " fn::pg_catalog.text), %s OPERATOR(pg_catalog.=) $1"
 							 " FROM apiary.functions"
-							 " WHERE fn OPERATOR(pg_catalog.=) $1 OR name OPERATOR(pg_catalog.=) $2",
-							 fn_oid_sql()),
+							 " WHERE %s OPERATOR(pg_catalog.=) $1 OR name OPERATOR(pg_catalog.=) $2",
+							 oid_sql, oid_sql, oid_sql),
 					NULL, 2, lookup_types, lookup_values, NULL, SPI_OK_SELECT);
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
@@ -609,7 +647,7 @@ store_registration(Oid fn, const char *name, ApiaryKind kind,
 	}
 
 	values[0] = CStringGetTextDatum(name);
-	values[1] = lookup_values[0];
+	values[1] = CStringGetTextDatum(signature_of(fn));
 	values[2] = CStringGetTextDatum(apiary_kind_name(kind));
 	values[3] = max_attempts;
 	nulls[3] = max_attempts_null ? 'n' : ' ';
@@ -618,15 +656,17 @@ store_registration(Oid fn, const char *name, ApiaryKind kind,
 	values[5] = BoolGetDatum(declared);
 	values[6] = ObjectIdGetDatum(registered_by);
 
-	journal_execute("INSERT INTO apiary.functions AS f"
-							   " (name, fn, kind, max_attempts, timeout, declared, registered_by)"
-							   " VALUES ($1, $2, $3, $4, $5, $6,"
-							   " $7::pg_catalog.regrole)"
-							   " ON CONFLICT (name) DO UPDATE SET kind = excluded.kind,"
-							   " max_attempts = excluded.max_attempts, timeout = excluded.timeout,"
-							   " declared = excluded.declared, registered_by = excluded.registered_by,"
-							   " registered_at = pg_catalog.now()"
-							   " WHERE f.fn OPERATOR(pg_catalog.=) excluded.fn",
+	/* (the insert trigger finds fn_oid from the signature) */
+	journal_execute(psprintf("INSERT INTO apiary.functions AS f"
+							 " (name, fn, kind, max_attempts, timeout, declared, registered_by)"
+							 " VALUES ($1, $2%s, $3, $4, $5, $6, $7::pg_catalog.regrole)"
+							 " ON CONFLICT (name) DO UPDATE SET kind = excluded.kind,"
+							 " max_attempts = excluded.max_attempts, timeout = excluded.timeout,"
+							 " declared = excluded.declared, registered_by = excluded.registered_by,"
+							 " registered_at = pg_catalog.now()"
+							 " WHERE f.%s OPERATOR(pg_catalog.=) excluded.%s",
+							 fn_is_signature() ? "" : "::pg_catalog.regprocedure",
+							 oid_sql, oid_sql),
 					NULL, 7, types, values, nulls, SPI_OK_INSERT);
 }
 
@@ -714,7 +754,7 @@ apiary_unregister(PG_FUNCTION_ARGS)
 		elog(ERROR, "SPI_connect failed");
 	journal_execute(psprintf("SELECT %s, registered_by::pg_catalog.oid"
 							 " FROM apiary.functions WHERE name OPERATOR(pg_catalog.=) $1",
-							 fn_oid_sql()),
+							 fn_lookup_sql()),
 					NULL, 1, argtypes, values, NULL, SPI_OK_SELECT);
 	if (SPI_processed == 0)
 		report_not_found(name);
@@ -796,8 +836,8 @@ sync_declared(Oid fn)
 	if (kind_name != NULL)
 	{
 		ApiaryKind	kind = parse_kind(kind_name);
-		Oid			argtypes[1] = {fn_type()};
-		Datum		values[1] = {fn_value(fn)};
+		Oid			argtypes[1] = {OIDOID};
+		Datum		values[1] = {ObjectIdGetDatum(fn)};
 		char	   *proname;
 		char	   *name;
 		Oid			owner;
@@ -811,8 +851,9 @@ sync_declared(Oid fn)
 		 * only says so when the two disagree.
 		 */
 		lock_registry();
-		rc = SPI_execute_with_args("SELECT name, declared, kind FROM apiary.functions"
-								   " WHERE fn OPERATOR(pg_catalog.=) $1",
+		adopt_registrations();
+		rc = SPI_execute_with_args(psprintf("SELECT name, declared, kind FROM apiary.functions"
+											" WHERE %s OPERATOR(pg_catalog.=) $1", fn_oid_sql()),
 								   1, argtypes, values, NULL, false, 1);
 		if (rc != SPI_OK_SELECT)
 			elog(ERROR, "SPI_execute failed: %s", SPI_result_code_string(rc));
@@ -843,11 +884,12 @@ sync_declared(Oid fn)
 	}
 	else
 	{
-		Oid			argtypes[1] = {fn_type()};
-		Datum		values[1] = {fn_value(fn)};
+		Oid			argtypes[1] = {OIDOID};
+		Datum		values[1] = {ObjectIdGetDatum(fn)};
 
-		journal_execute("DELETE FROM apiary.functions"
-						" WHERE fn OPERATOR(pg_catalog.=) $1 AND declared",
+		adopt_registrations();
+		journal_execute(psprintf("DELETE FROM apiary.functions"
+								 " WHERE %s OPERATOR(pg_catalog.=) $1 AND declared", fn_oid_sql()),
 						NULL, 1, argtypes, values, NULL, SPI_OK_DELETE);
 	}
 }
@@ -910,24 +952,6 @@ registry_watches(void)
 		  CurrentExtensionObject == get_extension_oid("apiary", true));
 }
 
-/*
- * Renames: before a RENAME or SET SCHEMA, each registration's name, the
- * signature it holds and the function that signature names now, kept in
- * the transaction's memory for the trigger at the statement's end.  The
- * stamp says whose they are: a statement that failed leaves them behind,
- * freed with its transaction or taken over by the next statement's.
- */
-typedef struct Renamed
-{
-	char	   *name;
-	char	   *signature;
-	Oid			fn;
-} Renamed;
-
-static Renamed *renamed = NULL;
-static int	nrenamed = 0;
-static LocalTransactionId renamed_stamp = InvalidLocalTransactionId;
-
 static void
 check_event_trigger(FunctionCallInfo fcinfo, const char *name)
 {
@@ -960,72 +984,10 @@ may_rename_signature(Node *stmt)
 		case OBJECT_MATVIEW:
 		case OBJECT_FOREIGN_TABLE:
 		case OBJECT_SEQUENCE:
+		case OBJECT_INDEX:		/* ALTER INDEX renames tables too */
 			return true;
 		default:
 			return false;
-	}
-}
-
-Datum
-apiary_on_rename_start(PG_FUNCTION_ARGS)
-{
-	check_event_trigger(fcinfo, "apiary.on_rename_start");
-	renamed_stamp = InvalidLocalTransactionId;
-	if (!may_rename_signature(((EventTriggerData *) fcinfo->context)->parsetree) ||
-		!registry_watches() || !fn_is_signature())
-		PG_RETURN_VOID();
-
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	journal_execute("SELECT name, fn, pg_catalog.to_regprocedure(fn)::pg_catalog.oid"
-					" FROM apiary.functions", NULL, 0, NULL, NULL, NULL, SPI_OK_SELECT);
-	nrenamed = (int) SPI_processed;
-	renamed = MemoryContextAlloc(TopTransactionContext,
-								 Max(nrenamed, 1) * sizeof(Renamed));
-	for (int i = 0; i < nrenamed; i++)
-	{
-		HeapTuple	row = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		bool		isnull;
-
-		renamed[i].name = MemoryContextStrdup(TopTransactionContext,
-											  SPI_getvalue(row, desc, 1));
-		renamed[i].signature = MemoryContextStrdup(TopTransactionContext,
-												   SPI_getvalue(row, desc, 2));
-		renamed[i].fn = DatumGetObjectId(SPI_getbinval(row, desc, 3, &isnull));
-		if (isnull)
-			renamed[i].fn = InvalidOid;
-	}
-	renamed_stamp = MyProc->lxid;
-	SPI_finish();
-	PG_RETURN_VOID();
-}
-
-/* After the statement: write the signatures that changed. */
-static void
-apply_renames(void)
-{
-	if (renamed_stamp != MyProc->lxid)
-		return;
-	renamed_stamp = InvalidLocalTransactionId;
-	for (int i = 0; i < nrenamed; i++)
-	{
-		Oid			argtypes[3] = {TEXTOID, TEXTOID, TEXTOID};
-		Datum		values[3];
-		char	   *now;
-
-		if (!OidIsValid(renamed[i].fn))
-			continue;
-		now = format_procedure_extended(renamed[i].fn,
-										FORMAT_PROC_FORCE_QUALIFY | FORMAT_PROC_INVALID_AS_NULL);
-		if (now == NULL || strcmp(now, renamed[i].signature) == 0)
-			continue;
-		values[0] = CStringGetTextDatum(renamed[i].name);
-		values[1] = CStringGetTextDatum(renamed[i].signature);
-		values[2] = CStringGetTextDatum(now);
-		journal_execute("UPDATE apiary.functions SET fn = $3"
-						" WHERE name OPERATOR(pg_catalog.=) $1 AND fn OPERATOR(pg_catalog.=) $2",
-						NULL, 3, argtypes, values, NULL, SPI_OK_UPDATE);
 	}
 }
 
@@ -1034,6 +996,7 @@ apiary_on_ddl_command_end(PG_FUNCTION_ARGS)
 {
 	CommandTag	tag;
 	bool		declares;
+	bool		renames;
 	Oid		   *fns;
 	int			nfns;
 	int			rc;
@@ -1043,15 +1006,16 @@ apiary_on_ddl_command_end(PG_FUNCTION_ARGS)
 	declares = tag == CMDTAG_CREATE_FUNCTION || tag == CMDTAG_ALTER_FUNCTION ||
 		tag == CMDTAG_CREATE_PROCEDURE || tag == CMDTAG_ALTER_PROCEDURE ||
 		tag == CMDTAG_ALTER_ROUTINE;
+	renames = may_rename_signature(((EventTriggerData *) fcinfo->context)->parsetree);
 	/* most ALTERs rename nothing and declare nothing */
-	if ((!declares && renamed_stamp != MyProc->lxid) || !registry_watches())
+	if ((!declares && !renames) || !registry_watches())
 		PG_RETURN_VOID();
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	apply_renames();
-
-	/* declarations: after the renames, so that a renamed one is found */
+	if (renames && fn_is_signature())
+		journal_execute("SELECT apiary.refresh_signatures()", NULL, 0, NULL, NULL,
+						NULL, SPI_OK_SELECT);
 	if (!declares)
 	{
 		SPI_finish();
@@ -1105,13 +1069,40 @@ apiary_on_sql_drop(PG_FUNCTION_ARGS)
 					" LIMIT 1", true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute failed");
 	if (SPI_processed > 0)
+	{
+		adopt_registrations();
 		journal_execute(psprintf("DELETE FROM apiary.functions"
 								 " WHERE %s OPERATOR(pg_catalog.=) ANY (ARRAY("
-								 "  SELECT %s FROM pg_catalog.pg_event_trigger_dropped_objects()"
+								 "  SELECT objid FROM pg_catalog.pg_event_trigger_dropped_objects()"
 								 "  WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass))",
-								 fn_is_signature() ? "fn" : "fn::pg_catalog.oid",
-								 fn_is_signature() ? "object_identity" : "objid"),
+								 fn_oid_sql()),
 						NULL, 0, NULL, NULL, NULL, SPI_OK_DELETE);
+	}
 	SPI_finish();
 	PG_RETURN_VOID();
+}
+
+/*
+ * The launcher's upkeep of the registry, once a minute: after pg_upgrade,
+ * resolve the registrations in the new cluster; and bring the signatures
+ * up to date with renames the event trigger did not see (made while
+ * event triggers were off, or by a transaction that raced a registration).
+ */
+void
+registry_upkeep(void)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (OidIsValid(get_namespace_oid("apiary", true)) && fn_is_signature())
+	{
+		adopt_registrations();
+		journal_execute("SELECT apiary.refresh_signatures()", NULL, 0, NULL, NULL,
+						NULL, SPI_OK_SELECT);
+	}
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
 }

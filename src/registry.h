@@ -77,6 +77,9 @@ typedef struct ApiaryFunction
 
 extern void registry_init(void);
 
+/* The launcher's upkeep of the registry (registry.c), in a transaction of its own. */
+extern void registry_upkeep(void);
+
 /*
  * Look up a registered function by name, pinned until registry_release;
  * raises "does not exist" with a hint when there is none.

@@ -2,9 +2,9 @@
 # pg_upgrade carries apiary over: a cluster with registrations, a pending
 # workflow and keyed calls is upgraded with pg_upgrade into a new cluster
 # (same major version: what matters is that function OIDs change), and
-# there every registration names the same function, the workflow runs to
-# its result, and a keyed call returns its recorded output without running
-# again.
+# there the launcher resolves every registration's signature again, each
+# names the same function, the workflow runs to its result, and a keyed
+# call returns its recorded output without running again.
 #
 # Before the upgrade, OIDs are used up in the old cluster so that the
 # functions get other OIDs in the new one, and the registered functions,
@@ -111,6 +111,16 @@ $after"
 moved=$(join -t'|' <(echo "$before" | cut -d'|' -f1,3) <(echo "$after" | cut -d'|' -f1,3) |
 	awk -F'|' '$2 != $3' | wc -l)
 [ "$moved" -gt 0 ] || fail "no registered function changed OID: the test shows nothing"
+
+# the launcher resolves the registrations in the new cluster
+adopted=f
+for _ in $(seq 300); do
+	adopted=$(new_psql -c "SELECT (SELECT system_identifier FROM apiary.registry_cluster) = apiary.system_identifier()
+	                       AND NOT EXISTS (SELECT FROM apiary.functions WHERE fn_oid IS DISTINCT FROM fn::regprocedure)")
+	[ "$adopted" = t ] && break
+	sleep 0.1
+done
+[ "$adopted" = t ] || fail "the launcher did not resolve the registrations in the new cluster"
 
 # the pending workflow runs in the new cluster
 result=$(new_psql -c "SET ROLE clerk; SELECT apiary_result('reorder-2', '60 s')")
