@@ -145,6 +145,8 @@ REVOKE ALL ON FUNCTION apiary.refresh_signatures() FROM PUBLIC;
 CREATE OR REPLACE FUNCTION apiary.registration_replaces() RETURNS trigger
 LANGUAGE plpgsql SET quote_all_identifiers = off AS $$
 BEGIN
+    -- the rows below compare OIDs: of this cluster (pg_upgrade)
+    PERFORM apiary.adopt_registrations();
     NEW.fn_oid := apiary.resolve_signature(NEW.fn);
     IF NEW.fn_oid IS NULL THEN
         RAISE WARNING 'skipping the registration of "%": function % does not exist', NEW.name, NEW.fn
