@@ -237,8 +237,35 @@ CREATE FUNCTION depot.unrelated() RETURNS int LANGUAGE sql AS $$ SELECT 1 $$;
 SELECT system_identifier = apiary.system_identifier() AS adopted FROM apiary.registry_cluster;
 SELECT name, fn_oid = fn::regprocedure AS resolved FROM apiary.functions
 WHERE name IN ('fill', 'count_up') ORDER BY name;
-DROP SCHEMA depot CASCADE;
+-- Before adoption, a rename adopts first, while the signatures still name
+-- what they named ...
+UPDATE apiary.registry_cluster SET system_identifier = 42;
+UPDATE apiary.functions SET fn_oid = NULL WHERE name = 'count_up';
+ALTER SCHEMA depot RENAME TO store;
+SELECT name, fn, fn_oid = fn::regprocedure AS resolved FROM apiary.functions
+WHERE name IN ('fill', 'count_up') ORDER BY name;
+-- ... and a drop removes the registration of the function it dropped.
+UPDATE apiary.registry_cluster SET system_identifier = 42;
+UPDATE apiary.functions SET fn_oid = NULL WHERE name = 'count_up';
+DROP FUNCTION store.count_on(int);
+SELECT count(*) FROM apiary.functions WHERE name = 'count_up';
+-- A signature that names nothing in the new cluster leaves its
+-- registration unresolved, with a warning; calling it says so, and
+-- registering a function under its name replaces it.
+UPDATE apiary.registry_cluster SET system_identifier = 42;
+UPDATE apiary.functions SET fn = 'store.vanished(integer)' WHERE name = 'fill';
+SELECT apiary.adopt_registrations();
+SELECT name, fn, fn_oid FROM apiary.functions WHERE name = 'fill';
+SELECT apiary_invoke('fill', '{"b": {"item": 1, "qty": 1}, "extra": 1}');
+SELECT apiary_register('public.top_up(store.shelf, store.quantity)', name => 'fill');
+SELECT name, fn, fn_oid = fn::regprocedure AS resolved FROM apiary.functions WHERE name = 'fill';
+DROP SCHEMA store CASCADE;
 SELECT count(*) FROM apiary.functions WHERE name IN ('fill', 'count_up');
--- A temporary function is one session's: it cannot be registered.
+-- A temporary function, or one that takes a temporary type, is one
+-- session's: it cannot be registered.
 CREATE FUNCTION pg_temp.scratch() RETURNS int LANGUAGE sql AS $$ SELECT 1 $$;
 SELECT apiary_register('pg_temp.scratch()');
+CREATE TEMP TABLE scratch_rows (a int);
+CREATE FUNCTION public.scratch_sum(r scratch_rows) RETURNS int LANGUAGE sql AS $$ SELECT r.a $$;
+SELECT apiary_register('public.scratch_sum(scratch_rows)');
+DROP FUNCTION public.scratch_sum(scratch_rows);

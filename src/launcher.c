@@ -210,6 +210,7 @@ apiary_on_ddl_command_start(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("function \"%s\" was not called by event trigger manager",
 						"apiary.on_ddl_command_start")));
+	registry_before_ddl(trigdata->parsetree);
 	if (apiary_shared == NULL || !IsA(trigdata->parsetree, DropStmt))
 		PG_RETURN_VOID();
 	stmt = (DropStmt *) trigdata->parsetree;

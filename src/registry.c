@@ -247,6 +247,25 @@ parse_kind(const char *name)
 	return kind;
 }
 
+/* Is the type (or its element type) one session's? */
+static bool
+is_temp_type(Oid type)
+{
+	HeapTuple	tup;
+	bool		temp = false;
+	Oid			elem = get_element_type(type);
+
+	if (OidIsValid(elem))
+		type = elem;
+	tup = SearchSysCache1(TYPEOID, ObjectIdGetDatum(type));
+	if (HeapTupleIsValid(tup))
+	{
+		temp = isAnyTempNamespace(((Form_pg_type) GETSTRUCT(tup))->typnamespace);
+		ReleaseSysCache(tup);
+	}
+	return temp;
+}
+
 /* May apiary call this type as a parameter (or return it)? */
 static void
 check_type(Oid fn, Oid type, bool is_result)
@@ -264,6 +283,12 @@ check_type(Oid fn, Oid type, bool is_result)
 				 errmsg("cannot register function %s", format_procedure(fn)),
 				 errdetail(is_result ? "It returns pseudo-type %s." :
 						   "It takes an argument of pseudo-type %s.",
+						   format_type_be(type))));
+	if (is_temp_type(type))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot register function %s", format_procedure(fn)),
+				 errdetail("It uses temporary type %s: registrations belong to the database, and tasks run in sessions of their own.",
 						   format_type_be(type))));
 }
 
@@ -611,16 +636,24 @@ store_registration(Oid fn, const char *name, ApiaryKind kind,
 {
 	Oid			lookup_types[2] = {OIDOID, TEXTOID};
 	Datum		lookup_values[2] = {ObjectIdGetDatum(fn), CStringGetTextDatum(name)};
-	Oid			types[7] = {TEXTOID, TEXTOID, TEXTOID, INT4OID, INTERVALOID, BOOLOID, OIDOID};
-	Datum		values[7];
-	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	Oid			types[8] = {TEXTOID, TEXTOID, TEXTOID, INT4OID, INTERVALOID, BOOLOID, OIDOID, OIDOID};
+	Datum		values[8];
+	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	const char *oid_sql;
 
 	lock_registry();
 	adopt_registrations();
 	oid_sql = fn_oid_sql();
+	/*
+	 * A registration under this name whose function is not in this
+	 * cluster (its signature named nothing after pg_upgrade) gives way.
+	 */
+	if (fn_is_signature())
+		journal_execute("DELETE FROM apiary.functions"
+						" WHERE name OPERATOR(pg_catalog.=) $1 AND fn_oid IS NULL",
+						NULL, 1, &lookup_types[1], &lookup_values[1], NULL, SPI_OK_DELETE);
 	journal_execute(psprintf("SELECT name, COALESCE((%s)::pg_catalog.regprocedure::pg_catalog.text,"
-							 " fn::pg_catalog.text), %s OPERATOR(pg_catalog.=) $1"
+							 " fn::pg_catalog.text), %s IS NOT DISTINCT FROM $1"
 							 " FROM apiary.functions"
 							 " WHERE %s OPERATOR(pg_catalog.=) $1 OR name OPERATOR(pg_catalog.=) $2",
 							 oid_sql, oid_sql, oid_sql),
@@ -655,19 +688,21 @@ store_registration(Oid fn, const char *name, ApiaryKind kind,
 	nulls[4] = timeout_null ? 'n' : ' ';
 	values[5] = BoolGetDatum(declared);
 	values[6] = ObjectIdGetDatum(registered_by);
+	values[7] = ObjectIdGetDatum(fn);
 
-	/* (the insert trigger finds fn_oid from the signature) */
 	journal_execute(psprintf("INSERT INTO apiary.functions AS f"
-							 " (name, fn, kind, max_attempts, timeout, declared, registered_by)"
-							 " VALUES ($1, $2%s, $3, $4, $5, $6, $7::pg_catalog.regrole)"
+							 " (name, fn, kind, max_attempts, timeout, declared, registered_by%s)"
+							 " VALUES ($1, $2%s, $3, $4, $5, $6, $7::pg_catalog.regrole%s)"
 							 " ON CONFLICT (name) DO UPDATE SET kind = excluded.kind,"
 							 " max_attempts = excluded.max_attempts, timeout = excluded.timeout,"
 							 " declared = excluded.declared, registered_by = excluded.registered_by,"
 							 " registered_at = pg_catalog.now()"
 							 " WHERE f.%s OPERATOR(pg_catalog.=) excluded.%s",
+							 fn_is_signature() ? ", fn_oid" : "",
 							 fn_is_signature() ? "" : "::pg_catalog.regprocedure",
+							 fn_is_signature() ? ", $8" : "",
 							 oid_sql, oid_sql),
-					NULL, 7, types, values, nulls, SPI_OK_INSERT);
+					NULL, fn_is_signature() ? 8 : 7, types, values, nulls, SPI_OK_INSERT);
 }
 
 Datum
@@ -1071,15 +1106,40 @@ apiary_on_sql_drop(PG_FUNCTION_ARGS)
 	if (SPI_processed > 0)
 	{
 		adopt_registrations();
+		/*
+		 * and, adopted only now, the registrations of the functions just
+		 * dropped, which their signatures name no more
+		 */
 		journal_execute(psprintf("DELETE FROM apiary.functions"
 								 " WHERE %s OPERATOR(pg_catalog.=) ANY (ARRAY("
 								 "  SELECT objid FROM pg_catalog.pg_event_trigger_dropped_objects()"
-								 "  WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass))",
-								 fn_oid_sql()),
+								 "  WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass))%s",
+								 fn_oid_sql(),
+								 fn_is_signature() ?
+								 " OR (fn_oid IS NULL AND fn OPERATOR(pg_catalog.=) ANY (ARRAY("
+								 "  SELECT object_identity FROM pg_catalog.pg_event_trigger_dropped_objects()"
+								 "  WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass)))" : ""),
 						NULL, 0, NULL, NULL, NULL, SPI_OK_DELETE);
 	}
 	SPI_finish();
 	PG_RETURN_VOID();
+}
+
+/*
+ * Before a statement that may rename what a signature names: the
+ * signatures must be resolved while they still name what they named
+ * (after pg_upgrade, before adoption, a rename would move them).  Called
+ * by the ddl_command_start event trigger (launcher.c).
+ */
+void
+registry_before_ddl(Node *stmt)
+{
+	if (!may_rename_signature(stmt) || !registry_watches())
+		return;
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	adopt_registrations();
+	SPI_finish();
 }
 
 /*
@@ -1098,6 +1158,9 @@ registry_upkeep(void)
 		elog(ERROR, "SPI_connect failed");
 	if (OidIsValid(get_namespace_oid("apiary", true)) && fn_is_signature())
 	{
+		/* not held up for long by a session that holds the registry */
+		(void) set_config_option("lock_timeout", "1000", PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_LOCAL, true, 0, false);
 		adopt_registrations();
 		journal_execute("SELECT apiary.refresh_signatures()", NULL, 0, NULL, NULL,
 						NULL, SPI_OK_SELECT);

@@ -80,6 +80,9 @@ extern void registry_init(void);
 /* The launcher's upkeep of the registry (registry.c), in a transaction of its own. */
 extern void registry_upkeep(void);
 
+/* Before a DDL statement: resolve the registrations first if it may rename. */
+extern void registry_before_ddl(Node *stmt);
+
 /*
  * Look up a registered function by name, pinned until registry_release;
  * raises "does not exist" with a hint when there is none.

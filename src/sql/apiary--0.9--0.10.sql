@@ -127,6 +127,9 @@ BEGIN
                     WHERE (pg_identify_object('pg_proc'::regclass, fn_oid, 0)).identity <> fn) THEN
         RETURN;
     END IF;
+    -- as a registration does, and before it: a transaction that goes on
+    -- to register must not be left holding a weaker lock
+    LOCK TABLE apiary.functions IN SHARE ROW EXCLUSIVE MODE;
     UPDATE apiary.functions SET fn = (pg_identify_object('pg_proc'::regclass, fn_oid, 0)).identity
      WHERE (pg_identify_object('pg_proc'::regclass, fn_oid, 0)).identity <> fn;
 END $$;
@@ -140,14 +143,22 @@ REVOKE ALL ON FUNCTION apiary.refresh_signatures() FROM PUBLIC;
  * signature names no function is skipped with a warning, so that a
  * restore keeps the rest.  Then, as before, it replaces a registration of
  * the same function (see 0.7).  Without a search_path of its own, for the
- * first step, so every name in it is qualified.
+ * first step, so every name in it is qualified, operators included (and
+ * no IS DISTINCT FROM, whose operator cannot be).
  */
 CREATE OR REPLACE FUNCTION apiary.registration_replaces() RETURNS trigger
 LANGUAGE plpgsql SET quote_all_identifiers = off AS $$
 BEGIN
     -- the rows below compare OIDs: of this cluster (pg_upgrade)
     PERFORM apiary.adopt_registrations();
-    NEW.fn_oid := apiary.resolve_signature(NEW.fn);
+    -- a registration made here brings its function (fn_oid) and signature
+    -- together; a restored row, another database's OID: find it again
+    IF NEW.fn_oid IS NULL
+       OR NOT COALESCE((pg_catalog.pg_identify_object('pg_catalog.pg_proc'::pg_catalog.regclass,
+                                                      NEW.fn_oid, 0)).identity
+                       OPERATOR(pg_catalog.=) NEW.fn, false) THEN
+        NEW.fn_oid := apiary.resolve_signature(NEW.fn);
+    END IF;
     IF NEW.fn_oid IS NULL THEN
         RAISE WARNING 'skipping the registration of "%": function % does not exist', NEW.name, NEW.fn
             USING HINT = 'Register the function with apiary_register once it exists.';
@@ -168,6 +179,22 @@ BEGIN
     END IF;
     RETURN NEW;
 END $$;
+
+/*
+ * Renames: before a RENAME or SET SCHEMA, the ddl_command_start trigger
+ * (which also stands the executors down for DROP EXTENSION) adopts the
+ * registrations if they are another cluster's, while their signatures
+ * still name what they named.
+ */
+DROP EVENT TRIGGER apiary_ddl_command_start;
+CREATE EVENT TRIGGER apiary_ddl_command_start ON ddl_command_start
+    WHEN TAG IN ('DROP EXTENSION',
+                 'ALTER FUNCTION', 'ALTER PROCEDURE', 'ALTER ROUTINE', 'ALTER SCHEMA',
+                 'ALTER TYPE', 'ALTER DOMAIN', 'ALTER TABLE', 'ALTER INDEX', 'ALTER VIEW',
+                 'ALTER MATERIALIZED VIEW', 'ALTER FOREIGN TABLE', 'ALTER SEQUENCE',
+                 'ALTER EXTENSION')
+    EXECUTE FUNCTION apiary.on_ddl_command_start();
+ALTER EVENT TRIGGER apiary_ddl_command_start ENABLE ALWAYS;
 
 /*
  * Renames: after a RENAME or SET SCHEMA (of a function, a schema, or a
