@@ -1105,20 +1105,25 @@ apiary_on_sql_drop(PG_FUNCTION_ARGS)
 		elog(ERROR, "SPI_execute failed");
 	if (SPI_processed > 0)
 	{
-		adopt_registrations();
 		/*
-		 * and, adopted only now, the registrations of the functions just
-		 * dropped, which their signatures name no more
+		 * Before adoption (pg_upgrade), the signatures say which
+		 * registrations were of the functions just dropped: adoption, which
+		 * finds no function for them, comes after.
 		 */
+		if (fn_is_signature())
+			journal_execute("DELETE FROM apiary.functions"
+							" WHERE (SELECT system_identifier FROM apiary.registry_cluster)"
+							" OPERATOR(pg_catalog.<>) apiary.system_identifier()"
+							" AND fn OPERATOR(pg_catalog.=) ANY (ARRAY("
+							"  SELECT object_identity FROM pg_catalog.pg_event_trigger_dropped_objects()"
+							"  WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass))",
+							NULL, 0, NULL, NULL, NULL, SPI_OK_DELETE);
+		adopt_registrations();
 		journal_execute(psprintf("DELETE FROM apiary.functions"
 								 " WHERE %s OPERATOR(pg_catalog.=) ANY (ARRAY("
 								 "  SELECT objid FROM pg_catalog.pg_event_trigger_dropped_objects()"
-								 "  WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass))%s",
-								 fn_oid_sql(),
-								 fn_is_signature() ?
-								 " OR (fn_oid IS NULL AND fn OPERATOR(pg_catalog.=) ANY (ARRAY("
-								 "  SELECT object_identity FROM pg_catalog.pg_event_trigger_dropped_objects()"
-								 "  WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass)))" : ""),
+								 "  WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass))",
+								 fn_oid_sql()),
 						NULL, 0, NULL, NULL, NULL, SPI_OK_DELETE);
 	}
 	SPI_finish();
