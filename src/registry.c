@@ -493,7 +493,8 @@ build_function(const char *name)
 				 errmsg("the function registered as \"%s\" no longer exists", name),
 				 errdetail("It was registered as %s.",
 						   SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5)),
-				 errhint("Remove the registration with apiary_unregister('%s').", name)));
+				 errhint("Register the function under this name again with apiary_register(..., name => '%s'), or remove the registration with apiary_unregister('%s').",
+						 name, name)));
 	proc = (Form_pg_proc) GETSTRUCT(tup);
 	f->namespace = proc->pronamespace;
 	f->qualified_name = quote_qualified_identifier(get_namespace_name(proc->pronamespace),
@@ -643,6 +644,10 @@ store_registration(Oid fn, const char *name, ApiaryKind kind,
 
 	lock_registry();
 	adopt_registrations();
+	/* and signatures left behind by a rename that raced a registration */
+	if (fn_is_signature())
+		journal_execute("SELECT apiary.refresh_signatures()", NULL, 0, NULL, NULL,
+						NULL, SPI_OK_SELECT);
 	oid_sql = fn_oid_sql();
 	/*
 	 * A registration under this name whose function is not in this
@@ -1026,15 +1031,14 @@ may_rename_signature(Node *stmt)
 	}
 }
 
+static void sync_declarations(void);
+
 Datum
 apiary_on_ddl_command_end(PG_FUNCTION_ARGS)
 {
 	CommandTag	tag;
 	bool		declares;
 	bool		renames;
-	Oid		   *fns;
-	int			nfns;
-	int			rc;
 
 	check_event_trigger(fcinfo, "apiary.on_ddl_command_end");
 	tag = ((EventTriggerData *) fcinfo->context)->tag;
@@ -1048,14 +1052,28 @@ apiary_on_ddl_command_end(PG_FUNCTION_ARGS)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
+	if (declares)
+		sync_declarations();
+	/*
+	 * After the declarations: a registration of the renamed function made
+	 * meanwhile by another session holds the registry, and they wait for
+	 * it; then this sees it, and its signature from before the rename.
+	 */
 	if (renames && fn_is_signature())
 		journal_execute("SELECT apiary.refresh_signatures()", NULL, 0, NULL, NULL,
 						NULL, SPI_OK_SELECT);
-	if (!declares)
-	{
-		SPI_finish();
-		PG_RETURN_VOID();
-	}
+	SPI_finish();
+	PG_RETURN_VOID();
+}
+
+/* CREATE or ALTER FUNCTION: register, update or unregister what it declares. */
+static void
+sync_declarations(void)
+{
+	Oid		   *fns;
+	int			nfns;
+	int			rc;
+
 	rc = SPI_execute("SELECT DISTINCT objid FROM pg_catalog.pg_event_trigger_ddl_commands()"
 					 " WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass",
 					 false, 0);
@@ -1079,8 +1097,6 @@ apiary_on_ddl_command_end(PG_FUNCTION_ARGS)
 		else
 			sync_declared_leniently(fns[i]);
 	}
-	SPI_finish();
-	PG_RETURN_VOID();
 }
 
 Datum
