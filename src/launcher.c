@@ -484,6 +484,75 @@ start_worker(const char *function, const char *type, int slot)
 }
 
 /*
+ * The cluster has just been upgraded (pg_upgrade): in every other database
+ * apiary may be installed in, where no launcher runs, resolve the
+ * registrations too, one short-lived worker at a time.  Only then: a
+ * connection to a database holds up CREATE DATABASE from it as template.
+ */
+static void
+adopt_elsewhere(void)
+{
+	MemoryContext outer = CurrentMemoryContext;
+	List	   *databases = NIL;
+	ListCell   *lc;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute("SELECT oid FROM pg_catalog.pg_database"
+					" WHERE datallowconn AND NOT datistemplate", true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute failed");
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+		Oid			db = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i],
+													   SPI_tuptable->tupdesc, 1, &isnull));
+
+		if (db != MyDatabaseId)
+		{
+			MemoryContext old = MemoryContextSwitchTo(outer);
+
+			databases = lappend_oid(databases, db);
+			MemoryContextSwitchTo(old);
+		}
+	}
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+
+	foreach(lc, databases)
+	{
+		BackgroundWorker worker;
+		BackgroundWorkerHandle *handle;
+
+		memset(&worker, 0, sizeof(worker));
+		worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+		worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+		worker.bgw_restart_time = BGW_NEVER_RESTART;
+		snprintf(worker.bgw_library_name, BGW_MAXLEN, "apiary");
+		snprintf(worker.bgw_function_name, BGW_MAXLEN, "apiary_registry_worker_main");
+		snprintf(worker.bgw_name, BGW_MAXLEN, "apiary registry");
+		snprintf(worker.bgw_type, BGW_MAXLEN, "apiary registry");
+		worker.bgw_main_arg = ObjectIdGetDatum(lfirst_oid(lc));
+		worker.bgw_notify_pid = MyProcPid;
+		if (!RegisterDynamicBackgroundWorker(&worker, &handle))
+		{
+			ereport(WARNING,
+					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+					 errmsg("could not start a worker to resolve apiary's registrations in the other databases after the upgrade"),
+					 errhint("Run SELECT apiary.adopt_registrations() as a superuser in each database where apiary is installed.")));
+			break;
+		}
+		if (WaitForBackgroundWorkerShutdown(handle) == BGWH_POSTMASTER_DIED)
+			break;
+		pfree(handle);
+	}
+	list_free(databases);
+}
+
+/*
  * Delete finished workflows and keyed calls older than apiary.retention, a
  * batch per transaction, until a batch comes back short or a limit per
  * call is reached (the launcher has executors to look after).  Returns
@@ -798,7 +867,8 @@ apiary_launcher_main(Datum main_arg)
 		{
 			PG_TRY();
 			{
-				registry_upkeep();
+				if (registry_upkeep())
+					adopt_elsewhere();
 			}
 			PG_CATCH();
 			{

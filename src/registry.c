@@ -51,12 +51,17 @@
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
 #include "commands/event_trigger.h"
+#include "commands/dbcommands.h"
 #include "commands/extension.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "storage/ipc.h"
 #include "storage/lmgr.h"
+#include "tcop/tcopprot.h"
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -152,14 +157,19 @@ fn_lookup_sql(void)
 
 /*
  * After pg_upgrade, the registry's OIDs are the old cluster's: resolve
- * every signature again before a change compares OIDs (a no-op once done).
+ * every signature again before a change compares OIDs (a no-op once
+ * done).  Returns whether it was done now.
  */
-static void
+static bool
 adopt_registrations(void)
 {
-	if (fn_is_signature())
-		journal_execute("SELECT apiary.adopt_registrations()", NULL, 0, NULL, NULL,
-						NULL, SPI_OK_SELECT);
+	bool		isnull;
+
+	if (!fn_is_signature())
+		return false;
+	journal_execute("SELECT apiary.adopt_registrations()", NULL, 0, NULL, NULL,
+					NULL, SPI_OK_SELECT);
+	return DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 }
 
 Datum
@@ -1168,10 +1178,13 @@ registry_before_ddl(Node *stmt)
  * resolve the registrations in the new cluster; and bring the signatures
  * up to date with renames the event trigger did not see (made while
  * event triggers were off, or by a transaction that raced a registration).
+ * Returns whether it resolved them now: the cluster was just upgraded.
  */
-void
+bool
 registry_upkeep(void)
 {
+	bool		adopted = false;
+
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
@@ -1182,11 +1195,41 @@ registry_upkeep(void)
 		/* not held up for long by a session that holds the registry */
 		(void) set_config_option("lock_timeout", "1000", PGC_USERSET, PGC_S_SESSION,
 								 GUC_ACTION_LOCAL, true, 0, false);
-		adopt_registrations();
+		adopted = adopt_registrations();
 		journal_execute("SELECT apiary.refresh_signatures()", NULL, 0, NULL, NULL,
 						NULL, SPI_OK_SELECT);
 	}
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
+	return adopted;
+}
+
+/*
+ * A worker the launcher starts in each other database once the cluster has
+ * been upgraded (it found its own registry another cluster's): resolve the
+ * registrations there too, where no launcher runs.  main_arg is the
+ * database's OID.
+ */
+void
+apiary_registry_worker_main(Datum main_arg)
+{
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnectionByOid(DatumGetObjectId(main_arg), InvalidOid, 0);
+	pgstat_report_appname("apiary registry");
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (OidIsValid(get_namespace_oid("apiary", true)) && adopt_registrations())
+		ereport(LOG,
+				(errmsg("apiary resolved the registrations of database \"%s\" in this cluster",
+						get_database_name(MyDatabaseId))));
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	proc_exit(0);
 }

@@ -77,8 +77,14 @@ typedef struct ApiaryFunction
 
 extern void registry_init(void);
 
-/* The launcher's upkeep of the registry (registry.c), in a transaction of its own. */
-extern void registry_upkeep(void);
+/*
+ * The launcher's upkeep of the registry (registry.c), in a transaction of
+ * its own; true when it found the cluster just upgraded.
+ */
+extern bool registry_upkeep(void);
+
+/* After an upgrade, a worker that resolves another database's registrations. */
+extern PGDLLEXPORT void apiary_registry_worker_main(Datum main_arg);
 
 /* Before a DDL statement: resolve the registrations first if it may rename. */
 extern void registry_before_ddl(Node *stmt);

@@ -80,22 +80,23 @@ REVOKE ALL ON FUNCTION apiary.resolve_signature(pg_catalog.text) FROM PUBLIC;
 
 /*
  * In a cluster other than the one the OIDs belong to (after pg_upgrade),
- * resolve every registration's signature again.  One that names nothing
- * here keeps a NULL fn_oid, with a warning: calling it says so.
+ * resolve every registration's signature again, and say so (true).  One
+ * that names nothing here keeps a NULL fn_oid, with a warning: calling it
+ * says so.
  */
-CREATE FUNCTION apiary.adopt_registrations() RETURNS void
+CREATE FUNCTION apiary.adopt_registrations() RETURNS pg_catalog.bool
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET quote_all_identifiers = off AS $$
 DECLARE
     r record;
     f oid;
 BEGIN
     IF (SELECT system_identifier FROM apiary.registry_cluster) = apiary.system_identifier() THEN
-        RETURN;
+        RETURN false;
     END IF;
     LOCK TABLE apiary.functions IN SHARE ROW EXCLUSIVE MODE;
     LOCK TABLE apiary.registry_cluster IN EXCLUSIVE MODE;
     IF (SELECT system_identifier FROM apiary.registry_cluster) = apiary.system_identifier() THEN
-        RETURN;
+        RETURN false;
     END IF;
     UPDATE apiary.functions SET fn_oid = NULL;
     FOR r IN SELECT name, fn FROM apiary.functions ORDER BY name LOOP
@@ -108,6 +109,7 @@ BEGIN
         END IF;
     END LOOP;
     UPDATE apiary.registry_cluster SET system_identifier = apiary.system_identifier();
+    RETURN true;
 END $$;
 REVOKE ALL ON FUNCTION apiary.adopt_registrations() FROM PUBLIC;
 

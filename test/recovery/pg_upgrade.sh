@@ -2,8 +2,9 @@
 # pg_upgrade carries apiary over: a cluster with registrations, a pending
 # workflow and keyed calls is upgraded with pg_upgrade into a new cluster
 # (same major version: what matters is that function OIDs change), and
-# there the launcher resolves every registration's signature again, each
-# names the same function, the workflow runs to its result, and a keyed
+# there the launcher resolves every registration's signature again (and a
+# worker of its in another database with apiary installed), each names
+# the same function, the workflow runs to its result, and a keyed
 # call returns its recorded output without running again.
 #
 # Before the upgrade, OIDs are used up in the old cluster so that the
@@ -71,6 +72,21 @@ SET ROLE clerk;
 
 SELECT apiary_invoke('bump', '{"by": 1}', key => 'first');
 SELECT apiary_start('reorder', '{"item": 2}', key => 'reorder-2');
+RESET ROLE;
+CREATE DATABASE elsewhere;
+SQL
+# a database with apiary but no launcher
+pg_psql "$dir" "$old_port" -d elsewhere -qAt >/dev/null <<'SQL'
+DO $$
+BEGIN
+    FOR i IN 1..100 LOOP
+        EXECUTE format('CREATE FUNCTION burn%s() RETURNS int LANGUAGE sql AS ''SELECT 1''', i);
+        EXECUTE format('DROP FUNCTION burn%s()', i);
+    END LOOP;
+END $$;
+CREATE EXTENSION apiary;
+CREATE FUNCTION triple(x int) RETURNS int LANGUAGE sql
+SET apiary.kind = 'readonly' AS $$ SELECT x * 3 $$;
 SQL
 
 before=$(registry psql_)
@@ -121,6 +137,17 @@ for _ in $(seq 300); do
 	sleep 0.1
 done
 [ "$adopted" = t ] || fail "the launcher did not resolve the registrations in the new cluster"
+# and, just after the upgrade, in the other databases (a worker in each)
+adopted=f
+for _ in $(seq 300); do
+	adopted=$(pg_psql "$new" "$new_port" -d elsewhere -qAt -c "SELECT (SELECT system_identifier FROM apiary.registry_cluster) = apiary.system_identifier()
+	          AND NOT EXISTS (SELECT FROM apiary.functions WHERE fn_oid IS DISTINCT FROM fn::regprocedure)")
+	[ "$adopted" = t ] && break
+	sleep 0.1
+done
+[ "$adopted" = t ] || fail "the registrations of a database without a launcher were not resolved"
+out=$(pg_psql "$new" "$new_port" -d elsewhere -qAt -c "SELECT apiary_invoke('triple', '5')")
+[ "$out" = "15" ] || fail "triple returned $out, not 15"
 
 # the pending workflow runs in the new cluster
 result=$(new_psql -c "SET ROLE clerk; SELECT apiary_result('reorder-2', '60 s')")
