@@ -439,6 +439,23 @@ extension_installed(void)
 	return installed;
 }
 
+/* A worker the launcher starts, in this library, never restarted. */
+static void
+describe_worker(BackgroundWorker *worker, const char *function, const char *type,
+				Datum arg)
+{
+	memset(worker, 0, sizeof(*worker));
+	worker->bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker->bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker->bgw_restart_time = BGW_NEVER_RESTART;
+	snprintf(worker->bgw_library_name, BGW_MAXLEN, "apiary");
+	snprintf(worker->bgw_function_name, BGW_MAXLEN, "%s", function);
+	snprintf(worker->bgw_name, BGW_MAXLEN, "%s", type);
+	snprintf(worker->bgw_type, BGW_MAXLEN, "%s", type);
+	worker->bgw_main_arg = arg;
+	worker->bgw_notify_pid = MyProcPid;
+}
+
 /*
  * Start an executor (in slot) or the provenance collector.  The launcher
  * tries again every second while a worker is missing; it says so once, not
@@ -452,19 +469,9 @@ start_worker(const char *function, const char *type, int slot)
 	BackgroundWorkerHandle *handle;
 	bool		executor = strcmp(type, "apiary executor") == 0;
 
-	memset(&worker, 0, sizeof(worker));
-	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	worker.bgw_restart_time = BGW_NEVER_RESTART;
-	snprintf(worker.bgw_library_name, BGW_MAXLEN, "apiary");
-	snprintf(worker.bgw_function_name, BGW_MAXLEN, "%s", function);
+	describe_worker(&worker, function, type, Int32GetDatum(slot));
 	if (executor)
 		snprintf(worker.bgw_name, BGW_MAXLEN, "%s %d", type, slot);
-	else
-		snprintf(worker.bgw_name, BGW_MAXLEN, "%s", type);
-	snprintf(worker.bgw_type, BGW_MAXLEN, "%s", type);
-	worker.bgw_main_arg = Int32GetDatum(slot);
-	worker.bgw_notify_pid = MyProcPid;
 
 	if (!RegisterDynamicBackgroundWorker(&worker, &handle))
 	{
@@ -527,16 +534,8 @@ adopt_elsewhere(void)
 		BackgroundWorker worker;
 		BackgroundWorkerHandle *handle;
 
-		memset(&worker, 0, sizeof(worker));
-		worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-		worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-		worker.bgw_restart_time = BGW_NEVER_RESTART;
-		snprintf(worker.bgw_library_name, BGW_MAXLEN, "apiary");
-		snprintf(worker.bgw_function_name, BGW_MAXLEN, "apiary_registry_worker_main");
-		snprintf(worker.bgw_name, BGW_MAXLEN, "apiary registry");
-		snprintf(worker.bgw_type, BGW_MAXLEN, "apiary registry");
-		worker.bgw_main_arg = ObjectIdGetDatum(lfirst_oid(lc));
-		worker.bgw_notify_pid = MyProcPid;
+		describe_worker(&worker, "apiary_registry_worker_main", "apiary registry",
+						ObjectIdGetDatum(lfirst_oid(lc)));
 		if (!RegisterDynamicBackgroundWorker(&worker, &handle))
 		{
 			ereport(WARNING,

@@ -26,16 +26,17 @@ registry() { # psql function
 	         FROM apiary.functions ORDER BY name"
 }
 
+# functions created and dropped, whose OIDs the new cluster does not use up
+burn_oids() { # database
+	pg_psql "$dir" "$old_port" -d "$1" -qAt >/dev/null -c "DO \$\$ BEGIN FOR i IN 1..200 LOOP
+	    EXECUTE format('CREATE FUNCTION burn%s() RETURNS int LANGUAGE sql AS ''SELECT 1''', i);
+	    EXECUTE format('DROP FUNCTION burn%s()', i);
+	END LOOP; END \$\$"
+}
+
+burn_oids postgres
 psql_ >/dev/null <<'SQL'
 CREATE EXTENSION apiary;
--- OIDs the new cluster will not use up
-DO $$
-BEGIN
-    FOR i IN 1..200 LOOP
-        EXECUTE format('CREATE FUNCTION burn%s() RETURNS int LANGUAGE sql AS ''SELECT 1''', i);
-        EXECUTE format('DROP FUNCTION burn%s()', i);
-    END LOOP;
-END $$;
 CREATE ROLE clerk;
 CREATE SCHEMA shop AUTHORIZATION clerk;
 CREATE SCHEMA lib AUTHORIZATION clerk;
@@ -76,14 +77,8 @@ RESET ROLE;
 CREATE DATABASE elsewhere;
 SQL
 # a database with apiary but no launcher
+burn_oids elsewhere
 pg_psql "$dir" "$old_port" -d elsewhere -qAt >/dev/null <<'SQL'
-DO $$
-BEGIN
-    FOR i IN 1..100 LOOP
-        EXECUTE format('CREATE FUNCTION burn%s() RETURNS int LANGUAGE sql AS ''SELECT 1''', i);
-        EXECUTE format('DROP FUNCTION burn%s()', i);
-    END LOOP;
-END $$;
 CREATE EXTENSION apiary;
 CREATE FUNCTION triple(x int) RETURNS int LANGUAGE sql
 SET apiary.kind = 'readonly' AS $$ SELECT x * 3 $$;
@@ -173,4 +168,4 @@ names=$(new_psql -c "SELECT string_agg(name || '=' || fn, ' ' ORDER BY name) FRO
 [ "$names" = "bump=shop.bump_count(integer) price=shop.price(integer) reorder=shop.reorder(integer) restock=shop.refill(integer,integer)" ] ||
 	fail "registry after drop, rename and create: $names"
 
-echo "pg_upgrade kept 4 registrations (OIDs changed for $moved), ran the pending workflow and kept the keyed call"
+echo "pg_upgrade kept 4 registrations (OIDs changed for $moved), resolved them also in a database without a launcher, ran the pending workflow and kept the keyed call"
