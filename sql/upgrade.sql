@@ -14,12 +14,11 @@ SELECT extversion FROM pg_extension WHERE extname = 'apiary';
 -- registrations and the journal survive the update
 SELECT name, kind FROM apiary.functions WHERE name = 'kept';
 SELECT apiary_invoke('kept', '1', 'before-upgrade');
--- this library writes the workflow tables of 0.3: it says so, until updated
+-- this library writes the workflow tables of 0.11: it says so, until updated
 SELECT apiary_start('kept', '41', 'after-upgrade');
 
 ALTER EXTENSION apiary UPDATE TO '0.5';
--- a workflow the 0.5 library queued: its task is pending in apiary.tasks;
--- this library needs the ready queue of 0.6, and says so until updated
+-- a workflow the 0.5 library queued: its task is pending in apiary.tasks
 WITH t AS (INSERT INTO apiary.tasks (role, workflow, function, args, state, search_path)
            VALUES (current_user::regrole, 'queued-before-upgrade', 'kept', '1', 'pending', 'public')
            RETURNING id)
@@ -39,8 +38,18 @@ ALTER EVENT TRIGGER apiary_sql_drop ENABLE ALWAYS;
 -- update says so
 CREATE PROCEDURE declared_proc() LANGUAGE sql
 SET apiary.kind = 'transactional' AS $$ SELECT 1 $$;
+-- 0.11 makes apiary_start anew, with a timeout: the privileges granted on
+-- the old one are carried over
+REVOKE EXECUTE ON FUNCTION apiary_start(text, jsonb, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION apiary_start(text, jsonb, text) TO apiary_admin WITH GRANT OPTION;
 ALTER EXTENSION apiary UPDATE;
 SELECT extversion FROM pg_extension WHERE extname = 'apiary';
+SELECT has_function_privilege('apiary_admin', 'apiary_start(text, jsonb, text, interval)',
+                              'EXECUTE WITH GRANT OPTION') AS admin_may_grant,
+       has_function_privilege('public', 'apiary_start(text, jsonb, text, interval)',
+                              'EXECUTE') AS public_may_execute;
+GRANT EXECUTE ON FUNCTION apiary_start(text, jsonb, text, interval) TO PUBLIC;
+REVOKE EXECUTE ON FUNCTION apiary_start(text, jsonb, text, interval) FROM apiary_admin CASCADE;
 DROP PROCEDURE declared_proc();
 -- registrations name their functions by signature since 0.10
 SELECT name, fn FROM apiary.functions ORDER BY name;

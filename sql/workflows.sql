@@ -683,6 +683,59 @@ SELECT state IN ('pending', 'running') AS unfinished, attempts > 0 AS attempted,
 FROM apiary_status('down');
 SELECT apiary_cancel('down');
 
+-- A workflow started with a timeout is cancelled if it has not finished in
+-- that time (the launcher looks once a second): apiary_result says it timed
+-- out, and a task running then rolls back at its end.  (This session holds
+-- the lock the task waits for, so it cannot finish in time.)
+CREATE TABLE late_effects (x int);
+CREATE FUNCTION late_write(x int) RETURNS int LANGUAGE sql
+SET apiary.kind = 'transactional' AS $$
+  INSERT INTO late_effects SELECT x FROM pg_advisory_xact_lock(4747) RETURNING x
+$$;
+SELECT pg_advisory_lock(4747);
+SELECT apiary_start('late_write', '1', 'late', timeout => '3 s');
+SELECT timeout, deadline - started_at AS time_given FROM apiary.workflows WHERE id = 'late';
+SELECT wait_until($c$EXISTS (SELECT FROM pg_stat_activity WHERE backend_type = 'apiary executor'
+  AND query LIKE '%: late_write' AND wait_event_type = 'Lock')$c$);
+SELECT apiary_result('late', '60 s');
+\set VERBOSITY sqlstate
+SELECT apiary_result('late', '60 s');
+\set VERBOSITY default
+SELECT state, error->>'message' AS message, deadline FROM apiary.workflows WHERE id = 'late';
+SELECT pg_advisory_unlock(4747);
+SELECT wait_until($c$(SELECT state FROM apiary_status('late')) = 'cancelled'$c$);
+SELECT state, error FROM apiary_status('late');
+SELECT count(*) AS effects FROM late_effects;
+-- A resume gives it the same time again; this time it finishes.
+SELECT apiary_resume('late');
+SELECT apiary_result('late', '60 s');
+SELECT count(*) AS effects FROM late_effects;
+-- Every task of the workflow is cancelled: the root, linked to its
+-- future; a task waiting for another's output; and, at its end, the one
+-- running.
+CREATE FUNCTION pass_late_write() RETURNS jsonb LANGUAGE plpgsql
+SET apiary.kind = 'transactional' AS $$
+BEGIN
+  RETURN apiary_queue('late_write', jsonb_build_object('x', apiary_queue('late_write', '2')));
+END $$;
+SELECT pg_advisory_lock(4747);
+SELECT apiary_start('pass_late_write', '{}', 'late-chain', timeout => '3 s');
+SELECT wait_until($c$EXISTS (SELECT FROM pg_stat_activity WHERE backend_type = 'apiary executor'
+  AND query LIKE '%: late_write' AND wait_event_type = 'Lock')$c$);
+SELECT wait_until($c$(SELECT count(*) FROM apiary_status('late-chain')
+  WHERE state = 'cancelled') = 2$c$);
+SELECT pg_advisory_unlock(4747);
+SELECT wait_until($c$(SELECT count(*) FROM apiary_status('late-chain')
+  WHERE state = 'cancelled') = 3$c$);
+SELECT function, state, error->>'cancelled' AS cancelled FROM apiary_status('late-chain') ORDER BY task;
+SELECT count(*) AS effects FROM late_effects;
+-- A timeout must be positive; a start of an existing key returns it,
+-- whatever its timeout.
+SELECT apiary_start('late_write', '1', timeout => '0');
+SELECT apiary_start('late_write', '1', timeout => '-1 min');
+SELECT apiary_start('late_write', '1', 'late', timeout => '1 h');
+SELECT timeout FROM apiary.workflows WHERE id = 'late';
+
 -- Workflows belong to apiary.database, where the executors run: elsewhere
 -- apiary_start says so instead of queueing work that would never run.
 CREATE DATABASE apiary_elsewhere;

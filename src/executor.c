@@ -798,6 +798,7 @@ run_task(RunningTask *t, const char *function, Jsonb *args,
 	Datum		out = (Datum) 0;
 	bool		isnull = false;
 	bool		cancelled = false;
+	bool		wf_timed_out = false;
 	ReturnedFuture returned;
 	bool		retry;
 	ErrorData  *edata = NULL;
@@ -888,7 +889,7 @@ run_task(RunningTask *t, const char *function, Jsonb *args,
 		check_returned_future(t, out, isnull, &returned, cxt);
 
 		/* a workflow cancelled meanwhile takes the task's effects back */
-		cancelled = queue_workflow_cancelled(t->role, t->workflow, t->id);
+		cancelled = queue_workflow_cancelled(t->role, t->workflow, t->id, &wf_timed_out);
 		if (cancelled)
 			RollbackAndReleaseCurrentSubTransaction();
 		else
@@ -932,7 +933,7 @@ run_task(RunningTask *t, const char *function, Jsonb *args,
 	apiary_stats_record(function, t->started, edata != NULL, retry);
 
 	/* a task cancelled while it ran is cancelled, however it ended */
-	if (edata != NULL && queue_workflow_cancelled(t->role, t->workflow, t->id))
+	if (edata != NULL && queue_workflow_cancelled(t->role, t->workflow, t->id, &wf_timed_out))
 	{
 		cancelled = true;
 		retry = false;
@@ -943,9 +944,12 @@ run_task(RunningTask *t, const char *function, Jsonb *args,
 
 	if (cancelled)
 	{
-		/* apiary_cancel skipped this task, which it found running */
+		/* the cancel skipped this task, which it found running */
 		Datum		error = DirectFunctionCall1(jsonb_in,
-												CStringGetDatum("{\"sqlstate\": \"57014\", "
+												CStringGetDatum(wf_timed_out ?
+																"{\"sqlstate\": \"57014\", "
+																"\"cancelled\": \"by the workflow's timeout, while running\"}" :
+																"{\"sqlstate\": \"57014\", "
 																"\"cancelled\": \"by apiary_cancel, while running\"}"));
 
 		record_outcome(t->id, QS_CANCELLED, DatumGetJsonbP(error), t->started);

@@ -64,6 +64,7 @@
 #include "launcher.h"
 #include "provenance.h"
 #include "registry.h"
+#include "workflow.h"
 
 PG_FUNCTION_INFO_V1(apiary_on_ddl_command_start);
 
@@ -901,11 +902,28 @@ apiary_launcher_main(Datum main_arg)
 				TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 60 * 1000);
 		}
 
+		/* workflows past their deadline: once a second, at once if more are due */
+		timeout = 1000;
+		if (housekeeping)
+		{
+			PG_TRY();
+			{
+				if (apiary_expire_workflows())
+					timeout = 0;
+			}
+			PG_CATCH();
+			{
+				EmitErrorReport();
+				AbortCurrentTransaction();
+				FlushErrorState();
+			}
+			PG_END_TRY();
+		}
+
 		/*
 		 * apiary.ready: after every apiary.ready_vacuum_threshold rows
 		 * deleted, but spending at most a tenth of the time vacuuming
 		 */
-		timeout = 1000;
 		if (housekeeping && apiary_ready_vacuum_threshold > 0 &&
 			pg_atomic_read_u64(&apiary_shared->ready_deleted) - vacuumed_at >=
 			(uint64) apiary_ready_vacuum_threshold)

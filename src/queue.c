@@ -81,8 +81,8 @@ enum
 enum
 {
 	W_ROLE = 1, W_ID, W_FUNCTION, W_ARGS, W_STATE, W_ROOT, W_OUTPUT, W_ERROR,
-	W_STARTED_AT, W_FINISHED_AT,
-	W_NATTS = W_FINISHED_AT
+	W_STARTED_AT, W_FINISHED_AT, W_TIMEOUT, W_DEADLINE,
+	W_NATTS = W_DEADLINE
 };
 
 /* Columns of apiary.waits. */
@@ -321,6 +321,21 @@ queue_keep_open(void)
 	RegisterXactCallback(release_kept, NULL);
 }
 
+/* The number of columns of relation relid (dropped ones included). */
+static int
+rel_natts(Oid relid)
+{
+	HeapTuple	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	int			natts = -1;
+
+	if (HeapTupleIsValid(tup))
+	{
+		natts = ((Form_pg_class) GETSTRUCT(tup))->relnatts;
+		ReleaseSysCache(tup);
+	}
+	return natts;
+}
+
 /*
  * Asked before every executor transaction: the answer, once yes, is kept
  * with the tables' OIDs, until an invalidation of one of them (a column
@@ -330,31 +345,26 @@ bool
 queue_installed(void)
 {
 	Oid			nsp;
-	Oid			relid;
+	Oid			tasks;
+	Oid			workflows;
 	Oid			ready;
-	HeapTuple	tup;
 
 	if (tables_current)
 		return true;
 	nsp = get_namespace_oid("apiary", true);
-	relid = OidIsValid(nsp) ? get_relname_relid("tasks", nsp) : InvalidOid;
+	tasks = OidIsValid(nsp) ? get_relname_relid("tasks", nsp) : InvalidOid;
+	workflows = OidIsValid(nsp) ? get_relname_relid("workflows", nsp) : InvalidOid;
 	ready = OidIsValid(nsp) ? get_relname_relid("ready", nsp) : InvalidOid;
 
 	/* the tables as this library writes them: not before ALTER EXTENSION UPDATE */
-	if (!OidIsValid(relid) || !OidIsValid(ready))
+	if (!OidIsValid(tasks) || !OidIsValid(workflows) || !OidIsValid(ready) ||
+		rel_natts(tasks) != T_NATTS || rel_natts(workflows) != W_NATTS)
 		return false;
-	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
-	if (HeapTupleIsValid(tup))
-	{
-		if (((Form_pg_class) GETSTRUCT(tup))->relnatts == T_NATTS)
-		{
-			table_oids[table_index("tasks")] = relid;
-			table_oids[table_index("ready")] = ready;
-			tables_current = true;
-		}
-		ReleaseSysCache(tup);
-	}
-	return tables_current;
+	table_oids[table_index("tasks")] = tasks;
+	table_oids[table_index("workflows")] = workflows;
+	table_oids[table_index("ready")] = ready;
+	tables_current = true;
+	return true;
 }
 
 /*
@@ -826,7 +836,8 @@ find_workflow(Relation rel, Snapshot snapshot, Oid role, text *id,
 
 int64
 queue_add_workflow(Oid role, text *id, bool generated, const char *function,
-				   Jsonb *args, char **recorded_function, Jsonb **recorded_args)
+				   Jsonb *args, Interval *timeout, char **recorded_function,
+				   Jsonb **recorded_args)
 {
 	QRel	   *workflows;
 	QRel	   *tasks;
@@ -879,6 +890,14 @@ queue_add_workflow(Oid role, text *id, bool generated, const char *function,
 		nulls[W_ERROR - 1] = true;
 		values[W_STARTED_AT - 1] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
 		nulls[W_FINISHED_AT - 1] = true;
+		nulls[W_TIMEOUT - 1] = nulls[W_DEADLINE - 1] = timeout == NULL;
+		if (timeout != NULL)
+		{
+			values[W_TIMEOUT - 1] = IntervalPGetDatum(timeout);
+			values[W_DEADLINE - 1] = DirectFunctionCall2(timestamptz_pl_interval,
+														 values[W_STARTED_AT - 1],
+														 IntervalPGetDatum(timeout));
+		}
 		qrel_insert(workflows, values, nulls);
 	}
 	qrel_close(workflows);
@@ -1556,7 +1575,7 @@ queue_count_crash(int64 id, char **function)
  */
 
 bool
-queue_workflow_cancelled(Oid role, text *workflow, int64 task)
+queue_workflow_cancelled(Oid role, text *workflow, int64 task, bool *timed_out)
 {
 	/* the last workflow this process found running, and when */
 	static Oid	checked_role = InvalidOid;
@@ -1573,6 +1592,7 @@ queue_workflow_cancelled(Oid role, text *workflow, int64 task)
 	bool		finished = false;
 	bool		isnull;
 
+	*timed_out = false;
 	/* held to our commit: a cancel waits for it, and we for a cancel */
 	journal_lock(CANCEL_LOCK_MARKER, role, workflow, ShareLock);
 
@@ -1609,6 +1629,15 @@ queue_workflow_cancelled(Oid role, text *workflow, int64 task)
 
 		cancelled = strcmp(state, "cancelled") == 0;
 		finished = !cancelled && strcmp(state, "running") != 0;
+		/* the launcher's cancel at the deadline names the timeout */
+		if (cancelled)
+		{
+			Datum		error = heap_getattr(tup, W_ERROR, RelationGetDescr(rel), &isnull);
+
+			*timed_out = !isnull &&
+				getKeyJsonValueFromContainer(&DatumGetJsonbP(error)->root,
+											 "timeout", strlen("timeout"), NULL) != NULL;
+		}
 	}
 	systable_endscan(scan);
 
@@ -1644,4 +1673,14 @@ queue_lock_workflow(Oid role, text *workflow)
 	journal_lock(CANCEL_LOCK_MARKER, role, workflow, ExclusiveLock);
 	if (apiary_shared != NULL)
 		pg_atomic_fetch_add_u64(&apiary_shared->workflow_changes, 1);
+}
+
+bool
+queue_try_lock_workflow(Oid role, text *workflow)
+{
+	if (!journal_try_lock(CANCEL_LOCK_MARKER, role, workflow, ExclusiveLock))
+		return false;
+	if (apiary_shared != NULL)
+		pg_atomic_fetch_add_u64(&apiary_shared->workflow_changes, 1);
+	return true;
 }

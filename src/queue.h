@@ -69,10 +69,12 @@ extern int64 queue_add_task(Oid role, text *workflow, int64 parent,
  * Start workflow (role, id) with its root task and return the task's id,
  * unless the workflow exists: then return 0 with the recorded call.  Waits
  * for a concurrent start of the same id to end.  A generated id (random)
- * is new: no need to look.
+ * is new: no need to look.  A timeout (NULL: none) sets its deadline that
+ * long after its start.
  */
 extern int64 queue_add_workflow(Oid role, text *id, bool generated,
 							   const char *function, Jsonb *args,
+							   Interval *timeout,
 							   char **recorded_function,
 							   Jsonb **recorded_args);
 
@@ -146,9 +148,13 @@ extern int	queue_count_crash(int64 id, char **function);
  * between an executor's check and its commit; a count in shared memory of
  * the exclusive ones taken lets the check skip reading a workflow this
  * executor found running when no cancel has begun since.  A task of a
- * finished workflow is cancelled on its own row.
+ * finished workflow is cancelled on its own row.  timed_out says whether
+ * the cancel was the launcher's, at the workflow's deadline.
  */
-extern bool queue_workflow_cancelled(Oid role, text *workflow, int64 task);
+extern bool queue_workflow_cancelled(Oid role, text *workflow, int64 task,
+									 bool *timed_out);
 extern void queue_lock_workflow(Oid role, text *workflow);
+/* The same without waiting: false if a task or a cancel holds the lock. */
+extern bool queue_try_lock_workflow(Oid role, text *workflow);
 
 #endif							/* APIARY_QUEUE_H */

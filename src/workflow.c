@@ -30,6 +30,7 @@
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 #include "utils/uuid.h"
 
@@ -41,6 +42,7 @@
 #include "launcher.h"
 #include "queue.h"
 #include "registry.h"
+#include "workflow.h"
 
 PG_FUNCTION_INFO_V1(apiary_start);
 PG_FUNCTION_INFO_V1(apiary_result);
@@ -99,6 +101,17 @@ generate_id(void)
 															   UUIDPGetDatum(uuid))));
 }
 
+/*
+ * An interval in microseconds, months counted as 30 days as interval
+ * comparison counts them (a double: no overflow).
+ */
+static double
+interval_usecs(Interval *i)
+{
+	return i->time + (double) i->day * USECS_PER_DAY +
+		(double) i->month * DAYS_PER_MONTH * USECS_PER_DAY;
+}
+
 static void
 check_id(text *id)
 {
@@ -116,6 +129,7 @@ apiary_start(PG_FUNCTION_ARGS)
 	char	   *name;
 	Jsonb	   *args;
 	text	   *id;
+	Interval   *timeout = NULL;
 	char	   *fn;
 	Jsonb	   *recorded;
 	int64		root;
@@ -142,12 +156,23 @@ apiary_start(PG_FUNCTION_ARGS)
 				 errmsg("workflow id must not be empty"),
 				 errhint("Pass NULL to have one generated.")));
 	bind_check_limits(name, args);
+	/* the SQL function of 0.10 and earlier has no timeout */
+	if (PG_NARGS() > 3 && !PG_ARGISNULL(3))
+	{
+		timeout = PG_GETARG_INTERVAL_P(3);
+		if (interval_usecs(timeout) <= 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("workflow timeout must be positive"),
+					 errhint("Pass NULL for a workflow without a timeout.")));
+	}
 
 	/* callable now, with these arguments; checked again when it runs */
 	bind_check_queued(name, args);
 	apiary_check_no_futures("apiary_start", args);
 
-	root = queue_add_workflow(GetUserId(), id, PG_ARGISNULL(2), name, args, &fn, &recorded);
+	root = queue_add_workflow(GetUserId(), id, PG_ARGISNULL(2), name, args, timeout,
+							  &fn, &recorded);
 	if (root != 0)
 		apiary_hand_at_commit(root);
 	else if (strcmp(fn, name) != 0 ||
@@ -270,10 +295,7 @@ apiary_result(PG_FUNCTION_ARGS)
 	check_id(id);
 	if (!PG_ARGISNULL(1))
 	{
-		Interval   *timeout = PG_GETARG_INTERVAL_P(1);
-		/* months of 30 days, as interval comparison counts them */
-		double		usecs = timeout->time + (double) timeout->day * USECS_PER_DAY +
-			(double) timeout->month * DAYS_PER_MONTH * USECS_PER_DAY;
+		double		usecs = interval_usecs(PG_GETARG_INTERVAL_P(1));
 
 		if (usecs < 0)
 			ereport(ERROR,
@@ -513,4 +535,61 @@ apiary_resume(PG_FUNCTION_ARGS)
 	change_workflow(fcinfo, "SELECT apiary.resume_workflow($1, $2)", false);
 	apiary_wake_at_commit(APIARY_WAKE_ALL);
 	PG_RETURN_VOID();
+}
+
+/*
+ * The launcher's, once a second: cancel the running workflows whose
+ * deadline has come, as apiary_cancel does (their waiters learn they timed
+ * out), and clear the deadlines that have passed, a batch per transaction.
+ * A workflow whose cancel lock a task or a cancel holds right now is left
+ * for the next round rather than waited for.  Returns whether it stopped
+ * at a full batch: more may be due.
+ */
+#define EXPIRE_BATCH 100
+
+bool
+apiary_expire_workflows(void)
+{
+	Oid			types[2] = {OIDOID, TEXTOID};
+	uint64		due = 0;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	/* not before ALTER EXTENSION UPDATE has added the deadlines */
+	if (queue_installed())
+	{
+		SPITupleTable *rows;
+
+		journal_execute("SELECT role::pg_catalog.oid, id FROM apiary.workflows"
+						" WHERE deadline OPERATOR(pg_catalog.<=) pg_catalog.clock_timestamp()"
+						" ORDER BY deadline LIMIT " CppAsString2(EXPIRE_BATCH),
+						NULL, 0, NULL, NULL, NULL, SPI_OK_SELECT);
+		rows = SPI_tuptable;
+		due = SPI_processed;
+		for (uint64 i = 0; i < due; i++)
+		{
+			bool		isnull;
+			Datum		values[2];
+			Oid			role;
+			text	   *id;
+
+			values[0] = SPI_getbinval(rows->vals[i], rows->tupdesc, 1, &isnull);
+			values[1] = SPI_getbinval(rows->vals[i], rows->tupdesc, 2, &isnull);
+			role = DatumGetObjectId(values[0]);
+			id = DatumGetTextPP(values[1]);
+			if (!queue_try_lock_workflow(role, id))
+				continue;
+			journal_execute("SELECT apiary.expire_workflow($1, $2)", NULL, 2, types,
+							values, NULL, SPI_OK_SELECT);
+			if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
+				apiary_finished_at_commit(role, id);
+		}
+	}
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	return due == EXPIRE_BATCH;
 }

@@ -1,0 +1,186 @@
+/* src/sql/apiary--0.10--0.11.sql */
+
+-- complain if script is sourced in psql, rather than via ALTER EXTENSION
+\echo Use "ALTER EXTENSION apiary UPDATE TO '0.11'" to load this file. \quit
+
+/*
+ * Workflow timeouts.  apiary_start(..., timeout => '15 min') gives a
+ * workflow a deadline: if it has not finished by then, the launcher
+ * cancels it, as apiary_cancel would, and apiary_result raises 57014
+ * saying it timed out.  A resume gives it the same time again.
+ *
+ *	- timeout: what apiary_start was given (NULL: none);
+ *	- deadline: when the launcher cancels the workflow if it is still
+ *	  running.  The launcher clears it once the time has come (a workflow
+ *	  that finished in time included), and a cancel clears it, so the
+ *	  index holds only deadlines to come and the few just passed.
+ *
+ * The index does not mention state: the update that finishes a workflow
+ * stays HOT (an index whose predicate named state would have made every
+ * workflow's finish write index entries, timeout or not).
+ */
+ALTER TABLE apiary.workflows
+    ADD COLUMN timeout pg_catalog.interval,
+    ADD COLUMN deadline pg_catalog.timestamptz;
+COMMENT ON COLUMN apiary.workflows.timeout IS 'the timeout apiary_start was given: a workflow not finished in that time is cancelled';
+COMMENT ON COLUMN apiary.workflows.deadline IS 'when the launcher cancels the workflow if it is still running; cleared once passed';
+CREATE INDEX workflows_deadline ON apiary.workflows (deadline) WHERE deadline IS NOT NULL;
+
+/*
+ * apiary_start takes the timeout.  A new parameter with a default needs a
+ * new function (an overload would make three-argument calls ambiguous);
+ * the privileges granted on the old one are carried over.
+ */
+DO $do$
+DECLARE
+    acl pg_catalog.aclitem[] := (SELECT proacl FROM pg_catalog.pg_proc
+                                  WHERE oid OPERATOR(pg_catalog.=) '@extschema@.apiary_start(pg_catalog.text, pg_catalog.jsonb, pg_catalog.text)'::pg_catalog.regprocedure);
+    g record;
+BEGIN
+    DROP FUNCTION @extschema@.apiary_start(pg_catalog.text, pg_catalog.jsonb, pg_catalog.text);
+    CREATE FUNCTION @extschema@.apiary_start(
+        name pg_catalog.text,
+        args pg_catalog.jsonb DEFAULT '{}',
+        key pg_catalog.text DEFAULT NULL,
+        timeout pg_catalog.interval DEFAULT NULL)
+        RETURNS pg_catalog.text
+        AS 'MODULE_PATHNAME', 'apiary_start'
+        LANGUAGE C VOLATILE PARALLEL UNSAFE;
+    -- NULL: the default privileges, which the new function has too
+    IF acl IS NULL THEN
+        RETURN;
+    END IF;
+    REVOKE ALL ON FUNCTION @extschema@.apiary_start(pg_catalog.text, pg_catalog.jsonb, pg_catalog.text, pg_catalog.interval) FROM PUBLIC;
+    FOR g IN SELECT a.grantee, a.is_grantable FROM pg_catalog.aclexplode(acl) a
+              WHERE a.privilege_type OPERATOR(pg_catalog.=) 'EXECUTE'
+    LOOP
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION @extschema@.apiary_start(pg_catalog.text, pg_catalog.jsonb, pg_catalog.text, pg_catalog.interval) TO %s%s',
+                                  CASE WHEN g.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC'
+                                       ELSE g.grantee::pg_catalog.regrole::pg_catalog.text END,
+                                  CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+    END LOOP;
+END $do$;
+COMMENT ON FUNCTION @extschema@.apiary_start(pg_catalog.text, pg_catalog.jsonb, pg_catalog.text, pg_catalog.interval) IS
+    'start a workflow: queue a call run by the background executors after this transaction commits; returns the workflow id; with a timeout, a workflow not finished by then is cancelled';
+
+/*
+ * Cancel, by apiary_cancel (timed_out NULL) or by the workflow's timeout
+ * (timed_out its timeout), as 0.8's cancel_workflow did; the workflow's
+ * error says which (a timeout's names the timeout, which is how a task
+ * found running learns it), and so does each task's.  A cancel clears the
+ * deadline: nothing is left to time out.
+ */
+CREATE FUNCTION apiary.cancel_workflow(wf_role pg_catalog.oid, wf_id pg_catalog.text,
+                                       timed_out pg_catalog.interval)
+RETURNS pg_catalog.bool LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    taken int8[];
+    finished bool := false;
+BEGIN
+    UPDATE apiary.workflows
+       SET state = 'cancelled', finished_at = clock_timestamp(), deadline = NULL,
+           error = CASE WHEN timed_out IS NULL
+                        THEN jsonb_build_object('sqlstate', '57014',
+                                                'message', format('workflow "%s" was cancelled', wf_id))
+                        ELSE jsonb_build_object('sqlstate', '57014',
+                                                'message', format('workflow "%s" timed out', wf_id),
+                                                'detail', format('It did not finish within its timeout of %s, and was cancelled.', timed_out),
+                                                'hint', 'apiary_resume runs its cancelled tasks again, with the same time to finish.',
+                                                'timeout', timed_out)
+                   END
+     WHERE role = wf_role AND id = wf_id AND state = 'running';
+    IF NOT FOUND THEN
+        IF NOT EXISTS (SELECT FROM apiary.workflows WHERE role = wf_role AND id = wf_id) THEN
+            RETURN false;
+        END IF;
+        finished := true;
+    END IF;
+    WITH gone AS (
+        DELETE FROM apiary.ready r
+         WHERE r.ctid = ANY (ARRAY(
+               SELECT x.ctid FROM apiary.ready x JOIN apiary.tasks t ON t.id = x.task
+                WHERE t.role = wf_role AND t.workflow = wf_id
+                  FOR UPDATE OF x SKIP LOCKED))
+        RETURNING r.task)
+    SELECT array_agg(task) INTO taken FROM gone;
+    -- pending tasks whose ready row an executor holds are running: in a
+    -- finished workflow they are cancelled here, and find it at their end
+    UPDATE apiary.tasks
+       SET state = 'cancelled', finished_at = clock_timestamp(),
+           error = jsonb_build_object('sqlstate', '57014', 'cancelled',
+                                      CASE WHEN timed_out IS NULL THEN 'by apiary_cancel'
+                                           ELSE 'by the workflow''s timeout' END)
+     WHERE (id = ANY (taken) AND state = 'pending')
+        OR id IN (SELECT id FROM apiary.tasks
+                   WHERE role = wf_role AND workflow = wf_id
+                     AND (state IN ('waiting', 'linked') OR (finished AND state = 'pending'))
+                     FOR UPDATE SKIP LOCKED);
+    RETURN true;
+END $$;
+
+CREATE OR REPLACE FUNCTION apiary.cancel_workflow(wf_role pg_catalog.oid, wf_id pg_catalog.text)
+RETURNS pg_catalog.bool LANGUAGE sql
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT apiary.cancel_workflow(wf_role, wf_id, NULL)
+$$;
+
+/*
+ * The launcher, for each workflow whose deadline has come, holding the
+ * workflow's cancel lock as apiary_cancel does: clear the deadline, and
+ * cancel the workflow if it is still running.  True if it cancelled.
+ */
+CREATE FUNCTION apiary.expire_workflow(wf_role pg_catalog.oid, wf_id pg_catalog.text)
+RETURNS pg_catalog.bool LANGUAGE plpgsql
+-- housekeeping yields (as apiary.prune does)
+SET lock_timeout = '100ms'
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    wf_state text;
+    wf_timeout interval;
+BEGIN
+    UPDATE apiary.workflows SET deadline = NULL
+     WHERE role = wf_role AND id = wf_id AND deadline <= clock_timestamp()
+    RETURNING state, timeout INTO wf_state, wf_timeout;
+    IF NOT FOUND OR wf_state <> 'running' THEN
+        RETURN false;
+    END IF;
+    RETURN apiary.cancel_workflow(wf_role, wf_id, wf_timeout);
+END $$;
+
+/* Resume: as 0.9's, and a workflow with a timeout gets that time again. */
+CREATE OR REPLACE FUNCTION apiary.resume_workflow(wf_role pg_catalog.oid, wf_id pg_catalog.text)
+RETURNS pg_catalog.bool LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM FROM apiary.workflows WHERE role = wf_role AND id = wf_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    -- back to where each task stood: linked to its future, waiting for the
+    -- futures not done yet, or ready to run
+    WITH resumed AS (
+        UPDATE apiary.tasks t
+           SET state = CASE WHEN t.linked_to IS NOT NULL THEN 'linked'
+                            WHEN w.open > 0 THEN 'waiting' ELSE 'pending' END,
+               waiting_for = w.open, error = NULL, finished_at = NULL,
+               run_after = clock_timestamp(), attempts = 0, crashes = 0
+          FROM (SELECT k.id,
+                       (SELECT count(*) FROM apiary.waits x JOIN apiary.tasks f ON f.id = x.future
+                         WHERE x.task = k.id AND f.state <> 'done') AS open
+                  FROM apiary.tasks k
+                 WHERE k.role = wf_role AND k.workflow = wf_id
+                   AND k.state IN ('failed', 'cancelled')) w
+         WHERE t.id = w.id
+        RETURNING t.id, t.state, t.run_after)
+    INSERT INTO apiary.ready
+        SELECT run_after, id FROM resumed WHERE state = 'pending';
+    UPDATE apiary.workflows
+       SET state = 'running', error = NULL, finished_at = NULL,
+           deadline = clock_timestamp() + timeout
+     WHERE role = wf_role AND id = wf_id AND state <> 'done';
+    RETURN true;
+END $$;
+
+REVOKE ALL ON FUNCTION apiary.cancel_workflow(pg_catalog.oid, pg_catalog.text, pg_catalog.interval),
+    apiary.expire_workflow(pg_catalog.oid, pg_catalog.text) FROM PUBLIC;
