@@ -171,3 +171,41 @@ SELECT apiary_invoke('deposit', '{"account": 1, "amount": 1}', 'evil-1');
 SELECT apiary_register('total()', 'readonly');
 RESET search_path;
 DROP SCHEMA evil CASCADE;
+
+--
+-- What a session keeps of the functions it calls: at most 16 prepared call
+-- statements per function, one per set of parameters named (the least
+-- recently used goes), and nothing of functions dropped since.
+--
+CREATE FUNCTION many_optional(a int DEFAULT 0, b int DEFAULT 0, c int DEFAULT 0,
+                              d int DEFAULT 0, e int DEFAULT 0, f int DEFAULT 0)
+RETURNS int LANGUAGE sql SET apiary.kind = 'readonly'
+AS $$ SELECT a + b + c + d + e + f $$;
+-- all 64 sets of named parameters
+SELECT sum((apiary_invoke('many_optional',
+              (SELECT coalesce(jsonb_object_agg(p, 1), '{}')
+               FROM unnest(ARRAY['a', 'b', 'c', 'd', 'e', 'f']) WITH ORDINALITY u(p, k)
+               WHERE (i >> (k::int - 1)) & 1 = 1)))::int) AS total
+FROM generate_series(0, 63) i;
+SELECT count(*) AS call_statements FROM pg_backend_memory_contexts
+WHERE name = 'CachedPlanSource' AND ident LIKE '%many_optional(%';
+DO $$
+BEGIN
+  FOR i IN 1..20 LOOP
+    EXECUTE format('CREATE FUNCTION short_lived_%s() RETURNS int LANGUAGE sql '
+                   'SET apiary.kind = ''readonly'' AS $f$ SELECT %s $f$', i, i);
+  END LOOP;
+END $$;
+SELECT sum(apiary_invoke('short_lived_' || i)::int) FROM generate_series(1, 20) i;
+SELECT count(*) AS cached FROM pg_backend_memory_contexts
+WHERE name = 'apiary function' AND ident LIKE 'short\_lived\_%';
+DO $$
+BEGIN
+  FOR i IN 1..20 LOOP
+    EXECUTE format('DROP FUNCTION short_lived_%s()', i);
+  END LOOP;
+END $$;
+SELECT apiary_invoke('many_optional', '{"a": 1}');
+SELECT count(*) AS cached FROM pg_backend_memory_contexts
+WHERE name = 'apiary function' AND ident LIKE 'short\_lived\_%';
+DROP FUNCTION many_optional(int, int, int, int, int, int);

@@ -249,6 +249,24 @@ SELECT err($$SELECT apiary_task_key()$$);
 SELECT count(*) AS nothing_written FROM apiary.workflows
 WHERE id LIKE 'kkk%' OR function = 'nosuch';
 
+-- A role sees its own rows whatever its name: one whose name differs from
+-- another's only in case sees none of the other's, and one with a dot in
+-- its name reads the journal as any other does.
+CREATE ROLE "Regress_Owner";
+CREATE ROLE "regress.dotted";
+SET ROLE "Regress_Owner";
+SELECT (SELECT count(*) FROM apiary.workflows) AS workflows,
+       (SELECT count(*) FROM apiary.tasks) AS tasks,
+       (SELECT count(*) FROM apiary.invocations) AS invocations;
+SELECT apiary_start('s_whoami', '{}', 'who-sec');
+SELECT apiary_result('who-sec', '60 s');
+SELECT role, id, output FROM apiary.workflows;
+SELECT apiary_graph('who-sec') LIKE '%s_whoami%' AS own_graph;
+RESET ROLE;
+SET ROLE "regress.dotted";
+SELECT count(*) AS tasks FROM apiary.tasks;
+RESET ROLE;
+
 -- Users read the journal; they cannot write it.
 SET ROLE regress_stranger;
 SELECT err($$DELETE FROM apiary.tasks$$);
@@ -258,7 +276,7 @@ SELECT err($$SELECT apiary.cancel_workflow('regress_owner'::regrole, 'owners-onl
 RESET ROLE;
 
 DROP SCHEMA sec, sec_a, sec_b, sec_hidden CASCADE;
-DELETE FROM apiary.invocations WHERE role::text LIKE 'regress_%';
-DELETE FROM apiary.tasks WHERE role::text LIKE 'regress_%';
-DELETE FROM apiary.workflows WHERE role::text LIKE 'regress_%';
-DROP ROLE regress_owner, regress_stranger, regress_admin;
+DELETE FROM apiary.invocations WHERE role IN (SELECT oid FROM pg_roles WHERE rolname ILIKE 'regress%');
+DELETE FROM apiary.tasks WHERE role IN (SELECT oid FROM pg_roles WHERE rolname ILIKE 'regress%');
+DELETE FROM apiary.workflows WHERE role IN (SELECT oid FROM pg_roles WHERE rolname ILIKE 'regress%');
+DROP ROLE regress_owner, regress_stranger, regress_admin, "Regress_Owner", "regress.dotted";

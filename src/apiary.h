@@ -36,7 +36,10 @@ extern PGDLLEXPORT Jsonb *apiary_invoke_jsonb(const char *name, Jsonb *args,
  */
 extern PGDLLEXPORT Jsonb *apiary_queue_jsonb(const char *name, Jsonb *args);
 
-/* Futures: {"apiary_future": task}. */
+/*
+ * Futures: {"apiary_future": task}.  apiary_jsonb_is_future is false for
+ * NULL; task may be NULL when only the answer is wanted.
+ */
 extern PGDLLEXPORT Jsonb *apiary_future_jsonb(int64 task);
 extern PGDLLEXPORT bool apiary_jsonb_is_future(Jsonb *jb, int64 *task);
 

@@ -284,7 +284,19 @@ convert_value(ApiaryFunction *f, int i, JsonbValue *v, bool *isnull)
 	return InputFunctionCall(&p->input, str, p->ioparam, -1);
 }
 
-/* The prepared call statement for this set of bound parameters. */
+/*
+ * The prepared call statements kept per function, one per set of bound
+ * parameters: a function with many optional parameters has more sets than
+ * any cache should hold, and callers choose which to name.
+ */
+#define MAX_CALL_PLANS 16
+
+/*
+ * The prepared call statement for this set of bound parameters: the most
+ * recently used first, the least recently used dropped beyond
+ * MAX_CALL_PLANS (unless a call of f in progress below us might be
+ * running it).
+ */
 static SPIPlanPtr
 call_plan(ApiaryFunction *f, const BindMask *mask)
 {
@@ -293,13 +305,21 @@ call_plan(ApiaryFunction *f, const BindMask *mask)
 	Oid		   *argtypes;
 	int			nparams = 0;
 	int			prefix;
+	int			nplans = 0;
 	bool		positional;
 	SPIPlanPtr	plan;
 	ApiaryCallPlan *cp;
+	ApiaryCallPlan **link;
 
-	for (cp = f->plans; cp != NULL; cp = cp->next)
-		if (bind_mask_equal(&cp->mask, mask))
+	for (link = &f->plans; *link != NULL; link = &(*link)->next, nplans++)
+		if (bind_mask_equal(&(*link)->mask, mask))
+		{
+			cp = *link;
+			*link = cp->next;
+			cp->next = f->plans;
+			f->plans = cp;
 			return cp->plan;
+		}
 
 	positional = bind_mask_is_prefix(mask, &prefix);
 	argtypes = palloc(Max(f->nargs, 1) * sizeof(Oid));
@@ -359,6 +379,14 @@ call_plan(ApiaryFunction *f, const BindMask *mask)
 			 sql.data, SPI_result_code_string(SPI_result));
 	SPI_keepplan(plan);
 
+	if (nplans >= MAX_CALL_PLANS && f->refcount <= 1)
+	{
+		for (link = &f->plans; (*link)->next != NULL; link = &(*link)->next)
+			;
+		SPI_freeplan((*link)->plan);
+		pfree(*link);
+		*link = NULL;
+	}
 	cp = MemoryContextAlloc(f->cxt, sizeof(ApiaryCallPlan));
 	cp->mask = *mask;
 	cp->plan = plan;

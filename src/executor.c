@@ -263,13 +263,15 @@ bool
 apiary_jsonb_is_future(Jsonb *jb, int64 *id)
 {
 	JsonbValue	v;
+	int64		ignored;
 
-	if (!JB_ROOT_IS_OBJECT(jb))
+	/* NULL is what apiary_invoke_jsonb returns for SQL NULL: no future */
+	if (jb == NULL || !JB_ROOT_IS_OBJECT(jb))
 		return false;
 	v.type = jbvBinary;
 	v.val.binary.data = &jb->root;
 	v.val.binary.len = VARSIZE(jb) - VARHDRSZ;
-	return value_is_future(&v, id);
+	return value_is_future(&v, id != NULL ? id : &ignored);
 }
 
 Jsonb *
@@ -1446,6 +1448,12 @@ apiary_executor_main(Datum main_arg)
 		int64		prefer = nready > 0 && nready <= MAX_READY ? ready_ids[0] :
 			apiary_executor_handed(slot);
 
+		/*
+		 * A cancel (pg_cancel_backend) that comes between tasks has no
+		 * task to cancel: raised here, outside any task, it would end the
+		 * executor.
+		 */
+		QueryCancelPending = false;
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
 		{

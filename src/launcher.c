@@ -817,6 +817,7 @@ apiary_launcher_main(Datum main_arg)
 
 	BackgroundWorkerInitializeConnection(apiary_database, NULL, 0);
 	pgstat_report_appname("apiary launcher");
+	apiary_housekeeping_session();
 	pgstat_report_activity(STATE_IDLE, NULL);
 	apiary_shared->launcher_latch = MyLatch;
 
@@ -954,6 +955,24 @@ apiary_launcher_main(Datum main_arg)
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 timeout, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
+		/*
+		 * A cancel (pg_cancel_backend) ends the housekeeping step it comes
+		 * in (logged, tried again later); between steps there is nothing
+		 * to cancel, and raised here it would end the launcher.
+		 */
+		QueryCancelPending = false;
 		CHECK_FOR_INTERRUPTS();
 	}
+}
+
+/*
+ * apiary's own housekeeping (the launcher's, the registry workers') writes
+ * its tables whatever default_transaction_read_only says, as autovacuum
+ * does: with it on in postgresql.conf, retention failed every minute.
+ * Tasks keep the setting (they fail with 25006, as the README says).
+ */
+void
+apiary_housekeeping_session(void)
+{
+	SetConfigOption("default_transaction_read_only", "off", PGC_SUSET, PGC_S_OVERRIDE);
 }

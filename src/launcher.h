@@ -94,5 +94,7 @@ extern void apiary_pass_on(int64 task);
 extern int64 apiary_executor_handed(int slot);
 
 extern PGDLLEXPORT void apiary_launcher_main(Datum main_arg);
+/* The settings of a housekeeping worker's session (launcher.c). */
+extern void apiary_housekeeping_session(void);
 
 #endif							/* APIARY_LAUNCHER_H */

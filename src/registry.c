@@ -77,6 +77,7 @@
 #include "utils/timestamp.h"
 
 #include "journal.h"
+#include "launcher.h"
 #include "names.h"
 #include "registry.h"
 
@@ -94,6 +95,7 @@ typedef struct RegistryEntry
 } RegistryEntry;
 
 static HTAB *registry_cache = NULL;
+static bool registry_invalidated = false;	/* entries may await freeing */
 static Oid	registry_relid = InvalidOid;	/* apiary.functions, once known */
 static Oid	registry_fn_type = InvalidOid;	/* the type of its column fn */
 
@@ -195,7 +197,10 @@ invalidate_matching(uint32 hashvalue, bool all)
 	while ((entry = hash_seq_search(&seq)) != NULL)
 	{
 		if (entry->f && (all || entry->f->proc_hash == hashvalue))
+		{
 			entry->f->valid = false;
+			registry_invalidated = true;
+		}
 	}
 }
 
@@ -237,6 +242,31 @@ free_function(ApiaryFunction *f)
 	for (ApiaryCallPlan *p = f->plans; p != NULL; p = p->next)
 		SPI_freeplan(p->plan);
 	MemoryContextDelete(f->cxt);
+}
+
+/*
+ * Free the entries invalidated since the last sweep that nobody uses.
+ * An invalid entry is otherwise freed only when its name is looked up
+ * again, and a function dropped (or a name unregistered) is not: an
+ * executor, which runs for days, would keep every one it ever called.
+ * Entries in use are freed by their last registry_release.
+ */
+static void
+sweep_invalidated(void)
+{
+	HASH_SEQ_STATUS seq;
+	RegistryEntry *entry;
+
+	if (!registry_invalidated)
+		return;
+	registry_invalidated = false;
+	hash_seq_init(&seq, registry_cache);
+	while ((entry = hash_seq_search(&seq)) != NULL)
+		if (!entry->f->valid && entry->f->refcount == 0)
+		{
+			free_function(entry->f);
+			hash_search(registry_cache, entry->name, HASH_REMOVE, NULL);
+		}
 }
 
 /* ---------------------------------------------------------------------
@@ -580,6 +610,7 @@ registry_acquire(const char *name)
 		report_not_found(name);
 	}
 
+	sweep_invalidated();
 	entry = hash_search(registry_cache, name, HASH_FIND, NULL);
 	if (entry != NULL && entry->f->valid)
 	{
@@ -611,8 +642,9 @@ registry_release(ApiaryFunction *f)
 	if (--f->refcount > 0 || f->valid)
 		return;
 	entry = hash_search(registry_cache, f->name, HASH_FIND, NULL);
-	if (entry == NULL || entry->f != f)
-		free_function(f);
+	if (entry != NULL && entry->f == f)
+		hash_search(registry_cache, f->name, HASH_REMOVE, NULL);
+	free_function(f);
 }
 
 /* ---------------------------------------------------------------------
@@ -1218,6 +1250,7 @@ apiary_registry_worker_main(Datum main_arg)
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnectionByOid(DatumGetObjectId(main_arg), InvalidOid, 0);
 	pgstat_report_appname("apiary registry");
+	apiary_housekeeping_session();
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();

@@ -184,3 +184,104 @@ END $$;
 
 REVOKE ALL ON FUNCTION apiary.cancel_workflow(pg_catalog.oid, pg_catalog.text, pg_catalog.interval),
     apiary.expire_workflow(pg_catalog.oid, pg_catalog.text) FROM PUBLIC;
+
+
+/*
+ * Row-level security compared each row's role with to_regrole(CURRENT_USER),
+ * which reads the name as an identifier: folded to lower case, and an error
+ * for a name with a dot.  Role "Alice" read alice's rows and not her own,
+ * and role "svc.app" could not read the journal at all.  The name is now
+ * quoted first, so it names exactly the current role.  apiary_graph did the
+ * same; it also finds the caller's own workflow through the index on
+ * (role, workflow) before it looks for the id among all roles' tasks.
+ */
+ALTER POLICY own_rows ON apiary.invocations
+    USING (role OPERATOR(pg_catalog.=) pg_catalog.to_regrole(pg_catalog.quote_ident(CURRENT_USER))
+           OR pg_catalog.pg_has_role('apiary_admin', 'MEMBER'));
+ALTER POLICY own_rows ON apiary.workflows
+    USING (role OPERATOR(pg_catalog.=) pg_catalog.to_regrole(pg_catalog.quote_ident(CURRENT_USER))
+           OR pg_catalog.pg_has_role('apiary_admin', 'MEMBER'));
+ALTER POLICY own_rows ON apiary.tasks
+    USING (role OPERATOR(pg_catalog.=) pg_catalog.to_regrole(pg_catalog.quote_ident(CURRENT_USER))
+           OR pg_catalog.pg_has_role('apiary_admin', 'MEMBER'));
+ALTER POLICY own_rows ON apiary.provenance_rows
+    USING (role OPERATOR(pg_catalog.=) pg_catalog.to_regrole(pg_catalog.quote_ident(CURRENT_USER))
+           OR pg_catalog.pg_has_role('apiary_admin', 'MEMBER'));
+
+CREATE OR REPLACE FUNCTION @extschema@.apiary_graph(workflow pg_catalog.text)
+RETURNS pg_catalog.text LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    roles regrole[];
+    who regrole;
+    dot text;
+    esc CONSTANT text := '["\\]';
+BEGIN
+    IF workflow IS NULL THEN
+        RAISE EXCEPTION 'workflow id must not be null' USING ERRCODE = '22004';
+    END IF;
+    -- the caller's own, through the index on (role, workflow); else, for
+    -- an apiary_admin member, the one role that has the id
+    who := pg_catalog.to_regrole(pg_catalog.quote_ident(CURRENT_USER));
+    IF EXISTS (SELECT FROM apiary.tasks t
+                WHERE t.role OPERATOR(pg_catalog.=) who
+                  AND t.workflow OPERATOR(pg_catalog.=) apiary_graph.workflow) THEN
+        roles := ARRAY[who];
+    ELSE
+        SELECT array_agg(DISTINCT t.role) INTO roles FROM apiary.tasks t
+         WHERE t.workflow OPERATOR(pg_catalog.=) apiary_graph.workflow;
+    END IF;
+    IF roles IS NULL THEN
+        RAISE EXCEPTION 'workflow "%" does not exist', workflow USING ERRCODE = '42704';
+    ELSIF NOT who OPERATOR(pg_catalog.=) ANY (roles) THEN
+        IF cardinality(roles) OPERATOR(pg_catalog.>) 1 THEN
+            RAISE EXCEPTION 'workflow id "%" is used by % roles', workflow, cardinality(roles)
+                USING ERRCODE = '42P08';
+        END IF;
+        who := roles[1];
+    END IF;
+
+    SELECT 'digraph "' || regexp_replace(apiary_graph.workflow, esc, '\\\&', 'g') || E'" {\n'
+        || E'  rankdir=LR;\n'
+        || E'  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=10];\n'
+        || coalesce(string_agg(format(E'  t%s [label="%s: %s\\n%s%s", fillcolor="%s"];\n',
+               t.id, t.id, regexp_replace(t.function, esc, '\\\&', 'g'), t.state,
+               CASE WHEN t.finished_at IS NOT NULL AND t.started_at IS NOT NULL
+                    THEN format(', %s ms', round((extract(epoch FROM t.finished_at OPERATOR(pg_catalog.-) t.started_at)
+                                                  OPERATOR(pg_catalog.*) 1000)::numeric, 1))
+                    ELSE '' END,
+               CASE t.state WHEN 'done' THEN '#c8e6c9' WHEN 'failed' THEN '#ffcdd2'
+                            WHEN 'cancelled' THEN '#e0e0e0' ELSE '#fff9c4' END),
+               '' ORDER BY t.id), '')
+      INTO dot
+      FROM apiary.tasks t
+     WHERE t.role OPERATOR(pg_catalog.=) who AND t.workflow OPERATOR(pg_catalog.=) apiary_graph.workflow;
+
+    SELECT dot || coalesce(string_agg(e.line, '' ORDER BY e.a, e.b, e.line), '') || '}' || E'\n'
+      INTO dot
+      FROM (SELECT t.parent AS a, t.id AS b, format(E'  t%s -> t%s;\n', t.parent, t.id) AS line
+              FROM apiary.tasks t
+             WHERE t.role OPERATOR(pg_catalog.=) who AND t.workflow OPERATOR(pg_catalog.=) apiary_graph.workflow
+               AND t.parent IS NOT NULL
+            UNION ALL
+            SELECT w.future, w.task, format(E'  t%s -> t%s [style=dashed, label="argument"];\n', w.future, w.task)
+              FROM apiary.waits w JOIN apiary.tasks t ON t.id OPERATOR(pg_catalog.=) w.task
+             WHERE t.role OPERATOR(pg_catalog.=) who AND t.workflow OPERATOR(pg_catalog.=) apiary_graph.workflow
+            UNION ALL
+            SELECT t.linked_to, t.id, format(E'  t%s -> t%s [style=dotted, label="output"];\n', t.linked_to, t.id)
+              FROM apiary.tasks t
+             WHERE t.role OPERATOR(pg_catalog.=) who AND t.workflow OPERATOR(pg_catalog.=) apiary_graph.workflow
+               AND t.linked_to IS NOT NULL) e;
+    RETURN dot;
+END $$;
+
+/*
+ * The statement trigger that tells sessions' caches a registration
+ * changed fires also under session_replication_role = replica, as the
+ * registry's other triggers do: a change made so was applied to the table
+ * but not to the executors' caches.
+ */
+ALTER TABLE apiary.functions ENABLE ALWAYS TRIGGER registry_changed;
+
+/* Queue depth, for monitoring: apiary_admin may read the ready queue. */
+GRANT SELECT ON apiary.ready TO apiary_admin;

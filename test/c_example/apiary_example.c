@@ -17,7 +17,9 @@
 #include <signal.h>
 
 #include "fmgr.h"
+#include "lib/stringinfo.h"
 #include "utils/builtins.h"
+#include "utils/json.h"
 #include "utils/jsonb.h"
 
 #include "apiary.h"
@@ -45,9 +47,12 @@ example_countdown(PG_FUNCTION_ARGS)
 	if (n <= 0)
 	{
 		char	   *key = apiary_task_key_cstring();
-		char	   *json = psprintf("\"done in task %s\"", key ? key : "(none)");
+		StringInfoData json;
 
-		PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(json)));
+		/* a JSON string: the key holds the workflow id, any text */
+		initStringInfo(&json);
+		escape_json(&json, psprintf("done in task %s", key ? key : "(none)"));
+		PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(json.data)));
 	}
 
 	/* a synchronous call, in this task's transaction */

@@ -66,10 +66,10 @@ beside=$(psql_ -c "SELECT crashes FROM apiary.tasks WHERE workflow = 'beside'")
 restarts=$(grep -c "terminated by signal 11" "$dir/server.log" || true)
 [ "$restarts" -eq 2 ] || fail "expected 2 crashes in the log, found $restarts"
 
-# everything else goes on
-out=$(psql_ -c "SELECT apiary_start('example_countdown', '2', 'after')" \
-	-c "SELECT apiary_result('after', '60 s')" | tail -n 1)
-[[ "$out" == '"done in task after/'* ]] || fail "workflow after the crashes returned $out"
+# everything else goes on (under a workflow id that JSON must escape)
+out=$(psql_ -c "SELECT apiary_start('example_countdown', '2', 'after \"crashes\"')" \
+	-c "SELECT apiary_result('after \"crashes\"', '60 s')" | tail -n 1)
+[[ "$out" == '"done in task after \"crashes\"/'* ]] || fail "workflow after the crashes returned $out"
 
 # immediate shutdowns while slow_square runs
 psql_ -c "SELECT apiary_start('slow_square', '3', 'through-shutdowns')" >/dev/null

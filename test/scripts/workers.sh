@@ -59,6 +59,36 @@ sleep 2     # a few of the new launcher's passes
 ! tail -n +"$((lines + 1))" "$dir/server.log" | grep "could not start apiary executor" ||
 	fail "the new launcher started executors for slots already held"
 
+# a cancel of the idle executors and of the launcher cancels nothing:
+# none of them exits (each would log an error and be started again)
+psql_ -c "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE backend_type IN ('apiary executor', 'apiary launcher')" >/dev/null
+sleep 1.5   # a pass of the launcher, and the executors' loops
+[ "$(pids)" = "$before" ] || fail "a cancel ended idle executors ($before, then $(pids))"
+[ "$(launcher)" = "$new" ] || fail "a cancel ended the launcher"
+
+# with default_transaction_read_only on, the launcher's housekeeping still
+# writes: a workflow past its deadline is cancelled
+psql_ -c "CREATE FUNCTION held() RETURNS int LANGUAGE sql SET apiary.kind = 'transactional' AS \$\$ SELECT 1 FROM pg_advisory_xact_lock(77) \$\$" >/dev/null
+psql_ -c "ALTER SYSTEM SET default_transaction_read_only = on" -c "SELECT pg_reload_conf()" >/dev/null
+# (a session holds the lock the task waits for, so it cannot finish in time)
+as_pg "$PG_BIN/psql" -h "$dir" -p "$port" -U postgres -X -d postgres -qAt >/dev/null 2>&1 <<'SQL' &
+SET application_name = 'holder';
+SET default_transaction_read_only = off;
+SELECT pg_advisory_lock(77);
+SELECT apiary_start('held', '{}', 'held', timeout => '1 s');
+SELECT pg_sleep(60);
+SQL
+holder=$!
+for _ in $(seq 1 300); do
+	[ "$(psql_ -c "SELECT state FROM apiary.workflows WHERE id = 'held'")" = cancelled ] && break
+	sleep 0.1
+done
+state=$(psql_ -c "SELECT state FROM apiary.workflows WHERE id = 'held'")
+psql_ -c "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'holder'" >/dev/null
+wait "$holder" || true
+psql_ -c "ALTER SYSTEM RESET default_transaction_read_only" -c "SELECT pg_reload_conf()" >/dev/null
+[ "$state" = cancelled ] || fail "under default_transaction_read_only the workflow past its deadline is $state"
+
 # apiary.workers follows a reload, up and down
 psql_ -c "ALTER SYSTEM SET apiary.workers = 3" -c "SELECT pg_reload_conf()" >/dev/null
 wait_for 3
