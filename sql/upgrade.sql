@@ -48,6 +48,10 @@ SELECT has_function_privilege('apiary_admin', 'apiary_start(text, jsonb, text, i
                               'EXECUTE WITH GRANT OPTION') AS admin_may_grant,
        has_function_privilege('public', 'apiary_start(text, jsonb, text, interval)',
                               'EXECUTE') AS public_may_execute;
+-- and they are not the extension's initial privileges, which pg_dump
+-- would leave out: a dump keeps them
+SELECT count(*) AS initial_privileges FROM pg_init_privs
+WHERE objoid = 'apiary_start(text, jsonb, text, interval)'::regprocedure;
 GRANT EXECUTE ON FUNCTION apiary_start(text, jsonb, text, interval) TO PUBLIC;
 REVOKE EXECUTE ON FUNCTION apiary_start(text, jsonb, text, interval) FROM apiary_admin CASCADE;
 DROP PROCEDURE declared_proc();

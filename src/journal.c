@@ -190,8 +190,8 @@ journal_prepare(const char *sql, int nargs, Oid *argtypes)
  * for any other transaction that holds it: an advisory lock on a hash of
  * the two, told apart from other uses by marker.
  */
-static LockAcquireResult
-key_lock(uint16 marker, Oid role, text *key, LOCKMODE mode, bool wait)
+void
+journal_lock(uint16 marker, Oid role, text *key, LOCKMODE mode)
 {
 	uint64		h = hash_bytes_extended((const unsigned char *) VARDATA_ANY(key),
 										VARSIZE_ANY_EXHDR(key), role);
@@ -199,19 +199,7 @@ key_lock(uint16 marker, Oid role, text *key, LOCKMODE mode, bool wait)
 
 	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) (h >> 32), (uint32) h,
 						 marker);
-	return LockAcquire(&tag, mode, false, !wait);
-}
-
-void
-journal_lock(uint16 marker, Oid role, text *key, LOCKMODE mode)
-{
-	(void) key_lock(marker, role, key, mode, true);
-}
-
-bool
-journal_try_lock(uint16 marker, Oid role, text *key, LOCKMODE mode)
-{
-	return key_lock(marker, role, key, mode, false) != LOCKACQUIRE_NOT_AVAIL;
+	(void) LockAcquire(&tag, mode, false, false);
 }
 
 static Oid

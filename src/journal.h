@@ -31,8 +31,6 @@ extern int	journal_execute(const char *sql, SPIPlanPtr plan, int nargs,
  * apiary's uses of such locks apart.
  */
 extern void journal_lock(uint16 marker, Oid role, text *key, LOCKMODE mode);
-/* The same without waiting: false if another transaction holds it. */
-extern bool journal_try_lock(uint16 marker, Oid role, text *key, LOCKMODE mode);
 
 /*
  * Keyed invocations.

@@ -1674,13 +1674,3 @@ queue_lock_workflow(Oid role, text *workflow)
 	if (apiary_shared != NULL)
 		pg_atomic_fetch_add_u64(&apiary_shared->workflow_changes, 1);
 }
-
-bool
-queue_try_lock_workflow(Oid role, text *workflow)
-{
-	if (!journal_try_lock(CANCEL_LOCK_MARKER, role, workflow, ExclusiveLock))
-		return false;
-	if (apiary_shared != NULL)
-		pg_atomic_fetch_add_u64(&apiary_shared->workflow_changes, 1);
-	return true;
-}

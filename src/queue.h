@@ -154,7 +154,5 @@ extern int	queue_count_crash(int64 id, char **function);
 extern bool queue_workflow_cancelled(Oid role, text *workflow, int64 task,
 									 bool *timed_out);
 extern void queue_lock_workflow(Oid role, text *workflow);
-/* The same without waiting: false if a task or a cancel holds the lock. */
-extern bool queue_try_lock_workflow(Oid role, text *workflow);
 
 #endif							/* APIARY_QUEUE_H */

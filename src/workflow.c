@@ -540,10 +540,13 @@ apiary_resume(PG_FUNCTION_ARGS)
 /*
  * The launcher's, once a second: cancel the running workflows whose
  * deadline has come, as apiary_cancel does (their waiters learn they timed
- * out), and clear the deadlines that have passed, a batch per transaction.
- * A workflow whose cancel lock a task or a cancel holds right now is left
- * for the next round rather than waited for.  Returns whether it stopped
- * at a full batch: more may be due.
+ * out), and clear the deadlines that have passed, a batch per transaction
+ * and a subtransaction per workflow.  A task between its cancel check and
+ * its commit holds the workflow's lock: the launcher waits for it, but not
+ * long (lock_timeout), and leaves a workflow it could not lock for the
+ * next round.  Waiting, it queues new lockers behind it, so a busy
+ * workflow's tasks cannot keep it out.  Returns whether more may be due:
+ * a full batch, not all of it left for later.
  */
 #define EXPIRE_BATCH 100
 
@@ -552,6 +555,7 @@ apiary_expire_workflows(void)
 {
 	Oid			types[2] = {OIDOID, TEXTOID};
 	uint64		due = 0;
+	uint64		done = 0;
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
@@ -562,7 +566,11 @@ apiary_expire_workflows(void)
 	if (queue_installed())
 	{
 		SPITupleTable *rows;
+		MemoryContext cxt = CurrentMemoryContext;
+		ResourceOwner owner = CurrentResourceOwner;
 
+		(void) set_config_option("lock_timeout", "100", PGC_SUSET, PGC_S_SESSION,
+								 GUC_ACTION_LOCAL, true, 0, false);
 		journal_execute("SELECT role::pg_catalog.oid, id FROM apiary.workflows"
 						" WHERE deadline OPERATOR(pg_catalog.<=) pg_catalog.clock_timestamp()"
 						" ORDER BY deadline LIMIT " CppAsString2(EXPIRE_BATCH),
@@ -573,23 +581,42 @@ apiary_expire_workflows(void)
 		{
 			bool		isnull;
 			Datum		values[2];
-			Oid			role;
-			text	   *id;
 
 			values[0] = SPI_getbinval(rows->vals[i], rows->tupdesc, 1, &isnull);
 			values[1] = SPI_getbinval(rows->vals[i], rows->tupdesc, 2, &isnull);
-			role = DatumGetObjectId(values[0]);
-			id = DatumGetTextPP(values[1]);
-			if (!queue_try_lock_workflow(role, id))
-				continue;
-			journal_execute("SELECT apiary.expire_workflow($1, $2)", NULL, 2, types,
-							values, NULL, SPI_OK_SELECT);
-			if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
-				apiary_finished_at_commit(role, id);
+			BeginInternalSubTransaction(NULL);
+			MemoryContextSwitchTo(cxt);
+			PG_TRY();
+			{
+				queue_lock_workflow(DatumGetObjectId(values[0]), DatumGetTextPP(values[1]));
+				journal_execute("SELECT apiary.expire_workflow($1, $2)", NULL, 2, types,
+								values, NULL, SPI_OK_SELECT);
+				if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
+					apiary_finished_at_commit(DatumGetObjectId(values[0]),
+											  DatumGetTextPP(values[1]));
+				ReleaseCurrentSubTransaction();
+				done++;
+			}
+			PG_CATCH();
+			{
+				ErrorData  *edata;
+
+				MemoryContextSwitchTo(cxt);
+				edata = CopyErrorData();
+				/* a lock held too long: the next round; anything else is logged */
+				if (edata->sqlerrcode != ERRCODE_LOCK_NOT_AVAILABLE)
+					EmitErrorReport();
+				FlushErrorState();
+				FreeErrorData(edata);
+				RollbackAndReleaseCurrentSubTransaction();
+			}
+			PG_END_TRY();
+			MemoryContextSwitchTo(cxt);
+			CurrentResourceOwner = owner;
 		}
 	}
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
-	return due == EXPIRE_BATCH;
+	return due == EXPIRE_BATCH && done > 0;
 }

@@ -29,12 +29,21 @@ CREATE INDEX workflows_deadline ON apiary.workflows (deadline) WHERE deadline IS
 /*
  * apiary_start takes the timeout.  A new parameter with a default needs a
  * new function (an overload would make three-argument calls ambiguous);
- * the privileges granted on the old one are carried over.
+ * the privileges granted on the old one are carried over.  Grants made in
+ * an extension's script count as its initial privileges, which pg_dump
+ * leaves out: the old function's initial privileges (none: it was created
+ * with the default ones) are put back, so that a dump keeps the grants.
  */
 DO $do$
 DECLARE
+    old_fn pg_catalog.oid := '@extschema@.apiary_start(pg_catalog.text, pg_catalog.jsonb, pg_catalog.text)'::pg_catalog.regprocedure;
+    new_fn pg_catalog.oid;
     acl pg_catalog.aclitem[] := (SELECT proacl FROM pg_catalog.pg_proc
-                                  WHERE oid OPERATOR(pg_catalog.=) '@extschema@.apiary_start(pg_catalog.text, pg_catalog.jsonb, pg_catalog.text)'::pg_catalog.regprocedure);
+                                  WHERE oid OPERATOR(pg_catalog.=) old_fn);
+    init pg_catalog.pg_init_privs := (SELECT i FROM pg_catalog.pg_init_privs i
+                                       WHERE i.objoid OPERATOR(pg_catalog.=) old_fn
+                                         AND i.classoid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass
+                                         AND i.objsubid OPERATOR(pg_catalog.=) 0);
     g record;
 BEGIN
     DROP FUNCTION @extschema@.apiary_start(pg_catalog.text, pg_catalog.jsonb, pg_catalog.text);
@@ -46,19 +55,26 @@ BEGIN
         RETURNS pg_catalog.text
         AS 'MODULE_PATHNAME', 'apiary_start'
         LANGUAGE C VOLATILE PARALLEL UNSAFE;
+    new_fn := '@extschema@.apiary_start(pg_catalog.text, pg_catalog.jsonb, pg_catalog.text, pg_catalog.interval)'::pg_catalog.regprocedure;
     -- NULL: the default privileges, which the new function has too
-    IF acl IS NULL THEN
-        RETURN;
+    IF acl IS NOT NULL THEN
+        REVOKE ALL ON FUNCTION @extschema@.apiary_start(pg_catalog.text, pg_catalog.jsonb, pg_catalog.text, pg_catalog.interval) FROM PUBLIC;
+        FOR g IN SELECT a.grantee, a.is_grantable FROM pg_catalog.aclexplode(acl) a
+                  WHERE a.privilege_type OPERATOR(pg_catalog.=) 'EXECUTE'
+        LOOP
+            EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION @extschema@.apiary_start(pg_catalog.text, pg_catalog.jsonb, pg_catalog.text, pg_catalog.interval) TO %s%s',
+                                      CASE WHEN g.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC'
+                                           ELSE g.grantee::pg_catalog.regrole::pg_catalog.text END,
+                                      CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+        END LOOP;
     END IF;
-    REVOKE ALL ON FUNCTION @extschema@.apiary_start(pg_catalog.text, pg_catalog.jsonb, pg_catalog.text, pg_catalog.interval) FROM PUBLIC;
-    FOR g IN SELECT a.grantee, a.is_grantable FROM pg_catalog.aclexplode(acl) a
-              WHERE a.privilege_type OPERATOR(pg_catalog.=) 'EXECUTE'
-    LOOP
-        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION @extschema@.apiary_start(pg_catalog.text, pg_catalog.jsonb, pg_catalog.text, pg_catalog.interval) TO %s%s',
-                                  CASE WHEN g.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC'
-                                       ELSE g.grantee::pg_catalog.regrole::pg_catalog.text END,
-                                  CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
-    END LOOP;
+    DELETE FROM pg_catalog.pg_init_privs i
+     WHERE i.objoid OPERATOR(pg_catalog.=) new_fn
+       AND i.classoid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass;
+    IF init.objoid IS NOT NULL THEN
+        INSERT INTO pg_catalog.pg_init_privs
+            VALUES (new_fn, init.classoid, 0, init.privtype, init.initprivs);
+    END IF;
 END $do$;
 COMMENT ON FUNCTION @extschema@.apiary_start(pg_catalog.text, pg_catalog.jsonb, pg_catalog.text, pg_catalog.interval) IS
     'start a workflow: queue a call run by the background executors after this transaction commits; returns the workflow id; with a timeout, a workflow not finished by then is cancelled';
@@ -148,7 +164,10 @@ BEGIN
     RETURN apiary.cancel_workflow(wf_role, wf_id, wf_timeout);
 END $$;
 
-/* Resume: as 0.9's, and a workflow with a timeout gets that time again. */
+/*
+ * Resume: as 0.9's, and a workflow with a timeout that has ended (failed,
+ * cancelled, timed out) gets that time again, from the resume.
+ */
 CREATE OR REPLACE FUNCTION apiary.resume_workflow(wf_role pg_catalog.oid, wf_id pg_catalog.text)
 RETURNS pg_catalog.bool LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
@@ -175,9 +194,11 @@ BEGIN
         RETURNING t.id, t.state, t.run_after)
     INSERT INTO apiary.ready
         SELECT run_after, id FROM resumed WHERE state = 'pending';
+    -- a running workflow keeps its deadline
     UPDATE apiary.workflows
        SET state = 'running', error = NULL, finished_at = NULL,
-           deadline = clock_timestamp() + timeout
+           deadline = CASE WHEN state = 'running' THEN deadline
+                           ELSE clock_timestamp() + timeout END
      WHERE role = wf_role AND id = wf_id AND state <> 'done';
     RETURN true;
 END $$;
