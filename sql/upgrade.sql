@@ -38,8 +38,12 @@ ALTER EVENT TRIGGER apiary_sql_drop ENABLE ALWAYS;
 -- update says so
 CREATE PROCEDURE declared_proc() LANGUAGE sql
 SET apiary.kind = 'transactional' AS $$ SELECT 1 $$;
--- 0.11 makes apiary_start anew, with a timeout: the privileges granted on
--- the old one are carried over
+-- 0.11 makes apiary_start anew, with a timeout: objects that call the old
+-- one stop the update (rather than be dropped), and the privileges granted
+-- on the old one are carried over
+CREATE VIEW starts_kept AS SELECT apiary_start('kept', '1') AS id;
+ALTER EXTENSION apiary UPDATE;
+DROP VIEW starts_kept;
 REVOKE EXECUTE ON FUNCTION apiary_start(text, jsonb, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION apiary_start(text, jsonb, text) TO apiary_admin WITH GRANT OPTION;
 ALTER EXTENSION apiary UPDATE;

@@ -608,8 +608,9 @@ prune(void)
  * tasks, hundreds of pages; autovacuum comes by once a minute at most).
  * Without truncating the table (that would lock the executors out), and
  * not while another vacuum (autovacuum) or a lock holder has the table.
+ * (A housekeeping step: it returns false.)
  */
-static void
+static bool
 vacuum_ready(void)
 {
 	static MemoryContext cxt = NULL;
@@ -649,6 +650,7 @@ vacuum_ready(void)
 	}
 	CommitTransactionCommand();
 	MemoryContextSwitchTo(old);
+	return false;
 }
 
 /* Does the comma-separated list name item? */
@@ -666,16 +668,20 @@ names_item(const char *list, const char *item)
 	return found;
 }
 
+static BackgroundWorkerHandle *collector = NULL;
+static bool provenance_installed = false;	/* apiary is, in apiary.database */
+
 /*
  * Provenance: while it is on, keep the collector running (provenance.c);
  * it owns the slot apiary_provenance, and drops it itself when provenance
  * is turned off.  A slot left behind with nobody on it (provenance turned
  * off while the collector was not running) is dropped here, so that it
- * never holds WAL back.
+ * never holds WAL back.  (A housekeeping step: it returns false.)
  */
-static void
-provenance_step(BackgroundWorkerHandle **collector, bool installed)
+static bool
+provenance_step(void)
 {
+	bool		installed = provenance_installed;
 	static bool warned = false;
 	static TimestampTz retry_at = 0;
 	bool		want = installed && apiary_provenance != APIARY_PROVENANCE_OFF;
@@ -707,20 +713,20 @@ provenance_step(BackgroundWorkerHandle **collector, bool installed)
 	else if (want)
 		warned = false;
 
-	if (*collector != NULL &&
-		GetBackgroundWorkerPid(*collector, &pid) == BGWH_STOPPED)
+	if (collector != NULL &&
+		GetBackgroundWorkerPid(collector, &pid) == BGWH_STOPPED)
 	{
-		pfree(*collector);
-		*collector = NULL;
+		pfree(collector);
+		collector = NULL;
 	}
 	/* a collector that keeps failing is started again every 10 s */
-	if (want && *collector == NULL && GetCurrentTimestamp() >= retry_at)
+	if (want && collector == NULL && GetCurrentTimestamp() >= retry_at)
 	{
-		*collector = start_worker("apiary_provenance_main", "apiary provenance", 0);
+		collector = start_worker("apiary_provenance_main", "apiary provenance", 0);
 		retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 10 * 1000);
 	}
-	if (want || *collector != NULL)
-		return;
+	if (want || collector != NULL)
+		return false;
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
@@ -747,6 +753,7 @@ provenance_step(BackgroundWorkerHandle **collector, bool installed)
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
+	return false;
 }
 
 /* Does a live executor hold slot? */
@@ -795,11 +802,43 @@ supervise(BackgroundWorkerHandle **handles, int n)
 	}
 }
 
+/* The registry's upkeep, and after pg_upgrade the other databases' too. */
+static bool
+upkeep_step(void)
+{
+	if (registry_upkeep())
+		adopt_elsewhere();
+	return false;
+}
+
+/*
+ * Run one of the launcher's housekeeping steps; an error it raises is
+ * logged, and the step is tried again on a later pass: the launcher must
+ * go on.  Returns what the step did (false after an error).
+ */
+static bool
+housekeeping_step(bool (*step) (void))
+{
+	volatile bool result = false;
+
+	PG_TRY();
+	{
+		result = step();
+	}
+	PG_CATCH();
+	{
+		EmitErrorReport();
+		AbortCurrentTransaction();
+		FlushErrorState();
+	}
+	PG_END_TRY();
+	return result;
+}
+
 void
 apiary_launcher_main(Datum main_arg)
 {
 	BackgroundWorkerHandle *handles[APIARY_MAX_WORKERS] = {0};
-	BackgroundWorkerHandle *collector = NULL;
 	bool		crashes_counted = false;
 	TimestampTz next_prune = 0;
 	TimestampTz next_upkeep = 0;
@@ -849,77 +888,27 @@ apiary_launcher_main(Datum main_arg)
 
 		if (!RecoveryInProgress())
 		{
-			PG_TRY();
-			{
-				provenance_step(&collector, installed);
-			}
-			PG_CATCH();
-			{
-				/* log it and try again next time */
-				EmitErrorReport();
-				AbortCurrentTransaction();
-				FlushErrorState();
-			}
-			PG_END_TRY();
+			provenance_installed = installed;
+			(void) housekeeping_step(provenance_step);
 		}
 
 		/* the registry's upkeep: once a minute */
 		if (housekeeping && GetCurrentTimestamp() >= next_upkeep)
 		{
-			PG_TRY();
-			{
-				if (registry_upkeep())
-					adopt_elsewhere();
-			}
-			PG_CATCH();
-			{
-				EmitErrorReport();
-				AbortCurrentTransaction();
-				FlushErrorState();
-			}
-			PG_END_TRY();
+			(void) housekeeping_step(upkeep_step);
 			next_upkeep = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 60 * 1000);
 		}
 
 		/* retention: once a minute, or at once while there is a backlog */
 		/* also without executors: keyed calls need no workers */
 		if (housekeeping && apiary_retention > 0 && GetCurrentTimestamp() >= next_prune)
-		{
-			volatile bool more = false;
-
-			PG_TRY();
-			{
-				more = prune();
-			}
-			PG_CATCH();
-			{
-				/* log it and try again later: the launcher must go on */
-				EmitErrorReport();
-				AbortCurrentTransaction();
-				FlushErrorState();
-			}
-			PG_END_TRY();
-			next_prune = more ? 0 :
+			next_prune = housekeeping_step(prune) ? 0 :
 				TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 60 * 1000);
-		}
 
 		/* workflows past their deadline: once a second, at once if more are due */
 		timeout = 1000;
-		if (housekeeping)
-		{
-			PG_TRY();
-			{
-				if (apiary_expire_workflows())
-					timeout = 0;
-			}
-			PG_CATCH();
-			{
-				EmitErrorReport();
-				AbortCurrentTransaction();
-				FlushErrorState();
-			}
-			PG_END_TRY();
-		}
+		if (housekeeping && housekeeping_step(apiary_expire_workflows))
+			timeout = 0;
 
 		/*
 		 * apiary.ready: after every apiary.ready_vacuum_threshold rows
@@ -934,17 +923,7 @@ apiary_launcher_main(Datum main_arg)
 			if (now >= next_vacuum)
 			{
 				vacuumed_at = pg_atomic_read_u64(&apiary_shared->ready_deleted);
-				PG_TRY();
-				{
-					vacuum_ready();
-				}
-				PG_CATCH();
-				{
-					EmitErrorReport();
-					AbortCurrentTransaction();
-					FlushErrorState();
-				}
-				PG_END_TRY();
+				(void) housekeeping_step(vacuum_ready);
 				next_vacuum = GetCurrentTimestamp();
 				next_vacuum += 9 * (next_vacuum - now);
 			}
