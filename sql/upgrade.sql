@@ -39,25 +39,37 @@ ALTER EVENT TRIGGER apiary_sql_drop ENABLE ALWAYS;
 CREATE PROCEDURE declared_proc() LANGUAGE sql
 SET apiary.kind = 'transactional' AS $$ SELECT 1 $$;
 -- 0.11 makes apiary_start anew, with a timeout: objects that call the old
--- one stop the update (rather than be dropped), and the privileges granted
--- on the old one are carried over
+-- one stop the update (rather than be dropped), and the old one's
+-- privileges are carried over exactly, grant chains too, whatever the
+-- default privileges for new functions say now
 CREATE VIEW starts_kept AS SELECT apiary_start('kept', '1') AS id;
 ALTER EXTENSION apiary UPDATE;
 DROP VIEW starts_kept;
+CREATE ROLE regress_granter;
+CREATE ROLE regress_grantee;
 REVOKE EXECUTE ON FUNCTION apiary_start(text, jsonb, text) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION apiary_start(text, jsonb, text) TO apiary_admin WITH GRANT OPTION;
+GRANT EXECUTE ON FUNCTION apiary_start(text, jsonb, text) TO regress_granter WITH GRANT OPTION;
+SET ROLE regress_granter;
+GRANT EXECUTE ON FUNCTION apiary_start(text, jsonb, text) TO regress_grantee;
+RESET ROLE;
+ALTER DEFAULT PRIVILEGES GRANT EXECUTE ON FUNCTIONS TO apiary_admin;
 ALTER EXTENSION apiary UPDATE;
 SELECT extversion FROM pg_extension WHERE extname = 'apiary';
-SELECT has_function_privilege('apiary_admin', 'apiary_start(text, jsonb, text, interval)',
-                              'EXECUTE WITH GRANT OPTION') AS admin_may_grant,
-       has_function_privilege('public', 'apiary_start(text, jsonb, text, interval)',
-                              'EXECUTE') AS public_may_execute;
+SELECT CASE WHEN a.grantor = p.proowner THEN 'owner' ELSE a.grantor::regrole::text END AS grantor,
+       CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END AS grantee,
+       a.is_grantable
+FROM pg_proc p, aclexplode(p.proacl) a
+WHERE p.oid = 'apiary_start(text, jsonb, text, interval)'::regprocedure
+  AND a.grantee <> p.proowner
+ORDER BY 2;
 -- and they are not the extension's initial privileges, which pg_dump
 -- would leave out: a dump keeps them
 SELECT count(*) AS initial_privileges FROM pg_init_privs
 WHERE objoid = 'apiary_start(text, jsonb, text, interval)'::regprocedure;
+ALTER DEFAULT PRIVILEGES REVOKE EXECUTE ON FUNCTIONS FROM apiary_admin;
 GRANT EXECUTE ON FUNCTION apiary_start(text, jsonb, text, interval) TO PUBLIC;
-REVOKE EXECUTE ON FUNCTION apiary_start(text, jsonb, text, interval) FROM apiary_admin CASCADE;
+REVOKE EXECUTE ON FUNCTION apiary_start(text, jsonb, text, interval) FROM regress_granter CASCADE;
+DROP ROLE regress_granter, regress_grantee;
 DROP PROCEDURE declared_proc();
 -- registrations name their functions by signature since 0.10
 SELECT name, fn FROM apiary.functions ORDER BY name;

@@ -948,10 +948,13 @@ apiary_launcher_main(Datum main_arg)
  * apiary's own housekeeping (the launcher's, the registry workers') writes
  * its tables whatever default_transaction_read_only says, as autovacuum
  * does: with it on in postgresql.conf, retention failed every minute.
- * Tasks keep the setting (they fail with 25006, as the README says).
+ * And it reads them in READ COMMITTED, whatever the default isolation:
+ * each of its statements wants the latest rows.  Tasks keep both
+ * settings (they fail with 25006, as the README says).
  */
 void
 apiary_housekeeping_session(void)
 {
 	SetConfigOption("default_transaction_read_only", "off", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("default_transaction_isolation", "read committed", PGC_SUSET, PGC_S_OVERRIDE);
 }

@@ -545,10 +545,12 @@ apiary_resume(PG_FUNCTION_ARGS)
  * its commit holds the workflow's lock: the launcher waits for it, but not
  * long (lock_timeout), and leaves a workflow it could not lock for the
  * next round.  Waiting, it queues new lockers behind it, so a busy
- * workflow's tasks cannot keep it out.  Returns whether more may be due:
- * a full batch, not all of it left for later.
+ * workflow's tasks cannot keep it out.  A round ends after a second of
+ * such waits, so that the launcher goes on to its other work.  Returns
+ * whether more may be due: a full batch, all of it done.
  */
 #define EXPIRE_BATCH 100
+#define EXPIRE_ROUND_MS 1000
 
 bool
 apiary_expire_workflows(void)
@@ -556,6 +558,8 @@ apiary_expire_workflows(void)
 	Oid			types[2] = {OIDOID, TEXTOID};
 	uint64		due = 0;
 	uint64		done = 0;
+	TimestampTz round_end = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													   EXPIRE_ROUND_MS);
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
@@ -577,7 +581,7 @@ apiary_expire_workflows(void)
 						NULL, 0, NULL, NULL, NULL, SPI_OK_SELECT);
 		rows = SPI_tuptable;
 		due = SPI_processed;
-		for (uint64 i = 0; i < due; i++)
+		for (uint64 i = 0; i < due && GetCurrentTimestamp() < round_end; i++)
 		{
 			bool		isnull;
 			Datum		values[2];
@@ -603,12 +607,18 @@ apiary_expire_workflows(void)
 
 				MemoryContextSwitchTo(cxt);
 				edata = CopyErrorData();
+				FlushErrorState();
+				RollbackAndReleaseCurrentSubTransaction();
+				/* a cancel (pg_cancel_backend) ends the round */
+				if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
+					ReThrowError(edata);
 				/* a lock held too long: the next round; anything else is logged */
 				if (edata->sqlerrcode != ERRCODE_LOCK_NOT_AVAILABLE)
-					EmitErrorReport();
-				FlushErrorState();
+				{
+					edata->elevel = LOG;
+					ThrowErrorData(edata);
+				}
 				FreeErrorData(edata);
-				RollbackAndReleaseCurrentSubTransaction();
 			}
 			PG_END_TRY();
 			MemoryContextSwitchTo(cxt);
@@ -618,5 +628,5 @@ apiary_expire_workflows(void)
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
-	return due == EXPIRE_BATCH && done > 0;
+	return due == EXPIRE_BATCH && done == due;
 }

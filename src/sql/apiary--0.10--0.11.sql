@@ -29,17 +29,29 @@ CREATE INDEX workflows_deadline ON apiary.workflows (deadline) WHERE deadline IS
 /*
  * apiary_start takes the timeout.  A new parameter with a default needs a
  * new function (an overload would make three-argument calls ambiguous);
- * the privileges granted on the old one are carried over.  Grants made in
- * an extension's script count as its initial privileges, which pg_dump
- * leaves out: the old function's initial privileges (none: it was created
- * with the default ones) are put back, so that a dump keeps the grants.
+ * the old one's privileges are carried over, exactly: the new function's
+ * privileges (which default privileges changed since may have made other
+ * than the old one's) are revoked, and each of the old one's granted
+ * again by its grantor, so that grant chains survive.  Grants made in an
+ * extension's script count as its initial privileges, which pg_dump leaves
+ * out: the old function's initial privileges (none: it was created with
+ * the default ones) are put back, so that a dump keeps the grants.
  */
 DO $do$
 DECLARE
     old_fn pg_catalog.oid := '@extschema@.apiary_start(pg_catalog.text, pg_catalog.jsonb, pg_catalog.text)'::pg_catalog.regprocedure;
     new_fn pg_catalog.oid;
-    acl pg_catalog.aclitem[] := (SELECT proacl FROM pg_catalog.pg_proc
+    old_owner pg_catalog.oid := (SELECT proowner FROM pg_catalog.pg_proc
                                   WHERE oid OPERATOR(pg_catalog.=) old_fn);
+    acl pg_catalog.aclitem[] := (SELECT coalesce(proacl, pg_catalog.acldefault('f', proowner))
+                                  FROM pg_catalog.pg_proc WHERE oid OPERATOR(pg_catalog.=) old_fn);
+    new_owner pg_catalog.oid;
+    grantors pg_catalog.oid[];
+    grantees pg_catalog.oid[];
+    grantable bool[];
+    done bool[];
+    pending int;
+    progress bool;
     init pg_catalog.pg_init_privs := (SELECT i FROM pg_catalog.pg_init_privs i
                                        WHERE i.objoid OPERATOR(pg_catalog.=) old_fn
                                          AND i.classoid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass
@@ -70,17 +82,53 @@ BEGIN
         AS 'MODULE_PATHNAME', 'apiary_start'
         LANGUAGE C VOLATILE PARALLEL UNSAFE;
     new_fn := '@extschema@.apiary_start(pg_catalog.text, pg_catalog.jsonb, pg_catalog.text, pg_catalog.interval)'::pg_catalog.regprocedure;
-    -- NULL: the default privileges, which the new function has too
-    IF acl IS NOT NULL THEN
-        REVOKE ALL ON FUNCTION @extschema@.apiary_start(pg_catalog.text, pg_catalog.jsonb, pg_catalog.text, pg_catalog.interval) FROM PUBLIC;
-        FOR g IN SELECT a.grantee, a.is_grantable FROM pg_catalog.aclexplode(acl) a
-                  WHERE a.privilege_type OPERATOR(pg_catalog.=) 'EXECUTE'
-        LOOP
-            EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION @extschema@.apiary_start(pg_catalog.text, pg_catalog.jsonb, pg_catalog.text, pg_catalog.interval) TO %s%s',
-                                      CASE WHEN g.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC'
-                                           ELSE g.grantee::pg_catalog.regrole::pg_catalog.text END,
-                                      CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+    new_owner := (SELECT proowner FROM pg_catalog.pg_proc WHERE oid OPERATOR(pg_catalog.=) new_fn);
+    FOR g IN SELECT DISTINCT a.grantee FROM pg_catalog.aclexplode(
+                 (SELECT proacl FROM pg_catalog.pg_proc WHERE oid OPERATOR(pg_catalog.=) new_fn)) a
+              WHERE a.grantee OPERATOR(pg_catalog.<>) new_owner
+    LOOP
+        EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION @extschema@.apiary_start(pg_catalog.text, pg_catalog.jsonb, pg_catalog.text, pg_catalog.interval) FROM %s CASCADE',
+                                  CASE WHEN g.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC'
+                                       ELSE g.grantee::pg_catalog.regrole::pg_catalog.text END);
+    END LOOP;
+    -- the owner's grants first, then each grantor's once it holds the
+    -- grant option it granted by
+    SELECT pg_catalog.array_agg(a.grantor), pg_catalog.array_agg(a.grantee),
+           pg_catalog.array_agg(a.is_grantable)
+      INTO grantors, grantees, grantable
+      FROM pg_catalog.aclexplode(acl) a
+     WHERE a.privilege_type OPERATOR(pg_catalog.=) 'EXECUTE'
+       AND a.grantee OPERATOR(pg_catalog.<>) old_owner;
+    pending := coalesce(pg_catalog.cardinality(grantors), 0);
+    done := pg_catalog.array_fill(false, ARRAY[pending]);
+    LOOP
+        progress := false;
+        FOR i IN 1 .. coalesce(pg_catalog.cardinality(grantors), 0) LOOP
+            CONTINUE WHEN done[i];
+            CONTINUE WHEN grantors[i] OPERATOR(pg_catalog.<>) old_owner AND
+                NOT pg_catalog.has_function_privilege(grantors[i], new_fn, 'EXECUTE WITH GRANT OPTION');
+            done[i] := true;
+            progress := true;
+            BEGIN
+                IF grantors[i] OPERATOR(pg_catalog.<>) old_owner THEN
+                    EXECUTE pg_catalog.format('SET LOCAL ROLE %s', grantors[i]::pg_catalog.regrole::pg_catalog.text);
+                END IF;
+                EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION @extschema@.apiary_start(pg_catalog.text, pg_catalog.jsonb, pg_catalog.text, pg_catalog.interval) TO %s%s',
+                                          CASE WHEN grantees[i] OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC'
+                                               ELSE grantees[i]::pg_catalog.regrole::pg_catalog.text END,
+                                          CASE WHEN grantable[i] THEN ' WITH GRANT OPTION' ELSE '' END);
+                RESET ROLE;
+                pending := pending OPERATOR(pg_catalog.-) 1;
+            EXCEPTION WHEN OTHERS THEN
+                -- (the grantor may not reach the schema, say): counted below
+                NULL;
+            END;
         END LOOP;
+        EXIT WHEN NOT progress;
+    END LOOP;
+    IF pending OPERATOR(pg_catalog.>) 0 THEN
+        RAISE WARNING '% grants on apiary_start could not be made again', pending
+            USING HINT = 'Compare the privileges on apiary_start with those before the update.';
     END IF;
     DELETE FROM pg_catalog.pg_init_privs i
      WHERE i.objoid OPERATOR(pg_catalog.=) new_fn
