@@ -287,8 +287,11 @@ SELECT pg_advisory_lock(4246);
 SELECT apiary_start('gated_cancel', '5', 'cancelled-backend');
 SELECT wait_until($c$EXISTS (SELECT FROM pg_stat_activity WHERE backend_type = 'apiary executor'
   AND query LIKE '%: gated_cancel' AND wait_event_type = 'Lock')$c$);
--- (apiary_status shows the task an executor runs as running)
+-- (apiary_status shows the task an executor runs as running, and
+-- pg_stat_activity whose task it is)
 SELECT function, state FROM apiary_status('cancelled-backend');
+SELECT regexp_replace(query, '^apiary task \d+ ', 'apiary task N ') = 'apiary task N of workflow "cancelled-backend" as ' || quote_ident(current_user) || ': gated_cancel' AS activity
+FROM pg_stat_activity WHERE backend_type = 'apiary executor' AND query LIKE '%: gated_cancel';
 SELECT pg_cancel_backend(pid) FROM pg_stat_activity
 WHERE backend_type = 'apiary executor' AND query LIKE '%: gated_cancel';
 -- the cancelled attempt is counted once its retry is recorded

@@ -1058,7 +1058,16 @@ run_one_task(int64 prefer, long *nap_ms)
 	nready = 0;
 	queued_undone = false;
 
-	pgstat_report_activity(STATE_RUNNING, psprintf("apiary task %lld: %s", (long long) t.id, task.function));
+	/* what a DBA sees in pg_stat_activity: whose task, of which workflow */
+	{
+		char	   *role = GetUserNameFromId(task.role, true);
+
+		pgstat_report_activity(STATE_RUNNING,
+							   psprintf("apiary task %lld of workflow \"%s\" as %s: %s",
+										(long long) t.id, text_to_cstring(task.workflow),
+										role != NULL ? quote_identifier(role) : "(dropped role)",
+										task.function));
+	}
 	marker_write(t.id);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
