@@ -99,7 +99,9 @@ BEGIN
             'order_id', placed->'order', 'payment', paid));
 END $$;
 
-SELECT apiary_start('checkout', '{"item": 2, "qty": 1}', key => 'web-order-1001');
+-- (an order not through in 5 minutes is cancelled, its unfinished steps with it)
+SELECT apiary_start('checkout', '{"item": 2, "qty": 1}', key => 'web-order-1001',
+                    timeout => '5 min');
 SELECT apiary_result('web-order-1001', timeout => '30 s');
 SELECT task, parent, function, state, attempts, output FROM apiary_status('web-order-1001');
 SELECT * FROM payments;
