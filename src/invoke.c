@@ -241,17 +241,6 @@ apiary_invoke_internal(const char *name, Jsonb *args, text *key, bool *isnull)
 	if (key != NULL)
 		check_not_running(&frame);
 
-	/*
-	 * A nested call runs in a subtransaction of its own, begun before the
-	 * function is looked up: nothing between taking the function and the
-	 * PG_TRY below can fail, so the catch always releases it and restores
-	 * current_frame.
-	 */
-	if (nested)
-	{
-		BeginInternalSubTransaction(NULL);
-		MemoryContextSwitchTo(callercxt);
-	}
 	f = registry_acquire(name);
 	current_frame = &frame;
 
@@ -273,6 +262,8 @@ apiary_invoke_internal(const char *name, Jsonb *args, text *key, bool *isnull)
 		return result;
 	}
 
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(callercxt);
 	provenance_begin(&prov);
 	PG_TRY();
 	{
