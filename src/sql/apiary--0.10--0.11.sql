@@ -52,6 +52,7 @@ DECLARE
     done bool[];
     pending int;
     progress bool;
+    saved_role text := pg_catalog.current_setting('role');
     init pg_catalog.pg_init_privs := (SELECT i FROM pg_catalog.pg_init_privs i
                                        WHERE i.objoid OPERATOR(pg_catalog.=) old_fn
                                          AND i.classoid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass
@@ -84,7 +85,8 @@ BEGIN
     new_fn := '@extschema@.apiary_start(pg_catalog.text, pg_catalog.jsonb, pg_catalog.text, pg_catalog.interval)'::pg_catalog.regprocedure;
     new_owner := (SELECT proowner FROM pg_catalog.pg_proc WHERE oid OPERATOR(pg_catalog.=) new_fn);
     FOR g IN SELECT DISTINCT a.grantee FROM pg_catalog.aclexplode(
-                 (SELECT proacl FROM pg_catalog.pg_proc WHERE oid OPERATOR(pg_catalog.=) new_fn)) a
+                 (SELECT coalesce(proacl, pg_catalog.acldefault('f', proowner))
+                    FROM pg_catalog.pg_proc WHERE oid OPERATOR(pg_catalog.=) new_fn)) a
               WHERE a.grantee OPERATOR(pg_catalog.<>) new_owner
     LOOP
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION @extschema@.apiary_start(pg_catalog.text, pg_catalog.jsonb, pg_catalog.text, pg_catalog.interval) FROM %s CASCADE',
@@ -111,13 +113,15 @@ BEGIN
             progress := true;
             BEGIN
                 IF grantors[i] OPERATOR(pg_catalog.<>) old_owner THEN
-                    EXECUTE pg_catalog.format('SET LOCAL ROLE %s', grantors[i]::pg_catalog.regrole::pg_catalog.text);
+                    PERFORM pg_catalog.set_config('role', (SELECT r.rolname FROM pg_catalog.pg_roles r WHERE r.oid OPERATOR(pg_catalog.=) grantors[i]), true);
                 END IF;
                 EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION @extschema@.apiary_start(pg_catalog.text, pg_catalog.jsonb, pg_catalog.text, pg_catalog.interval) TO %s%s',
                                           CASE WHEN grantees[i] OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC'
                                                ELSE grantees[i]::pg_catalog.regrole::pg_catalog.text END,
                                           CASE WHEN grantable[i] THEN ' WITH GRANT OPTION' ELSE '' END);
-                RESET ROLE;
+                IF grantors[i] OPERATOR(pg_catalog.<>) old_owner THEN
+                    PERFORM pg_catalog.set_config('role', saved_role, true);
+                END IF;
                 pending := pending OPERATOR(pg_catalog.-) 1;
             EXCEPTION WHEN OTHERS THEN
                 -- (the grantor may not reach the schema, say): counted below
