@@ -53,6 +53,11 @@ DECLARE
     pending int;
     progress bool;
     saved_role text := pg_catalog.current_setting('role');
+    dependents text := (SELECT pg_catalog.string_agg(pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid), ', ')
+                          FROM pg_catalog.pg_depend d
+                         WHERE d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass
+                           AND d.refobjid OPERATOR(pg_catalog.=) old_fn
+                           AND d.deptype OPERATOR(pg_catalog.=) 'n');
     init pg_catalog.pg_init_privs := (SELECT i FROM pg_catalog.pg_init_privs i
                                        WHERE i.objoid OPERATOR(pg_catalog.=) old_fn
                                          AND i.classoid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass
@@ -60,17 +65,10 @@ DECLARE
     g record;
 BEGIN
     -- the DROP's own error would suggest CASCADE, which drops users' objects
-    IF EXISTS (SELECT FROM pg_catalog.pg_depend d
-                WHERE d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass
-                  AND d.refobjid OPERATOR(pg_catalog.=) old_fn
-                  AND d.deptype OPERATOR(pg_catalog.=) 'n') THEN
+    IF dependents IS NOT NULL THEN
         RAISE EXCEPTION 'cannot update extension apiary: other objects depend on apiary_start(text, jsonb, text)'
             USING ERRCODE = '2BP01',
-                  DETAIL = 'Objects that call it: ' || (SELECT pg_catalog.string_agg(pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid), ', ')
-                              FROM pg_catalog.pg_depend d
-                             WHERE d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass
-                               AND d.refobjid OPERATOR(pg_catalog.=) old_fn
-                               AND d.deptype OPERATOR(pg_catalog.=) 'n') || '.',
+                  DETAIL = 'Objects that call it: ' || dependents || '.',
                   HINT = 'Version 0.11 makes apiary_start anew, with a timeout parameter: drop those objects, update, and create them again.';
     END IF;
     DROP FUNCTION @extschema@.apiary_start(pg_catalog.text, pg_catalog.jsonb, pg_catalog.text);
