@@ -54,6 +54,27 @@ END $$;
 SELECT apiary_invoke('try_entry', '"bad six"'), apiary_invoke('try_entry', '"seven"');
 SELECT entry FROM ledger ORDER BY id;
 
+-- A nested call of a name that is not registered fails inside its own
+-- subtransaction as well: the caller catches it, goes on, and its writes
+-- commit with the rest of the transaction.
+CREATE FUNCTION try_unknown(entry text) RETURNS text LANGUAGE plpgsql
+SET apiary.kind = 'transactional' AS $$
+DECLARE msg text;
+BEGIN
+  BEGIN
+    PERFORM apiary_invoke('no_such_function', '{}');
+  EXCEPTION WHEN undefined_function THEN
+    msg := SQLERRM;
+  END;
+  PERFORM apiary_invoke('write_entry', jsonb_build_object('entry', entry));
+  RETURN msg;
+END $$;
+BEGIN;
+SELECT apiary_invoke('try_unknown', '"seven and a half"');
+INSERT INTO ledger (entry) VALUES ('after the call');
+COMMIT;
+SELECT entry FROM ledger WHERE entry IN ('seven and a half', 'after the call') ORDER BY id;
+
 -- Keyed nested calls are journaled under the enclosing keyed call, in the
 -- outermost caller's key namespace.
 CREATE FUNCTION write_keyed(entry text) RETURNS int LANGUAGE plpgsql

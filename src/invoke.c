@@ -217,6 +217,7 @@ apiary_invoke_internal(const char *name, Jsonb *args, text *key, bool *isnull)
 	ProvenanceFrame prov;
 	bool		nested = current_frame != NULL;
 	ApiaryFunction *f;
+	ApiaryFunction *volatile held = NULL;	/* taken inside PG_TRY */
 	Datum		result = (Datum) 0;
 
 	check_stack_depth();
@@ -241,11 +242,10 @@ apiary_invoke_internal(const char *name, Jsonb *args, text *key, bool *isnull)
 	if (key != NULL)
 		check_not_running(&frame);
 
-	f = registry_acquire(name);
-	current_frame = &frame;
-
 	if (!nested)
 	{
+		f = registry_acquire(name);
+		current_frame = &frame;
 		provenance_begin(&prov);
 		PG_TRY();
 		{
@@ -262,13 +262,21 @@ apiary_invoke_internal(const char *name, Jsonb *args, text *key, bool *isnull)
 		return result;
 	}
 
+	/*
+	 * A nested call runs in a subtransaction of its own.  The function is
+	 * taken inside it, so that whatever fails after the subtransaction
+	 * began (the lookup itself: an unknown name) is caught below, which
+	 * rolls the subtransaction back and releases what was taken.
+	 */
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(callercxt);
 	provenance_begin(&prov);
 	PG_TRY();
 	{
-		result = invoke_body(f, args, &frame, callercxt, isnull);
-		note_provenance(&prov, &frame, f);
+		held = registry_acquire(name);
+		current_frame = &frame;
+		result = invoke_body(held, args, &frame, callercxt, isnull);
+		note_provenance(&prov, &frame, held);
 		provenance_pop(&prov);
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(callercxt);
@@ -280,7 +288,8 @@ apiary_invoke_internal(const char *name, Jsonb *args, text *key, bool *isnull)
 
 		provenance_pop(&prov);
 		current_frame = frame.parent;
-		registry_release(f);
+		if (held != NULL)
+			registry_release(held);
 
 		/* roll the nested call back, then let the caller see its error */
 		MemoryContextSwitchTo(callercxt);
@@ -294,7 +303,7 @@ apiary_invoke_internal(const char *name, Jsonb *args, text *key, bool *isnull)
 	PG_END_TRY();
 
 	current_frame = frame.parent;
-	registry_release(f);
+	registry_release(held);
 	return result;
 }
 
