@@ -7,6 +7,9 @@
 APIARY_ROOT=${APIARY_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 PG_MAJOR=${PG_MAJOR:-15}
 PG_BIN=/usr/lib/postgresql/$PG_MAJOR/bin
+# Build against that server too: the pg_config first on PATH is Debian's
+# wrapper, which picks the newest postgresql-server-dev-* installed.
+export PG_CONFIG=${PG_CONFIG:-$PG_BIN/pg_config}
 
 apiary_packages=(
 	"postgresql-$PG_MAJOR" "postgresql-server-dev-$PG_MAJOR" postgresql-contrib
@@ -33,7 +36,7 @@ apiary_install() {
 	local sudo=
 	[ "$(id -u)" -ne 0 ] && sudo=sudo
 	make -C "$APIARY_ROOT" -s -j2 >/dev/null
-	$sudo make -C "$APIARY_ROOT" -s install >/dev/null
+	$sudo make -C "$APIARY_ROOT" -s PG_CONFIG="$PG_CONFIG" install >/dev/null
 }
 
 # Run a command as the server's owner.

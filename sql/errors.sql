@@ -40,6 +40,16 @@ SELECT * FROM error_of($$SELECT apiary_invoke('take', '{"id": 1}')$$);
 SELECT * FROM error_of($$SELECT apiary_invoke('take', '[1, 2, 3]')$$);
 SELECT * FROM error_of($$SELECT apiary_invoke('take', '[1]')$$);
 SELECT * FROM error_of($$SELECT apiary_invoke('take', '1')$$);
+-- Parameters without names bind only by position, and the hints say so.
+CREATE FUNCTION add_unnamed(int, int) RETURNS int LANGUAGE sql
+SET apiary.kind = 'readonly' AS $$ SELECT $1 + $2 $$;
+SELECT * FROM error_of($$SELECT apiary_invoke('add_unnamed', '{}')$$);
+SELECT * FROM error_of($$SELECT apiary_invoke('add_unnamed', '5')$$);
+SELECT * FROM error_of($$SELECT apiary_invoke('add_unnamed', '[5]')$$);
+SELECT apiary_invoke('add_unnamed', '[5, 6]');
+-- An empty name is no name.
+SELECT * FROM error_of($$SELECT apiary_invoke('', '{}')$$);
+SELECT * FROM error_of($$SELECT apiary_unregister('')$$);
 
 -- Conversion errors keep the conversion's own SQLSTATE.
 SELECT * FROM error_of($$SELECT apiary_invoke('take', '{"id": 1, "qty": "lots"}')$$);

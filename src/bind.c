@@ -65,6 +65,16 @@ param_label(ApiaryFunction *f, int i)
 	return f->params[i].name ? f->params[i].name : psprintf("$%d", i + 1);
 }
 
+/* Can every parameter of f be bound by name? */
+static bool
+all_named(ApiaryFunction *f)
+{
+	for (int i = 0; i < f->nargs; i++)
+		if (f->params[i].name == NULL)
+			return false;
+	return true;
+}
+
 /* "item integer, qty integer DEFAULT", for hints. */
 static char *
 describe_params(ApiaryFunction *f)
@@ -79,9 +89,13 @@ describe_params(ApiaryFunction *f)
 	return buf.data;
 }
 
+/*
+ * Raise the error for err, found binding nvalues values to f (by name when
+ * by_name; key is the name that matched no parameter).
+ */
 static void
 report_bind_error(ApiaryFunction *f, BindError err, int bad,
-				  const char *key, int keylen, int nvalues)
+				  const char *key, int keylen, int nvalues, bool by_name)
 {
 	switch (err)
 	{
@@ -113,7 +127,9 @@ report_bind_error(ApiaryFunction *f, BindError err, int bad,
 					 errmsg("missing argument \"%s\" for apiary function \"%s\"",
 							param_label(f, bad), f->name),
 					 errdetail("The parameter has no default."),
-					 errhint("Its parameters are: %s.", describe_params(f))));
+					 by_name && f->params[bad].name == NULL
+					 ? errhint("The parameter has no name: pass the arguments as a JSON array, by position.")
+					 : errhint("Its parameters are: %s.", describe_params(f))));
 			break;
 		case BIND_TOO_MANY:
 			ereport(ERROR,
@@ -129,7 +145,9 @@ report_bind_error(ApiaryFunction *f, BindError err, int bad,
 							f->name),
 					 errdetail("A JSON scalar binds a function that takes one parameter; it takes %d.",
 							   f->nargs),
-					 errhint("Pass a JSON object to bind by name, or an array to bind by position.")));
+					 all_named(f)
+					 ? errhint("Pass a JSON object to bind by name, or an array to bind by position.")
+					 : errhint("Pass a JSON array to bind by position: not every parameter has a name.")));
 			break;
 	}
 }
@@ -517,7 +535,7 @@ bind_params(ApiaryFunction *f, Jsonb *args, BindMask *mask)
 	{
 		JsonbExtractScalar(&args->root, &given[0]);
 		err = bind_scalar(&sig, mask, &bad);
-		report_bind_error(f, err, bad, NULL, 0, 1);
+		report_bind_error(f, err, bad, NULL, 0, 1, false);
 		byparam[0] = &given[0];
 	}
 	else
@@ -545,15 +563,15 @@ bind_params(ApiaryFunction *f, Jsonb *args, BindMask *mask)
 		{
 			err = bind_by_name(&sig, n, keys, keylens, slot, mask, &bad);
 			if (err == BIND_UNKNOWN_NAME)
-				report_bind_error(f, err, bad, keys[bad], keylens[bad], n);
-			report_bind_error(f, err, bad, NULL, 0, n);
+				report_bind_error(f, err, bad, keys[bad], keylens[bad], n, true);
+			report_bind_error(f, err, bad, NULL, 0, n, true);
 			for (int k = 0; k < n; k++)
 				byparam[slot[k]] = &given[k];
 		}
 		else
 		{
 			err = bind_by_position(&sig, n, mask, &bad);
-			report_bind_error(f, err, bad, NULL, 0, n);
+			report_bind_error(f, err, bad, NULL, 0, n, false);
 			for (int k = 0; k < n; k++)
 				byparam[k] = &given[k];
 		}

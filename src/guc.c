@@ -229,7 +229,7 @@ apiary_define_gucs(void)
 							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("apiary.retention",
-							"How long finished workflows and keyed calls are kept.",
+							"How long finished workflows, keyed calls and provenance rows are kept.",
 							"The launcher deletes older ones in small batches; 0 keeps them forever.",
 							&apiary_retention,
 							7 * 24 * 3600,
@@ -268,8 +268,8 @@ apiary_define_gucs(void)
 							 NULL, NULL, NULL);
 
 	DefineCustomIntVariable("apiary.max_attempts",
-							"Default number of attempts for a task that fails with a serialization failure or deadlock.",
-							"A function's own max_attempts, given to apiary_register, overrides it.",
+							"Default number of attempts of a task that fails with an error it may be retried after.",
+							"A transactional task is retried after a serialization failure, a deadlock or an operator's cancel, an external one after any error; a function's own max_attempts, given to apiary_register, overrides it.",
 							&apiary_max_attempts,
 							3,
 							1, 1000,

@@ -388,6 +388,12 @@ report_not_found(const char *name)
 	char	   *hint = NULL;
 	int			rc;
 
+	/* no registered name is empty (apiary.functions checks) */
+	if (name[0] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("apiary function name must not be empty")));
+
 	/* a function of that name that was never registered? */
 	rc = journal_execute(psprintf("SELECT p.oid::pg_catalog.regprocedure::pg_catalog.text,"
 									" (SELECT pg_catalog.substr(c, 13) FROM pg_catalog.unnest(p.proconfig) c"
@@ -782,6 +788,12 @@ apiary_register(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("apiary function name must not be empty")));
+	for (const char *c = name; *c != '\0'; c++)
+		if ((unsigned char) *c < 0x20 || *c == 0x7f)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("apiary function name must not contain control characters"),
+					 errdetail("Names appear in logs, in pg_stat_activity and in workflow graphs.")));
 	if (strlen(name) >= NAMEDATALEN)
 		ereport(ERROR,
 				(errcode(ERRCODE_NAME_TOO_LONG),

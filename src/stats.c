@@ -197,7 +197,7 @@ require_preloaded(void)
 	if (stats_hash == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("apiary.stats must be loaded via shared_preload_libraries"),
+				 errmsg("apiary.stats needs apiary to be loaded via shared_preload_libraries"),
 				 errhint("Add apiary to shared_preload_libraries in postgresql.conf, and restart the server.")));
 }
 
