@@ -739,6 +739,20 @@ SELECT apiary_start('late_write', '1', timeout => '-1 min');
 SELECT apiary_start('late_write', '1', 'late', timeout => '1 h');
 SELECT timeout FROM apiary.workflows WHERE id = 'late';
 
+-- apiary writes its tables directly, by column number.  A column a DBA
+-- adds to one of them stops new work, with an error that says what to do;
+-- dropped again, it changes nothing, and the executors go on.
+ALTER TABLE apiary.workflows ADD COLUMN note text NOT NULL DEFAULT 'n/a';
+SELECT apiary_start('square', '{"x": 4}', 'noted');
+ALTER TABLE apiary.workflows DROP COLUMN note;
+ALTER TABLE apiary.tasks ADD COLUMN note text;
+ALTER TABLE apiary.tasks DROP COLUMN note;
+ALTER TABLE apiary.ready ADD COLUMN note text;
+ALTER TABLE apiary.ready DROP COLUMN note;
+SELECT apiary_start('sum_of_squares', '{"a": 1, "b": 2, "c": 3}', 'after-note');
+SELECT apiary_result('after-note', '60 s');
+SELECT state, count(*) FROM apiary_status('after-note') GROUP BY state;
+
 -- Workflows belong to apiary.database, where the executors run: elsewhere
 -- apiary_start says so instead of queueing work that would never run.
 CREATE DATABASE apiary_elsewhere;

@@ -154,13 +154,23 @@ apiary_xact_callback(XactEvent event, void *arg)
 	end_drop();
 }
 
-/* A subtransaction that began a DROP EXTENSION apiary rolled back. */
+/*
+ * A subtransaction that began a DROP EXTENSION apiary ended: rolled back,
+ * the drop is over; committed (RELEASE), the drop is its parent's now, and
+ * ends with it.
+ */
 static void
 apiary_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 						SubTransactionId parentSubid, void *arg)
 {
-	if (event == SUBXACT_EVENT_ABORT_SUB && drop_level >= GetCurrentTransactionNestLevel())
+	int			level = GetCurrentTransactionNestLevel();
+
+	if (drop_level < level)
+		return;
+	if (event == SUBXACT_EVENT_ABORT_SUB)
 		end_drop();
+	else if (event == SUBXACT_EVENT_COMMIT_SUB)
+		drop_level = level - 1;
 }
 
 /* This backend's DROP EXTENSION apiary is over, one way or the other. */

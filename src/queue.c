@@ -47,6 +47,7 @@
 #include "catalog/pg_class.h"
 #include "catalog/pg_collation.h"
 #include "catalog/pg_index.h"
+#include "commands/dbcommands.h"
 #include "commands/sequence.h"
 #include "executor/executor.h"
 #include "miscadmin.h"
@@ -156,6 +157,7 @@ state_datum(QueueState state)
 typedef struct QRel
 {
 	Relation	rel;
+	int			natts;			/* the columns this library writes */
 	EState	   *estate;			/* for index insertion, once needed */
 	ResultRelInfo *rri;
 	TupleTableSlot *slot;		/* a heap tuple slot for writes */
@@ -224,6 +226,77 @@ table_oid(const char *name)
 	return table_oids[i];
 }
 
+/*
+ * Do relation relid's columns stand as this library writes them?  It
+ * writes its tables directly, by column number, so the first natts
+ * columns must be live; after them only dropped ones may follow (a column
+ * a DBA added and dropped again changes nothing).  Returns 0 if so, -1 if
+ * there are fewer columns (an extension older than this library), else
+ * the number of the first column that is in the way: one of its own that
+ * was dropped, or a live one after them, which direct inserts would leave
+ * NULL whatever its default or constraints.
+ */
+static int
+columns_differ(Oid relid, int natts)
+{
+	HeapTuple	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	int			relnatts;
+
+	if (!HeapTupleIsValid(tup))
+		return -1;
+	relnatts = ((Form_pg_class) GETSTRUCT(tup))->relnatts;
+	ReleaseSysCache(tup);
+	if (relnatts < natts)
+		return -1;
+	for (int i = 1; i <= relnatts; i++)
+	{
+		HeapTuple	att = SearchSysCache2(ATTNUM, ObjectIdGetDatum(relid),
+										  Int16GetDatum(i));
+		bool		dropped;
+
+		if (!HeapTupleIsValid(att))
+			elog(ERROR, "cache lookup failed for attribute %d of relation %u", i, relid);
+		dropped = ((Form_pg_attribute) GETSTRUCT(att))->attisdropped;
+		ReleaseSysCache(att);
+		if (dropped == (i <= natts))
+			return i;
+	}
+	return 0;
+}
+
+/*
+ * Report, at elevel, that apiary.name's columns differ as columns_differ
+ * says.
+ */
+static void
+report_columns(int elevel, const char *name, Oid relid, int natts, int differ)
+{
+	const char *column;
+
+	if (differ < 0)
+		ereport(elevel,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("relation \"apiary.%s\" does not have the columns this version of apiary expects",
+						name),
+				 errhint("Update the extension with ALTER EXTENSION apiary UPDATE.")));
+	else if (differ <= natts)
+		ereport(elevel,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("column %d of relation \"apiary.%s\", which apiary writes, was dropped",
+						differ, name),
+				 errhint("Only recreating the extension restores it, which empties the journal.")));
+	else
+	{
+		column = quote_identifier(get_attname(relid, (AttrNumber) differ, false));
+		ereport(elevel,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("relation \"apiary.%s\" has a column apiary does not write: %s",
+						name, column),
+				 errdetail("apiary writes its tables directly, which would leave the column NULL whatever its default or constraints."),
+				 errhint("Drop it: ALTER TABLE apiary.%s DROP COLUMN %s.", name, column)));
+	}
+}
+
 static QRel *
 qrel_open(const char *name, int natts)
 {
@@ -240,16 +313,18 @@ qrel_open(const char *name, int natts)
 	CurrentResourceOwner = owner;
 	if (RelationGetDescr(rel)->natts != natts)
 	{
-		table_close(rel, NoLock);
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("relation \"apiary.%s\" does not have the columns this version of apiary expects",
-						name),
-				 errhint("Update the extension with ALTER EXTENSION apiary UPDATE.")));
+		int			differ = columns_differ(RelationGetRelid(rel), natts);
+
+		if (differ != 0)
+		{
+			table_close(rel, NoLock);
+			report_columns(ERROR, name, table_oid(name), natts, differ);
+		}
 	}
 	q = MemoryContextAllocZero(keep_open ? TopTransactionContext : CurrentMemoryContext,
 							   sizeof(QRel));
 	q->rel = rel;
+	q->natts = natts;
 	if (keep_open)
 		kept[i] = q;
 	return q;
@@ -321,49 +396,51 @@ queue_keep_open(void)
 	RegisterXactCallback(release_kept, NULL);
 }
 
-/* The number of columns of relation relid (dropped ones included). */
-static int
-rel_natts(Oid relid)
-{
-	HeapTuple	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
-	int			natts = -1;
-
-	if (HeapTupleIsValid(tup))
-	{
-		natts = ((Form_pg_class) GETSTRUCT(tup))->relnatts;
-		ReleaseSysCache(tup);
-	}
-	return natts;
-}
+/* The columns this library writes to each of table_names. */
+static const int table_natts[lengthof(table_names)] = {T_NATTS, W_NATTS, X_NATTS, R_NATTS, L_NATTS};
 
 /*
  * Asked before every executor transaction: the answer, once yes, is kept
  * with the tables' OIDs, until an invalidation of one of them (a column
- * added, a table dropped) forgets both.
+ * added, a table dropped) forgets both.  No before ALTER EXTENSION UPDATE
+ * has brought the tables to this library's version, or while a DBA's
+ * change to them is in the way: that is logged once, as it begins.
  */
 bool
 queue_installed(void)
 {
+	static int	logged = 0;		/* table * 1000 + differ, as last logged */
 	Oid			nsp;
-	Oid			tasks;
-	Oid			workflows;
-	Oid			ready;
+	Oid			oids[lengthof(table_names)];
 
 	if (tables_current)
 		return true;
 	nsp = get_namespace_oid("apiary", true);
-	tasks = OidIsValid(nsp) ? get_relname_relid("tasks", nsp) : InvalidOid;
-	workflows = OidIsValid(nsp) ? get_relname_relid("workflows", nsp) : InvalidOid;
-	ready = OidIsValid(nsp) ? get_relname_relid("ready", nsp) : InvalidOid;
+	if (!OidIsValid(nsp))
+		return false;			/* not installed: the launcher waits for it */
+	for (int i = 0; i < lengthof(table_names); i++)
+	{
+		int			differ;
 
-	/* the tables as this library writes them: not before ALTER EXTENSION UPDATE */
-	if (!OidIsValid(tasks) || !OidIsValid(workflows) || !OidIsValid(ready) ||
-		rel_natts(tasks) != T_NATTS || rel_natts(workflows) != W_NATTS)
+		oids[i] = get_relname_relid(table_names[i], nsp);
+		differ = OidIsValid(oids[i]) ? columns_differ(oids[i], table_natts[i]) : -1;
+		if (differ == 0)
+			continue;
+		if (logged != i * 1000 + differ)
+		{
+			logged = i * 1000 + differ;
+			if (differ < 0)
+				ereport(LOG,
+						(errmsg("apiary's tables in database \"%s\" are older than this library: no task runs until ALTER EXTENSION apiary UPDATE",
+								get_database_name(MyDatabaseId))));
+			else
+				report_columns(WARNING, table_names[i], oids[i], table_natts[i], differ);
+		}
 		return false;
-	table_oids[table_index("tasks")] = tasks;
-	table_oids[table_index("workflows")] = workflows;
-	table_oids[table_index("ready")] = ready;
+	}
+	memcpy(table_oids, oids, sizeof(table_oids));
 	tables_current = true;
+	logged = 0;
 	return true;
 }
 
@@ -381,10 +458,23 @@ queue_installed(void)
 static void
 qrel_insert(QRel *q, Datum *values, bool *nulls)
 {
+	TupleDesc	desc = RelationGetDescr(q->rel);
 	HeapTuple	tup;
 
 	qrel_prepare_writes(q);
-	tup = heap_form_tuple(RelationGetDescr(q->rel), values, nulls);
+	if (desc->natts > q->natts)
+	{
+		/* columns added and dropped again since: NULL in each */
+		Datum	   *v = palloc0(desc->natts * sizeof(Datum));
+		bool	   *n = palloc(desc->natts * sizeof(bool));
+
+		memcpy(v, values, q->natts * sizeof(Datum));
+		memcpy(n, nulls, q->natts * sizeof(bool));
+		memset(n + q->natts, true, (desc->natts - q->natts) * sizeof(bool));
+		values = v;
+		nulls = n;
+	}
+	tup = heap_form_tuple(desc, values, nulls);
 	ExecStoreHeapTuple(tup, q->slot, false);
 	table_tuple_insert(q->rel, q->slot, GetCurrentCommandId(true), 0, NULL);
 	ExecInsertIndexTuples(q->rri, q->slot, q->estate, false, false, NULL, NIL);

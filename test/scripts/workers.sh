@@ -174,6 +174,32 @@ if tail -n +"$((lines + 1))" "$dir/server.log" | grep -E "deadlock detected|coul
 fi
 psql_ -c "CREATE EXTENSION apiary"
 wait_for 2
+# a drop made in a savepoint that was released stands the executors down
+# until its transaction ends, whatever savepoint rolls back after it (as
+# psql's ON_ERROR_ROLLBACK does after each failed statement)
+lines=$(wc -l <"$dir/server.log")
+psql_ -v ON_ERROR_STOP=0 >/dev/null 2>&1 <<'SQL' &
+BEGIN;
+SAVEPOINT a;
+DROP EXTENSION apiary;
+RELEASE a;
+SAVEPOINT b;
+SELECT 1 / 0;
+ROLLBACK TO b;
+SELECT pg_sleep(3);
+ROLLBACK;
+SQL
+dropper=$!
+wait_for 0
+for _ in $(seq 1 20); do
+	[ "$(executors)" -eq 0 ] || fail "executors started while a released drop of apiary was open"
+	sleep 0.1
+done
+wait "$dropper" || true
+wait_for 2
+if tail -n +"$((lines + 1))" "$dir/server.log" | grep -E "lock timeout|could not open relation"; then
+	fail "the workers got in the way of the open drop"
+fi
 psql_ -c "DROP EXTENSION apiary"
 wait_for 0
 
