@@ -92,3 +92,12 @@ SELECT apiary_invoke('record_run', '{"tag": "long"}', repeat('k', 1024))::int > 
 -- one); NULL means no key.
 SELECT apiary_invoke('record_run', '{"tag": "e"}', '');
 SELECT apiary_invoke('record_run', '{"tag": "f"}', NULL) <> apiary_invoke('record_run', '{"tag": "f"}', NULL) AS different;
+
+-- apiary writes the journal directly, by column number: a column added to
+-- it stops keyed calls with an error that says what to do (its default
+-- and constraints would not apply); dropped again, it changes nothing.
+ALTER TABLE apiary.invocations ADD COLUMN note text NOT NULL DEFAULT 'n/a';
+SELECT apiary_invoke('record_run', '{"tag": "noted"}', 'noted');
+ALTER TABLE apiary.invocations DROP COLUMN note;
+SELECT apiary_invoke('record_run', '{"tag": "noted"}', 'noted')::int > 0 AS ran;
+SELECT key, function FROM apiary.invocations WHERE key = 'noted';

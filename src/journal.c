@@ -326,6 +326,114 @@ journal_claim(Oid role, text *key, const char *function, Jsonb *args,
 	return !found;
 }
 
+/* ---------------------------------------------------------------------
+ * Direct writes
+ * ---------------------------------------------------------------------
+ */
+
+/*
+ * Do relation relid's columns stand as apiary writes them?  It writes its
+ * tables directly, by column number, so the first natts columns must be
+ * live; after them only dropped ones may follow (a column a DBA added and
+ * dropped again changes nothing).  Returns 0 if so, -1 if there are fewer
+ * columns (an extension older than this library), else the number of the
+ * first column in the way: one of apiary's that was dropped, or a live one
+ * after them, which direct inserts would leave NULL whatever its default
+ * or constraints.
+ */
+int
+journal_columns_differ(Oid relid, int natts)
+{
+	HeapTuple	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	int			relnatts;
+
+	if (!HeapTupleIsValid(tup))
+		return -1;
+	relnatts = ((Form_pg_class) GETSTRUCT(tup))->relnatts;
+	ReleaseSysCache(tup);
+	if (relnatts < natts)
+		return -1;
+	for (int i = 1; i <= relnatts; i++)
+	{
+		HeapTuple	att = SearchSysCache2(ATTNUM, ObjectIdGetDatum(relid),
+										  Int16GetDatum(i));
+		bool		dropped;
+
+		if (!HeapTupleIsValid(att))
+			elog(ERROR, "cache lookup failed for attribute %d of relation %u", i, relid);
+		dropped = ((Form_pg_attribute) GETSTRUCT(att))->attisdropped;
+		ReleaseSysCache(att);
+		if (dropped == (i <= natts))
+			return i;
+	}
+	return 0;
+}
+
+/* Report, at elevel, that relid's columns differ as journal_columns_differ says. */
+void
+journal_report_columns(int elevel, Oid relid, int natts, int differ)
+{
+	const char *name = get_rel_name(relid);
+	const char *column;
+
+	if (differ < 0)
+		ereport(elevel,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("relation \"apiary.%s\" does not have the columns this version of apiary expects",
+						name),
+				 errhint("Update the extension with ALTER EXTENSION apiary UPDATE.")));
+	else if (differ <= natts)
+		ereport(elevel,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("column %d of relation \"apiary.%s\", which apiary writes, was dropped",
+						differ, name),
+				 errhint("Only recreating the extension restores it, which empties the journal.")));
+	else
+	{
+		column = quote_identifier(get_attname(relid, (AttrNumber) differ, false));
+		ereport(elevel,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("relation \"apiary.%s\" has a column apiary does not write: %s",
+						name, column),
+				 errdetail("apiary writes its tables directly, which would leave the column NULL whatever its default or constraints."),
+				 errhint("Drop it: ALTER TABLE apiary.%s DROP COLUMN %s.", name, column)));
+	}
+}
+
+/* Refuse to write rel, opened, unless its columns are as apiary writes them. */
+void
+journal_check_columns(Relation rel, int natts)
+{
+	int			differ;
+
+	if (RelationGetDescr(rel)->natts == natts)
+		return;					/* the usual case: nothing added */
+	differ = journal_columns_differ(RelationGetRelid(rel), natts);
+	if (differ != 0)
+		journal_report_columns(ERROR, RelationGetRelid(rel), natts, differ);
+}
+
+/*
+ * A row of rel from the values of its first natts columns (checked by
+ * journal_check_columns): NULL in the dropped ones after them.
+ */
+HeapTuple
+journal_form_tuple(Relation rel, int natts, Datum *values, bool *nulls)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	Datum	   *v;
+	bool	   *n;
+
+	if (desc->natts == natts)
+		return heap_form_tuple(desc, values, nulls);
+	v = palloc0(desc->natts * sizeof(Datum));
+	n = palloc(desc->natts * sizeof(bool));
+	memcpy(v, values, natts * sizeof(Datum));
+	memcpy(n, nulls, natts * sizeof(bool));
+	memset(n + natts, true, (desc->natts - natts) * sizeof(bool));
+	return heap_form_tuple(desc, v, n);
+}
+
 void
 journal_record(Oid role, text *key, const char *function, Jsonb *args,
 			   text *parent_key, TimestampTz started_at,
@@ -352,7 +460,8 @@ journal_record(Oid role, text *key, const char *function, Jsonb *args,
 	 * Heap and index insert as for a catalog: the journal has no triggers,
 	 * and its unique index stays the last line against a duplicate key.
 	 */
-	tup = heap_form_tuple(RelationGetDescr(rel), values, nulls);
+	journal_check_columns(rel, INV_NATTS);
+	tup = journal_form_tuple(rel, INV_NATTS, values, nulls);
 	CatalogTupleInsert(rel, tup);
 	heap_freetuple(tup);
 	table_close(rel, NoLock);

@@ -9,9 +9,11 @@
 #ifndef APIARY_JOURNAL_H
 #define APIARY_JOURNAL_H
 
+#include "access/htup.h"
 #include "executor/spi.h"
 #include "storage/lockdefs.h"
 #include "utils/jsonb.h"
+#include "utils/relcache.h"
 #include "utils/timestamp.h"
 
 extern Oid	journal_namespace(void);
@@ -49,5 +51,16 @@ extern void journal_record(Oid role, text *key, const char *function,
 						   Jsonb *args, text *parent_key,
 						   TimestampTz started_at,
 						   Datum output, bool output_isnull);
+
+/*
+ * apiary writes its tables directly, by column number: these check that a
+ * table's columns are as it writes them, report how they differ, and form
+ * a row of the first natts columns (NULL in dropped ones after them).
+ */
+extern int	journal_columns_differ(Oid relid, int natts);
+extern void journal_report_columns(int elevel, Oid relid, int natts, int differ);
+extern void journal_check_columns(Relation rel, int natts);
+extern HeapTuple journal_form_tuple(Relation rel, int natts, Datum *values,
+									bool *nulls);
 
 #endif							/* APIARY_JOURNAL_H */

@@ -226,77 +226,6 @@ table_oid(const char *name)
 	return table_oids[i];
 }
 
-/*
- * Do relation relid's columns stand as this library writes them?  It
- * writes its tables directly, by column number, so the first natts
- * columns must be live; after them only dropped ones may follow (a column
- * a DBA added and dropped again changes nothing).  Returns 0 if so, -1 if
- * there are fewer columns (an extension older than this library), else
- * the number of the first column that is in the way: one of its own that
- * was dropped, or a live one after them, which direct inserts would leave
- * NULL whatever its default or constraints.
- */
-static int
-columns_differ(Oid relid, int natts)
-{
-	HeapTuple	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
-	int			relnatts;
-
-	if (!HeapTupleIsValid(tup))
-		return -1;
-	relnatts = ((Form_pg_class) GETSTRUCT(tup))->relnatts;
-	ReleaseSysCache(tup);
-	if (relnatts < natts)
-		return -1;
-	for (int i = 1; i <= relnatts; i++)
-	{
-		HeapTuple	att = SearchSysCache2(ATTNUM, ObjectIdGetDatum(relid),
-										  Int16GetDatum(i));
-		bool		dropped;
-
-		if (!HeapTupleIsValid(att))
-			elog(ERROR, "cache lookup failed for attribute %d of relation %u", i, relid);
-		dropped = ((Form_pg_attribute) GETSTRUCT(att))->attisdropped;
-		ReleaseSysCache(att);
-		if (dropped == (i <= natts))
-			return i;
-	}
-	return 0;
-}
-
-/*
- * Report, at elevel, that apiary.name's columns differ as columns_differ
- * says.
- */
-static void
-report_columns(int elevel, const char *name, Oid relid, int natts, int differ)
-{
-	const char *column;
-
-	if (differ < 0)
-		ereport(elevel,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("relation \"apiary.%s\" does not have the columns this version of apiary expects",
-						name),
-				 errhint("Update the extension with ALTER EXTENSION apiary UPDATE.")));
-	else if (differ <= natts)
-		ereport(elevel,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("column %d of relation \"apiary.%s\", which apiary writes, was dropped",
-						differ, name),
-				 errhint("Only recreating the extension restores it, which empties the journal.")));
-	else
-	{
-		column = quote_identifier(get_attname(relid, (AttrNumber) differ, false));
-		ereport(elevel,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("relation \"apiary.%s\" has a column apiary does not write: %s",
-						name, column),
-				 errdetail("apiary writes its tables directly, which would leave the column NULL whatever its default or constraints."),
-				 errhint("Drop it: ALTER TABLE apiary.%s DROP COLUMN %s.", name, column)));
-	}
-}
-
 static QRel *
 qrel_open(const char *name, int natts)
 {
@@ -311,16 +240,7 @@ qrel_open(const char *name, int natts)
 		CurrentResourceOwner = TopTransactionResourceOwner;
 	rel = table_open(table_oid(name), RowExclusiveLock);
 	CurrentResourceOwner = owner;
-	if (RelationGetDescr(rel)->natts != natts)
-	{
-		int			differ = columns_differ(RelationGetRelid(rel), natts);
-
-		if (differ != 0)
-		{
-			table_close(rel, NoLock);
-			report_columns(ERROR, name, table_oid(name), natts, differ);
-		}
-	}
+	journal_check_columns(rel, natts);
 	q = MemoryContextAllocZero(keep_open ? TopTransactionContext : CurrentMemoryContext,
 							   sizeof(QRel));
 	q->rel = rel;
@@ -423,7 +343,7 @@ queue_installed(void)
 		int			differ;
 
 		oids[i] = get_relname_relid(table_names[i], nsp);
-		differ = OidIsValid(oids[i]) ? columns_differ(oids[i], table_natts[i]) : -1;
+		differ = OidIsValid(oids[i]) ? journal_columns_differ(oids[i], table_natts[i]) : -1;
 		if (differ == 0)
 			continue;
 		if (logged != i * 1000 + differ)
@@ -434,7 +354,7 @@ queue_installed(void)
 						(errmsg("apiary's tables in database \"%s\" are older than this library: no task runs until ALTER EXTENSION apiary UPDATE",
 								get_database_name(MyDatabaseId))));
 			else
-				report_columns(WARNING, table_names[i], oids[i], table_natts[i], differ);
+				journal_report_columns(WARNING, oids[i], table_natts[i], differ);
 		}
 		return false;
 	}
@@ -458,23 +378,10 @@ queue_installed(void)
 static void
 qrel_insert(QRel *q, Datum *values, bool *nulls)
 {
-	TupleDesc	desc = RelationGetDescr(q->rel);
 	HeapTuple	tup;
 
 	qrel_prepare_writes(q);
-	if (desc->natts > q->natts)
-	{
-		/* columns added and dropped again since: NULL in each */
-		Datum	   *v = palloc0(desc->natts * sizeof(Datum));
-		bool	   *n = palloc(desc->natts * sizeof(bool));
-
-		memcpy(v, values, q->natts * sizeof(Datum));
-		memcpy(n, nulls, q->natts * sizeof(bool));
-		memset(n + q->natts, true, (desc->natts - q->natts) * sizeof(bool));
-		values = v;
-		nulls = n;
-	}
-	tup = heap_form_tuple(desc, values, nulls);
+	tup = journal_form_tuple(q->rel, q->natts, values, nulls);
 	ExecStoreHeapTuple(tup, q->slot, false);
 	table_tuple_insert(q->rel, q->slot, GetCurrentCommandId(true), 0, NULL);
 	ExecInsertIndexTuples(q->rri, q->slot, q->estate, false, false, NULL, NIL);
