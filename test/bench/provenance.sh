@@ -125,7 +125,7 @@ ratio() { # workload mode clients -> "median r1 r2 ..."
 {
 	echo "# provenance benchmark"
 	echo
-	echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(pg_config --version), nproc $(nproc), ${secs} s per run, ${rounds} rounds, fsync and synchronous_commit on, wal_level = logical, apiary.workers = 4, commit $(git -C "$APIARY_ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)."
+	echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $("$PG_CONFIG" --version), nproc $(nproc), ${secs} s per run, ${rounds} rounds, fsync and synchronous_commit on, wal_level = logical, apiary.workers = 4, commit $(git -C "$APIARY_ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)."
 	echo
 	echo "| workload | clients | off (median) | writes (median) | all (median) | writes ÷ off (target ≥ 0.95) | all ÷ off | rounds (writes ÷ off) | rounds (all ÷ off) |"
 	echo "|---|---:|---:|---:|---:|---:|---:|---|---|"

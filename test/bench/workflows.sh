@@ -118,7 +118,7 @@ echo "checked: $steps workflow steps done, each once (counters also carry the pl
 {
 	echo "# workflow benchmark"
 	echo
-	echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(pg_config --version), nproc $(nproc), ${secs} s per run, fsync and synchronous_commit on, apiary.workers = 4${BENCH_CONF:+, then (later lines win) $BENCH_CONF}."
+	echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $("$PG_CONFIG" --version), nproc $(nproc), ${secs} s per run, fsync and synchronous_commit on, apiary.workers = 4${BENCH_CONF:+, then (later lines win) $BENCH_CONF}."
 	echo
 	echo "| | p50 | p99 | target |"
 	echo "|---|---:|---:|---|"
