@@ -27,6 +27,8 @@ AS $$ UPDATE items SET qty = 0 WHERE items.id = take_all.id RETURNING 0 $$;
 -- Unknown names, with the nearest registered names as a hint.
 SELECT * FROM error_of($$SELECT apiary_invoke('tkae', '{}')$$);
 SELECT * FROM error_of($$SELECT apiary_invoke('nonesuch', '{}')$$);
+-- A name longer than any registered one is cut short in the message.
+SELECT * FROM error_of($$SELECT apiary_invoke(repeat('x', 1000), '{}')$$);
 -- A function that exists but is not registered.
 SELECT * FROM error_of($$SELECT apiary_invoke('take_all', '{"id": 1}')$$);
 -- NULLs.

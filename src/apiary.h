@@ -25,6 +25,10 @@
  * transaction; with a non-NULL key, at most once per key.  Returns the
  * output, or NULL for an SQL NULL.  name and args must not be NULL (an
  * error, 22004, as for the SQL function; pass '{}' for no arguments).
+ * Called by an apiary function (a task's, or one apiary_invoke runs), the
+ * call runs in a subtransaction of its own, rolled back if it fails before
+ * its error is raised: the caller may catch the error (PG_TRY, then
+ * CopyErrorData and FlushErrorState) and go on without the call's effects.
  */
 extern PGDLLEXPORT Jsonb *apiary_invoke_jsonb(const char *name, Jsonb *args,
 											  const char *key);

@@ -215,11 +215,20 @@ apiary_invoke_internal(const char *name, Jsonb *args, text *key, bool *isnull)
 	ResourceOwner callerowner = CurrentResourceOwner;
 	InvokeFrame frame;
 	ProvenanceFrame prov;
-	bool		nested = current_frame != NULL;
 	ApiaryFunction *f;
 	ApiaryFunction *volatile held = NULL;	/* taken inside PG_TRY */
 	Datum		result = (Datum) 0;
+	text	   *workflow;
+	int64		task;
+	bool		nested;
 
+	/*
+	 * A call made by an apiary function, one apiary_invoke runs or a task's,
+	 * is nested: it runs in a subtransaction of its own, so that its caller
+	 * may catch its error and go on without its effects, as the README
+	 * promises; a C caller's PG_TRY too, which has none of its own.
+	 */
+	nested = current_frame != NULL || apiary_in_task(&workflow, &task, NULL);
 	check_stack_depth();
 	bind_check_limits(name, args);
 	apiary_check_no_futures("apiary_invoke", args);

@@ -56,6 +56,7 @@
 #include "commands/trigger.h"
 #include "executor/spi.h"
 #include "funcapi.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
@@ -611,9 +612,12 @@ registry_acquire(const char *name)
 	if (strlen(name) >= NAMEDATALEN)
 	{
 		/* no registered name is that long (apiary.functions checks) */
-		if (SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "SPI_connect failed");
-		report_not_found(name);
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("apiary function \"%s...\" does not exist",
+						pnstrdup(name, pg_mbcliplen(name, strlen(name), NAMEDATALEN - 1))),
+				 errdetail("Registered names are at most %d bytes; this one has %zu.",
+						   NAMEDATALEN - 1, strlen(name))));
 	}
 
 	sweep_invalidated();

@@ -9,6 +9,9 @@
  * text naming its task key.  example_crash() takes its backend down with
  * SIGSEGV, as a buggy C function would; the recovery tests use it to check
  * that such a task is given up after max_attempts crashes.
+ * example_try(name, args) calls name and catches its error, as a C
+ * function may: the call ran in a subtransaction of its own, which apiary
+ * rolled back before raising the error.
  *
  *-------------------------------------------------------------------------
  */
@@ -18,6 +21,7 @@
 
 #include "fmgr.h"
 #include "lib/stringinfo.h"
+#include "utils/elog.h"
 #include "utils/builtins.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
@@ -28,6 +32,7 @@ PG_MODULE_MAGIC;
 
 PG_FUNCTION_INFO_V1(example_countdown);
 PG_FUNCTION_INFO_V1(example_crash);
+PG_FUNCTION_INFO_V1(example_try);
 
 static Jsonb *
 int_jsonb(int32 n)
@@ -72,4 +77,31 @@ example_crash(PG_FUNCTION_ARGS)
 {
 	raise(SIGSEGV);
 	PG_RETURN_INT32(0);
+}
+
+Datum
+example_try(PG_FUNCTION_ARGS)
+{
+	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	Jsonb	   *args = PG_GETARG_JSONB_P(1);
+	MemoryContext cxt = CurrentMemoryContext;
+	char	   *volatile outcome = NULL;
+
+	PG_TRY();
+	{
+		Jsonb	   *out = apiary_invoke_jsonb(name, args, NULL);
+
+		outcome = psprintf("returned %s", out ? JsonbToCString(NULL, &out->root, VARSIZE(out)) : "NULL");
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		outcome = psprintf("caught: %s", edata->message);
+	}
+	PG_END_TRY();
+	PG_RETURN_TEXT_P(cstring_to_text(outcome));
 }

@@ -26,6 +26,17 @@ CREATE FUNCTION example_crash() RETURNS int
 AS 'apiary_example', 'example_crash' LANGUAGE C;
 SELECT apiary_register('example_countdown(int)');
 SELECT apiary_register('example_crash()', max_attempts => 2);
+CREATE FUNCTION example_try(name text, args jsonb) RETURNS text
+AS 'apiary_example', 'example_try' LANGUAGE C STRICT;
+SELECT apiary_register('example_try(text, jsonb)');
+CREATE TABLE side (v int);
+CREATE FUNCTION write_then_fail(v int) RETURNS int LANGUAGE plpgsql
+SET apiary.kind = 'transactional' AS $$
+BEGIN
+  INSERT INTO side VALUES (v);
+  PERFORM apiary_queue('square', to_jsonb(v));
+  RAISE EXCEPTION 'refusing %', v;
+END $$;
 CREATE FUNCTION slow_square(x int) RETURNS int LANGUAGE sql
 AS $$ SELECT x * x FROM pg_sleep(8) $$;
 SELECT apiary_register('slow_square(int)', max_attempts => 2);
@@ -37,6 +48,14 @@ out=$(psql_ -c "SELECT apiary_start('example_countdown', '3', 'c-api')" \
 [[ "$out" == '"done in task c-api/'* ]] || fail "C API workflow returned $out"
 steps=$(psql_ -c "SELECT count(*) FROM apiary_status('c-api') WHERE state = 'done'")
 [ "$steps" -eq 4 ] || fail "expected 4 done steps, got $steps"
+
+# a task's C function that catches the error of a call it makes goes on
+# without the call's effects: its write and the task it queued are gone
+out=$(psql_ -c "SELECT apiary_start('example_try', '{\"name\": \"write_then_fail\", \"args\": {\"v\": 5}}', 'c-try')" \
+	-c "SELECT apiary_result('c-try', '60 s')" | tail -n 1)
+[ "$out" = '"caught: refusing 5"' ] || fail "C API catch returned $out"
+[ "$(psql_ -c "SELECT count(*) FROM side")" -eq 0 ] || fail "a failed call caught in C kept its write"
+[ "$(psql_ -c "SELECT count(*) FROM apiary_status('c-try')")" -eq 1 ] || fail "a failed call caught in C kept the task it queued"
 
 # the poison task: each run takes the server down; after 2 it is given up.
 # A task running beside it is rolled back by each restart, through no
