@@ -759,5 +759,12 @@ CREATE DATABASE apiary_elsewhere;
 \c apiary_elsewhere
 CREATE EXTENSION apiary;
 SELECT apiary_start('checkout', '{"cart": 8}');
+-- A column of apiary's own that a DBA drops stops the writes that need it
+-- (here, a keyed call's journal row), with a hint that says what it costs.
+CREATE FUNCTION answer() RETURNS int LANGUAGE sql AS 'SELECT 42';
+SELECT apiary_register('answer()');
+ALTER TABLE apiary.invocations DROP COLUMN finished_at;
+SELECT apiary_invoke('answer', '{}', 'after-drop');
+SELECT apiary_invoke('answer', '{}');
 \c contrib_regression
 DROP DATABASE apiary_elsewhere;

@@ -400,15 +400,19 @@ journal_report_columns(int elevel, Oid relid, int natts, int differ)
 	}
 }
 
-/* Refuse to write rel, opened, unless its columns are as apiary writes them. */
+/*
+ * Refuse to write rel, opened, unless its columns are as apiary writes them:
+ * journal_columns_differ's test, read off the relation's descriptor.
+ */
 void
 journal_check_columns(Relation rel, int natts)
 {
-	int			differ;
+	TupleDesc	desc = RelationGetDescr(rel);
+	int			differ = desc->natts < natts ? -1 : 0;
 
-	if (RelationGetDescr(rel)->natts == natts)
-		return;					/* the usual case: nothing added */
-	differ = journal_columns_differ(RelationGetRelid(rel), natts);
+	for (int i = 0; differ == 0 && i < desc->natts; i++)
+		if (TupleDescAttr(desc, i)->attisdropped == (i < natts))
+			differ = i + 1;
 	if (differ != 0)
 		journal_report_columns(ERROR, RelationGetRelid(rel), natts, differ);
 }

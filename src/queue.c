@@ -329,7 +329,8 @@ static const int table_natts[lengthof(table_names)] = {T_NATTS, W_NATTS, X_NATTS
 bool
 queue_installed(void)
 {
-	static int	logged = 0;		/* table * 1000 + differ, as last logged */
+	static int	logged_table = -1;	/* what was last logged: which table */
+	static int	logged_differ = 0;	/* and journal_columns_differ's answer */
 	Oid			nsp;
 	Oid			oids[lengthof(table_names)];
 
@@ -346,9 +347,10 @@ queue_installed(void)
 		differ = OidIsValid(oids[i]) ? journal_columns_differ(oids[i], table_natts[i]) : -1;
 		if (differ == 0)
 			continue;
-		if (logged != i * 1000 + differ)
+		if (logged_table != i || logged_differ != differ)
 		{
-			logged = i * 1000 + differ;
+			logged_table = i;
+			logged_differ = differ;
 			if (differ < 0)
 				ereport(LOG,
 						(errmsg("apiary's tables in database \"%s\" are older than this library: no task runs until ALTER EXTENSION apiary UPDATE",
@@ -360,7 +362,7 @@ queue_installed(void)
 	}
 	memcpy(table_oids, oids, sizeof(table_oids));
 	tables_current = true;
-	logged = 0;
+	logged_table = -1;
 	return true;
 }
 
