@@ -237,6 +237,28 @@ RESET ROLE;
 DROP FUNCTION obs_rotate(int);
 DROP TABLE obs_secret;
 DROP ROLE obs_clerk;
+-- a column of a type of the database's own is recorded as its text: a cast
+-- to json that the type's owner made never runs, neither in the collector
+-- (a superuser) nor in the session of whoever read the row
+CREATE TYPE obs_mood AS ENUM ('calm', 'cross');
+CREATE DOMAIN obs_level AS int CHECK (VALUE > 0);
+CREATE FUNCTION obs_mood_json(obs_mood) RETURNS json LANGUAGE sql
+AS $$ SELECT to_json('cast run by ' || current_user) $$;
+CREATE CAST (obs_mood AS json) WITH FUNCTION obs_mood_json(obs_mood);
+CREATE TABLE obs_moods (id int PRIMARY KEY, mood obs_mood, moods obs_mood[], level obs_level);
+CREATE FUNCTION obs_feel(id int, mood obs_mood) RETURNS int LANGUAGE sql
+SET apiary.kind = 'transactional'
+AS $$ INSERT INTO obs_moods VALUES (id, mood, ARRAY[mood, 'calm'], 3) RETURNING 1 $$;
+CREATE FUNCTION obs_moods_felt() RETURNS bigint LANGUAGE sql
+SET apiary.kind = 'readonly' AS $$ SELECT count(*) FROM obs_moods $$;
+SELECT apiary_invoke('obs_feel', '{"id": 1, "mood": "cross"}');
+SELECT apiary_invoke('obs_moods_felt');
+SELECT wait_until($c$(SELECT count(*) FROM apiary.provenance WHERE relname = 'public.obs_moods') >= 2$c$);
+SELECT function, operation, "row" FROM apiary.provenance
+WHERE relname = 'public.obs_moods' ORDER BY operation;
+DROP TABLE obs_moods;
+DROP TYPE obs_mood CASCADE;
+DROP DOMAIN obs_level;
 
 -- off again: the slot goes, and holds no WAL back
 ALTER SYSTEM RESET apiary.provenance;

@@ -275,6 +275,29 @@ SELECT err($$INSERT INTO apiary.invocations VALUES ('regress_owner', 'k', 'f', '
 SELECT err($$SELECT apiary.cancel_workflow('regress_owner'::regrole, 'owners-only')$$);
 RESET ROLE;
 
+-- apiary's own statements run as the journal's owner with pg_catalog alone
+-- in their search_path: an operator of the caller's schema, first in the
+-- caller's path, never stands in for pg_catalog's there (a registration
+-- compared OIDs with IS NOT DISTINCT FROM, which looks its operator up by
+-- name, and ran a role's operator as the owner).
+SET ROLE regress_owner;
+CREATE TABLE sec.op_calls (who text);
+CREATE FUNCTION sec.op_eq(oid, oid) RETURNS bool LANGUAGE plpgsql AS $$
+BEGIN
+  EXECUTE 'INSERT INTO sec.op_calls VALUES (current_user)';
+  RETURN $1 OPERATOR(pg_catalog.=) $2;
+END $$;
+CREATE OPERATOR sec.= (leftarg = oid, rightarg = oid, function = sec.op_eq);
+GRANT INSERT ON sec.op_calls TO PUBLIC;
+SET search_path = sec, pg_catalog, public;
+SELECT apiary_register('sec.s_echo(jsonb)');
+SELECT apiary_register('sec.s_echo(jsonb)');
+SELECT err($$SELECT apiary_invoke('s_whoami_', '{}')$$);
+RESET search_path;
+SELECT count(*) AS operator_calls_as_another_role
+FROM sec.op_calls WHERE who <> 'regress_owner';
+RESET ROLE;
+
 DROP SCHEMA sec, sec_a, sec_b, sec_hidden CASCADE;
 DELETE FROM apiary.invocations WHERE role IN (SELECT oid FROM pg_roles WHERE rolname ILIKE 'regress%');
 DELETE FROM apiary.tasks WHERE role IN (SELECT oid FROM pg_roles WHERE rolname ILIKE 'regress%');

@@ -132,18 +132,37 @@ journal_restore_user(const JournalUser *save)
 }
 
 /*
- * Run one statement on the journal as its owner.  It is planned with
+ * The search_path of apiary's own statements, which run as the journal's
+ * owner: whatever the caller's, no object of another schema may stand in
+ * for one of pg_catalog's.  They name everything else by its schema, and
+ * spell their operators OPERATOR(pg_catalog.=), but a few constructs (IS
+ * DISTINCT FROM, IN, CASE) look theirs up by name, and so would any
+ * function of apiary's that does not set its own search_path.
+ */
+static int
+pin_search_path(void)
+{
+	int			nestlevel = NewGUCNestLevel();
+
+	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET,
+							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	return nestlevel;
+}
+
+/*
+ * Run one statement on the journal as its owner, with its search_path
+ * pinned.  It is planned with
  * enable_seqscan off: the journal's tables start empty, and a kept plan made
  * then (a sequential scan) would stay until the next ANALYZE while the table
- * grows.  Every lookup here has an index.  The setting is undone before
- * returning, so user functions never see it.
+ * grows.  Every lookup here has an index.  The settings are undone before
+ * returning, so user functions never see them.
  */
 int
 journal_execute(const char *sql, SPIPlanPtr plan, int nargs, Oid *argtypes,
 				Datum *values, const char *nulls, int expected)
 {
 	JournalUser save;
-	int			nestlevel = NewGUCNestLevel();
+	int			nestlevel = pin_search_path();
 	int			rc;
 
 	(void) set_config_option("enable_seqscan", "off", PGC_USERSET, PGC_S_SESSION,
@@ -176,8 +195,10 @@ journal_execute(const char *sql, SPIPlanPtr plan, int nargs, Oid *argtypes,
 SPIPlanPtr
 journal_prepare(const char *sql, int nargs, Oid *argtypes)
 {
+	int			nestlevel = pin_search_path();
 	SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
 
+	AtEOXact_GUC(true, nestlevel);
 	if (plan == NULL)
 		elog(ERROR, "SPI_prepare failed for \"%s\": %s",
 			 sql, SPI_result_code_string(SPI_result));

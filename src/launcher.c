@@ -955,16 +955,22 @@ apiary_launcher_main(Datum main_arg)
 }
 
 /*
- * apiary's own housekeeping (the launcher's, the registry workers') writes
+ * apiary's own housekeeping (the launcher's, the registry workers', the
+ * provenance collector's) writes
  * its tables whatever default_transaction_read_only says, as autovacuum
  * does: with it on in postgresql.conf, retention failed every minute.
  * And it reads them in READ COMMITTED, whatever the default isolation:
  * each of its statements wants the latest rows.  Tasks keep both
- * settings (they fail with 25006, as the README says).
+ * settings (they fail with 25006, as the README says).  Its search_path is
+ * pg_catalog's alone, whatever ALTER DATABASE or ALTER ROLE set: these
+ * workers run as the bootstrap superuser, and a database owner's schema
+ * first in the path could stand an operator of its own in for one of
+ * pg_catalog's.
  */
 void
 apiary_housekeeping_session(void)
 {
 	SetConfigOption("default_transaction_read_only", "off", PGC_SUSET, PGC_S_OVERRIDE);
 	SetConfigOption("default_transaction_isolation", "read committed", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
 }

@@ -93,6 +93,7 @@
 
 #include "guc.h"
 #include "journal.h"
+#include "launcher.h"
 #include "provenance.h"
 
 #define MESSAGE_PREFIX "apiary"
@@ -128,18 +129,48 @@ static ProvenanceFrame *current = NULL;
  */
 
 /*
+ * Does a column go into JSON as the text its type's output function makes?
+ * So for a type of the database's own (past the bootstrap OIDs, a domain
+ * by its base): row_to_json would convert its values with a cast to json,
+ * which any role may create for a type it owns, and so run code of that
+ * role's choosing as the collector (a superuser) or as whoever read the
+ * row.  Output functions are C, which only a superuser may install.
+ */
+static bool
+column_as_text(Form_pg_attribute att)
+{
+	return !att->attisdropped && att->atttypid >= FirstNormalObjectId &&
+		getBaseType(att->atttypid) >= FirstNormalObjectId;
+}
+
+/*
  * A heap tuple as a jsonb object of its columns.  desc must carry a
  * composite type (a relation's, or blessed).  Values still on disk in
  * TOAST (an update's unchanged columns, as decoding gives them) are left
- * out: they were not part of the change.
+ * out: they were not part of the change.  Columns of the database's own
+ * types are strings (column_as_text).
  */
 static Jsonb *
 tuple_jsonb(TupleDesc desc, HeapTuple tuple, bool strip_nulls)
 {
 	Datum		json;
 	Jsonb	   *jb;
+	bool		external = HeapTupleHasExternal(tuple);
+	TupleDesc	textdesc = NULL;
 
-	if (HeapTupleHasExternal(tuple))
+	for (int i = 0; i < desc->natts; i++)
+		if (column_as_text(TupleDescAttr(desc, i)))
+		{
+			if (textdesc == NULL)
+			{
+				textdesc = CreateTupleDescCopy(desc);
+				textdesc->tdtypeid = RECORDOID;
+				textdesc->tdtypmod = -1;
+			}
+			TupleDescInitEntry(textdesc, i + 1, NameStr(TupleDescAttr(desc, i)->attname),
+							   TEXTOID, -1, 0);
+		}
+	if (external || textdesc != NULL)
 	{
 		Datum	   *values = palloc(desc->natts * sizeof(Datum));
 		bool	   *nulls = palloc(desc->natts * sizeof(bool));
@@ -152,7 +183,17 @@ tuple_jsonb(TupleDesc desc, HeapTuple tuple, bool strip_nulls)
 			if (!nulls[i] && att->attlen == -1 &&
 				VARATT_IS_EXTERNAL_ONDISK(DatumGetPointer(values[i])))
 				nulls[i] = true;
+			else if (!nulls[i] && column_as_text(att))
+			{
+				Oid			output;
+				bool		varlena;
+
+				getTypeOutputInfo(att->atttypid, &output, &varlena);
+				values[i] = CStringGetTextDatum(OidOutputFunctionCall(output, values[i]));
+			}
 		}
+		if (textdesc != NULL)
+			desc = BlessTupleDesc(textdesc);
 		tuple = heap_form_tuple(desc, values, nulls);
 	}
 	json = DirectFunctionCall1(row_to_json,
@@ -890,7 +931,7 @@ ensure_slot(void)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	journal_execute("SELECT plugin OPERATOR(pg_catalog.=) 'apiary',"
-					" database IS NOT DISTINCT FROM pg_catalog.current_database(), database"
+					" COALESCE(database OPERATOR(pg_catalog.=) pg_catalog.current_database(), false), database"
 					" FROM pg_catalog.pg_replication_slots"
 					" WHERE slot_name OPERATOR(pg_catalog.=) '" PROVENANCE_SLOT "'",
 					NULL, 0, NULL, NULL, NULL, SPI_OK_SELECT);
@@ -1051,6 +1092,7 @@ apiary_provenance_main(Datum main_arg)
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnection(apiary_database, NULL, 0);
 	pgstat_report_appname("apiary provenance");
+	apiary_housekeeping_session();
 
 	if (!provenance_wanted() || RecoveryInProgress() || !tables_installed())
 		proc_exit(0);

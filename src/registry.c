@@ -396,7 +396,7 @@ report_not_found(const char *name)
 				 errmsg("apiary function name must not be empty")));
 
 	/* a function of that name that was never registered? */
-	rc = journal_execute(psprintf("SELECT p.oid::pg_catalog.regprocedure::pg_catalog.text,"
+	rc = journal_execute(psprintf("SELECT p.oid,"
 									" (SELECT pg_catalog.substr(c, 13) FROM pg_catalog.unnest(p.proconfig) c"
 									"  WHERE pg_catalog.starts_with(c, 'apiary.kind=')"
 									"  AND pg_catalog.length(c) OPERATOR(pg_catalog.>) 12),"
@@ -409,8 +409,11 @@ report_not_found(const char *name)
 						 NULL, 1, argtypes, values, NULL, SPI_OK_SELECT);
 	if (SPI_processed == 1)
 	{
-		char	   *sig = SPI_getvalue(SPI_tuptable->vals[0],
-									   SPI_tuptable->tupdesc, 1);
+		bool		isnull;
+		/* named as the caller's search_path shows it, not the journal's */
+		char	   *sig = format_procedure(DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0],
+																		   SPI_tuptable->tupdesc,
+																		   1, &isnull)));
 		char	   *declared = SPI_getvalue(SPI_tuptable->vals[0],
 											SPI_tuptable->tupdesc, 2);
 		char	   *registered_as = SPI_getvalue(SPI_tuptable->vals[0],
@@ -709,17 +712,21 @@ store_registration(Oid fn, const char *name, ApiaryKind kind,
 		journal_execute("DELETE FROM apiary.functions"
 						" WHERE name OPERATOR(pg_catalog.=) $1 AND fn_oid IS NULL",
 						NULL, 1, &lookup_types[1], &lookup_values[1], NULL, SPI_OK_DELETE);
-	journal_execute(psprintf("SELECT name, COALESCE((%s)::pg_catalog.regprocedure::pg_catalog.text,"
-							 " fn::pg_catalog.text), %s IS NOT DISTINCT FROM $1"
+	journal_execute(psprintf("SELECT name, %s, fn::pg_catalog.text,"
+							 " COALESCE(%s OPERATOR(pg_catalog.=) $1, false)"
 							 " FROM apiary.functions"
 							 " WHERE %s OPERATOR(pg_catalog.=) $1 OR name OPERATOR(pg_catalog.=) $2",
 							 oid_sql, oid_sql, oid_sql),
 					NULL, 2, lookup_types, lookup_values, NULL, SPI_OK_SELECT);
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
-		char	   *other_name = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
-		char	   *other_fn = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
-		bool		same_fn = strcmp(SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 3), "t") == 0;
+		HeapTuple	row = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		char	   *other_name = SPI_getvalue(row, desc, 1);
+		Oid			other_oid = DatumGetObjectId(SPI_getbinval(row, desc, 2, &isnull));
+		char	   *other_fn = isnull ? SPI_getvalue(row, desc, 3) : format_procedure(other_oid);
+		bool		same_fn = DatumGetBool(SPI_getbinval(row, desc, 4, &isnull));
 
 		if (same_fn && strcmp(other_name, name) != 0)
 			ereport(ERROR,
