@@ -182,6 +182,32 @@ SELECT wait_until($c$(SELECT count(*) FROM apiary.provenance WHERE relname = 'pu
 SELECT workflow, task IS NOT NULL AS in_task, function, relation, operation, "row"
 FROM apiary.provenance WHERE relname = 'public.obs_items'
 ORDER BY workflow NULLS LAST, at, function, operation, "row"::text;
+-- any role may write a logical decoding message with apiary's prefix: the
+-- collector takes only those apiary signed.  Neither a message claiming a
+-- write for another workflow, nor one whose sizes point past its end (it
+-- crashed the collector, again at each restart), is taken; the collector
+-- goes on recording.
+CREATE ROLE obs_forger;
+GRANT INSERT ON obs_items TO obs_forger;
+SET ROLE obs_forger;
+BEGIN;
+INSERT INTO obs_items VALUES (77, 77);
+SELECT pg_logical_emit_message(true, 'apiary',
+  decode('02000000' || '0a000000' || repeat('00', 24) || '00000000' || '01000000', 'hex')
+  || convert_to('obs_write', 'UTF8') || '\x00'::bytea || convert_to('forged', 'UTF8')
+  || '\x00'::bytea || decode(repeat('00', 32), 'hex')) IS NOT NULL AS emitted;
+COMMIT;
+SELECT pg_logical_emit_message(true, 'apiary',
+  '\x010000000000000000000000000000000000000000000000000000000000000001000000000000006600000000000000c2eb0b'::bytea)
+  IS NOT NULL AS emitted;
+RESET ROLE;
+SELECT apiary_invoke('obs_write', '{"id": 6, "qty": 66}');
+SELECT wait_until($c$EXISTS (SELECT FROM apiary.provenance WHERE "row"->>'id' = '106')$c$);
+SELECT count(*) AS forged FROM apiary.provenance
+WHERE workflow = 'forged' OR "row"->>'id' = '77';
+SELECT count(*) AS collectors FROM pg_stat_activity WHERE backend_type = 'apiary provenance';
+REVOKE INSERT ON obs_items FROM obs_forger;
+DROP ROLE obs_forger;
 
 -- apiary.provenance = all: also the rows each function read, captured by
 -- executor hooks in the function's own transaction

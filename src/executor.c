@@ -140,7 +140,7 @@ static RunningTask *running_task = NULL;
  * that its task is counted under a new postmaster too: with
  * restart_after_crash off, whatever restarts the server starts one.
  */
-#define MARKER_DIR "pg_apiary"
+#define MARKER_DIR APIARY_DATA_DIR
 #define MARKER_MAGIC 0x41504932	/* "API2" */
 
 typedef struct Marker

@@ -115,6 +115,8 @@ apiary_shmem_startup(void)
 		pg_atomic_init_u64(&apiary_shared->ready_deleted, 0);
 		for (int i = 0; i < APIARY_MAX_WORKERS; i++)
 			pg_atomic_init_u64(&apiary_shared->slots[i].running, 0);
+		apiary_shared->provenance_keyed =
+			provenance_load_key(apiary_shared->provenance_key);
 	}
 	LWLockRelease(AddinShmemInitLock);
 }

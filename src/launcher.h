@@ -16,6 +16,9 @@
 
 #define APIARY_MAX_WORKERS 64
 
+/* apiary's files in the data directory: crash markers, the provenance key */
+#define APIARY_DATA_DIR "pg_apiary"
+
 /*
  * apiary_result waits on one of these, chosen by a hash of the workflow's
  * role and id; a transaction that finishes workflows wakes only their
@@ -42,6 +45,8 @@ typedef struct ApiaryShared
 	Latch	   *launcher_latch; /* set to have the launcher vacuum apiary.ready */
 	ExecutorSlot slots[APIARY_MAX_WORKERS];
 	int			drops;			/* transactions dropping the extension */
+	bool		provenance_keyed;	/* provenance_key was loaded or made */
+	uint8		provenance_key[32]; /* signs provenance messages (provenance.c) */
 } ApiaryShared;
 
 /* NULL unless apiary is in shared_preload_libraries */

@@ -47,7 +47,9 @@
  */
 #include "postgres.h"
 
+#include <fcntl.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include "access/heapam.h"
 #include "access/htup_details.h"
@@ -58,6 +60,9 @@
 #include "catalog/catalog.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
+#include "common/file_perm.h"
+#include "common/hmac.h"
+#include "common/sha2.h"
 #include "executor/executor.h"
 #include "executor/spi.h"
 #include "funcapi.h"
@@ -74,6 +79,7 @@
 #include "replication/origin.h"
 #include "replication/output_plugin.h"
 #include "replication/slot.h"
+#include "storage/fd.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "tcop/tcopprot.h"
@@ -97,13 +103,20 @@
 #include "provenance.h"
 
 #define MESSAGE_PREFIX "apiary"
-#define MESSAGE_VERSION 1
+#define MESSAGE_VERSION 2
 
 /*
  * A message, as written to the WAL: this header, the function's name and
  * the workflow id (each with its terminating zero; "" for none), then
- * nreads times a ReadHeader and the row as jsonb.
+ * nreads times a ReadHeader and the row as jsonb, then the HMAC-SHA-256 of
+ * all that under the cluster's provenance key.  Any role may write a
+ * logical decoding message with our prefix (pg_logical_emit_message):
+ * the collector trusts only those that carry the key's signature.
  */
+#define MAC_LEN PG_SHA256_DIGEST_LENGTH
+#define KEY_DIR APIARY_DATA_DIR
+#define KEY_FILE KEY_DIR "/provenance.key"
+
 typedef struct MessageHeader
 {
 	uint32		version;
@@ -122,6 +135,113 @@ typedef struct ReadHeader
 } ReadHeader;
 
 static ProvenanceFrame *current = NULL;
+
+/* ---------------------------------------------------------------------
+ * Signing messages
+ * ---------------------------------------------------------------------
+ */
+
+/* Make a new key and write it to KEY_FILE, durably. */
+static bool
+make_key(uint8 *key)
+{
+	const char *tmp = KEY_FILE ".tmp";
+	int			fd;
+	bool		ok;
+
+	if (!pg_strong_random(key, MAC_LEN))
+	{
+		ereport(LOG, (errmsg("apiary provenance: could not generate a random key")));
+		return false;
+	}
+	if (MakePGDirectory(KEY_DIR) != 0 && errno != EEXIST)
+	{
+		ereport(LOG,
+				(errcode_for_file_access(),
+				 errmsg("could not create directory \"%s\": %m", KEY_DIR)));
+		return false;
+	}
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | PG_BINARY, pg_file_create_mode);
+	if (fd < 0)
+	{
+		ereport(LOG,
+				(errcode_for_file_access(),
+				 errmsg("could not create file \"%s\": %m", tmp)));
+		return false;
+	}
+	errno = 0;
+	ok = write(fd, key, MAC_LEN) == MAC_LEN && pg_fsync(fd) == 0;
+	if (!ok)
+	{
+		if (errno == 0)
+			errno = ENOSPC;
+		ereport(LOG,
+				(errcode_for_file_access(),
+				 errmsg("could not write file \"%s\": %m", tmp)));
+	}
+	close(fd);
+	return ok && durable_rename(tmp, KEY_FILE, LOG) == 0;
+}
+
+bool
+provenance_load_key(uint8 *key)
+{
+	int			fd = open(KEY_FILE, O_RDONLY | PG_BINARY, 0);
+	bool		ok = false;
+
+	if (fd >= 0)
+	{
+		ok = read(fd, key, MAC_LEN) == MAC_LEN;
+		close(fd);
+		if (!ok)
+			ereport(LOG,
+					(errmsg("apiary provenance: file \"%s\" is damaged: making a new key", KEY_FILE),
+					 errdetail("Provenance messages written under the old key are ignored.")));
+	}
+	else if (errno != ENOENT)
+		ereport(LOG,
+				(errcode_for_file_access(),
+				 errmsg("could not open file \"%s\": %m", KEY_FILE)));
+	if (!ok)
+		ok = make_key(key);
+	if (!ok)
+		ereport(WARNING,
+				(errmsg("apiary provenance cannot be recorded: no key to sign its messages with"),
+				 errhint("Check that the server may write the directory \"%s\" in its data directory, and restart it.",
+						 KEY_DIR)));
+	return ok;
+}
+
+/* The MAC of len bytes at data, into mac; false if it could not be made. */
+static bool
+message_mac(const char *data, size_t len, uint8 *mac)
+{
+	pg_hmac_ctx *ctx = pg_hmac_create(PG_SHA256);
+	bool		ok;
+
+	if (ctx == NULL)
+		return false;
+	ok = pg_hmac_init(ctx, apiary_shared->provenance_key, MAC_LEN) == 0 &&
+		pg_hmac_update(ctx, (const uint8 *) data, len) == 0 &&
+		pg_hmac_final(ctx, mac, MAC_LEN) == 0;
+	pg_hmac_free(ctx);
+	return ok;
+}
+
+/* Is the message of size bytes at data (MAC last) one that apiary signed? */
+static bool
+message_signed(const char *data, size_t size)
+{
+	uint8		mac[MAC_LEN];
+	uint8		differ = 0;
+
+	if (size < MAC_LEN || !message_mac(data, size - MAC_LEN, mac))
+		return false;
+	/* in constant time */
+	for (int i = 0; i < MAC_LEN; i++)
+		differ |= mac[i] ^ (uint8) data[size - MAC_LEN + i];
+	return differ == 0;
+}
 
 /* ---------------------------------------------------------------------
  * Rows as JSON
@@ -217,7 +337,8 @@ provenance_begin(ProvenanceFrame *pf)
 	memset(pf, 0, sizeof(*pf));
 	pf->parent = current;
 	pf->active = apiary_provenance != APIARY_PROVENANCE_OFF &&
-		wal_level >= WAL_LEVEL_LOGICAL && !RecoveryInProgress();
+		wal_level >= WAL_LEVEL_LOGICAL && !RecoveryInProgress() &&
+		apiary_shared != NULL && apiary_shared->provenance_keyed;
 	if (pf->active)
 		pf->start = GetXLogInsertRecPtr();
 	current = pf;
@@ -268,6 +389,12 @@ provenance_note(ProvenanceFrame *pf, Oid role, text *workflow, int64 task,
 	appendStringInfoChar(&buf, '\0');
 	if (pf->nreads > 0)
 		appendBinaryStringInfo(&buf, pf->reads.data, pf->reads.len);
+	enlargeStringInfo(&buf, MAC_LEN);
+	if (!message_mac(buf.data, buf.len, (uint8 *) buf.data + buf.len))
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not sign the provenance of \"%s\"", function)));
+	buf.len += MAC_LEN;
 	if (pf->skipped > 0)
 		ereport(NOTICE,
 				(errmsg("provenance of \"%s\" records the first %d rows it read, not the other %d",
@@ -698,39 +825,50 @@ plugin_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 	MemoryContextSwitchTo(old);
 }
 
-static void
-plugin_message(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
-			   XLogRecPtr lsn, bool transactional, const char *prefix,
-			   Size size, const char *data)
+/*
+ * A message of ours, signed: parsed into a Message, in the current memory
+ * context; NULL for anything else, or if it does not parse, which only a
+ * bug could make once the signature matched.
+ */
+static Message *
+parse_message(XLogRecPtr lsn, const char *data, Size size)
 {
-	PluginState *st = ctx->output_plugin_private;
-	MemoryContext old;
 	Message    *m;
 	const char *p;
-	const char *end = data + size;
+	const char *end;
+	size_t		len;
 
-	if (!transactional || strcmp(prefix, MESSAGE_PREFIX) != 0 ||
-		size < sizeof(MessageHeader))
-		return;
-	old = MemoryContextSwitchTo(st->txn_cxt);
+	if (size < sizeof(MessageHeader) + MAC_LEN || !message_signed(data, size))
+		return NULL;
+	end = data + size - MAC_LEN;
 	m = palloc0(sizeof(Message));
 	m->lsn = lsn;
 	memcpy(&m->hdr, data, sizeof(MessageHeader));
-	if (m->hdr.version != MESSAGE_VERSION)
-		elog(ERROR, "apiary provenance message of unknown version %u", m->hdr.version);
+	if (m->hdr.version != MESSAGE_VERSION || m->hdr.nreads < 0)
+		return NULL;
 	p = data + sizeof(MessageHeader);
-	m->function = pstrdup(p);
-	p += strlen(p) + 1;
-	m->workflow = m->hdr.has_workflow ? pstrdup(p) : NULL;
-	p += strlen(p) + 1;
-	for (int i = 0; i < m->hdr.nreads && p + sizeof(ReadHeader) <= end; i++)
+	len = strnlen(p, end - p);
+	if (len == end - p)
+		return NULL;
+	m->function = pnstrdup(p, len);
+	p += len + 1;
+	len = strnlen(p, end - p);
+	if (len == end - p)
+		return NULL;
+	m->workflow = m->hdr.has_workflow ? pnstrdup(p, len) : NULL;
+	p += len + 1;
+	for (int i = 0; i < m->hdr.nreads; i++)
 	{
 		ReadHeader	rh;
 		Change	   *c = palloc0(sizeof(Change));
 		char	   *relname;
 
+		if (end - p < sizeof(rh))
+			return NULL;
 		memcpy(&rh, p, sizeof(rh));
 		p += sizeof(rh);
+		if (rh.size < VARHDRSZ || rh.size > end - p)
+			return NULL;
 		c->lsn = lsn;
 		c->relid = rh.relid;
 		relname = get_rel_name(rh.relid);
@@ -740,10 +878,35 @@ plugin_message(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 		c->operation = "read";
 		c->row = palloc(rh.size);
 		memcpy(c->row, p, rh.size);
+		if (VARSIZE(c->row) != rh.size)
+			return NULL;
 		p += rh.size;
 		m->reads = lappend(m->reads, c);
 	}
-	st->messages = lappend(st->messages, m);
+	return p == end ? m : NULL;
+}
+
+static void
+plugin_message(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
+			   XLogRecPtr lsn, bool transactional, const char *prefix,
+			   Size size, const char *data)
+{
+	PluginState *st = ctx->output_plugin_private;
+	MemoryContext old;
+	Message    *m;
+
+	if (!transactional || strcmp(prefix, MESSAGE_PREFIX) != 0)
+		return;
+	old = MemoryContextSwitchTo(st->txn_cxt);
+	m = parse_message(lsn, data, size);
+	if (m != NULL)
+		st->messages = lappend(st->messages, m);
+	else
+		ereport(LOG,
+				(errmsg("apiary provenance: ignored a message at %X/%X that apiary did not sign",
+						LSN_FORMAT_ARGS(lsn)),
+				 errdetail("Transaction %u wrote it with the prefix \"%s\". Any role may write such messages; provenance takes only those apiary signed, which messages from before the library that signs them are not.",
+						   txn->xid, MESSAGE_PREFIX)));
 	MemoryContextSwitchTo(old);
 }
 

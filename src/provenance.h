@@ -41,6 +41,13 @@ extern void provenance_note(ProvenanceFrame *pf, Oid role, text *workflow,
 							int64 task, const char *function);
 extern void provenance_pop(ProvenanceFrame *pf);
 
+/*
+ * At shared memory's creation, in the postmaster: the key that signs
+ * provenance messages, read from the data directory, or made and written
+ * there the first time.  False (logged) if neither could be done.
+ */
+extern bool provenance_load_key(uint8 *key);
+
 /* The collector, a background worker started by the launcher. */
 extern bool provenance_wanted(void);
 extern PGDLLEXPORT void apiary_provenance_main(Datum main_arg);
