@@ -275,6 +275,37 @@ SELECT err($$INSERT INTO apiary.invocations VALUES ('regress_owner', 'k', 'f', '
 SELECT err($$SELECT apiary.cancel_workflow('regress_owner'::regrole, 'owners-only')$$);
 RESET ROLE;
 
+-- A task runs only a function of the owner its function had when it was
+-- queued: a name freed meanwhile (its function dropped) and taken by
+-- another role's function does not run that one with the task's rights.
+CREATE SCHEMA sec_other AUTHORIZATION regress_stranger;
+SET ROLE regress_owner;
+CREATE FUNCTION sec.s_later() RETURNS text LANGUAGE sql AS $$ SELECT 'the owner''s' $$;
+SELECT apiary_register('sec.s_later()');
+BEGIN;
+SELECT apiary_start('s_later', '{}', 'name-taken');
+DROP FUNCTION sec.s_later();
+SET LOCAL ROLE regress_stranger;
+CREATE FUNCTION sec_other.s_later() RETURNS text LANGUAGE sql
+AS $$ SELECT 'the stranger''s, run as ' || current_user $$;
+SELECT apiary_register('sec_other.s_later()');
+COMMIT;
+SET ROLE regress_owner;
+SELECT err($$SELECT apiary_result('name-taken', '60 s')$$);
+SELECT state, attempts FROM apiary_status('name-taken');
+-- the owner may drop and create its function again (a redeploy): waiting
+-- tasks run the new one
+CREATE FUNCTION sec.s_again() RETURNS text LANGUAGE sql AS $$ SELECT 'first' $$;
+SELECT apiary_register('sec.s_again()');
+BEGIN;
+SELECT apiary_start('s_again', '{}', 'redeployed');
+DROP FUNCTION sec.s_again();
+CREATE FUNCTION sec.s_again() RETURNS text LANGUAGE sql AS $$ SELECT 'second' $$;
+SELECT apiary_register('sec.s_again()');
+COMMIT;
+SELECT apiary_result('redeployed', '60 s');
+RESET ROLE;
+
 -- apiary's own statements run as the journal's owner with pg_catalog alone
 -- in their search_path: an operator of the caller's schema, first in the
 -- caller's path, never stands in for pg_catalog's there (a registration
@@ -298,7 +329,7 @@ SELECT count(*) AS operator_calls_as_another_role
 FROM sec.op_calls WHERE who <> 'regress_owner';
 RESET ROLE;
 
-DROP SCHEMA sec, sec_a, sec_b, sec_hidden CASCADE;
+DROP SCHEMA sec, sec_a, sec_b, sec_hidden, sec_other CASCADE;
 DELETE FROM apiary.invocations WHERE role IN (SELECT oid FROM pg_roles WHERE rolname ILIKE 'regress%');
 DELETE FROM apiary.tasks WHERE role IN (SELECT oid FROM pg_roles WHERE rolname ILIKE 'regress%');
 DELETE FROM apiary.workflows WHERE role IN (SELECT oid FROM pg_roles WHERE rolname ILIKE 'regress%');

@@ -14,7 +14,7 @@ SELECT extversion FROM pg_extension WHERE extname = 'apiary';
 -- registrations and the journal survive the update
 SELECT name, kind FROM apiary.functions WHERE name = 'kept';
 SELECT apiary_invoke('kept', '1', 'before-upgrade');
--- this library writes the workflow tables of 0.11: it says so, until updated
+-- this library writes the workflow tables of 0.12: it says so, until updated
 SELECT apiary_start('kept', '41', 'after-upgrade');
 
 ALTER EXTENSION apiary UPDATE TO '0.5';

@@ -579,10 +579,11 @@ bind_params(ApiaryFunction *f, Jsonb *args, BindMask *mask)
 	return byparam;
 }
 
-void
+Oid
 bind_check_queued(const char *name, Jsonb *args)
 {
 	ApiaryFunction *f = registry_acquire(name);
+	Oid			owner = f->owner;
 
 	PG_TRY();
 	{
@@ -596,6 +597,7 @@ bind_check_queued(const char *name, Jsonb *args)
 		registry_release(f);
 	}
 	PG_END_TRY();
+	return owner;
 }
 
 bool		bind_binding_task = false;

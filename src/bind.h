@@ -33,8 +33,9 @@ extern void bind_check_limits(const char *name, Jsonb *args);
  * function; and the errors of apiary_invoke unless args bind its parameters
  * (names and number: the values convert when the task runs, and may be
  * futures).  The executor checks all of it again when the task runs.
+ * Returns the owner of the function, which the task records.
  */
-extern void bind_check_queued(const char *name, Jsonb *args);
+extern Oid	bind_check_queued(const char *name, Jsonb *args);
 
 /* An output to be journaled must fit apiary.max_output_size. */
 extern void bind_check_output(const char *name, Datum output, bool isnull);

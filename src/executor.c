@@ -372,6 +372,7 @@ apiary_queue_jsonb(const char *name, Jsonb *args)
 	List	   *foreign_futures = NIL;
 	int64		id;
 	int64		task;
+	Oid			fn_owner;
 
 	bind_require_name_args(name, args);
 	if (running_task == NULL)
@@ -387,7 +388,7 @@ apiary_queue_jsonb(const char *name, Jsonb *args)
 	bind_check_limits(name, args);
 
 	/* callable now, with these arguments; checked again when it runs */
-	bind_check_queued(name, args);
+	fn_owner = bind_check_queued(name, args);
 	if (++running_task->queued > apiary_max_queued)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
@@ -431,7 +432,7 @@ apiary_queue_jsonb(const char *name, Jsonb *args)
 	}
 
 	task = queue_add_task(running_task->role, running_task->workflow,
-						  running_task->id, name, args, waits);
+						  running_task->id, name, fn_owner, args, waits);
 	if (waits == NIL)
 		note_ready(task);
 	else
@@ -789,7 +790,7 @@ timed_out(ErrorData *edata, const char *function, int64 timeout_ms,
 }
 
 static void
-run_task(RunningTask *t, const char *function, Jsonb *args,
+run_task(RunningTask *t, const char *function, Oid fn_owner, Jsonb *args,
 		 const char *search_path, int attempt)
 {
 	MemoryContext cxt = CurrentMemoryContext;
@@ -809,7 +810,7 @@ run_task(RunningTask *t, const char *function, Jsonb *args,
 	volatile int max_attempts = apiary_max_attempts;
 	volatile int64 timeout_ms = 0;
 	volatile TimestampTz timeout_from = 0;
-	volatile bool role_gone = false;
+	volatile bool refused = false;	/* by the checks: no retry cures it */
 	bool		interrupted = false;
 	bool		unbound = false;
 	ProvenanceFrame prov;
@@ -831,7 +832,7 @@ run_task(RunningTask *t, const char *function, Jsonb *args,
 		 */
 		if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(t->role)))
 		{
-			role_gone = true;
+			refused = true;
 			ereport(ERROR,
 					(errcode(ERRCODE_UNDEFINED_OBJECT),
 					 errmsg("role with OID %u, which queued this task, no longer exists",
@@ -845,6 +846,29 @@ run_task(RunningTask *t, const char *function, Jsonb *args,
 									 PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
 		f = registry_acquire(function);
 		kind = f->kind;
+
+		/*
+		 * The name may have been freed since the task was queued (its
+		 * function dropped or unregistered) and taken by another role's
+		 * function, which would run here with this task's rights: only a
+		 * function of the owner it had then runs.  (Tasks queued before
+		 * 0.12 did not record it.)
+		 */
+		if (OidIsValid(fn_owner) && f->owner != fn_owner)
+		{
+			char	   *then = GetUserNameFromId(fn_owner, true);
+			char	   *now = GetUserNameFromId(f->owner, true);
+
+			refused = true;
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("apiary function \"%s\" is now %s, owned by %s, not by %s as when this task was queued",
+							function, f->signature,
+							now ? quote_identifier(now) : "a dropped role",
+							then ? quote_identifier(then) : "a role since dropped"),
+					 errdetail("A task runs only a function of the owner its function had when it was queued: another role's function under the same name would run with the task's rights."),
+					 errhint("Start the work again to run the function registered now, or give the function back to its owner with ALTER FUNCTION ... OWNER TO.")));
+		}
 
 		/*
 		 * What an external function does outside cannot be taken back, so
@@ -928,7 +952,7 @@ run_task(RunningTask *t, const char *function, Jsonb *args,
 	 * outside, and it has a stable apiary_task_key for them), but for
 	 * arguments that do not bind to its parameters: the function never ran.
 	 */
-	retry = edata != NULL && attempt < max_attempts && !role_gone && !unbound &&
+	retry = edata != NULL && attempt < max_attempts && !refused && !unbound &&
 		(kind == APIARY_KIND_EXTERNAL || interrupted ||
 		 edata->sqlerrcode == ERRCODE_T_R_SERIALIZATION_FAILURE ||
 		 edata->sqlerrcode == ERRCODE_T_R_DEADLOCK_DETECTED);
@@ -1071,7 +1095,8 @@ run_one_task(int64 prefer, long *nap_ms)
 	marker_write(t.id);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	run_task(&t, task.function, task.args, task.search_path, task.attempts + 1);
+	run_task(&t, task.function, task.fn_owner, task.args, task.search_path,
+			 task.attempts + 1);
 	SPI_finish();
 
 	/* this executor runs the first task made ready next; others the rest */

@@ -74,8 +74,8 @@ enum
 	T_ID = 1, T_ROLE, T_WORKFLOW, T_PARENT, T_FUNCTION, T_ARGS, T_STATE,
 	T_WAITING_FOR, T_LINKED_TO, T_ATTEMPTS, T_CRASHES, T_OUTPUT, T_ERROR,
 	T_RUN_AFTER, T_QUEUED_AT, T_STARTED_AT, T_FINISHED_AT, T_XID,
-	T_SEARCH_PATH,
-	T_NATTS = T_SEARCH_PATH
+	T_SEARCH_PATH, T_FN_OWNER,
+	T_NATTS = T_FN_OWNER
 };
 
 /* Columns of apiary.workflows. */
@@ -611,6 +611,8 @@ read_task(Relation tasks, Snapshot snapshot, int64 id, QueueState *state,
 		task->attempts = DatumGetInt32(heap_getattr(tup, T_ATTEMPTS, desc, &isnull));
 		d = heap_getattr(tup, T_SEARCH_PATH, desc, &isnull);
 		task->search_path = isnull ? NULL : TextDatumGetCString(d);
+		d = heap_getattr(tup, T_FN_OWNER, desc, &isnull);
+		task->fn_owner = isnull ? InvalidOid : DatumGetObjectId(d);
 	}
 	systable_endscan(scan);
 	return found;
@@ -743,7 +745,7 @@ next_task_id(Relation tasks)
 
 static int64
 insert_task(QRel *tasks, Oid role, text *workflow, int64 parent,
-			const char *function, Jsonb *args, int nwaiting)
+			const char *function, Oid fn_owner, Jsonb *args, int nwaiting)
 {
 	Datum		values[T_NATTS] = {0};
 	bool		nulls[T_NATTS] = {0};
@@ -770,6 +772,7 @@ insert_task(QRel *tasks, Oid role, text *workflow, int64 parent,
 	nulls[T_FINISHED_AT - 1] = true;
 	nulls[T_XID - 1] = true;
 	values[T_SEARCH_PATH - 1] = CStringGetTextDatum(namespace_search_path);
+	values[T_FN_OWNER - 1] = ObjectIdGetDatum(fn_owner);
 	qrel_insert(tasks, values, nulls);
 	if (nwaiting == 0)
 		ready_add(id, now);
@@ -778,14 +781,14 @@ insert_task(QRel *tasks, Oid role, text *workflow, int64 parent,
 
 int64
 queue_add_task(Oid role, text *workflow, int64 parent, const char *function,
-			   Jsonb *args, List *futures)
+			   Oid fn_owner, Jsonb *args, List *futures)
 {
 	QRel	   *tasks;
 	int64		id;
 	ListCell   *lc;
 
 	tasks = qrel_open("tasks", T_NATTS);
-	id = insert_task(tasks, role, workflow, parent, function, args,
+	id = insert_task(tasks, role, workflow, parent, function, fn_owner, args,
 					 list_length(futures));
 	qrel_close(tasks);
 
@@ -835,7 +838,7 @@ find_workflow(Relation rel, Snapshot snapshot, Oid role, text *id,
 
 int64
 queue_add_workflow(Oid role, text *id, bool generated, const char *function,
-				   Jsonb *args, Interval *timeout, char **recorded_function,
+				   Oid fn_owner, Jsonb *args, Interval *timeout, char **recorded_function,
 				   Jsonb **recorded_args)
 {
 	QRel	   *workflows;
@@ -873,7 +876,7 @@ queue_add_workflow(Oid role, text *id, bool generated, const char *function,
 	}
 
 	tasks = qrel_open("tasks", T_NATTS);
-	root = insert_task(tasks, role, id, 0, function, args, 0);
+	root = insert_task(tasks, role, id, 0, function, fn_owner, args, 0);
 	qrel_close(tasks);
 	{
 		Datum		values[W_NATTS] = {0};

@@ -36,6 +36,7 @@ typedef struct QueueTask
 	Jsonb	   *args;
 	int			attempts;		/* attempts made before this one */
 	char	   *search_path;	/* when it was queued */
+	Oid			fn_owner;		/* its function's then, or InvalidOid (0.11) */
 } QueueTask;
 
 /* Register the invalidation callback of the tables' cached OIDs (_PG_init). */
@@ -63,7 +64,8 @@ extern bool queue_take(int64 id, QueueTask *task);
  * arguments that are not done yet: it waits for them.  Returns its id.
  */
 extern int64 queue_add_task(Oid role, text *workflow, int64 parent,
-							const char *function, Jsonb *args, List *futures);
+							const char *function, Oid fn_owner, Jsonb *args,
+							List *futures);
 
 /*
  * Start workflow (role, id) with its root task and return the task's id,
@@ -73,7 +75,7 @@ extern int64 queue_add_task(Oid role, text *workflow, int64 parent,
  * long after its start.
  */
 extern int64 queue_add_workflow(Oid role, text *id, bool generated,
-							   const char *function, Jsonb *args,
+							   const char *function, Oid fn_owner, Jsonb *args,
 							   Interval *timeout,
 							   char **recorded_function,
 							   Jsonb **recorded_args);

@@ -547,6 +547,7 @@ build_function(const char *name)
 						 name, name)));
 	proc = (Form_pg_proc) GETSTRUCT(tup);
 	f->namespace = proc->pronamespace;
+	f->owner = proc->proowner;
 	f->qualified_name = quote_qualified_identifier(get_namespace_name(proc->pronamespace),
 												   NameStr(proc->proname));
 	f->signature = format_procedure(f->fn);

@@ -51,6 +51,7 @@ typedef struct ApiaryFunction
 
 	/* from pg_proc */
 	Oid			namespace;		/* its schema */
+	Oid			owner;			/* its owner */
 	char	   *qualified_name; /* schema.name, quoted, for SQL */
 	char	   *signature;		/* regprocedure text, for messages */
 	int			nargs;			/* input parameters */

@@ -131,6 +131,7 @@ apiary_start(PG_FUNCTION_ARGS)
 	text	   *id;
 	Interval   *timeout = NULL;
 	char	   *fn;
+	Oid			fn_owner;
 	Jsonb	   *recorded;
 	int64		root;
 
@@ -168,10 +169,10 @@ apiary_start(PG_FUNCTION_ARGS)
 	}
 
 	/* callable now, with these arguments; checked again when it runs */
-	bind_check_queued(name, args);
+	fn_owner = bind_check_queued(name, args);
 	apiary_check_no_futures("apiary_start", args);
 
-	root = queue_add_workflow(GetUserId(), id, PG_ARGISNULL(2), name, args, timeout,
+	root = queue_add_workflow(GetUserId(), id, PG_ARGISNULL(2), name, fn_owner, args, timeout,
 							  &fn, &recorded);
 	if (root != 0)
 		apiary_hand_at_commit(root);
