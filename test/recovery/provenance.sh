@@ -69,6 +69,24 @@ kill -STOP "$collector"
 run_workflows $((half + 1)) "$N"
 [ "$(psql_ -c "SELECT count(*) FROM apiary.provenance")" -eq "$before" ] || fail "rows decoded while the collector was stopped"
 
+# apiary's workers run as the bootstrap superuser: a search_path that the
+# database's owner sets (here an operator of its own on name, first in the
+# path) must not reach the SQL they run when they start again
+psql_ >/dev/null <<'SQL'
+CREATE SCHEMA evil;
+CREATE TABLE evil.calls (who text, backend text);
+GRANT USAGE ON SCHEMA evil TO PUBLIC;
+GRANT INSERT ON evil.calls TO PUBLIC;
+CREATE FUNCTION evil.name_eq(name, name) RETURNS bool LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO evil.calls SELECT current_user, backend_type FROM pg_catalog.pg_stat_activity
+  WHERE pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid();
+  RETURN $1 OPERATOR(pg_catalog.=) $2;
+END $$;
+CREATE OPERATOR evil.= (leftarg = name, rightarg = name, function = evil.name_eq);
+ALTER DATABASE postgres SET search_path = evil, pg_catalog, public;
+SQL
+
 # kill -9 the postmaster and all of its children at once, then restart
 pid=$(head -n 1 "$dir/data/postmaster.pid")
 children=$(pgrep -P "$pid" || true)
@@ -90,6 +108,9 @@ for _ in $(seq 1 600); do
 	sleep 0.1
 done
 [ "$got" -eq "$want" ] || fail "expected $want provenance rows, found $got"
+evil=$(psql_ -c "SELECT string_agg(DISTINCT backend, ', ') FROM evil.calls WHERE backend LIKE 'apiary%'")
+[ -z "$evil" ] || fail "the database's search_path reached apiary's workers: an operator of its own ran in $evil"
+psql_ -c "ALTER DATABASE postgres RESET search_path" -c "DROP SCHEMA evil CASCADE" >/dev/null 2>&1
 dups=$(psql_ -c "SELECT count(*) FROM (SELECT task, relname, operation, \"row\" FROM apiary.provenance
 	GROUP BY 1, 2, 3, 4 HAVING count(*) > 1) d")
 [ "$dups" -eq 0 ] || fail "$dups provenance rows recorded twice"
