@@ -208,6 +208,35 @@ WHERE workflow = 'forged' OR "row"->>'id' = '77';
 SELECT count(*) AS collectors FROM pg_stat_activity WHERE backend_type = 'apiary provenance';
 REVOKE INSERT ON obs_items FROM obs_forger;
 DROP ROLE obs_forger;
+-- a message signed with the server's key is taken only in the transaction
+-- it was signed for (not as a copy read from the WAL into another one):
+-- made here with the key itself, for another transaction, then for this
+CREATE EXTENSION pgcrypto;
+CREATE FUNCTION obs_le(v bigint, n int) RETURNS bytea LANGUAGE sql AS $$
+  SELECT decode(string_agg(substr(lpad(to_hex(v), 2 * n, '0'), 2 * n - 2 * i - 1, 2), '' ORDER BY i), 'hex')
+  FROM generate_series(0, n - 1) i $$;
+CREATE FUNCTION obs_signed(xid xid8, workflow text) RETURNS bytea LANGUAGE sql AS $$
+  WITH m AS (SELECT obs_le(2, 4) || obs_le(current_user::regrole::oid::bigint, 4) || obs_le(0, 8)
+                    || obs_le(xid::text::bigint, 8) || obs_le(0, 8) || obs_le(0, 4) || obs_le(1, 4)
+                    || convert_to('obs_write', 'UTF8') || '\x00'::bytea
+                    || convert_to(workflow, 'UTF8') || '\x00'::bytea AS body)
+  SELECT body || hmac(body, pg_read_binary_file('pg_apiary/provenance.key'), 'sha256') FROM m $$;
+BEGIN;
+INSERT INTO obs_items VALUES (78, 78);
+SELECT pg_logical_emit_message(true, 'apiary',
+  obs_signed((pg_current_xact_id()::text::bigint + 1)::text::xid8, 'signed-elsewhere')) IS NOT NULL AS emitted;
+COMMIT;
+BEGIN;
+INSERT INTO obs_items VALUES (79, 79);
+SELECT pg_logical_emit_message(true, 'apiary',
+  obs_signed(pg_current_xact_id(), 'signed-here')) IS NOT NULL AS emitted;
+COMMIT;
+SELECT wait_until($c$EXISTS (SELECT FROM apiary.provenance WHERE workflow = 'signed-here')$c$);
+SELECT workflow, function, operation, "row" FROM apiary.provenance
+WHERE "row"->>'id' IN ('78', '79') ORDER BY workflow;
+DROP FUNCTION obs_signed(xid8, text);
+DROP FUNCTION obs_le(bigint, int);
+DROP EXTENSION pgcrypto;
 
 -- apiary.provenance = all: also the rows each function read, captured by
 -- executor hooks in the function's own transaction
@@ -271,10 +300,15 @@ CREATE DOMAIN obs_level AS int CHECK (VALUE > 0);
 CREATE FUNCTION obs_mood_json(obs_mood) RETURNS json LANGUAGE sql
 AS $$ SELECT to_json('cast run by ' || current_user) $$;
 CREATE CAST (obs_mood AS json) WITH FUNCTION obs_mood_json(obs_mood);
-CREATE TABLE obs_moods (id int PRIMARY KEY, mood obs_mood, moods obs_mood[], level obs_level);
+-- and json, which jsonb may refuse (a \u0000, a number past numeric's
+-- range): embedded, it stopped the collector for good, and failed every
+-- apiary function that read the row
+CREATE TABLE obs_moods (id int PRIMARY KEY, mood obs_mood, moods obs_mood[], level obs_level,
+                        note json);
 CREATE FUNCTION obs_feel(id int, mood obs_mood) RETURNS int LANGUAGE sql
 SET apiary.kind = 'transactional'
-AS $$ INSERT INTO obs_moods VALUES (id, mood, ARRAY[mood, 'calm'], 3) RETURNING 1 $$;
+AS $$ INSERT INTO obs_moods VALUES (id, mood, ARRAY[mood, 'calm'], 3,
+                                    '{"a": "\u0000", "n": 1e1000000}') RETURNING 1 $$;
 CREATE FUNCTION obs_moods_felt() RETURNS bigint LANGUAGE sql
 SET apiary.kind = 'readonly' AS $$ SELECT count(*) FROM obs_moods $$;
 SELECT apiary_invoke('obs_feel', '{"id": 1, "mood": "cross"}');

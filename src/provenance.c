@@ -254,13 +254,25 @@ message_signed(const char *data, size_t size)
  * by its base): row_to_json would convert its values with a cast to json,
  * which any role may create for a type it owns, and so run code of that
  * role's choosing as the collector (a superuser) or as whoever read the
- * row.  Output functions are C, which only a superuser may install.
+ * row.  Output functions are C, which only a superuser may install.  And
+ * so for json (and json[]): row_to_json embeds it as it is, and json
+ * takes what jsonb refuses (a \u0000, a number past numeric's range), so
+ * any role's row would stop the collector for good, or fail whichever
+ * apiary function read it.
  */
 static bool
 column_as_text(Form_pg_attribute att)
 {
-	return !att->attisdropped && att->atttypid >= FirstNormalObjectId &&
-		getBaseType(att->atttypid) >= FirstNormalObjectId;
+	Oid			base;
+
+	if (att->attisdropped)
+		return false;
+	if (att->atttypid == JSONOID || att->atttypid == JSONARRAYOID)
+		return true;
+	if (att->atttypid < FirstNormalObjectId)
+		return false;
+	base = getBaseType(att->atttypid);
+	return base >= FirstNormalObjectId || base == JSONOID || base == JSONARRAYOID;
 }
 
 /*
@@ -268,7 +280,7 @@ column_as_text(Form_pg_attribute att)
  * composite type (a relation's, or blessed).  Values still on disk in
  * TOAST (an update's unchanged columns, as decoding gives them) are left
  * out: they were not part of the change.  Columns of the database's own
- * types are strings (column_as_text).
+ * types, and json ones, are strings (column_as_text).
  */
 static Jsonb *
 tuple_jsonb(TupleDesc desc, HeapTuple tuple, bool strip_nulls)
@@ -826,12 +838,13 @@ plugin_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 }
 
 /*
- * A message of ours, signed: parsed into a Message, in the current memory
- * context; NULL for anything else, or if it does not parse, which only a
+ * A message of ours, signed in transaction xid: parsed into a Message, in
+ * the current memory context; NULL for anything else (a signed message
+ * copied into another transaction included), or if it does not parse, which only a
  * bug could make once the signature matched.
  */
 static Message *
-parse_message(XLogRecPtr lsn, const char *data, Size size)
+parse_message(TransactionId xid, XLogRecPtr lsn, const char *data, Size size)
 {
 	Message    *m;
 	const char *p;
@@ -844,7 +857,9 @@ parse_message(XLogRecPtr lsn, const char *data, Size size)
 	m = palloc0(sizeof(Message));
 	m->lsn = lsn;
 	memcpy(&m->hdr, data, sizeof(MessageHeader));
-	if (m->hdr.version != MESSAGE_VERSION || m->hdr.nreads < 0)
+	/* signed for this transaction: not one copied from another */
+	if (m->hdr.version != MESSAGE_VERSION || m->hdr.nreads < 0 ||
+		XidFromFullTransactionId(FullTransactionIdFromU64(m->hdr.xid)) != xid)
 		return NULL;
 	p = data + sizeof(MessageHeader);
 	len = strnlen(p, end - p);
@@ -898,7 +913,7 @@ plugin_message(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 	if (!transactional || strcmp(prefix, MESSAGE_PREFIX) != 0)
 		return;
 	old = MemoryContextSwitchTo(st->txn_cxt);
-	m = parse_message(lsn, data, size);
+	m = parse_message(txn->xid, lsn, data, size);
 	if (m != NULL)
 		st->messages = lappend(st->messages, m);
 	else
