@@ -180,7 +180,10 @@ make_key(uint8 *key)
 				 errmsg("could not write file \"%s\": %m", tmp)));
 	}
 	close(fd);
-	return ok && durable_rename(tmp, KEY_FILE, LOG) == 0;
+	if (ok && durable_rename(tmp, KEY_FILE, LOG) == 0)
+		return true;
+	(void) unlink(tmp);
+	return false;
 }
 
 bool
@@ -194,16 +197,19 @@ provenance_load_key(uint8 *key)
 		ok = read(fd, key, MAC_LEN) == MAC_LEN;
 		close(fd);
 		if (!ok)
+		{
 			ereport(LOG,
 					(errmsg("apiary provenance: file \"%s\" is damaged: making a new key", KEY_FILE),
 					 errdetail("Provenance messages written under the old key are ignored.")));
+			ok = make_key(key);
+		}
 	}
-	else if (errno != ENOENT)
+	else if (errno == ENOENT)
+		ok = make_key(key);
+	else						/* there, but not ours to read: never replaced */
 		ereport(LOG,
 				(errcode_for_file_access(),
 				 errmsg("could not open file \"%s\": %m", KEY_FILE)));
-	if (!ok)
-		ok = make_key(key);
 	if (!ok)
 		ereport(WARNING,
 				(errmsg("apiary provenance cannot be recorded: no key to sign its messages with"),
