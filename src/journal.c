@@ -151,10 +151,9 @@ pin_search_path(void)
 
 /*
  * Run one statement on the journal as its owner, with its search_path
- * pinned.  It is planned with
- * enable_seqscan off: the journal's tables start empty, and a kept plan made
- * then (a sequential scan) would stay until the next ANALYZE while the table
- * grows.  Every lookup here has an index.  The settings are undone before
+ * pinned.  It is planned with enable_seqscan off: the journal's tables
+ * start empty, and a kept plan made then (a sequential scan) would stay
+ * until the next ANALYZE while the table grows.  Every lookup here has an index.  The settings are undone before
  * returning, so user functions never see them.
  */
 int

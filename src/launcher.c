@@ -958,9 +958,9 @@ apiary_launcher_main(Datum main_arg)
 
 /*
  * apiary's own housekeeping (the launcher's, the registry workers', the
- * provenance collector's) writes
- * its tables whatever default_transaction_read_only says, as autovacuum
- * does: with it on in postgresql.conf, retention failed every minute.
+ * provenance collector's) writes its tables whatever
+ * default_transaction_read_only says, as autovacuum does: with it on in
+ * postgresql.conf, retention failed every minute.
  * And it reads them in READ COMMITTED, whatever the default isolation:
  * each of its statements wants the latest rows.  Tasks keep both
  * settings (they fail with 25006, as the README says).  Its search_path is

@@ -845,9 +845,9 @@ plugin_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 
 /*
  * A message of ours, signed in transaction xid: parsed into a Message, in
- * the current memory context; NULL for anything else (a signed message
- * copied into another transaction included), or if it does not parse, which only a
- * bug could make once the signature matched.
+ * the current memory context.  NULL for anything else, a signed message
+ * copied into another transaction included, or if it does not parse,
+ * which only a bug could make once the signature matched.
  */
 static Message *
 parse_message(TransactionId xid, XLogRecPtr lsn, const char *data, Size size)

@@ -838,8 +838,8 @@ find_workflow(Relation rel, Snapshot snapshot, Oid role, text *id,
 
 int64
 queue_add_workflow(Oid role, text *id, bool generated, const char *function,
-				   Oid fn_owner, Jsonb *args, Interval *timeout, char **recorded_function,
-				   Jsonb **recorded_args)
+				   Oid fn_owner, Jsonb *args, Interval *timeout,
+				   char **recorded_function, Jsonb **recorded_args)
 {
 	QRel	   *workflows;
 	QRel	   *tasks;
