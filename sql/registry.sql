@@ -47,6 +47,7 @@ SELECT apiary_register('stock_of(int)', max_attempts => 0);
 SELECT apiary_register('stock_of(int)', timeout => '-1 s');
 SELECT apiary_register('stock_of(int)', name => '');
 SELECT apiary_register('stock_of(int)', name => E'stock\nof');
+SELECT apiary_register('stock_of(int)', name => E'stock\u0085of');  -- C1 NEXT LINE
 SELECT apiary_register('stock_of(int)', name => repeat('x', 64));
 
 -- Only plain functions with types that JSON can reach.

@@ -90,3 +90,17 @@ names_nearest(const char *target, size_t target_len,
 	}
 	return n;
 }
+
+bool
+names_has_control(const char *name, bool utf8)
+{
+	for (const unsigned char *c = (const unsigned char *) name; *c != '\0'; c++)
+	{
+		if (*c < 0x20 || *c == 0x7f)
+			return true;
+		/* U+0080 to U+009F are 0xC2 0x80 to 0xC2 0x9F in UTF-8 */
+		if (utf8 && c[0] == 0xc2 && c[1] >= 0x80 && c[1] <= 0x9f)
+			return true;
+	}
+	return false;
+}

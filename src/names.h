@@ -8,6 +8,7 @@
 #ifndef APIARY_NAMES_H
 #define APIARY_NAMES_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 /* Names longer than this are never suggested nor compared. */
@@ -31,5 +32,11 @@ extern int	names_threshold(size_t target_len);
 extern int	names_nearest(const char *target, size_t target_len,
 						  const char *const *candidates, int ncandidates,
 						  int *out, int maxout);
+
+/*
+ * Whether name holds a control character: C0 or DEL, and, in UTF-8 text,
+ * C1 (U+0080 to U+009F).
+ */
+extern bool names_has_control(const char *name, bool utf8);
 
 #endif							/* APIARY_NAMES_H */

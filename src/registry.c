@@ -800,12 +800,11 @@ apiary_register(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("apiary function name must not be empty")));
-	for (const char *c = name; *c != '\0'; c++)
-		if ((unsigned char) *c < 0x20 || *c == 0x7f)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("apiary function name must not contain control characters"),
-					 errdetail("Names appear in logs, in pg_stat_activity and in workflow graphs.")));
+	if (names_has_control(name, GetDatabaseEncoding() == PG_UTF8))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("apiary function name must not contain control characters"),
+				 errdetail("Names appear in logs, in pg_stat_activity and in workflow graphs.")));
 	if (strlen(name) >= NAMEDATALEN)
 		ereport(ERROR,
 				(errcode(ERRCODE_NAME_TOO_LONG),

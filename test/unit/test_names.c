@@ -511,6 +511,31 @@ test_nearest_too_long(void **state)
 	assert_int_equal(out[0], -1);
 }
 
+/* C0 controls and DEL always count; C1 controls only in UTF-8 text. */
+static void
+test_has_control(void **state)
+{
+	(void) state;
+	assert_false(names_has_control("reserve_item", true));
+	assert_false(names_has_control("", true));
+	assert_true(names_has_control("a\nb", false));
+	assert_true(names_has_control("\x01", true));
+	assert_true(names_has_control("ab\x1f", true));
+	assert_true(names_has_control("a\x7f", false));
+	/* U+0085 NEXT LINE and U+009F, the first and last C1 in UTF-8 */
+	assert_true(names_has_control("next\xc2\x85line", true));
+	assert_true(names_has_control("x\xc2\x80", true));
+	assert_true(names_has_control("x\xc2\x9f", true));
+	/* the same bytes are other characters in another encoding */
+	assert_false(names_has_control("next\xc2\x85line", false));
+	/* U+00A0 and U+00E9 are not controls, nor is a 0x85 continuation byte */
+	assert_false(names_has_control("no\xc2\xa0" "break", true));
+	assert_false(names_has_control("caf\xc3\xa9", true));
+	assert_false(names_has_control("\xe2\x80\x85", true));
+	/* a lone 0xC2 at the end is not read past */
+	assert_false(names_has_control("x\xc2", true));
+}
+
 int
 main(void)
 {
@@ -538,6 +563,7 @@ main(void)
 		cmocka_unit_test(test_nearest_exact_match),
 		cmocka_unit_test(test_nearest_empty_target),
 		cmocka_unit_test(test_nearest_target_not_terminated),
+		cmocka_unit_test(test_has_control),
 		cmocka_unit_test(test_nearest_too_long),
 	};
 
