@@ -319,6 +319,27 @@ WHERE relname = 'public.obs_moods' ORDER BY operation;
 DROP TABLE obs_moods;
 DROP TYPE obs_mood CASCADE;
 DROP DOMAIN obs_level;
+-- row images are bounded, so that no row stops the collector (a 300 MB
+-- value did, at every restart, as jsonb takes at most 256 MB): a value over
+-- 1 MB is left out (null), a row whose values add up to more than 8 MB has
+-- no image; the rows are recorded, and so are the writes after them
+CREATE TABLE obs_big (id int PRIMARY KEY, a text, b text, c text, d text, e text,
+                      f text, g text, h text, i text);
+CREATE FUNCTION obs_big_put(id int, each_mb numeric, columns int) RETURNS int LANGUAGE sql
+SET apiary.kind = 'transactional' AS $$
+  INSERT INTO obs_big SELECT id, v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9]
+  FROM (SELECT array_agg(CASE WHEN g <= columns THEN repeat(chr(96 + g), (each_mb * 1048576)::int) END) v
+        FROM generate_series(1, 9) g) x
+  RETURNING 1 $$;
+SELECT apiary_invoke('obs_big_put', '[1, 1.01, 1]');
+SELECT apiary_invoke('obs_big_put', '[2, 0.95, 9]');
+SELECT apiary_invoke('obs_big_put', '[3, 0.5, 2]');
+SELECT wait_until($c$(SELECT count(*) FROM apiary.provenance WHERE relname = 'public.obs_big') >= 3$c$);
+SELECT "row"->'id' AS id, "row" IS NULL AS no_image,
+       (SELECT string_agg(k || ':' || coalesce(length(v)::text, 'null'), ' ' ORDER BY k)
+          FROM jsonb_each_text("row") AS e(k, v) WHERE k <> 'id') AS lengths
+FROM apiary.provenance WHERE relname = 'public.obs_big' ORDER BY task, xid;
+DROP TABLE obs_big;
 
 -- off again: the slot goes, and holds no WAL back
 ALTER SYSTEM RESET apiary.provenance;

@@ -51,6 +51,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include "access/detoast.h"
 #include "access/heapam.h"
 #include "access/htup_details.h"
 #include "access/relscan.h"
@@ -255,6 +256,20 @@ message_signed(const char *data, size_t size)
  */
 
 /*
+ * Bounds on the row images provenance keeps, so that no row a function
+ * writes or reads, however large, makes the collector fail (it would then
+ * decode the same transaction again at every restart, and its slot hold
+ * the WAL for good) or run out of memory, nor the function's backend.
+ * Sizes are of the values uncompressed, as the image holds them; the JSON
+ * of a value is at most a few times its size (six for text that is all
+ * escapes), well within jsonb's 256 MB and a string's 1 GB.
+ */
+#define IMAGE_VALUE_MAX (1024 * 1024)	/* a larger value is left out */
+#define IMAGE_ROW_MAX (8 * 1024 * 1024) /* a row over this has no image */
+#define READS_BYTES_MAX (64 * 1024 * 1024)	/* of the reads of an invocation */
+#define TXN_IMAGES_MAX (64 * 1024 * 1024)	/* of the changes of a transaction */
+
+/*
  * Does a column go into JSON as the text its type's output function makes?
  * So for a type of the database's own (past the bootstrap OIDs, a domain
  * by its base): row_to_json would convert its values with a cast to json,
@@ -282,18 +297,19 @@ column_as_text(Form_pg_attribute att)
 }
 
 /*
- * A heap tuple as a jsonb object of its columns.  desc must carry a
- * composite type (a relation's, or blessed).  Values still on disk in
- * TOAST (an update's unchanged columns, as decoding gives them) are left
- * out: they were not part of the change.  Columns of the database's own
- * types, and json ones, are strings (column_as_text).
+ * A heap tuple as a jsonb object of its columns, or NULL for a row over
+ * IMAGE_ROW_MAX.  desc must carry a composite type (a relation's, or
+ * blessed).  Left out (null) are values still on disk in TOAST (an
+ * update's unchanged columns, as decoding gives them: they were not part
+ * of the change) and values over IMAGE_VALUE_MAX, which set *trimmed, as
+ * does a row left without an image.  Columns of the database's own types,
+ * and json ones, are strings (column_as_text).
  */
 static Jsonb *
-tuple_jsonb(TupleDesc desc, HeapTuple tuple, bool strip_nulls)
+tuple_jsonb(TupleDesc desc, HeapTuple tuple, bool strip_nulls, bool *trimmed)
 {
 	Datum		json;
 	Jsonb	   *jb;
-	bool		external = HeapTupleHasExternal(tuple);
 	TupleDesc	textdesc = NULL;
 
 	for (int i = 0; i < desc->natts; i++)
@@ -308,20 +324,38 @@ tuple_jsonb(TupleDesc desc, HeapTuple tuple, bool strip_nulls)
 			TupleDescInitEntry(textdesc, i + 1, NameStr(TupleDescAttr(desc, i)->attname),
 							   TEXTOID, -1, 0);
 		}
-	if (external || textdesc != NULL)
+	if (HeapTupleHasVarWidth(tuple) || textdesc != NULL)
 	{
 		Datum	   *values = palloc(desc->natts * sizeof(Datum));
 		bool	   *nulls = palloc(desc->natts * sizeof(bool));
+		bool		changed = textdesc != NULL;
+		Size		total = 0;
 
 		heap_deform_tuple(tuple, desc, values, nulls);
 		for (int i = 0; i < desc->natts; i++)
 		{
 			Form_pg_attribute att = TupleDescAttr(desc, i);
 
-			if (!nulls[i] && att->attlen == -1 &&
-				VARATT_IS_EXTERNAL_ONDISK(DatumGetPointer(values[i])))
-				nulls[i] = true;
-			else if (!nulls[i] && column_as_text(att))
+			if (nulls[i] || att->attisdropped)
+				continue;
+			if (att->attlen == -1)
+			{
+				Size		size;
+
+				if (VARATT_IS_EXTERNAL_ONDISK(DatumGetPointer(values[i])))
+				{
+					nulls[i] = changed = true;
+					continue;
+				}
+				size = toast_raw_datum_size(values[i]);
+				if (size > IMAGE_VALUE_MAX)
+				{
+					nulls[i] = changed = *trimmed = true;
+					continue;
+				}
+				total += size;
+			}
+			if (column_as_text(att))
 			{
 				Oid			output;
 				bool		varlena;
@@ -330,9 +364,15 @@ tuple_jsonb(TupleDesc desc, HeapTuple tuple, bool strip_nulls)
 				values[i] = CStringGetTextDatum(OidOutputFunctionCall(output, values[i]));
 			}
 		}
+		if (total > IMAGE_ROW_MAX)
+		{
+			*trimmed = true;
+			return NULL;
+		}
 		if (textdesc != NULL)
 			desc = BlessTupleDesc(textdesc);
-		tuple = heap_form_tuple(desc, values, nulls);
+		if (changed)
+			tuple = heap_form_tuple(desc, values, nulls);
 	}
 	json = DirectFunctionCall1(row_to_json,
 							   heap_copy_tuple_as_datum(tuple, desc));
@@ -417,6 +457,9 @@ provenance_note(ProvenanceFrame *pf, Oid role, text *workflow, int64 task,
 		ereport(NOTICE,
 				(errmsg("provenance of \"%s\" records the first %d rows it read, not the other %d",
 						function, pf->nreads, pf->skipped),
+				 pf->reads.len >= READS_BYTES_MAX ?
+				 errhint("An invocation records at most %d MB of the rows it read.",
+						 READS_BYTES_MAX >> 20) :
 				 errhint("Raise apiary.provenance_max_reads to record more.")));
 	(void) LogLogicalMessage(MESSAGE_PREFIX, buf.data, buf.len, true);
 	pfree(buf.data);
@@ -469,6 +512,7 @@ note_read(ReadTap *tap)
 	HeapTuple	tuple;
 	Jsonb	   *jb;
 	ReadHeader	rh;
+	bool		trimmed = false;
 
 	if (pf == NULL || !pf->active || TupIsNull(slot))
 		return;
@@ -489,6 +533,8 @@ note_read(ReadTap *tap)
 		ctl.hcxt = pf->cxt;
 		pf->seen = hash_create("apiary rows read", 256, &ctl,
 							   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+		pf->scratch = AllocSetContextCreate(pf->cxt, "apiary provenance read",
+											ALLOCSET_DEFAULT_SIZES);
 		old = MemoryContextSwitchTo(pf->cxt);
 		initStringInfo(&pf->reads);
 		MemoryContextSwitchTo(old);
@@ -502,7 +548,7 @@ note_read(ReadTap *tap)
 		if (found)
 			return;
 	}
-	if (pf->nreads >= apiary_provenance_max_reads)
+	if (pf->nreads >= apiary_provenance_max_reads || pf->reads.len >= READS_BYTES_MAX)
 	{
 		pf->skipped++;
 		return;
@@ -510,26 +556,28 @@ note_read(ReadTap *tap)
 	if (ItemPointerIsValid(&tid))
 		(void) hash_search(pf->seen, &key, HASH_ENTER, NULL);
 
-	old = MemoryContextSwitchTo(pf->cxt);
+	/* converted in a scratch context: only the result is kept */
+	old = MemoryContextSwitchTo(pf->scratch);
 	if (tap->desc != NULL)
 	{
 		slot_getallattrs(slot);
 		tuple = heap_form_tuple(tap->desc, slot->tts_values, slot->tts_isnull);
-		jb = tuple_jsonb(tap->desc, tuple, false);
+		jb = tuple_jsonb(tap->desc, tuple, false, &trimmed);
 	}
 	else
 	{
 		tuple = ExecCopySlotHeapTuple(slot);
-		jb = tuple_jsonb(slot->tts_tupleDescriptor, tuple, false);
+		jb = tuple_jsonb(slot->tts_tupleDescriptor, tuple, false, &trimmed);
 	}
+	/* a row without an image has size 0 */
 	rh.relid = tap->relid;
-	rh.size = VARSIZE(jb);
+	rh.size = jb != NULL ? VARSIZE(jb) : 0;
 	appendBinaryStringInfo(&pf->reads, (char *) &rh, sizeof(rh));
-	appendBinaryStringInfo(&pf->reads, (char *) jb, VARSIZE(jb));
+	if (jb != NULL)
+		appendBinaryStringInfo(&pf->reads, (char *) jb, VARSIZE(jb));
 	pf->nreads++;
-	heap_freetuple(tuple);
-	pfree(jb);
 	MemoryContextSwitchTo(old);
+	MemoryContextReset(pf->scratch);
 }
 
 static TupleTableSlot *
@@ -699,6 +747,14 @@ provenance_init(void)
  * ---------------------------------------------------------------------
  */
 
+/* What a row's image lost, if anything. */
+typedef enum ImageLoss
+{
+	IMAGE_WHOLE,
+	IMAGE_TRIMMED,				/* by the bounds on images */
+	IMAGE_FAILED				/* its conversion failed */
+} ImageLoss;
+
 typedef struct Change
 {
 	XLogRecPtr	lsn;
@@ -706,6 +762,7 @@ typedef struct Change
 	char	   *relname;
 	const char *operation;
 	Jsonb	   *row;
+	ImageLoss	loss;
 } Change;
 
 typedef struct Message
@@ -734,9 +791,12 @@ typedef struct PluginState
 	List	   *changes;
 	int			nchanges;
 	int			dropped;		/* changes over TXN_CHANGES_MAX */
+	Size		images;			/* bytes of row images held */
+	char	   *failure;		/* the first failed conversion's error */
 	List	   *messages;
 	MemoryContext out_cxt;		/* rows decoded, not yet stored */
 	List	   *rows;
+	Size		rows_bytes;		/* of their images */
 	Oid			apiary_nsp;
 } PluginState;
 
@@ -766,7 +826,84 @@ plugin_begin(LogicalDecodingContext *ctx, ReorderBufferTXN *txn)
 	st->changes = NIL;
 	st->nchanges = 0;
 	st->dropped = 0;
+	st->images = 0;
+	st->failure = NULL;
 	st->messages = NIL;
+}
+
+/*
+ * Keep a row image of this transaction as c's, copied into txn_cxt,
+ * unless the transaction's images reached TXN_IMAGES_MAX.
+ */
+static void
+keep_image(PluginState *st, Change *c, Jsonb *jb)
+{
+	c->row = NULL;
+	if (jb == NULL)
+		return;
+	if (st->images + VARSIZE(jb) > TXN_IMAGES_MAX)
+	{
+		c->loss = IMAGE_TRIMMED;
+		return;
+	}
+	st->images += VARSIZE(jb);
+	c->row = MemoryContextAlloc(st->txn_cxt, VARSIZE(jb));
+	memcpy(c->row, jb, VARSIZE(jb));
+}
+
+/*
+ * A change's row image (NULL for none).  A row with columns of the
+ * database's own types is converted in a subtransaction, for their output
+ * functions are code of an extension's: a value one of them cannot
+ * convert is recorded without the row's image, where the error would
+ * have stopped the collector, to decode the same transaction again at
+ * every restart.  Built-in types convert any value they hold, within the
+ * bounds above, and cost no subtransaction.
+ */
+static void
+change_image(PluginState *st, Change *c, Relation rel, HeapTuple tuple, bool key_only)
+{
+	MemoryContext old = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	TupleDesc	desc = RelationGetDescr(rel);
+	bool		guarded = false;
+
+	for (int i = 0; i < desc->natts && !guarded; i++)
+		guarded = column_as_text(TupleDescAttr(desc, i));
+	if (guarded)
+		BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(st->change_cxt);
+	PG_TRY();
+	{
+		bool		trimmed = false;
+
+		keep_image(st, c, tuple_jsonb(desc, tuple, key_only, &trimmed));
+		if (trimmed)
+			c->loss = IMAGE_TRIMMED;
+		if (guarded)
+			ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		if (!guarded)
+			PG_RE_THROW();
+		MemoryContextSwitchTo(st->txn_cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		c->row = NULL;
+		c->loss = IMAGE_FAILED;
+		if (st->failure == NULL)
+			st->failure = psprintf("%s (a row of %s)", edata->message,
+								   RelationGetRelationName(rel));
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(old);
+	CurrentResourceOwner = owner;
+	MemoryContextReset(st->change_cxt);
 }
 
 /*
@@ -828,17 +965,7 @@ plugin_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 			return;
 	}
 	if (tuple != NULL)
-	{
-		/* converted in a scratch context: only the result is kept */
-		Jsonb	   *jb;
-
-		MemoryContextSwitchTo(st->change_cxt);
-		jb = tuple_jsonb(RelationGetDescr(rel), tuple, key_only);
-		MemoryContextSwitchTo(st->txn_cxt);
-		c->row = palloc(VARSIZE(jb));
-		memcpy(c->row, jb, VARSIZE(jb));
-		MemoryContextReset(st->change_cxt);
-	}
+		change_image(st, c, rel, tuple, key_only);
 	st->changes = lappend(st->changes, c);
 	MemoryContextSwitchTo(old);
 }
@@ -888,7 +1015,8 @@ parse_message(TransactionId xid, XLogRecPtr lsn, const char *data, Size size)
 			return NULL;
 		memcpy(&rh, p, sizeof(rh));
 		p += sizeof(rh);
-		if (rh.size < VARHDRSZ || rh.size > end - p)
+		/* 0: a row read without its image (over IMAGE_ROW_MAX) */
+		if ((rh.size != 0 && rh.size < VARHDRSZ) || rh.size > end - p)
 			return NULL;
 		c->lsn = lsn;
 		c->relid = rh.relid;
@@ -897,11 +1025,14 @@ parse_message(TransactionId xid, XLogRecPtr lsn, const char *data, Size size)
 			psprintf("%s.%s", get_namespace_name(get_rel_namespace(rh.relid)), relname) :
 			psprintf("%u", rh.relid);
 		c->operation = "read";
-		c->row = palloc(rh.size);
-		memcpy(c->row, p, rh.size);
-		if (VARSIZE(c->row) != rh.size)
-			return NULL;
-		p += rh.size;
+		if (rh.size != 0)
+		{
+			c->row = palloc(rh.size);
+			memcpy(c->row, p, rh.size);
+			if (VARSIZE(c->row) != rh.size)
+				return NULL;
+			p += rh.size;
+		}
 		m->reads = lappend(m->reads, c);
 	}
 	return p == end ? m : NULL;
@@ -921,7 +1052,21 @@ plugin_message(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 	old = MemoryContextSwitchTo(st->txn_cxt);
 	m = parse_message(txn->xid, lsn, data, size);
 	if (m != NULL)
+	{
+		ListCell   *lc;
+
+		/* the reads' images count against the transaction's */
+		foreach(lc, m->reads)
+		{
+			Change	   *c = lfirst(lc);
+			Jsonb	   *jb = c->row;
+
+			keep_image(st, c, jb);
+			if (jb != NULL)
+				pfree(jb);
+		}
 		st->messages = lappend(st->messages, m);
+	}
 	else
 		ereport(LOG,
 				(errmsg("apiary provenance: ignored a message at %X/%X that apiary did not sign",
@@ -985,6 +1130,8 @@ keep_row(PluginState *st, ReorderBufferTXN *txn, int n, Message *by, Change *c)
 	r->change = keep;
 	r->at = txn->xact_time.commit_time;
 	st->rows = lappend(st->rows, r);
+	if (keep->row != NULL)
+		st->rows_bytes += VARSIZE(keep->row);
 }
 
 static void
@@ -995,6 +1142,7 @@ plugin_commit(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 	MemoryContext old;
 	ListCell   *lc;
 	int			n = 0;
+	int			losses[IMAGE_FAILED + 1] = {0};
 
 	if (st->messages == NIL)
 		return;
@@ -1016,7 +1164,12 @@ plugin_commit(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 		keep->reads = NIL;
 		lfirst(lc) = keep;
 		foreach(rc, m->reads)
-			keep_row(st, txn, ++n, keep, lfirst(rc));
+		{
+			Change	   *c = lfirst(rc);
+
+			keep_row(st, txn, ++n, keep, c);
+			losses[c->loss]++;
+		}
 	}
 	foreach(lc, st->changes)
 	{
@@ -1024,9 +1177,25 @@ plugin_commit(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 		Message    *by = attribute(st->messages, c->lsn);
 
 		if (by != NULL)
+		{
 			keep_row(st, txn, ++n, by, c);
+			losses[c->loss]++;
+		}
 	}
 	MemoryContextSwitchTo(old);
+	if (losses[IMAGE_TRIMMED] > 0)
+		ereport(WARNING,
+				(errmsg_plural("apiary provenance: transaction %u has %d row recorded without some or all of its values",
+							   "apiary provenance: transaction %u has %d rows recorded without some or all of their values",
+							   losses[IMAGE_TRIMMED], txn->xid, losses[IMAGE_TRIMMED]),
+				 errdetail("A value over %d MB is left out of its row's image, a row over %d MB has none, and so have the rows of a transaction past its first %d MB of images.",
+						   IMAGE_VALUE_MAX >> 20, IMAGE_ROW_MAX >> 20, TXN_IMAGES_MAX >> 20)));
+	if (losses[IMAGE_FAILED] > 0)
+		ereport(WARNING,
+				(errmsg_plural("apiary provenance: transaction %u has %d row recorded without its values, which could not be converted",
+							   "apiary provenance: transaction %u has %d rows recorded without their values, which could not be converted",
+							   losses[IMAGE_FAILED], txn->xid, losses[IMAGE_FAILED]),
+				 errdetail("The first failed with: %s", st->failure)));
 	MemoryContextReset(st->txn_cxt);
 	st->changes = NIL;
 	st->messages = NIL;
@@ -1061,8 +1230,13 @@ _PG_output_plugin_init(OutputPluginCallbacks *cb)
  * ---------------------------------------------------------------------
  */
 
-/* Rows held before they are stored, even if the WAL goes on. */
+/*
+ * Rows held before they are stored, even if the WAL goes on; and bytes of
+ * their images (a batch may pass it by one transaction's, at most
+ * TXN_IMAGES_MAX: its arrays stay far below 1 GB).
+ */
 #define STORE_BATCH 5000
+#define STORE_BATCH_BYTES (16 * 1024 * 1024)
 
 /*
  * The collector runs at apiary.provenance_nice: on a server short of CPU
@@ -1248,6 +1422,7 @@ store_rows(PluginState *st)
 
 	MemoryContextReset(st->out_cxt);
 	st->rows = NIL;
+	st->rows_bytes = 0;
 #undef NCOLS
 }
 
@@ -1332,7 +1507,8 @@ apiary_provenance_main(Datum main_arg)
 			 * entries apart from those of the transactions in between.
 			 */
 			InvalidateSystemCaches();
-			while (ctx->reader->EndRecPtr < end && list_length(st->rows) < STORE_BATCH)
+			while (ctx->reader->EndRecPtr < end && list_length(st->rows) < STORE_BATCH &&
+				   st->rows_bytes < STORE_BATCH_BYTES)
 			{
 				char	   *errm = NULL;
 				XLogRecord *record = XLogReadRecord(ctx->reader, &errm);

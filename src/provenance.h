@@ -25,8 +25,10 @@ typedef struct ProvenanceFrame
 	MemoryContext cxt;
 	StringInfoData reads;
 	int			nreads;
-	int			skipped;		/* over apiary.provenance_max_reads */
+	int			skipped;		/* over apiary.provenance_max_reads, or
+								 * READS_BYTES_MAX */
 	HTAB	   *seen;
+	MemoryContext scratch;		/* one read's conversion */
 } ProvenanceFrame;
 
 /* _PG_init: the executor hook that sees reads. */

@@ -12,6 +12,10 @@
  * example_try(name, args) calls name and catches its error, as a C
  * function may: the call ran in a subtransaction of its own, which apiary
  * rolled back before raising the error.
+ * example_fragile_in and example_fragile_out are the input and output
+ * functions of a type of text whose output fails for the value 'fragile',
+ * as a buggy type's might; the recovery tests use it to check that such a
+ * row does not stop provenance.
  *
  *-------------------------------------------------------------------------
  */
@@ -33,6 +37,8 @@ PG_MODULE_MAGIC;
 PG_FUNCTION_INFO_V1(example_countdown);
 PG_FUNCTION_INFO_V1(example_crash);
 PG_FUNCTION_INFO_V1(example_try);
+PG_FUNCTION_INFO_V1(example_fragile_in);
+PG_FUNCTION_INFO_V1(example_fragile_out);
 
 static Jsonb *
 int_jsonb(int32 n)
@@ -104,4 +110,22 @@ example_try(PG_FUNCTION_ARGS)
 	}
 	PG_END_TRY();
 	PG_RETURN_TEXT_P(cstring_to_text(outcome));
+}
+
+Datum
+example_fragile_in(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_TEXT_P(cstring_to_text(PG_GETARG_CSTRING(0)));
+}
+
+Datum
+example_fragile_out(PG_FUNCTION_ARGS)
+{
+	char	   *s = text_to_cstring(PG_GETARG_TEXT_PP(0));
+
+	if (strcmp(s, "fragile") == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("example_fragile cannot show \"%s\"", s)));
+	PG_RETURN_CSTRING(s);
 }

@@ -6,8 +6,8 @@
 # processes are killed with kill -9.  After the restart every write appears
 # in apiary.provenance exactly once (the slot kept the WAL; rows decoded
 # again are kept once), and writes made outside apiary do not appear.
-# Then the cap on what the collector holds of one transaction, and a move
-# of apiary.database to another database.
+# Then the caps on what the collector holds of one transaction, a row it
+# cannot convert, and a move of apiary.database to another database.
 set -euo pipefail
 . "$(dirname "$0")/../../script/lib.sh"
 
@@ -143,6 +143,56 @@ bulk=$(psql_ -c "SELECT count(*) FILTER (WHERE function = 'fill') || ' ' || coun
 [ "$bulk" = "100000 100000" ] || fail "bulk writes: expected 100000 of fill and none else, found (fill, all) $bulk"
 grep -q "wrote more than 100000 rows; the other 10 are not recorded" "$dir/server.log" || fail "no warning for the rows left out"
 
+# a value that its type cannot show (an extension's type whose output
+# function fails, from the example module) leaves its row without an image,
+# where the error stopped the collector, to fail again at every restart;
+# and a transaction's images past 64 MB are left out, so that no
+# transaction fills the collector's memory.  Each is logged, and the
+# writes after them are recorded.
+make -s -C "$APIARY_ROOT/test/c_example" >/dev/null 2>&1
+make -s -C "$APIARY_ROOT/test/c_example" install >/dev/null 2>&1
+psql_ >/dev/null <<'SQL'
+CREATE TYPE fragile;
+CREATE FUNCTION fragile_in(cstring) RETURNS fragile
+AS 'apiary_example', 'example_fragile_in' LANGUAGE C STRICT IMMUTABLE;
+CREATE FUNCTION fragile_out(fragile) RETURNS cstring
+AS 'apiary_example', 'example_fragile_out' LANGUAGE C STRICT IMMUTABLE;
+CREATE TYPE fragile (input = fragile_in, output = fragile_out, internallength = variable);
+CREATE TABLE odd (id int, f fragile, t text);
+CREATE FUNCTION put_odd(first int, n int, f text, kb int) RETURNS int LANGUAGE sql
+SET apiary.kind = 'transactional' AS $$
+  INSERT INTO odd SELECT g, f::fragile, repeat(chr(65 + g % 26), kb * 1024)
+  FROM generate_series(first, first + n - 1) g RETURNING 1 $$;
+SELECT count(*) FROM (SELECT apiary_invoke('put_odd', '[1, 2, "fragile", 0]')) x;
+SELECT count(*) FROM (SELECT apiary_invoke('put_odd', '[101, 80, "sturdy", 900]')) x;
+SELECT count(*) FROM (SELECT apiary_invoke('put_odd', '[201, 1, "after", 1]')) x;
+SQL
+for _ in $(seq 1 600); do
+	odd=$(psql_ -c "SELECT count(*) FROM apiary.provenance WHERE relname = 'public.odd'")
+	[ "$odd" -ge 83 ] && break
+	sleep 0.1
+done
+[ "$odd" -eq 83 ] || fail "expected 83 provenance rows of odd, found $odd"
+# the three transactions, in the order they ran
+odd_txn() { echo "WITH t AS (SELECT \"row\", dense_rank() OVER (ORDER BY xid) AS k FROM apiary.provenance
+	WHERE relname = 'public.odd') SELECT $2 FROM t WHERE k = $1"; }
+fragile=$(psql_ -c "$(odd_txn 1 "count(*) FILTER (WHERE \"row\" IS NULL) || ' ' || count(*)")")
+[ "$fragile" = "2 2" ] || fail "rows of the fragile type: (without image, all) $fragile, not 2 2"
+grep -q 'has 2 rows recorded without their values, which could not be converted' "$dir/server.log" ||
+	fail "no warning for the rows that could not be converted"
+grep -q 'example_fragile cannot show "fragile" (a row of odd)' "$dir/server.log" ||
+	fail "the warning does not name the conversion's error"
+# 80 images of 0.9 MB: the first 72 fit in 64 MB
+big=$(psql_ -c "$(odd_txn 2 "count(*) FILTER (WHERE \"row\" IS NULL) || ' ' ||
+	count(*) FILTER (WHERE length(\"row\"->>'t') = 921600)")")
+[ "$big" = "8 72" ] || fail "a transaction of 80 rows of 0.9 MB: (without image, with) $big, not 8 72"
+grep -q 'has 8 rows recorded without some or all of their values' "$dir/server.log" ||
+	fail "no warning for the images left out"
+after=$(psql_ -c "SELECT \"row\"->>'f' FROM apiary.provenance WHERE relname = 'public.odd' AND \"row\"->>'id' = '201'")
+[ "$after" = after ] || fail "the write after them was not recorded with its image: '$after'"
+state=$(psql_ -c "SELECT state FROM apiary.provenance_status")
+[ "$state" = recording ] || fail "provenance is '$state', not recording"
+
 # apiary.database moved to another database: the slot left in the old one
 # would hold WAL forever, and made the new one's collector fail; it is
 # dropped, and each database's provenance_status tells the truth
@@ -160,4 +210,4 @@ slots=$(psql_ -c "SELECT string_agg(database, ',') FROM pg_replication_slots WHE
 [ "$slots" = moved ] || fail "apiary_provenance slots in databases: '$slots', not just moved"
 old=$(psql_ -c "SELECT state FROM apiary.provenance_status")
 [ "$old" = "not recording: apiary.database is moved" ] || fail "the old database's provenance_status says '$old'"
-echo "ok: $want writes of $N workflows in apiary.provenance exactly once across a kill -9 ($before decoded before it, $((want - before)) after), a transaction of 100,010 writes capped, and the slot moved with apiary.database"
+echo "ok: $want writes of $N workflows in apiary.provenance exactly once across a kill -9 ($before decoded before it, $((want - before)) after), a transaction of 100,010 writes capped, rows that cannot be converted and images past 64 MB recorded without them, and the slot moved with apiary.database"
