@@ -135,7 +135,7 @@ SELECT pg_reload_conf();
 -- with the reload)
 \c
 SELECT wait_until($c$EXISTS (SELECT FROM apiary.provenance_status WHERE state = 'recording')$c$);
-SELECT setting, wal_level, slot, state FROM apiary.provenance_status;
+SELECT setting, wal_level, slot, state, failed_at FROM apiary.provenance_status;
 SELECT plugin FROM pg_replication_slots WHERE slot_name = 'apiary_provenance';
 CREATE TABLE obs_items (id int PRIMARY KEY, qty int);
 INSERT INTO obs_items VALUES (1, 10), (2, 20), (50, 0);

@@ -9,6 +9,8 @@
 #ifndef APIARY_LAUNCHER_H
 #define APIARY_LAUNCHER_H
 
+#include "access/xlogdefs.h"
+#include "datatype/timestamp.h"
 #include "port/atomics.h"
 #include "storage/condition_variable.h"
 #include "storage/latch.h"
@@ -38,7 +40,7 @@ typedef struct ExecutorSlot
 
 typedef struct ApiaryShared
 {
-	slock_t		mutex;			/* protects slots */
+	slock_t		mutex;			/* protects slots and provenance_failed_* */
 	ConditionVariable finished[APIARY_RESULT_CVS];	/* see above */
 	pg_atomic_uint64 workflow_changes;	/* cancels and resumes begun */
 	pg_atomic_uint64 ready_deleted; /* apiary.ready rows deleted, ever */
@@ -47,6 +49,9 @@ typedef struct ApiaryShared
 	int			drops;			/* transactions dropping the extension */
 	bool		provenance_keyed;	/* provenance_key was loaded or made */
 	uint8		provenance_key[32]; /* signs provenance messages (provenance.c) */
+	/* the collector's last failure (0: none), until it stores past it */
+	TimestampTz provenance_failed_at;
+	XLogRecPtr	provenance_failed_lsn;
 } ApiaryShared;
 
 /* NULL unless apiary is in shared_preload_libraries */

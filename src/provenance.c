@@ -61,6 +61,7 @@
 #include "catalog/catalog.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
+#include "commands/dbcommands.h"
 #include "common/file_perm.h"
 #include "common/hmac.h"
 #include "common/sha2.h"
@@ -1257,6 +1258,30 @@ apply_nice(void)
 	return true;
 }
 
+/*
+ * apiary.provenance_failed_at(): when the collector last failed, unless a
+ * collector got past that point since; NULL if it did not fail, and in a
+ * database where no collector runs.
+ */
+PG_FUNCTION_INFO_V1(apiary_provenance_failed_at);
+Datum
+apiary_provenance_failed_at(PG_FUNCTION_ARGS)
+{
+	TimestampTz at = 0;
+
+	/* only where a collector runs */
+	if (apiary_shared != NULL && provenance_wanted() &&
+		MyDatabaseId == get_database_oid(apiary_database, true))
+	{
+		SpinLockAcquire(&apiary_shared->mutex);
+		at = apiary_shared->provenance_failed_at;
+		SpinLockRelease(&apiary_shared->mutex);
+	}
+	if (at == 0)
+		PG_RETURN_NULL();
+	PG_RETURN_TIMESTAMPTZ(at);
+}
+
 bool
 provenance_wanted(void)
 {
@@ -1439,39 +1464,22 @@ tables_installed(void)
 	return installed;
 }
 
-void
-apiary_provenance_main(Datum main_arg)
+/* The failure provenance_status shows is over once the slot passed it. */
+static void
+forget_failure(XLogRecPtr confirmed)
 {
-	LogicalDecodingContext *ctx;
-	PluginState *st;
-	MemoryContext cxt;
+	SpinLockAcquire(&apiary_shared->mutex);
+	if (apiary_shared->provenance_failed_at != 0 &&
+		confirmed >= apiary_shared->provenance_failed_lsn)
+		apiary_shared->provenance_failed_at = 0;
+	SpinLockRelease(&apiary_shared->mutex);
+}
 
-	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	pqsignal(SIGTERM, die);
-	BackgroundWorkerUnblockSignals();
-	BackgroundWorkerInitializeConnection(apiary_database, NULL, 0);
-	pgstat_report_appname("apiary provenance");
-	apiary_housekeeping_session();
-
-	if (!provenance_wanted() || RecoveryInProgress() || !tables_installed())
-		proc_exit(0);
-	(void) apply_nice();
-	ensure_slot();
-
-	cxt = AllocSetContextCreate(TopMemoryContext, "apiary provenance decoding",
-								ALLOCSET_DEFAULT_SIZES);
-	MemoryContextSwitchTo(cxt);
-	/* a collector left from a launcher before this one may still have it */
-	ReplicationSlotAcquire(PROVENANCE_SLOT, false);
-	ctx = CreateDecodingContext(InvalidXLogRecPtr, NIL, false,
-								XL_ROUTINE(.page_read = read_local_xlog_page,
-										   .segment_open = wal_segment_open,
-										   .segment_close = wal_segment_close),
-								no_prepare_write, no_write, NULL);
-	st = ctx->output_plugin_private;
-	XLogBeginRead(ctx->reader, MyReplicationSlot->data.restart_lsn);
-	ereport(LOG, (errmsg("apiary provenance: decoding from %X/%X",
-						 LSN_FORMAT_ARGS(MyReplicationSlot->data.restart_lsn))));
+/* Decode the WAL as it is flushed, and store what it says, for good. */
+static void
+collect(LogicalDecodingContext *ctx, MemoryContext cxt)
+{
+	PluginState *st = ctx->output_plugin_private;
 
 	for (;;)
 	{
@@ -1525,6 +1533,7 @@ apiary_provenance_main(Datum main_arg)
 			/* stored (or nothing to store): the slot may move past it */
 			LogicalConfirmReceivedLocation(ctx->reader->EndRecPtr);
 			ReplicationSlotMarkDirty();
+			forget_failure(ctx->reader->EndRecPtr);
 			if (ctx->reader->EndRecPtr < end)
 				continue;
 		}
@@ -1533,4 +1542,52 @@ apiary_provenance_main(Datum main_arg)
 						 200L, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 	}
+}
+
+void
+apiary_provenance_main(Datum main_arg)
+{
+	LogicalDecodingContext *ctx;
+	MemoryContext cxt;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnection(apiary_database, NULL, 0);
+	pgstat_report_appname("apiary provenance");
+	apiary_housekeeping_session();
+
+	if (!provenance_wanted() || RecoveryInProgress() || !tables_installed())
+		proc_exit(0);
+	(void) apply_nice();
+	ensure_slot();
+
+	cxt = AllocSetContextCreate(TopMemoryContext, "apiary provenance decoding",
+								ALLOCSET_DEFAULT_SIZES);
+	MemoryContextSwitchTo(cxt);
+	/* a collector left from a launcher before this one may still have it */
+	ReplicationSlotAcquire(PROVENANCE_SLOT, false);
+	ctx = CreateDecodingContext(InvalidXLogRecPtr, NIL, false,
+								XL_ROUTINE(.page_read = read_local_xlog_page,
+										   .segment_open = wal_segment_open,
+										   .segment_close = wal_segment_close),
+								no_prepare_write, no_write, NULL);
+	XLogBeginRead(ctx->reader, MyReplicationSlot->data.restart_lsn);
+	ereport(LOG, (errmsg("apiary provenance: decoding from %X/%X",
+						 LSN_FORMAT_ARGS(MyReplicationSlot->data.restart_lsn))));
+
+	PG_TRY();
+	{
+		collect(ctx, cxt);
+	}
+	PG_CATCH();
+	{
+		/* apiary.provenance_status says so until a collector gets past it */
+		SpinLockAcquire(&apiary_shared->mutex);
+		apiary_shared->provenance_failed_at = GetCurrentTimestamp();
+		apiary_shared->provenance_failed_lsn = ctx->reader->EndRecPtr;
+		SpinLockRelease(&apiary_shared->mutex);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
 }

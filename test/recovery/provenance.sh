@@ -7,7 +7,8 @@
 # in apiary.provenance exactly once (the slot kept the WAL; rows decoded
 # again are kept once), and writes made outside apiary do not appear.
 # Then the caps on what the collector holds of one transaction, a row it
-# cannot convert, and a move of apiary.database to another database.
+# cannot convert, a collector that fails, and a move of apiary.database
+# to another database.
 set -euo pipefail
 . "$(dirname "$0")/../../script/lib.sh"
 
@@ -152,6 +153,7 @@ grep -q "wrote more than 100000 rows; the other 10 are not recorded" "$dir/serve
 make -s -C "$APIARY_ROOT/test/c_example" >/dev/null 2>&1
 make -s -C "$APIARY_ROOT/test/c_example" install >/dev/null 2>&1
 psql_ >/dev/null <<'SQL'
+SET client_min_messages = warning;
 CREATE TYPE fragile;
 CREATE FUNCTION fragile_in(cstring) RETURNS fragile
 AS 'apiary_example', 'example_fragile_in' LANGUAGE C STRICT IMMUTABLE;
@@ -193,6 +195,36 @@ after=$(psql_ -c "SELECT \"row\"->>'f' FROM apiary.provenance WHERE relname = 'p
 state=$(psql_ -c "SELECT state FROM apiary.provenance_status")
 [ "$state" = recording ] || fail "provenance is '$state', not recording"
 
+# a collector that fails (here on a row a DBA's constraint refuses) is
+# started again and decodes the same WAL again: provenance_status says it
+# is failing, not recording, and is recording again once it got past
+psql_ >/dev/null <<'SQL'
+ALTER TABLE apiary.provenance_rows ADD CONSTRAINT no_poison CHECK (relname <> 'public.poison');
+CREATE TABLE poison (id int);
+CREATE FUNCTION put_poison() RETURNS int LANGUAGE sql
+SET apiary.kind = 'transactional' AS $$ INSERT INTO poison VALUES (1) RETURNING 1 $$;
+SELECT apiary_invoke('put_poison');
+SQL
+for _ in $(seq 1 300); do
+	state=$(psql_ -c "SELECT state FROM apiary.provenance_status WHERE failed_at IS NOT NULL")
+	[ -n "$state" ] && break
+	sleep 0.1
+done
+case "$state" in
+"failing since "*": see the server log") ;;
+*) fail "provenance_status says '$state' while the collector fails" ;;
+esac
+grep -q 'violates check constraint "no_poison"' "$dir/server.log" || fail "no error of the collector's in the log"
+psql_ -c "ALTER TABLE apiary.provenance_rows DROP CONSTRAINT no_poison" >/dev/null
+for _ in $(seq 1 300); do
+	state=$(psql_ -c "SELECT state || ' ' || (failed_at IS NULL) FROM apiary.provenance_status")
+	[ "$state" = "recording true" ] && break
+	sleep 0.1
+done
+[ "$state" = "recording true" ] || fail "provenance_status says '$state' after the collector got past its failure"
+[ "$(psql_ -c "SELECT count(*) FROM apiary.provenance WHERE relname = 'public.poison'")" -eq 1 ] ||
+	fail "the write the collector failed on was not recorded once it got past"
+
 # apiary.database moved to another database: the slot left in the old one
 # would hold WAL forever, and made the new one's collector fail; it is
 # dropped, and each database's provenance_status tells the truth
@@ -210,4 +242,4 @@ slots=$(psql_ -c "SELECT string_agg(database, ',') FROM pg_replication_slots WHE
 [ "$slots" = moved ] || fail "apiary_provenance slots in databases: '$slots', not just moved"
 old=$(psql_ -c "SELECT state FROM apiary.provenance_status")
 [ "$old" = "not recording: apiary.database is moved" ] || fail "the old database's provenance_status says '$old'"
-echo "ok: $want writes of $N workflows in apiary.provenance exactly once across a kill -9 ($before decoded before it, $((want - before)) after), a transaction of 100,010 writes capped, rows that cannot be converted and images past 64 MB recorded without them, and the slot moved with apiary.database"
+echo "ok: $want writes of $N workflows in apiary.provenance exactly once across a kill -9 ($before decoded before it, $((want - before)) after), a transaction of 100,010 writes capped, rows that cannot be converted and images past 64 MB recorded without them, a failing collector shown as failing, and the slot moved with apiary.database"
