@@ -112,6 +112,17 @@ throwaway_server() {
 }
 psql_() { pg_psql "$dir" "$port" -d postgres -qAt "$@"; }
 
+# wait_sql SQL [TENTHS], for script tests: until SQL (through psql_) returns
+# t, for at most TENTHS tenths of a second (default 600); false if it never
+# did.
+wait_sql() {
+	for _ in $(seq 1 "${2:-600}"); do
+		[ "$(psql_ -c "$1")" = t ] && return 0
+		sleep 0.1
+	done
+	return 1
+}
+
 # check LABEL SQL, for script tests: SQL returns offending rows, and none is
 # a pass.  Prints up to 10 of them under LABEL and counts a problem in
 # $problems (which the caller sets to 0 first and tests at the end).

@@ -32,12 +32,8 @@ BEGIN
   RETURN k;
 END $$;
 SQL
-for _ in $(seq 1 100); do
-	state=$(psql_ -c "SELECT state FROM apiary.provenance_status")
-	[ "$state" = recording ] && break
-	sleep 0.1
-done
-[ "$state" = recording ] || fail "provenance is '$state', not recording"
+wait_sql "SELECT state = 'recording' FROM apiary.provenance_status" 100 ||
+	fail "provenance is '$(psql_ -c "SELECT state FROM apiary.provenance_status")', not recording"
 
 # the workflows, and writes outside apiary in between
 run_workflows() { # from to
@@ -45,22 +41,15 @@ run_workflows() { # from to
 		echo "SELECT apiary_start('touch', '{\"k\": $k}', 'w$k');"
 		echo "UPDATE items SET n = n + 1000 WHERE id = 999;"
 	done | psql_ >/dev/null
-	for _ in $(seq 1 600); do
-		left=$(psql_ -c "SELECT count(*) FROM apiary.workflows WHERE state = 'running'")
-		[ "$left" -eq 0 ] && break
-		sleep 0.05
-	done
-	[ "$left" -eq 0 ] || fail "$left workflows still running"
+	wait_sql "SELECT NOT EXISTS (SELECT FROM apiary.workflows WHERE state = 'running')" ||
+		fail "$(psql_ -c "SELECT count(*) FROM apiary.workflows WHERE state = 'running'") workflows still running"
 }
 # the first half is collected before the crash (the slot's position on
 # disk may still be older: decoded again after the restart, kept once) ...
 half=$((N / 2))
 run_workflows 1 "$half"
-for _ in $(seq 1 600); do
-	before=$(psql_ -c "SELECT count(*) FROM apiary.provenance")
-	[ "$before" -ge $((half * 3)) ] && break
-	sleep 0.1
-done
+wait_sql "SELECT count(*) >= $((half * 3)) FROM apiary.provenance" || true
+before=$(psql_ -c "SELECT count(*) FROM apiary.provenance")
 [ "$before" -eq $((half * 3)) ] || fail "expected $((half * 3)) provenance rows before the crash, found $before"
 # ... the second half commits while the collector is stopped, so the crash
 # falls between their commits and their decoding
@@ -103,11 +92,8 @@ as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/
 
 want=$((N * 3))
 # deletes of ids 501..700 remove rows that exist: every workflow writes 3 rows
-for _ in $(seq 1 600); do
-	got=$(psql_ -c "SELECT count(*) FROM apiary.provenance")
-	[ "$got" -ge "$want" ] && break
-	sleep 0.1
-done
+wait_sql "SELECT count(*) >= $want FROM apiary.provenance" || true
+got=$(psql_ -c "SELECT count(*) FROM apiary.provenance")
 [ "$got" -eq "$want" ] || fail "expected $want provenance rows, found $got"
 evil=$(psql_ -c "SELECT string_agg(DISTINCT backend, ', ') FROM evil.calls WHERE backend LIKE 'apiary%'")
 [ -z "$evil" ] || fail "the database's search_path reached apiary's workers: an operator of its own ran in $evil"
@@ -134,11 +120,7 @@ SET apiary.kind = 'transactional' AS $$ INSERT INTO bulk SELECT generate_series(
 INSERT INTO bulk SELECT generate_series(1, 120000);
 SELECT count(*) FROM (SELECT apiary_invoke('fill', '100010')) x;
 SQL
-for _ in $(seq 1 600); do
-	bulk=$(psql_ -c "SELECT count(*) FROM apiary.provenance WHERE relname = 'public.bulk'")
-	[ "$bulk" -ge 100000 ] && break
-	sleep 0.1
-done
+wait_sql "SELECT count(*) >= 100000 FROM apiary.provenance WHERE relname = 'public.bulk'" || true
 sleep 0.5
 bulk=$(psql_ -c "SELECT count(*) FILTER (WHERE function = 'fill') || ' ' || count(*) FROM apiary.provenance WHERE relname = 'public.bulk'")
 [ "$bulk" = "100000 100000" ] || fail "bulk writes: expected 100000 of fill and none else, found (fill, all) $bulk"
@@ -169,11 +151,8 @@ SELECT count(*) FROM (SELECT apiary_invoke('put_odd', '[1, 2, "fragile", 0]')) x
 SELECT count(*) FROM (SELECT apiary_invoke('put_odd', '[101, 80, "sturdy", 900]')) x;
 SELECT count(*) FROM (SELECT apiary_invoke('put_odd', '[201, 1, "after", 1]')) x;
 SQL
-for _ in $(seq 1 600); do
-	odd=$(psql_ -c "SELECT count(*) FROM apiary.provenance WHERE relname = 'public.odd'")
-	[ "$odd" -ge 83 ] && break
-	sleep 0.1
-done
+wait_sql "SELECT count(*) >= 83 FROM apiary.provenance WHERE relname = 'public.odd'" || true
+odd=$(psql_ -c "SELECT count(*) FROM apiary.provenance WHERE relname = 'public.odd'")
 [ "$odd" -eq 83 ] || fail "expected 83 provenance rows of odd, found $odd"
 # the three transactions, in the order they ran
 odd_txn() { echo "WITH t AS (SELECT \"row\", dense_rank() OVER (ORDER BY xid) AS k FROM apiary.provenance
@@ -205,23 +184,16 @@ CREATE FUNCTION put_poison() RETURNS int LANGUAGE sql
 SET apiary.kind = 'transactional' AS $$ INSERT INTO poison VALUES (1) RETURNING 1 $$;
 SELECT apiary_invoke('put_poison');
 SQL
-for _ in $(seq 1 300); do
-	state=$(psql_ -c "SELECT state FROM apiary.provenance_status WHERE failed_at IS NOT NULL")
-	[ -n "$state" ] && break
-	sleep 0.1
-done
+wait_sql "SELECT failed_at IS NOT NULL FROM apiary.provenance_status" 300 || true
+state=$(psql_ -c "SELECT state FROM apiary.provenance_status")
 case "$state" in
 "failing since "*": see the server log") ;;
 *) fail "provenance_status says '$state' while the collector fails" ;;
 esac
 grep -q 'violates check constraint "no_poison"' "$dir/server.log" || fail "no error of the collector's in the log"
 psql_ -c "ALTER TABLE apiary.provenance_rows DROP CONSTRAINT no_poison" >/dev/null
-for _ in $(seq 1 300); do
-	state=$(psql_ -c "SELECT state || ' ' || (failed_at IS NULL) FROM apiary.provenance_status")
-	[ "$state" = "recording true" ] && break
-	sleep 0.1
-done
-[ "$state" = "recording true" ] || fail "provenance_status says '$state' after the collector got past its failure"
+wait_sql "SELECT state = 'recording' AND failed_at IS NULL FROM apiary.provenance_status" 300 ||
+	fail "provenance_status says '$(psql_ -c "SELECT state FROM apiary.provenance_status")' after the collector got past its failure"
 [ "$(psql_ -c "SELECT count(*) FROM apiary.provenance WHERE relname = 'public.poison'")" -eq 1 ] ||
 	fail "the write the collector failed on was not recorded once it got past"
 
