@@ -330,8 +330,9 @@ apiary_finishes_at_commit(void)
 static void
 wake_idle(int n, const int64 *handed, int nhanded)
 {
-	Latch	   *latches[APIARY_MAX_WORKERS];
+	Latch	   *latches[APIARY_MAX_WORKERS + 1];
 	int			nlatches = 0;
+	bool		executors = false;
 
 	if (apiary_shared == NULL)
 		return;
@@ -340,6 +341,7 @@ wake_idle(int n, const int64 *handed, int nhanded)
 	{
 		ExecutorSlot *slot = &apiary_shared->slots[i];
 
+		executors |= slot->pid != 0;
 		/* an executor about to retire would take the wake-up with it */
 		if (slot->pid != 0 && slot->idle && !slot->retire)
 		{
@@ -349,6 +351,14 @@ wake_idle(int n, const int64 *handed, int nhanded)
 			latches[nlatches++] = slot->latch;
 		}
 	}
+
+	/*
+	 * No executor yet (the extension was just created, say): the launcher
+	 * starts them now rather than at its next look, up to a second later.
+	 * A stale latch (launcher gone) only wakes some process needlessly.
+	 */
+	if (!executors && apiary_workers > 0 && apiary_shared->launcher_latch != NULL)
+		latches[nlatches++] = apiary_shared->launcher_latch;
 	SpinLockRelease(&apiary_shared->mutex);
 	for (int i = 0; i < nlatches; i++)
 		SetLatch(latches[i]);

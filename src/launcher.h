@@ -44,7 +44,8 @@ typedef struct ApiaryShared
 	ConditionVariable finished[APIARY_RESULT_CVS];	/* see above */
 	pg_atomic_uint64 workflow_changes;	/* cancels and resumes begun */
 	pg_atomic_uint64 ready_deleted; /* apiary.ready rows deleted, ever */
-	Latch	   *launcher_latch; /* set to have the launcher vacuum apiary.ready */
+	Latch	   *launcher_latch; /* wakes the launcher: to vacuum apiary.ready,
+								 * or to start executors for queued tasks */
 	ExecutorSlot slots[APIARY_MAX_WORKERS];
 	int			drops;			/* transactions dropping the extension */
 	bool		provenance_keyed;	/* provenance_key was loaded or made */
