@@ -315,7 +315,8 @@ SELECT wait_until($c$EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory'
 SELECT apiary_cancel('to-cancel');
 SELECT apiary_result('to-cancel', '60 s');
 SELECT pg_advisory_unlock(4343);
-SELECT wait_until($c$(SELECT state FROM apiary_status('to-cancel')) = 'cancelled'$c$);
+SELECT wait_until($c$(SELECT error->>'cancelled' FROM apiary_status('to-cancel'))
+  = 'by apiary_cancel, while running'$c$);
 SELECT function, state, error->>'cancelled' AS cancelled FROM apiary_status('to-cancel');
 SELECT count(*) FROM effects;
 SELECT apiary_cancel('no-such-workflow');
@@ -351,6 +352,73 @@ SELECT wait_until($c$(SELECT error->>'cancelled' FROM apiary_status('forgotten')
 SELECT function, state, error->>'cancelled' AS cancelled FROM apiary_status('forgotten') ORDER BY task;
 SELECT apiary_result('forgotten', '60 s');
 SELECT count(*) FROM effects;
+
+-- A resume that comes before the running task's end undoes the cancel: the
+-- task commits, once (the resume queues it no second time), and the task
+-- waiting for it runs after it.
+CREATE FUNCTION shout(what text) RETURNS text LANGUAGE sql
+SET apiary.kind = 'readonly' AS $$ SELECT upper(what) $$;
+CREATE FUNCTION leave_running(what text) RETURNS int LANGUAGE plpgsql
+SET apiary.kind = 'transactional' AS $$
+BEGIN
+  PERFORM apiary_queue('shout', jsonb_build_array(apiary_queue('gated_write', to_jsonb(what))));
+  RETURN 1;
+END $$;
+SELECT pg_advisory_lock(4343);
+SELECT apiary_start('leave_running', '"resumed while running"', 'left-resumed');
+SELECT apiary_result('left-resumed', '60 s');
+SELECT wait_until($c$EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory'
+  AND objid = 4343 AND NOT granted)$c$);
+SELECT apiary_cancel('left-resumed');
+SELECT function, state FROM apiary_status('left-resumed') ORDER BY task;
+SELECT apiary_resume('left-resumed');
+SELECT pg_advisory_unlock(4343);
+SELECT wait_until($c$NOT EXISTS (SELECT FROM apiary_status('left-resumed') WHERE state <> 'done')$c$);
+SELECT function, state, output FROM apiary_status('left-resumed') ORDER BY task;
+SELECT count(*) FROM effects WHERE what = 'resumed while running';
+
+-- An executor that dies after the cancel leaves its task cancelled: the
+-- next executor takes the ready row it left and does not run the task; a
+-- resume then queues it once.
+SELECT pg_advisory_lock(4343);
+SELECT apiary_start('gated_write', '"terminated after cancel"', 'cancel-terminated');
+SELECT wait_until($c$EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory'
+  AND objid = 4343 AND NOT granted)$c$);
+SELECT apiary_cancel('cancel-terminated');
+SELECT pg_terminate_backend(pid, 60000) FROM pg_locks
+ WHERE locktype = 'advisory' AND objid = 4343 AND NOT granted;
+SELECT wait_until($c$NOT EXISTS (SELECT FROM apiary.ready r JOIN apiary.tasks t ON t.id = r.task
+  WHERE t.workflow = 'cancel-terminated')$c$);
+SELECT state, error->>'cancelled' AS cancelled FROM apiary_status('cancel-terminated');
+SELECT apiary_resume('cancel-terminated');
+SELECT count(*) FROM apiary.ready r JOIN apiary.tasks t ON t.id = r.task
+ WHERE t.workflow = 'cancel-terminated';
+SELECT pg_advisory_unlock(4343);
+SELECT apiary_result('cancel-terminated', '60 s');
+SELECT count(*) FROM effects WHERE what = 'terminated after cancel';
+
+-- Retention may take a cancelled workflow while a task it left still runs:
+-- the task finds its workflow gone, and rolls back.
+SELECT pg_advisory_lock(4343);
+SELECT apiary_start('leave_running', '"pruned while running"', 'left-pruned');
+SELECT apiary_result('left-pruned', '60 s');
+SELECT wait_until($c$EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory'
+  AND objid = 4343 AND NOT granted)$c$);
+SELECT apiary_cancel('left-pruned');
+UPDATE apiary.workflows SET finished_at = finished_at - interval '200 years' WHERE id = 'left-pruned';
+SELECT apiary.prune('100 years', 10);
+SELECT pg_advisory_unlock(4343);
+SELECT wait_until($c$NOT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND objid = 4343)$c$);
+SELECT count(*) FROM effects WHERE what = 'pruned while running';
+
+-- A resume counts the futures each task still waits for, which a
+-- REPEATABLE READ or SERIALIZABLE snapshot may not show: refused.
+BEGIN ISOLATION LEVEL REPEATABLE READ;
+SELECT apiary_resume('left-resumed');
+ROLLBACK;
+BEGIN ISOLATION LEVEL SERIALIZABLE;
+SELECT apiary_resume('left-resumed');
+ROLLBACK;
 
 -- Tasks run as the role that started them, and workflow ids are per role.
 CREATE FUNCTION whoami() RETURNS text LANGUAGE sql
@@ -706,7 +774,8 @@ SELECT apiary_result('late', '60 s');
 \set VERBOSITY default
 SELECT state, error->>'message' AS message, deadline FROM apiary.workflows WHERE id = 'late';
 SELECT pg_advisory_unlock(4747);
-SELECT wait_until($c$(SELECT state FROM apiary_status('late')) = 'cancelled'$c$);
+SELECT wait_until($c$(SELECT error->>'cancelled' FROM apiary_status('late'))
+  = 'by the workflow''s timeout, while running'$c$);
 SELECT state, error FROM apiary_status('late');
 SELECT count(*) AS effects FROM late_effects;
 -- A resume gives it the same time again; this time it finishes.
@@ -714,8 +783,8 @@ SELECT apiary_resume('late');
 SELECT apiary_result('late', '60 s');
 SELECT count(*) AS effects FROM late_effects;
 -- Every task of the workflow is cancelled: the root, linked to its
--- future; a task waiting for another's output; and, at its end, the one
--- running.
+-- future; a task waiting for another's output; and the one running, which
+-- rolls back at its end.
 CREATE FUNCTION pass_late_write() RETURNS jsonb LANGUAGE plpgsql
 SET apiary.kind = 'transactional' AS $$
 BEGIN
@@ -726,10 +795,10 @@ SELECT apiary_start('pass_late_write', '{}', 'late-chain', timeout => '3 s');
 SELECT wait_until($c$EXISTS (SELECT FROM pg_stat_activity WHERE backend_type = 'apiary executor'
   AND query LIKE '%: late_write' AND wait_event_type = 'Lock')$c$);
 SELECT wait_until($c$(SELECT count(*) FROM apiary_status('late-chain')
-  WHERE state = 'cancelled') = 2$c$);
-SELECT pg_advisory_unlock(4747);
-SELECT wait_until($c$(SELECT count(*) FROM apiary_status('late-chain')
   WHERE state = 'cancelled') = 3$c$);
+SELECT pg_advisory_unlock(4747);
+SELECT wait_until($c$EXISTS (SELECT FROM apiary_status('late-chain')
+  WHERE error->>'cancelled' = 'by the workflow''s timeout, while running')$c$);
 SELECT function, state, error->>'cancelled' AS cancelled FROM apiary_status('late-chain') ORDER BY task;
 SELECT count(*) AS effects FROM late_effects;
 -- A timeout must be positive; a start of an existing key returns it,

@@ -1624,6 +1624,8 @@ queue_workflow_cancelled(Oid role, text *workflow, int64 task, bool *timed_out)
 	scan = systable_beginscan(rel, RelationGetPrimaryKeyIndex(rel), true,
 							  snapshot, 2, keys);
 	tup = systable_getnext(scan);
+	/* gone: a cancelled workflow's, pruned while the task ran */
+	cancelled = !HeapTupleIsValid(tup);
 	if (HeapTupleIsValid(tup))
 	{
 		char	   *state = TextDatumGetCString(heap_getattr(tup, W_STATE,

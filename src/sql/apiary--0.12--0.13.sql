@@ -50,3 +50,105 @@ CREATE OR REPLACE VIEW apiary.provenance_status AS
       LEFT JOIN pg_catalog.pg_replication_slots s
              ON s.slot_name OPERATOR(pg_catalog.=) 'apiary_provenance'
             AND s.database OPERATOR(pg_catalog.=) pg_catalog.current_database();
+
+/*
+ * A task found running is cancelled by its row, whatever the workflow's
+ * state.  Up to 0.12 only a finished workflow's cancel marked its running
+ * tasks (a running workflow's said it by its own state): a task whose
+ * executor was terminated after a cancel left its ready row behind,
+ * pending, and another executor ran it again after the cancel, and an
+ * external call made from it was made after the cancel.  A task marked
+ * cancelled is never claimed: its ready row is only tidied away.
+ */
+CREATE OR REPLACE FUNCTION apiary.cancel_workflow(wf_role pg_catalog.oid, wf_id pg_catalog.text,
+                                                  timed_out pg_catalog.interval)
+RETURNS pg_catalog.bool LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    taken int8[];
+BEGIN
+    UPDATE apiary.workflows
+       SET state = 'cancelled', finished_at = clock_timestamp(), deadline = NULL,
+           error = CASE WHEN timed_out IS NULL
+                        THEN jsonb_build_object('sqlstate', '57014',
+                                                'message', format('workflow "%s" was cancelled', wf_id))
+                        ELSE jsonb_build_object('sqlstate', '57014',
+                                                'message', format('workflow "%s" timed out', wf_id),
+                                                'detail', format('It did not finish within its timeout of %s, and was cancelled.', timed_out),
+                                                'hint', 'apiary_resume runs its cancelled tasks again, with the same time to finish.',
+                                                'timeout', timed_out)
+                   END
+     WHERE role = wf_role AND id = wf_id AND state = 'running';
+    IF NOT FOUND AND NOT EXISTS (SELECT FROM apiary.workflows WHERE role = wf_role AND id = wf_id) THEN
+        RETURN false;
+    END IF;
+    WITH gone AS (
+        DELETE FROM apiary.ready r
+         WHERE r.ctid = ANY (ARRAY(
+               SELECT x.ctid FROM apiary.ready x JOIN apiary.tasks t ON t.id = x.task
+                WHERE t.role = wf_role AND t.workflow = wf_id
+                  FOR UPDATE OF x SKIP LOCKED))
+        RETURNING r.task)
+    SELECT array_agg(task) INTO taken FROM gone;
+    -- pending tasks whose ready row an executor holds are running: they
+    -- are cancelled here too, and find it at their end
+    UPDATE apiary.tasks
+       SET state = 'cancelled', finished_at = clock_timestamp(),
+           error = jsonb_build_object('sqlstate', '57014', 'cancelled',
+                                      CASE WHEN timed_out IS NULL THEN 'by apiary_cancel'
+                                           ELSE 'by the workflow''s timeout' END)
+     WHERE (id = ANY (taken) AND state = 'pending')
+        OR id IN (SELECT id FROM apiary.tasks
+                   WHERE role = wf_role AND workflow = wf_id
+                     AND state IN ('pending', 'waiting', 'linked')
+                     FOR UPDATE SKIP LOCKED);
+    RETURN true;
+END $$;
+
+/*
+ * Resume: a cancelled task whose ready row is still there is running (its
+ * executor holds the row until it commits) or was left by an executor
+ * that died: it is pending again with that row, and gets no second one.
+ * Up to 0.12 it got another, and two executors could run it, both
+ * committing.
+ */
+CREATE OR REPLACE FUNCTION apiary.resume_workflow(wf_role pg_catalog.oid, wf_id pg_catalog.text)
+RETURNS pg_catalog.bool LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM FROM apiary.workflows WHERE role = wf_role AND id = wf_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    -- back to where each task stood: linked to its future, waiting for the
+    -- futures not done yet, or ready to run
+    WITH held AS MATERIALIZED (
+        SELECT r.task, min(r.run_after) AS run_after
+          FROM apiary.ready r JOIN apiary.tasks t ON t.id = r.task
+         WHERE t.role = wf_role AND t.workflow = wf_id
+         GROUP BY r.task),
+    resumed AS (
+        UPDATE apiary.tasks t
+           SET state = CASE WHEN t.linked_to IS NOT NULL THEN 'linked'
+                            WHEN w.open > 0 THEN 'waiting' ELSE 'pending' END,
+               waiting_for = w.open, error = NULL, finished_at = NULL,
+               run_after = coalesce(w.held, clock_timestamp()), attempts = 0, crashes = 0
+          FROM (SELECT k.id,
+                       (SELECT count(*) FROM apiary.waits x JOIN apiary.tasks f ON f.id = x.future
+                         WHERE x.task = k.id AND f.state <> 'done') AS open,
+                       h.run_after AS held
+                  FROM apiary.tasks k LEFT JOIN held h ON h.task = k.id
+                 WHERE k.role = wf_role AND k.workflow = wf_id
+                   AND k.state IN ('failed', 'cancelled')) w
+         WHERE t.id = w.id
+        RETURNING t.id, t.state, t.run_after, w.held)
+    INSERT INTO apiary.ready
+        SELECT run_after, id FROM resumed WHERE state = 'pending' AND held IS NULL;
+    -- a running workflow keeps its deadline
+    UPDATE apiary.workflows
+       SET state = 'running', error = NULL, finished_at = NULL,
+           deadline = CASE WHEN state = 'running' THEN deadline
+                           ELSE clock_timestamp() + timeout END
+     WHERE role = wf_role AND id = wf_id AND state <> 'done';
+    RETURN true;
+END $$;

@@ -10,7 +10,8 @@
 # While 4 executors run them, 3 sessions call apiary_cancel, apiary_resume,
 # both in a row, or apiary_status on random workflows, one autocommitted
 # statement each (and now and then on an id nobody started, which must
-# answer "does not exist"; any other error fails the test).  Then every
+# answer "does not exist"; any other error fails the test), and a fourth
+# terminates a random executor every tenth of a second.  Then every
 # workflow that is cancelled or failed is resumed, until all are done; one
 # left running with a cancelled or failed task fails the test at once.
 # At the end: every workflow is done with the output computed independently
@@ -95,8 +96,20 @@ for r in $(seq 1 "$RACERS"); do
 		-f "$dir/race-$r.sql" >/dev/null 2>"$dir/race-$r.err" &
 	racers+=($!)
 done
+# and now and then an executor is terminated (its task rolls back, and the
+# launcher starts another): a task cancelled, resumed, or both while its
+# executor goes
+(
+	while :; do
+		sleep 0.1
+		psql_ -c "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+		          WHERE backend_type = 'apiary executor' ORDER BY random() LIMIT 1" >/dev/null || true
+	done
+) &
+terminator=$!
 race_rc=0
 for p in "${racers[@]}"; do wait "$p" || race_rc=$?; done
+kill "$terminator" 2>/dev/null; wait "$terminator" 2>/dev/null || true
 racers=()
 race_ms=$(($(now_ms) - started_ms))
 [ "$race_rc" -eq 0 ] || { cat "$dir"/race-*.err; fail "a racing session exited with status $race_rc"; }
@@ -224,5 +237,6 @@ if [ -n "$crashes" ]; then
 fi
 
 [ "$problems" -eq 0 ] || fail "$problems check(s) failed"
+terminated=$(grep -c 'terminating background worker "apiary executor"' "$dir/server.log" || true)
 read -r r_done r_running r_cancelled r_failed <<<"$at_race_end"
-echo "ok: $N workflows ($total steps) done, each step's effect once, through $calls racing cancel/resume/status calls in $((race_ms / 1000)).$((race_ms % 1000 / 100)) s (after them: $r_done done, $r_running running, $r_cancelled cancelled, $r_failed failed; $resumed resumes to finish; $reruns executions rolled back and run again, beyond one for each of the $tasks tasks) in $((($(now_ms) - T0) / 1000)) s"
+echo "ok: $N workflows ($total steps) done, each step's effect once, through $calls racing cancel/resume/status calls in $((race_ms / 1000)).$((race_ms % 1000 / 100)) s (after them: $r_done done, $r_running running, $r_cancelled cancelled, $r_failed failed; $resumed resumes to finish; $reruns executions rolled back and run again, beyond one for each of the $tasks tasks; $terminated executors terminated) in $((($(now_ms) - T0) / 1000)) s"
