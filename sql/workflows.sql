@@ -307,11 +307,13 @@ SET apiary.kind = 'transactional' AS $$
   INSERT INTO effects VALUES (what);
   SELECT what FROM pg_advisory_xact_lock(4343)
 $$;
+-- the executors running gated_write, held up by this session's lock
+CREATE VIEW gated AS
+  SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objid = 4343 AND NOT granted;
 SELECT pg_advisory_lock(4343);
 SELECT apiary_start('gated_write', '"cancelled write"', 'to-cancel');
 -- wait until an executor runs it: blocked on our lock, its write made
-SELECT wait_until($c$EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory'
-  AND objid = 4343 AND NOT granted)$c$);
+SELECT wait_until('EXISTS (SELECT FROM gated)');
 SELECT apiary_cancel('to-cancel');
 SELECT apiary_result('to-cancel', '60 s');
 SELECT pg_advisory_unlock(4343);
@@ -343,8 +345,7 @@ END $$;
 SELECT pg_advisory_lock(4343);
 SELECT apiary_start('fire_and_forget', '{}', 'forgotten');
 SELECT apiary_result('forgotten', '60 s');
-SELECT wait_until($c$EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory'
-  AND objid = 4343 AND NOT granted)$c$);
+SELECT wait_until('EXISTS (SELECT FROM gated)');
 SELECT apiary_cancel('forgotten');
 SELECT pg_advisory_unlock(4343);
 SELECT wait_until($c$(SELECT error->>'cancelled' FROM apiary_status('forgotten')
@@ -367,8 +368,7 @@ END $$;
 SELECT pg_advisory_lock(4343);
 SELECT apiary_start('leave_running', '"resumed while running"', 'left-resumed');
 SELECT apiary_result('left-resumed', '60 s');
-SELECT wait_until($c$EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory'
-  AND objid = 4343 AND NOT granted)$c$);
+SELECT wait_until('EXISTS (SELECT FROM gated)');
 SELECT apiary_cancel('left-resumed');
 SELECT function, state FROM apiary_status('left-resumed') ORDER BY task;
 SELECT apiary_resume('left-resumed');
@@ -382,11 +382,9 @@ SELECT count(*) FROM effects WHERE what = 'resumed while running';
 -- resume then queues it once.
 SELECT pg_advisory_lock(4343);
 SELECT apiary_start('gated_write', '"terminated after cancel"', 'cancel-terminated');
-SELECT wait_until($c$EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory'
-  AND objid = 4343 AND NOT granted)$c$);
+SELECT wait_until('EXISTS (SELECT FROM gated)');
 SELECT apiary_cancel('cancel-terminated');
-SELECT pg_terminate_backend(pid, 60000) FROM pg_locks
- WHERE locktype = 'advisory' AND objid = 4343 AND NOT granted;
+SELECT pg_terminate_backend(pid, 60000) FROM gated;
 SELECT wait_until($c$NOT EXISTS (SELECT FROM apiary.ready r JOIN apiary.tasks t ON t.id = r.task
   WHERE t.workflow = 'cancel-terminated')$c$);
 SELECT state, error->>'cancelled' AS cancelled FROM apiary_status('cancel-terminated');
@@ -402,8 +400,7 @@ SELECT count(*) FROM effects WHERE what = 'terminated after cancel';
 SELECT pg_advisory_lock(4343);
 SELECT apiary_start('leave_running', '"pruned while running"', 'left-pruned');
 SELECT apiary_result('left-pruned', '60 s');
-SELECT wait_until($c$EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory'
-  AND objid = 4343 AND NOT granted)$c$);
+SELECT wait_until('EXISTS (SELECT FROM gated)');
 SELECT apiary_cancel('left-pruned');
 UPDATE apiary.workflows SET finished_at = finished_at - interval '200 years' WHERE id = 'left-pruned';
 SELECT apiary.prune('100 years', 10);
