@@ -55,6 +55,7 @@
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
+#include "utils/resowner.h"
 #include "utils/snapmgr.h"
 #include "utils/fmgrprotos.h"
 #include "utils/jsonb.h"
@@ -206,12 +207,13 @@ journal_prepare(const char *sql, int nargs, Oid *argtypes)
 }
 
 /*
- * Lock (role, key) in mode until the end of the (sub)transaction, waiting
- * for any other transaction that holds it: an advisory lock on a hash of
- * the two, told apart from other uses by marker.
+ * Lock (role, key) in mode, waiting for any other transaction that holds
+ * it: an advisory lock on a hash of the two, told apart from other uses by
+ * marker.  Held to the end of the subtransaction, or with to_commit to the
+ * end of the whole transaction, whatever becomes of the subtransaction.
  */
 void
-journal_lock(uint16 marker, Oid role, text *key, LOCKMODE mode)
+journal_lock(uint16 marker, Oid role, text *key, LOCKMODE mode, bool to_commit)
 {
 	uint64		h = hash_bytes_extended((const unsigned char *) VARDATA_ANY(key),
 										VARSIZE_ANY_EXHDR(key), role);
@@ -219,7 +221,45 @@ journal_lock(uint16 marker, Oid role, text *key, LOCKMODE mode)
 
 	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) (h >> 32), (uint32) h,
 						 marker);
-	(void) LockAcquire(&tag, mode, false, false);
+	if (to_commit)
+		(void) journal_lock_to_commit(&tag, mode, false);
+	else
+		(void) LockAcquire(&tag, mode, false, false);
+}
+
+/*
+ * Take the lock tag names in mode, held to the end of the top transaction
+ * (the lock of a subtransaction goes with it when it rolls back); with
+ * dont_wait, false at once if another transaction holds it.
+ */
+bool
+journal_lock_to_commit(const LOCKTAG *tag, LOCKMODE mode, bool dont_wait)
+{
+	ResourceOwner owner = CurrentResourceOwner;
+	volatile LockAcquireResult res = LOCKACQUIRE_NOT_AVAIL;
+
+	CurrentResourceOwner = TopTransactionResourceOwner;
+	PG_TRY();
+	{
+		res = LockAcquire(tag, mode, false, dont_wait);
+	}
+	PG_FINALLY();
+	{
+		CurrentResourceOwner = owner;
+	}
+	PG_END_TRY();
+	return res != LOCKACQUIRE_NOT_AVAIL;
+}
+
+/* Release a lock journal_lock_to_commit took. */
+void
+journal_unlock_to_commit(const LOCKTAG *tag, LOCKMODE mode)
+{
+	ResourceOwner owner = CurrentResourceOwner;
+
+	CurrentResourceOwner = TopTransactionResourceOwner;
+	(void) LockRelease(tag, mode, false);
+	CurrentResourceOwner = owner;
 }
 
 static Oid
@@ -313,7 +353,7 @@ journal_claim(Oid role, text *key, const char *function, Jsonb *args,
 	Snapshot	snapshot;
 	bool		found;
 
-	journal_lock(KEY_LOCK_MARKER, role, key, ExclusiveLock);
+	journal_lock(KEY_LOCK_MARKER, role, key, ExclusiveLock, false);
 
 	/*
 	 * READ COMMITTED takes a fresh snapshot here, so a holder we waited for

@@ -11,7 +11,7 @@
 
 #include "access/htup.h"
 #include "executor/spi.h"
-#include "storage/lockdefs.h"
+#include "storage/lock.h"
 #include "utils/jsonb.h"
 #include "utils/relcache.h"
 #include "utils/timestamp.h"
@@ -32,7 +32,10 @@ extern int	journal_execute(const char *sql, SPIPlanPtr plan, int nargs,
  * Lock (role, key) until the end of the (sub)transaction; marker tells
  * apiary's uses of such locks apart.
  */
-extern void journal_lock(uint16 marker, Oid role, text *key, LOCKMODE mode);
+extern void journal_lock(uint16 marker, Oid role, text *key, LOCKMODE mode,
+						 bool to_commit);
+extern bool journal_lock_to_commit(const LOCKTAG *tag, LOCKMODE mode, bool dont_wait);
+extern void journal_unlock_to_commit(const LOCKTAG *tag, LOCKMODE mode);
 
 /*
  * Keyed invocations.

@@ -111,6 +111,8 @@ enum
 #define START_LOCK_MARKER 0x4151
 #define CANCEL_LOCK_MARKER 0x4152
 #define LINK_LOCK_MARKER 0x4153
+/* ... and on task ids, held by the executor that claimed the task */
+#define TASK_LOCK_MARKER 0x4154
 
 static const char *const state_names[] = {
 	[QS_WAITING] = "waiting",
@@ -550,28 +552,25 @@ ready_delete(Relation ready, ItemPointer tid, bool wait)
 	return true;
 }
 
-/* Delete task's ready row (task, run_after) if it is there; see ready_delete. */
+/* Find task's ready row (task, run_after), as it is now: false if none. */
 static bool
-ready_take(Relation ready, int64 task, TimestampTz run_after, bool wait)
+ready_find(Relation ready, int64 task, TimestampTz run_after, ItemPointer tid)
 {
 	ScanKeyData keys[2];
 	Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
 	SysScanDesc scan;
 	HeapTuple	tup;
-	bool		taken = false;
+	bool		found;
 
 	ready_keys(keys, &run_after, &task);
 	scan = systable_beginscan(ready, RelationGetPrimaryKeyIndex(ready), true,
 							  snapshot, 2, keys);
-	if (HeapTupleIsValid(tup = systable_getnext(scan)))
-	{
-		ItemPointerData tid = tup->t_self;
-
-		taken = ready_delete(ready, &tid, wait);
-	}
+	found = HeapTupleIsValid(tup = systable_getnext(scan));
+	if (found)
+		*tid = tup->t_self;
 	systable_endscan(scan);
 	UnregisterSnapshot(snapshot);
-	return taken;
+	return found;
 }
 
 /*
@@ -619,20 +618,50 @@ read_task(Relation tasks, Snapshot snapshot, int64 id, QueueState *state,
 }
 
 /*
- * We deleted task's ready row: read it, as it is now.  False if it is not
- * pending after all (gone, or finished: the deletion just tidies a stray
- * ready row away).
+ * The lock an executor holds on the task it runs, to its commit.  A task
+ * has one ready row, as a rule; but a resume adds one for a task that a
+ * cancel found running, while the row its executor took is still there
+ * (its claim not committed yet, or undone by an abort), and a claim of
+ * either row must not run the task while another executor runs it.
+ */
+static void
+task_locktag(LOCKTAG *tag, int64 id)
+{
+	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId, (uint32) ((uint64) id >> 32),
+						 (uint32) id, TASK_LOCK_MARKER);
+}
+
+/*
+ * Claim task id through its ready row at tid: lock the task, take the row,
+ * and read the task as it is now.  False if another executor runs it (the
+ * row stays, for when it is done), or takes the row; and if it is not
+ * pending (gone, or finished): then the deletion stands, tidying a stray
+ * row away.
  */
 static bool
-claimed(Relation tasks, int64 id, QueueTask *task)
+claim(Relation tasks, Relation ready, ItemPointer tid, int64 id, QueueTask *task)
 {
-	Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	LOCKTAG		tag;
+	Snapshot	snapshot;
 	QueueState	state;
 	TimestampTz run_after;
-	bool		found = read_task(tasks, snapshot, id, &state, &run_after, task);
+	bool		pending;
 
+	task_locktag(&tag, id);
+	if (!journal_lock_to_commit(&tag, ExclusiveLock, true))
+		return false;
+	if (!ready_delete(ready, tid, false))
+	{
+		journal_unlock_to_commit(&tag, ExclusiveLock);
+		return false;
+	}
+	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	pending = read_task(tasks, snapshot, id, &state, &run_after, task) &&
+		state == QS_PENDING;
 	UnregisterSnapshot(snapshot);
-	return found && state == QS_PENDING;
+	if (!pending)
+		journal_unlock_to_commit(&tag, ExclusiveLock);
+	return pending;
 }
 
 /*
@@ -645,10 +674,12 @@ take_task(Relation tasks, Relation ready, Snapshot snapshot, int64 id,
 {
 	QueueState	state;
 	TimestampTz run_after;
+	ItemPointerData tid;
 
-	return read_task(tasks, snapshot, id, &state, &run_after, task) &&
+	return read_task(tasks, snapshot, id, &state, &run_after, NULL) &&
 		state == QS_PENDING && run_after <= now &&
-		ready_take(ready, id, run_after, false);
+		ready_find(ready, id, run_after, &tid) &&
+		claim(tasks, ready, &tid, id, task);
 }
 
 bool
@@ -680,9 +711,8 @@ queue_claim(int64 prefer, QueueTask *task, TimestampTz *next_due)
 	*next_due = 0;
 
 	/*
-	 * The task this executor just made ready: the workflow under way.  Had
-	 * it changed since our snapshot, its ready row would be gone: every
-	 * change of a pending task's state or run_after takes that row.
+	 * The task this executor just made ready: the workflow under way (the
+	 * claim reads it again, as it is now).
 	 */
 	if (prefer != 0)
 		found = take_task(tasks, ready, snapshot, prefer, now, task);
@@ -708,7 +738,7 @@ queue_claim(int64 prefer, QueueTask *task, TimestampTz *next_due)
 				*next_due = run_after;
 				break;
 			}
-			if (ready_delete(ready, &tid, false) && claimed(tasks, id, task))
+			if (claim(tasks, ready, &tid, id, task))
 			{
 				found = true;
 				break;
@@ -851,7 +881,7 @@ queue_add_workflow(Oid role, text *id, bool generated, const char *function,
 	if (!generated)
 	{
 		/* a concurrent start of the same id: wait for it to end, then look */
-		journal_lock(START_LOCK_MARKER, role, id, ExclusiveLock);
+		journal_lock(START_LOCK_MARKER, role, id, ExclusiveLock, false);
 		snapshot = RegisterSnapshot(GetTransactionSnapshot());
 		found = find_workflow(workflows->rel, snapshot, role, id,
 							  recorded_function, recorded_args);
@@ -996,7 +1026,7 @@ queue_future(int64 id, Oid role, text *workflow, bool hold, bool *foreign,
 			if (hold && !mine && !queue_finished_state(state))
 			{
 				if (!cancel_locked)
-					journal_lock(CANCEL_LOCK_MARKER, role, workflow, ShareLock);
+					journal_lock(CANCEL_LOCK_MARKER, role, workflow, ShareLock, true);
 				cancel_locked = true;
 				again = !hold_row(rel, tup);
 			}
@@ -1202,10 +1232,12 @@ unready(Relation tasks, int64 id)
 	Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
 	QueueState	state;
 	TimestampTz run_after;
+	ItemPointerData tid;
 	bool		taken;
 
 	taken = read_task(tasks, snapshot, id, &state, &run_after, NULL) &&
-		state == QS_PENDING && ready_take(ready->rel, id, run_after, true);
+		state == QS_PENDING && ready_find(ready->rel, id, run_after, &tid) &&
+		ready_delete(ready->rel, &tid, true);
 	UnregisterSnapshot(snapshot);
 	qrel_close(ready);
 	return taken;
@@ -1362,8 +1394,8 @@ void
 queue_lock_links(Oid role, text *workflow)
 {
 	/* the cancel lock first, as everywhere (see queue_future) */
-	journal_lock(CANCEL_LOCK_MARKER, role, workflow, ShareLock);
-	journal_lock(LINK_LOCK_MARKER, role, workflow, ExclusiveLock);
+	journal_lock(CANCEL_LOCK_MARKER, role, workflow, ShareLock, true);
+	journal_lock(LINK_LOCK_MARKER, role, workflow, ExclusiveLock, false);
 }
 
 /* The index of apiary.waits on its task column (waits_task). */
@@ -1595,8 +1627,12 @@ queue_workflow_cancelled(Oid role, text *workflow, int64 task, bool *timed_out)
 	bool		isnull;
 
 	*timed_out = false;
-	/* held to our commit: a cancel waits for it, and we for a cancel */
-	journal_lock(CANCEL_LOCK_MARKER, role, workflow, ShareLock);
+	/*
+	 * Held to our commit, also when the task's subtransaction rolls back
+	 * on what this finds: a cancel waits for it, and we for a cancel, and
+	 * a resume sees the task as it ended.
+	 */
+	journal_lock(CANCEL_LOCK_MARKER, role, workflow, ShareLock, true);
 
 	/*
 	 * A cancel counts itself in shared memory once it holds its lock
@@ -1674,7 +1710,7 @@ queue_workflow_cancelled(Oid role, text *workflow, int64 task, bool *timed_out)
 void
 queue_lock_workflow(Oid role, text *workflow)
 {
-	journal_lock(CANCEL_LOCK_MARKER, role, workflow, ExclusiveLock);
+	journal_lock(CANCEL_LOCK_MARKER, role, workflow, ExclusiveLock, false);
 	if (apiary_shared != NULL)
 		pg_atomic_fetch_add_u64(&apiary_shared->workflow_changes, 1);
 }

@@ -59,6 +59,10 @@ CREATE OR REPLACE VIEW apiary.provenance_status AS
  * pending, and another executor ran it again after the cancel, and an
  * external call made from it was made after the cancel.  A task marked
  * cancelled is never claimed: its ready row is only tidied away.
+ *
+ * A resume of such a task queues it with a ready row of its own while the
+ * row its executor took may still be there; the library's claims lock the
+ * task they take (0.13), so that two rows never make two runs.
  */
 CREATE OR REPLACE FUNCTION apiary.cancel_workflow(wf_role pg_catalog.oid, wf_id pg_catalog.text,
                                                   timed_out pg_catalog.interval)
@@ -102,53 +106,5 @@ BEGIN
                    WHERE role = wf_role AND workflow = wf_id
                      AND state IN ('pending', 'waiting', 'linked')
                      FOR UPDATE SKIP LOCKED);
-    RETURN true;
-END $$;
-
-/*
- * Resume: a cancelled task whose ready row is still there is running (its
- * executor holds the row until it commits) or was left by an executor
- * that died: it is pending again with that row, and gets no second one.
- * Up to 0.12 it got another, and two executors could run it, both
- * committing.
- */
-CREATE OR REPLACE FUNCTION apiary.resume_workflow(wf_role pg_catalog.oid, wf_id pg_catalog.text)
-RETURNS pg_catalog.bool LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    PERFORM FROM apiary.workflows WHERE role = wf_role AND id = wf_id FOR UPDATE;
-    IF NOT FOUND THEN
-        RETURN false;
-    END IF;
-    -- back to where each task stood: linked to its future, waiting for the
-    -- futures not done yet, or ready to run
-    WITH held AS MATERIALIZED (
-        SELECT r.task, min(r.run_after) AS run_after
-          FROM apiary.ready r JOIN apiary.tasks t ON t.id = r.task
-         WHERE t.role = wf_role AND t.workflow = wf_id
-         GROUP BY r.task),
-    resumed AS (
-        UPDATE apiary.tasks t
-           SET state = CASE WHEN t.linked_to IS NOT NULL THEN 'linked'
-                            WHEN w.open > 0 THEN 'waiting' ELSE 'pending' END,
-               waiting_for = w.open, error = NULL, finished_at = NULL,
-               run_after = coalesce(w.held, clock_timestamp()), attempts = 0, crashes = 0
-          FROM (SELECT k.id,
-                       (SELECT count(*) FROM apiary.waits x JOIN apiary.tasks f ON f.id = x.future
-                         WHERE x.task = k.id AND f.state <> 'done') AS open,
-                       h.run_after AS held
-                  FROM apiary.tasks k LEFT JOIN held h ON h.task = k.id
-                 WHERE k.role = wf_role AND k.workflow = wf_id
-                   AND k.state IN ('failed', 'cancelled')) w
-         WHERE t.id = w.id
-        RETURNING t.id, t.state, t.run_after, w.held)
-    INSERT INTO apiary.ready
-        SELECT run_after, id FROM resumed WHERE state = 'pending' AND held IS NULL;
-    -- a running workflow keeps its deadline
-    UPDATE apiary.workflows
-       SET state = 'running', error = NULL, finished_at = NULL,
-           deadline = CASE WHEN state = 'running' THEN deadline
-                           ELSE clock_timestamp() + timeout END
-     WHERE role = wf_role AND id = wf_id AND state <> 'done';
     RETURN true;
 END $$;

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# apiary_resume in the two windows where a cancelled task's ready row is
+# still there although no executor will run the task from it; with one
+# executor, so that the interleavings are the ones forced here.
+#
+# 1. A task X, cancelled while it runs, loses its executor (terminated):
+#    its ready row comes back, and the next executor takes it away as
+#    stray in the same transaction in which it claims and runs a long task
+#    Y.  X is resumed while that executor still runs Y: the row it will
+#    delete must not count as X's.
+# 2. A task X sees the cancel at its end, rolls back and records itself
+#    cancelled, and its commit waits (for a synchronous standby that is
+#    not there).  A resume must wait for that commit, not slip in between
+#    the rollback and the commit.
+#
+# Each time the workflow must finish after all, its task's effect once.
+set -euo pipefail
+. "$(dirname "$0")/../../script/lib.sh"
+
+throwaway_server "${PORT:-55478}" "apiary.workers = 1"
+holders=()
+trap 'for p in "${holders[@]}"; do kill "$p" 2>/dev/null || true; done; pg_stop "$dir"; rm -rf "$dir"' EXIT
+fail() { echo "FAIL: $*"; tail -n 20 "$dir/server.log"; exit 1; }
+# the client sessions commit without waiting for a standby
+export PGOPTIONS="-c synchronous_commit=local"
+
+psql_ >/dev/null <<'SQL'
+CREATE EXTENSION apiary;
+CREATE TABLE effects (what text);
+CREATE FUNCTION gate(what text, gate int) RETURNS text LANGUAGE sql
+SET apiary.kind = 'transactional' AS $$
+  INSERT INTO effects VALUES (what);
+  SELECT what FROM pg_advisory_xact_lock(gate)
+$$;
+SQL
+
+# hold LOCK: a session holding advisory lock LOCK until release LOCK
+hold() {
+	PGAPPNAME="holder-$1" psql_ -c "SELECT pg_advisory_lock($1)" -c "SELECT pg_sleep(600)" \
+		>/dev/null 2>&1 &
+	holders+=($!)
+	wait_sql "SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND objid = $1 AND granted)" ||
+		fail "lock $1 not taken"
+}
+release() {
+	psql_ -c "SELECT pg_terminate_backend(pid, 60000) FROM pg_stat_activity
+	          WHERE application_name = 'holder-$1'" >/dev/null
+}
+# blocked LOCK: the executor waits for advisory lock LOCK
+blocked() {
+	wait_sql "SELECT EXISTS (SELECT FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+	                  WHERE a.backend_type = 'apiary executor' AND l.locktype = 'advisory'
+	                    AND l.objid = $1 AND NOT l.granted)" ||
+		fail "no executor waits for lock $1"
+}
+# finished WF WHAT: WF's result is WHAT, and its task's effect is there once
+finished() {
+	local out n
+	out=$(psql_ -c "SELECT apiary_result('$1', '60 s')" 2>&1) || fail "$1: $out"
+	[ "$out" = "\"$2\"" ] || fail "$1 returned $out, not \"$2\""
+	n=$(psql_ -c "SELECT count(*) FROM effects WHERE what = '$2'")
+	[ "$n" -eq 1 ] || fail "$1: its task's effect is there $n times"
+}
+
+# 1. the stray row of a terminated executor, taken with a long task
+hold 4343
+hold 4344
+psql_ -c "SELECT apiary_start('gate', '{\"what\": \"x1\", \"gate\": 4343}', 'stray')" >/dev/null
+blocked 4343
+psql_ -c "SELECT apiary_cancel('stray')" >/dev/null
+psql_ -c "SELECT apiary_start('gate', '{\"what\": \"y1\", \"gate\": 4344}', 'long')" >/dev/null
+psql_ -c "SELECT pg_terminate_backend(pid, 60000) FROM pg_stat_activity
+          WHERE backend_type = 'apiary executor'" >/dev/null
+# the next executor tidies X's row away and runs Y, in one transaction
+blocked 4344
+psql_ -c "SELECT apiary_resume('stray')" >/dev/null
+release 4344
+release 4343
+finished long y1
+finished stray x1
+
+# 2. a resume while the cancelled task's commit waits
+hold 4343
+psql_ -c "SELECT apiary_start('gate', '{\"what\": \"x2\", \"gate\": 4343}', 'slow-commit')" >/dev/null
+blocked 4343
+psql_ -c "SELECT apiary_cancel('slow-commit')" >/dev/null
+psql_ -c "ALTER SYSTEM SET synchronous_standby_names = 'nobody'" -c "SELECT pg_reload_conf()" >/dev/null
+release 4343
+wait_sql "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE backend_type = 'apiary executor'
+                  AND wait_event = 'SyncRep')" || fail "the executor's commit does not wait"
+psql_ -c "SELECT apiary_resume('slow-commit')" >/dev/null &
+resume=$!
+# the resume waits for the executor's commit (on the workflow's lock)
+wait_sql "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE query = 'SELECT apiary_resume(''slow-commit'')'
+                  AND wait_event = 'advisory')" 100 ||
+	fail "apiary_resume did not wait for the cancelled task's commit"
+psql_ -c "ALTER SYSTEM RESET synchronous_standby_names" -c "SELECT pg_reload_conf()" >/dev/null
+wait "$resume" || fail "apiary_resume failed"
+finished slow-commit x2
+
+echo "ok: a resume after a stray row was taken with another task, and one while a cancelled task commits, each run the task once"
