@@ -29,8 +29,9 @@ extern int	journal_execute(const char *sql, SPIPlanPtr plan, int nargs,
 							int expected);
 
 /*
- * Lock (role, key) until the end of the (sub)transaction; marker tells
- * apiary's uses of such locks apart.
+ * Lock (role, key) until the end of the (sub)transaction, or with to_commit
+ * of the top transaction; marker tells apiary's uses of such locks apart.
+ * The _to_commit functions take and release any lock so.
  */
 extern void journal_lock(uint16 marker, Oid role, text *key, LOCKMODE mode,
 						 bool to_commit);
