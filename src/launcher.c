@@ -113,6 +113,7 @@ apiary_shmem_startup(void)
 			ConditionVariableInit(&apiary_shared->finished[i]);
 		pg_atomic_init_u64(&apiary_shared->workflow_changes, 0);
 		pg_atomic_init_u64(&apiary_shared->ready_deleted, 0);
+		pg_atomic_init_u64(&apiary_shared->launcher_woken, 0);
 		for (int i = 0; i < APIARY_MAX_WORKERS; i++)
 			pg_atomic_init_u64(&apiary_shared->slots[i].running, 0);
 		apiary_shared->provenance_keyed =
@@ -330,7 +331,7 @@ apiary_finishes_at_commit(void)
 static void
 wake_idle(int n, const int64 *handed, int nhanded)
 {
-	Latch	   *latches[APIARY_MAX_WORKERS + 1];
+	Latch	   *latches[APIARY_MAX_WORKERS];
 	int			nlatches = 0;
 	bool		executors = false;
 
@@ -352,16 +353,28 @@ wake_idle(int n, const int64 *handed, int nhanded)
 		}
 	}
 
-	/*
-	 * No executor yet (the extension was just created, say): the launcher
-	 * starts them now rather than at its next look, up to a second later.
-	 * A stale latch (launcher gone) only wakes some process needlessly.
-	 */
-	if (!executors && apiary_workers > 0 && apiary_shared->launcher_latch != NULL)
-		latches[nlatches++] = apiary_shared->launcher_latch;
 	SpinLockRelease(&apiary_shared->mutex);
 	for (int i = 0; i < nlatches; i++)
 		SetLatch(latches[i]);
+
+	/*
+	 * No executor yet (the extension was just created, say): the launcher
+	 * starts them now rather than at its next look, up to a second later;
+	 * at most every 100 ms, should none be able to start.  A stale latch
+	 * (launcher gone) only wakes some process needlessly.
+	 */
+	if (!executors && apiary_workers > 0)
+	{
+		TimestampTz now = GetCurrentTimestamp();
+		Latch	   *latch = apiary_shared->launcher_latch;
+
+		if (latch != NULL &&
+			now - (TimestampTz) pg_atomic_read_u64(&apiary_shared->launcher_woken) >= 100 * 1000)
+		{
+			pg_atomic_write_u64(&apiary_shared->launcher_woken, (uint64) now);
+			SetLatch(latch);
+		}
+	}
 }
 
 static void

@@ -46,6 +46,7 @@ typedef struct ApiaryShared
 	pg_atomic_uint64 ready_deleted; /* apiary.ready rows deleted, ever */
 	Latch	   *launcher_latch; /* wakes the launcher: to vacuum apiary.ready,
 								 * or to start executors for queued tasks */
+	pg_atomic_uint64 launcher_woken;	/* when a commit last did the latter */
 	ExecutorSlot slots[APIARY_MAX_WORKERS];
 	int			drops;			/* transactions dropping the extension */
 	bool		provenance_keyed;	/* provenance_key was loaded or made */

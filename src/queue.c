@@ -632,19 +632,25 @@ task_locktag(LOCKTAG *tag, int64 id)
 }
 
 /*
- * Claim task id through its ready row at tid: lock the task, take the row,
- * and read the task as it is now.  False if another executor runs it (the
- * row stays, for when it is done), or takes the row; and if it is not
- * pending (gone, or finished): then the deletion stands, tidying a stray
- * row away.
+ * Claim task id through its ready row at tid, due at row_due: lock the
+ * task, take the row, and read the task as it is now.  False if another
+ * executor runs it (the row stays: the runner takes it away after its
+ * commit, looking for work; one passed over in the instant another claim
+ * held the lock to tidy waits for the next wake-up), or takes the row;
+ * and if the task is not pending (gone, or
+ * finished), or this row is not its own but one left from before a
+ * resume (the task's own is due when the task is, which a retry may have
+ * put off): then the deletion stands, tidying a stray row away.
  */
 static bool
-claim(Relation tasks, Relation ready, ItemPointer tid, int64 id, QueueTask *task)
+claim(Relation tasks, Relation ready, ItemPointer tid, TimestampTz row_due,
+	  int64 id, QueueTask *task)
 {
 	LOCKTAG		tag;
 	Snapshot	snapshot;
 	QueueState	state;
 	TimestampTz run_after;
+	ItemPointerData own;
 	bool		pending;
 
 	task_locktag(&tag, id);
@@ -659,6 +665,8 @@ claim(Relation tasks, Relation ready, ItemPointer tid, int64 id, QueueTask *task
 	pending = read_task(tasks, snapshot, id, &state, &run_after, task) &&
 		state == QS_PENDING;
 	UnregisterSnapshot(snapshot);
+	if (pending && run_after != row_due && ready_find(ready, id, run_after, &own))
+		pending = false;
 	if (!pending)
 		journal_unlock_to_commit(&tag, ExclusiveLock);
 	return pending;
@@ -679,7 +687,7 @@ take_task(Relation tasks, Relation ready, Snapshot snapshot, int64 id,
 	return read_task(tasks, snapshot, id, &state, &run_after, NULL) &&
 		state == QS_PENDING && run_after <= now &&
 		ready_find(ready, id, run_after, &tid) &&
-		claim(tasks, ready, &tid, id, task);
+		claim(tasks, ready, &tid, run_after, id, task);
 }
 
 bool
@@ -738,7 +746,7 @@ queue_claim(int64 prefer, QueueTask *task, TimestampTz *next_due)
 				*next_due = run_after;
 				break;
 			}
-			if (claim(tasks, ready, &tid, id, task))
+			if (claim(tasks, ready, &tid, run_after, id, task))
 			{
 				found = true;
 				break;
@@ -1222,19 +1230,26 @@ cancelled_error(Jsonb *failure, int64 future)
 
 /*
  * A pending task that is not running leaves the ready queue (a crash
- * counted to the limit): false if it is not pending, or an executor has
- * claimed it meanwhile (then we wait for that executor's commit).
+ * counted to the limit): false if it is not pending, or an executor runs
+ * it, or has claimed it meanwhile (then we wait for that executor's
+ * commit).
  */
 static bool
 unready(Relation tasks, int64 id)
 {
-	QRel	   *ready = qrel_open("ready", R_NATTS);
-	Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	QRel	   *ready;
+	Snapshot	snapshot;
 	QueueState	state;
 	TimestampTz run_after;
 	ItemPointerData tid;
+	LOCKTAG		tag;
 	bool		taken;
 
+	task_locktag(&tag, id);
+	if (!journal_lock_to_commit(&tag, ExclusiveLock, true))
+		return false;
+	ready = qrel_open("ready", R_NATTS);
+	snapshot = RegisterSnapshot(GetLatestSnapshot());
 	taken = read_task(tasks, snapshot, id, &state, &run_after, NULL) &&
 		state == QS_PENDING && ready_find(ready->rel, id, run_after, &tid) &&
 		ready_delete(ready->rel, &tid, true);

@@ -12,8 +12,12 @@
 #    cancelled, and its commit waits (for a synchronous standby that is
 #    not there).  A resume must wait for that commit, not slip in between
 #    the rollback and the commit.
+# 3. A task X, cancelled and resumed while it runs, fails its attempt and
+#    is put off for a retry: the ready row the resume added, left from
+#    before, must not run it before its time.
 #
-# Each time the workflow must finish after all, its task's effect once.
+# Each time (in 1 and 2) the workflow must finish after all, its task's
+# effect once.
 set -euo pipefail
 . "$(dirname "$0")/../../script/lib.sh"
 
@@ -32,6 +36,12 @@ SET apiary.kind = 'transactional' AS $$
   INSERT INTO effects VALUES (what);
   SELECT what FROM pg_advisory_xact_lock(gate)
 $$;
+CREATE FUNCTION gate_then_conflict(gate int) RETURNS int LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM pg_advisory_xact_lock(gate);
+  RAISE EXCEPTION 'conflict' USING ERRCODE = 'serialization_failure';
+END $$;
+SELECT apiary_register('gate_then_conflict(int)', 'transactional', max_attempts => 50);
 SQL
 
 # hold LOCK: a session holding advisory lock LOCK until release LOCK
@@ -98,4 +108,30 @@ psql_ -c "ALTER SYSTEM RESET synchronous_standby_names" -c "SELECT pg_reload_con
 wait "$resume" || fail "apiary_resume failed"
 finished slow-commit x2
 
-echo "ok: a resume after a stray row was taken with another task, and one while a cancelled task commits, each run the task once"
+# 3. a retry put off, and the row a resume left: the task's 16th attempt
+# fails on a conflict (40001), retried after 0.01 s * 2^15, over 80 s
+hold 4343
+psql_ >/dev/null <<'SQL'
+BEGIN;
+SELECT apiary_start('gate_then_conflict', '{"gate": 4343}', 'put-off');
+UPDATE apiary.tasks SET attempts = 15 WHERE workflow = 'put-off';
+COMMIT;
+SQL
+blocked 4343
+psql_ -c "SELECT apiary_cancel('put-off')" -c "SELECT apiary_resume('put-off')" >/dev/null
+release 4343
+# the failed attempt is recorded, its retry put off; the row the resume
+# left must not run the task meanwhile (it ran at once, within
+# milliseconds; two seconds are given to it here)
+wait_sql "SELECT attempts = 1 AND run_after > now() + interval '60 s'
+          FROM apiary.tasks WHERE workflow = 'put-off'" ||
+	fail "put-off: its failed attempt was not recorded"
+if wait_sql "SELECT calls > 1 FROM apiary.stats WHERE function = 'gate_then_conflict'" 20; then
+	fail "put-off ran again before its retry was due"
+fi
+rows=$(psql_ -c "SELECT count(*) FROM apiary.ready r JOIN apiary.tasks t ON t.id = r.task
+                 WHERE t.workflow = 'put-off'")
+[ "$rows" -eq 1 ] || fail "put-off has $rows ready rows, not 1"
+psql_ -c "SELECT apiary_cancel('put-off')" >/dev/null
+
+echo "ok: a resume after a stray row was taken with another task, and one while a cancelled task commits, each run the task once; a row left from before a resume runs no retry early"
