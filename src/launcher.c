@@ -352,7 +352,6 @@ wake_idle(int n, const int64 *handed, int nhanded)
 			latches[nlatches++] = slot->latch;
 		}
 	}
-
 	SpinLockRelease(&apiary_shared->mutex);
 	for (int i = 0; i < nlatches; i++)
 		SetLatch(latches[i]);

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# apiary_resume in the two windows where a cancelled task's ready row is
-# still there although no executor will run the task from it; with one
+# apiary_resume of a task cancelled while it ran, in the windows where the
+# task's old ready row is still there and not the task's own; with one
 # executor, so that the interleavings are the ones forced here.
 #
 # 1. A task X, cancelled while it runs, loses its executor (terminated):
