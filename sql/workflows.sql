@@ -355,8 +355,8 @@ SELECT apiary_result('forgotten', '60 s');
 SELECT count(*) FROM effects;
 
 -- A resume that comes before the running task's end undoes the cancel: the
--- task commits, once (the resume queues it no second time), and the task
--- waiting for it runs after it.
+-- task commits, once (the ready row the resume adds is passed over while it
+-- runs, and taken away after), and the task waiting for it runs after it.
 CREATE FUNCTION shout(what text) RETURNS text LANGUAGE sql
 SET apiary.kind = 'readonly' AS $$ SELECT upper(what) $$;
 CREATE FUNCTION leave_running(what text) RETURNS int LANGUAGE plpgsql
