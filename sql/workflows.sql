@@ -402,19 +402,35 @@ SELECT apiary_start('leave_running', '"pruned while running"', 'left-pruned');
 SELECT apiary_result('left-pruned', '60 s');
 SELECT wait_until('EXISTS (SELECT FROM gated)');
 SELECT apiary_cancel('left-pruned');
+BEGIN;
 UPDATE apiary.workflows SET finished_at = finished_at - interval '200 years' WHERE id = 'left-pruned';
 SELECT apiary.prune('100 years', 10);
+COMMIT;
 SELECT pg_advisory_unlock(4343);
 SELECT wait_until($c$NOT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND objid = 4343)$c$);
 SELECT count(*) FROM effects WHERE what = 'pruned while running';
+-- And so it does when a new workflow has taken the id meanwhile.
+SELECT pg_advisory_lock(4343);
+SELECT apiary_start('gated_write', '"replaced while running"', 'replaced');
+SELECT wait_until('EXISTS (SELECT FROM gated)');
+SELECT apiary_cancel('replaced');
+BEGIN;
+UPDATE apiary.workflows SET finished_at = finished_at - interval '200 years' WHERE id = 'replaced';
+SELECT apiary.prune('100 years', 10);
+COMMIT;
+SELECT apiary_start('shout', '"anew"', 'replaced');
+SELECT apiary_result('replaced', '60 s');
+SELECT pg_advisory_unlock(4343);
+SELECT wait_until($c$NOT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND objid = 4343)$c$);
+SELECT count(*) FROM effects WHERE what = 'replaced while running';
 
--- A resume counts the futures each task still waits for, which a
+-- A cancel or resume goes by the workflow's tasks as they are now, which a
 -- REPEATABLE READ or SERIALIZABLE snapshot may not show: refused.
 BEGIN ISOLATION LEVEL REPEATABLE READ;
 SELECT apiary_resume('left-resumed');
 ROLLBACK;
 BEGIN ISOLATION LEVEL SERIALIZABLE;
-SELECT apiary_resume('left-resumed');
+SELECT apiary_cancel('left-resumed');
 ROLLBACK;
 
 -- Tasks run as the role that started them, and workflow ids are per role.

@@ -600,6 +600,20 @@ record_outcome(int64 task, QueueState state, Jsonb *value, TimestampTz started)
 		note_ready(i < MAX_READY ? released[i] : 0);
 }
 
+/* A cancel found task t running: it is cancelled, however it ended. */
+static void
+record_cancelled(RunningTask *t, bool timed_out)
+{
+	Datum		error = DirectFunctionCall1(jsonb_in,
+											CStringGetDatum(timed_out ?
+															"{\"sqlstate\": \"57014\", "
+															"\"cancelled\": \"by the workflow's timeout, while running\"}" :
+															"{\"sqlstate\": \"57014\", "
+															"\"cancelled\": \"by apiary_cancel, while running\"}"));
+
+	record_outcome(t->id, QS_CANCELLED, DatumGetJsonbP(error), t->started);
+}
+
 /*
  * The task's function has returned: hold the futures of other transactions
  * that it made tasks wait for, to its commit, so that their finish sees the
@@ -970,15 +984,7 @@ run_task(RunningTask *t, const char *function, Oid fn_owner, Jsonb *args,
 
 	if (cancelled)
 	{
-		/* the cancel skipped this task, which it found running */
-		Datum		error = DirectFunctionCall1(jsonb_in,
-												CStringGetDatum(wf_timed_out ?
-																"{\"sqlstate\": \"57014\", "
-																"\"cancelled\": \"by the workflow's timeout, while running\"}" :
-																"{\"sqlstate\": \"57014\", "
-																"\"cancelled\": \"by apiary_cancel, while running\"}"));
-
-		record_outcome(t->id, QS_CANCELLED, DatumGetJsonbP(error), t->started);
+		record_cancelled(t, wf_timed_out);
 		return;
 	}
 
@@ -1160,10 +1166,15 @@ settle_failed(void)
 		int			max_attempts = f->max_attempts > 0 ? f->max_attempts : apiary_max_attempts;
 		int			attempt = task.attempts + 1;
 		RunningTask t = {task.id, task.role, task.workflow, claimed_started, 0, 0, 0, NIL};
+		bool		timed_out;
 
 		registry_release(f);
-		retry_or_fail(&t, task.function, edata, attempt, max_attempts,
-					  attempt < max_attempts, 1.0);
+		/* a cancel that came meanwhile, as at the end of a task */
+		if (queue_workflow_cancelled(task.role, task.workflow, task.id, &timed_out))
+			record_cancelled(&t, timed_out);
+		else
+			retry_or_fail(&t, task.function, edata, attempt, max_attempts,
+						  attempt < max_attempts, 1.0);
 		if (nready > 0)
 			apiary_wake_at_commit(nready);
 		nready = 0;

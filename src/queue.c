@@ -666,7 +666,11 @@ claim(Relation tasks, Relation ready, ItemPointer tid, TimestampTz row_due,
 		state == QS_PENDING;
 	UnregisterSnapshot(snapshot);
 	if (pending && run_after != row_due && ready_find(ready, id, run_after, &own))
+	{
+		/* another executor may have passed over that row while we held it */
+		apiary_wake_at_commit(1);
 		pending = false;
+	}
 	if (!pending)
 		journal_unlock_to_commit(&tag, ExclusiveLock);
 	return pending;
@@ -1556,6 +1560,9 @@ mutate_retry(Datum *values, bool *nulls, bool *replace, void *arg)
 {
 	Retry	   *r = arg;
 
+	if (state_from_datum(values[T_STATE - 1]) != QS_PENDING)
+		return false;
+
 	r->run_after = GetCurrentTimestamp() + (int64) (r->delay * USECS_PER_SEC);
 	values[T_RUN_AFTER - 1] = TimestampTzGetDatum(r->run_after);
 	values[T_ERROR - 1] = JsonbPGetDatum(r->error);
@@ -1675,9 +1682,14 @@ queue_workflow_cancelled(Oid role, text *workflow, int64 task, bool *timed_out)
 	scan = systable_beginscan(rel, RelationGetPrimaryKeyIndex(rel), true,
 							  snapshot, 2, keys);
 	tup = systable_getnext(scan);
-	/* gone: a cancelled workflow's, pruned while the task ran */
-	cancelled = !HeapTupleIsValid(tup);
-	if (HeapTupleIsValid(tup))
+
+	/*
+	 * Gone, or another by the same id (its root queued after this task): a
+	 * cancelled workflow's, pruned while the task ran.
+	 */
+	cancelled = !HeapTupleIsValid(tup) ||
+		DatumGetInt64(heap_getattr(tup, W_ROOT, RelationGetDescr(rel), &isnull)) > task;
+	if (!cancelled)
 	{
 		char	   *state = TextDatumGetCString(heap_getattr(tup, W_STATE,
 															 RelationGetDescr(rel), &isnull));

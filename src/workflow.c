@@ -509,18 +509,21 @@ change_workflow(FunctionCallInfo fcinfo, const char *sql, bool cancel)
 				 errmsg("a task cannot cancel its own workflow"),
 				 errhint("Raise an error to fail the workflow, or return.")));
 	/*
-	 * A resume counts the futures each task still waits for: with a
-	 * snapshot older than the lock, one finished meanwhile would count,
-	 * and the task would wait for it forever.
+	 * Both go by the workflow's tasks as they are once the lock is held: a
+	 * snapshot older than the lock would miss tasks queued since (a cancel
+	 * would leave them to run) or finished since (a resume would have a
+	 * task wait for good for a future that is done).
 	 */
-	if (!cancel && IsolationUsesXactSnapshot())
+	if (IsolationUsesXactSnapshot())
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("cannot resume workflow \"%s\" in a %s transaction",
+				 errmsg(cancel ? "cannot cancel workflow \"%s\" in a %s transaction" :
+						"cannot resume workflow \"%s\" in a %s transaction",
 						text_to_cstring(PG_GETARG_TEXT_PP(0)),
 						IsolationIsSerializable() ? "SERIALIZABLE" : "REPEATABLE READ"),
-				 errdetail("Its snapshot may not show the tasks that finished since it began."),
-				 errhint("Call apiary_resume in a READ COMMITTED transaction.")));
+				 errdetail("Its snapshot may not show the tasks queued or finished since it began."),
+				 errhint("Call %s in a READ COMMITTED transaction.",
+						 cancel ? "apiary_cancel" : "apiary_resume")));
 	queue_lock_workflow(role, PG_GETARG_TEXT_PP(0));
 	values[0] = ObjectIdGetDatum(role);
 	values[1] = PG_GETARG_DATUM(0);

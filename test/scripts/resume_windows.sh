@@ -95,6 +95,14 @@ psql_ -c "SELECT apiary_start('gate', '{\"what\": \"x2\", \"gate\": 4343}', 'slo
 blocked 4343
 psql_ -c "SELECT apiary_cancel('slow-commit')" >/dev/null
 psql_ -c "ALTER SYSTEM SET synchronous_standby_names = 'nobody'" -c "SELECT pg_reload_conf()" >/dev/null
+# commits wait for the standby once the reload has reached the checkpointer:
+# a probe's commit shows when
+PGOPTIONS="-c synchronous_commit=on" PGAPPNAME=probe psql_ -c "INSERT INTO effects VALUES ('probe')" \
+	>/dev/null 2>&1 &
+holders+=($!)
+wait_sql "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE application_name = 'probe'
+                         AND wait_event = 'SyncRep')" || fail "commits do not wait for the standby"
+psql_ -c "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name = 'probe'" >/dev/null
 release 4343
 wait_sql "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE backend_type = 'apiary executor'
                   AND wait_event = 'SyncRep')" || fail "the executor's commit does not wait"
@@ -102,7 +110,7 @@ psql_ -c "SELECT apiary_resume('slow-commit')" >/dev/null &
 resume=$!
 # the resume waits for the executor's commit (on the workflow's lock)
 wait_sql "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE query = 'SELECT apiary_resume(''slow-commit'')'
-                  AND wait_event = 'advisory')" 100 ||
+                  AND wait_event = 'advisory')" ||
 	fail "apiary_resume did not wait for the cancelled task's commit"
 psql_ -c "ALTER SYSTEM RESET synchronous_standby_names" -c "SELECT pg_reload_conf()" >/dev/null
 wait "$resume" || fail "apiary_resume failed"
@@ -129,9 +137,8 @@ wait_sql "SELECT attempts = 1 AND run_after > now() + interval '60 s'
 if wait_sql "SELECT calls > 1 FROM apiary.stats WHERE function = 'gate_then_conflict'" 20; then
 	fail "put-off ran again before its retry was due"
 fi
-rows=$(psql_ -c "SELECT count(*) FROM apiary.ready r JOIN apiary.tasks t ON t.id = r.task
-                 WHERE t.workflow = 'put-off'")
-[ "$rows" -eq 1 ] || fail "put-off has $rows ready rows, not 1"
+wait_sql "SELECT count(*) = 1 FROM apiary.ready r JOIN apiary.tasks t ON t.id = r.task
+          WHERE t.workflow = 'put-off'" || fail "put-off keeps a ready row besides its retry's"
 psql_ -c "SELECT apiary_cancel('put-off')" >/dev/null
 
 echo "ok: a resume after a stray row was taken with another task, and one while a cancelled task commits, each run the task once; a row left from before a resume runs no retry early"
