@@ -21,7 +21,7 @@
 set -euo pipefail
 . "$(dirname "$0")/../../script/lib.sh"
 
-throwaway_server "${PORT:-55478}" "apiary.workers = 1"
+throwaway_server "${PORT:-55488}" "apiary.workers = 1"
 holders=()
 trap 'for p in "${holders[@]}"; do kill "$p" 2>/dev/null || true; done; pg_stop "$dir"; rm -rf "$dir"' EXIT
 fail() { echo "FAIL: $*"; tail -n 20 "$dir/server.log"; exit 1; }
