@@ -508,6 +508,7 @@ change_workflow(FunctionCallInfo fcinfo, const char *sql, bool cancel)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("a task cannot cancel its own workflow"),
 				 errhint("Raise an error to fail the workflow, or return.")));
+
 	/*
 	 * Both go by the workflow's tasks as they are once the lock is held: a
 	 * snapshot older than the lock would miss tasks queued since (a cancel
