@@ -1259,6 +1259,9 @@ unready(Relation tasks, int64 id)
 		ready_delete(ready->rel, &tid, true);
 	UnregisterSnapshot(snapshot);
 	qrel_close(ready);
+	/* as in claim: held only over a task taken */
+	if (!taken)
+		journal_unlock_to_commit(&tag, ExclusiveLock);
 	return taken;
 }
 
