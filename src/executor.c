@@ -1073,7 +1073,7 @@ run_one_task(int64 prefer, long *nap_ms)
 		CommitTransactionCommand();
 		return false;
 	}
-	(void) apiary_executor_idle(executor_slot, false);
+	apiary_executor_busy(executor_slot, task.id);
 
 	t.id = task.id;
 	t.role = task.role;
@@ -1510,7 +1510,7 @@ apiary_executor_main(Datum main_arg)
 		 * Idle before the snapshot: a commit after it wakes us (launcher.c).
 		 * Fewer executors wanted: this one goes, between tasks.
 		 */
-		if (apiary_executor_idle(slot, true) && failed_error == NULL)
+		if (apiary_executor_idle(slot) && failed_error == NULL)
 		{
 			if (prefer != 0)
 				apiary_pass_on(prefer);

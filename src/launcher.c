@@ -404,15 +404,41 @@ apiary_ready_deleted(void)
 }
 
 bool
-apiary_executor_idle(int slot, bool idle)
+apiary_executor_idle(int slot)
 {
 	bool		retire;
 
 	SpinLockAcquire(&apiary_shared->mutex);
 	retire = apiary_shared->slots[slot].retire;
-	apiary_shared->slots[slot].idle = idle && !retire;
+	apiary_shared->slots[slot].idle = !retire;
 	SpinLockRelease(&apiary_shared->mutex);
 	return retire;
+}
+
+/*
+ * An executor is idle from before its snapshot to its claim, so a commit
+ * in between wakes it (wake_idle takes it off the idle ones, handing it the
+ * task), yet its scan, with the older snapshot, may take another task.
+ * Kept, that wake-up would have the new task wait for this one to finish,
+ * however many executors sleep: it goes on to another idle executor,
+ * unless it was for the task claimed.
+ */
+void
+apiary_executor_busy(int slot, int64 claimed)
+{
+	ExecutorSlot *s = &apiary_shared->slots[slot];
+	bool		woken;
+	int64		handed;
+
+	SpinLockAcquire(&apiary_shared->mutex);
+	woken = !s->idle && !s->retire;
+	handed = s->handed;
+	s->idle = false;
+	if (woken)
+		s->handed = 0;
+	SpinLockRelease(&apiary_shared->mutex);
+	if (woken && handed != claimed)
+		wake_idle(1, &handed, 1);
 }
 
 /*

@@ -91,7 +91,13 @@ extern void apiary_ready_deleted(void);
  * An executor marks itself idle before it looks for work; the result says
  * whether the launcher wants it to exit instead (apiary.workers lowered).
  */
-extern bool apiary_executor_idle(int slot, bool idle);
+extern bool apiary_executor_idle(int slot);
+
+/*
+ * The executor in slot claimed task claimed: it is busy, and passes on a
+ * wake-up that came while it looked for work.
+ */
+extern void apiary_executor_busy(int slot, int64 claimed);
 
 /*
  * Wake one idle executor that stays, handing it task: an executor leaving

@@ -632,15 +632,38 @@ task_locktag(LOCKTAG *tag, int64 id)
 }
 
 /*
+ * Release the lock on task id held for an instant by a claim or unready
+ * that took nothing.  A claim of the task's row in that instant passed it
+ * over (the row a resume queued, say, or the task's own next to a stray
+ * one): if the task is pending now, an idle executor looks again at once
+ * rather than at its next wake-up.
+ */
+static void
+release_task(Relation tasks, LOCKTAG *tag, int64 id)
+{
+	Snapshot	snapshot;
+	QueueState	state;
+	TimestampTz run_after;
+	bool		pending;
+
+	journal_unlock_to_commit(tag, ExclusiveLock);
+	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	pending = read_task(tasks, snapshot, id, &state, &run_after, NULL) &&
+		state == QS_PENDING;
+	UnregisterSnapshot(snapshot);
+	if (pending)
+		apiary_pass_on(id);
+}
+
+/*
  * Claim task id through its ready row at tid, due at row_due: lock the
  * task, take the row, and read the task as it is now.  False if another
  * executor runs it (the row stays: the runner takes it away after its
- * commit, looking for work; one passed over in the instant another claim
- * held the lock to tidy waits for the next wake-up), or takes the row;
- * and if the task is not pending (gone, or
- * finished), or this row is not its own but one left from before a
- * resume (the task's own is due when the task is, which a retry may have
- * put off): then the deletion stands, tidying a stray row away.
+ * commit, looking for work), or takes the row; and if the task is not
+ * pending (gone, or finished), or this row is not its own but one left
+ * from before a resume (the task's own is due when the task is, which a
+ * retry may have put off): then the deletion stands, tidying a stray row
+ * away.
  */
 static bool
 claim(Relation tasks, Relation ready, ItemPointer tid, TimestampTz row_due,
@@ -666,13 +689,9 @@ claim(Relation tasks, Relation ready, ItemPointer tid, TimestampTz row_due,
 		state == QS_PENDING;
 	UnregisterSnapshot(snapshot);
 	if (pending && run_after != row_due && ready_find(ready, id, run_after, &own))
-	{
-		/* another executor may have passed over that row while we held it */
-		apiary_wake_at_commit(1);
 		pending = false;
-	}
 	if (!pending)
-		journal_unlock_to_commit(&tag, ExclusiveLock);
+		release_task(tasks, &tag, id);
 	return pending;
 }
 
@@ -1261,7 +1280,7 @@ unready(Relation tasks, int64 id)
 	qrel_close(ready);
 	/* as in claim: held only over a task taken */
 	if (!taken)
-		journal_unlock_to_commit(&tag, ExclusiveLock);
+		release_task(tasks, &tag, id);
 	return taken;
 }
 
