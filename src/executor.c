@@ -1490,8 +1490,10 @@ apiary_executor_main(Datum main_arg)
 	{
 		volatile bool ran = false;
 		long		nap_ms = 1000L;
-		int64		prefer = nready > 0 && nready <= MAX_READY ? ready_ids[0] :
-			apiary_executor_handed(slot);
+		bool		own = nready > 0 && nready <= MAX_READY;
+		int64		handed;
+		int64		prefer;
+		bool		retire;
 
 		/*
 		 * A cancel (pg_cancel_backend) that comes between tasks has no
@@ -1507,10 +1509,14 @@ apiary_executor_main(Datum main_arg)
 		}
 
 		/*
-		 * Idle before the snapshot: a commit after it wakes us (launcher.c).
-		 * Fewer executors wanted: this one goes, between tasks.
+		 * Idle before the snapshot: a commit after it wakes us (launcher.c),
+		 * and one before it handed us its task, unless we have our own next
+		 * step to run.  Fewer executors wanted: this one goes, between
+		 * tasks.
 		 */
-		if (apiary_executor_idle(slot) && failed_error == NULL)
+		retire = apiary_executor_idle(slot, own ? NULL : &handed);
+		prefer = own ? ready_ids[0] : handed;
+		if (retire && failed_error == NULL)
 		{
 			if (prefer != 0)
 				apiary_pass_on(prefer);

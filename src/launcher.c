@@ -49,6 +49,7 @@
 #include "storage/proc.h"
 #include "storage/shmem.h"
 #include "tcop/tcopprot.h"
+#include "tcop/utility.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
@@ -72,6 +73,7 @@ ApiaryShared *apiary_shared = NULL;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+static ProcessUtility_hook_type prev_process_utility_hook = NULL;
 
 static int	wake_at_commit = 0;
 /* tasks to hand to the first executors woken at commit */
@@ -140,6 +142,8 @@ apiary_xact_callback(XactEvent event, void *arg)
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
+		case XACT_EVENT_PREPARE:
+			/* a prepared one's commit wakes them (apiary_process_utility) */
 			wake_at_commit = 0;
 			nhanded = 0;
 			memset(finished_at_commit, 0, sizeof(finished_at_commit));
@@ -155,6 +159,33 @@ apiary_xact_callback(XactEvent event, void *arg)
 			return;
 	}
 	end_drop();
+}
+
+/*
+ * COMMIT PREPARED: what the prepared transaction queued, or finished, is
+ * known only to the session that prepared it.  The commit wakes every idle
+ * executor, and every apiary_result waiter, as if it had made it all.
+ */
+static void
+apiary_process_utility(PlannedStmt *pstmt, const char *queryString,
+					   bool readOnlyTree, ProcessUtilityContext context,
+					   ParamListInfo params, QueryEnvironment *queryEnv,
+					   DestReceiver *dest, QueryCompletion *qc)
+{
+	Node	   *stmt = pstmt->utilityStmt;
+
+	if (prev_process_utility_hook)
+		prev_process_utility_hook(pstmt, queryString, readOnlyTree, context,
+								  params, queryEnv, dest, qc);
+	else
+		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context,
+								params, queryEnv, dest, qc);
+	if (IsA(stmt, TransactionStmt) &&
+		((TransactionStmt *) stmt)->kind == TRANS_STMT_COMMIT_PREPARED)
+	{
+		apiary_wake_at_commit(APIARY_WAKE_ALL);
+		memset(finished_at_commit, 0xff, sizeof(finished_at_commit));
+	}
 }
 
 /*
@@ -264,6 +295,8 @@ apiary_shmem_init(void)
 	shmem_request_hook = apiary_shmem_request;
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = apiary_shmem_startup;
+	prev_process_utility_hook = ProcessUtility_hook;
+	ProcessUtility_hook = apiary_process_utility;
 	RegisterXactCallback(apiary_xact_callback, NULL);
 	RegisterSubXactCallback(apiary_subxact_callback, NULL);
 }
@@ -404,13 +437,19 @@ apiary_ready_deleted(void)
 }
 
 bool
-apiary_executor_idle(int slot)
+apiary_executor_idle(int slot, int64 *handed)
 {
+	ExecutorSlot *s = &apiary_shared->slots[slot];
 	bool		retire;
 
 	SpinLockAcquire(&apiary_shared->mutex);
-	retire = apiary_shared->slots[slot].retire;
-	apiary_shared->slots[slot].idle = !retire;
+	retire = s->retire;
+	s->idle = !retire;
+	if (handed != NULL)
+	{
+		*handed = s->handed;
+		s->handed = 0;
+	}
 	SpinLockRelease(&apiary_shared->mutex);
 	return retire;
 }
@@ -458,18 +497,6 @@ set_retire(int slot, bool retire)
 	SpinLockRelease(&apiary_shared->mutex);
 	if (latch != NULL)
 		SetLatch(latch);
-}
-
-int64
-apiary_executor_handed(int slot)
-{
-	int64		task;
-
-	SpinLockAcquire(&apiary_shared->mutex);
-	task = apiary_shared->slots[slot].handed;
-	apiary_shared->slots[slot].handed = 0;
-	SpinLockRelease(&apiary_shared->mutex);
-	return task;
 }
 
 void

@@ -88,10 +88,12 @@ extern ConditionVariable *apiary_finished_cv(Oid role, text *workflow);
 extern void apiary_ready_deleted(void);
 
 /*
- * An executor marks itself idle before it looks for work; the result says
- * whether the launcher wants it to exit instead (apiary.workers lowered).
+ * An executor marks itself idle before it looks for work, taking the task
+ * handed to it (0 if none) into *handed unless that is NULL (the slot
+ * keeps it then); the result says whether the launcher wants it to exit
+ * instead (apiary.workers lowered).
  */
-extern bool apiary_executor_idle(int slot);
+extern bool apiary_executor_idle(int slot, int64 *handed);
 
 /*
  * The executor in slot claimed task claimed: it is busy, and passes on a
@@ -108,8 +110,6 @@ extern void apiary_pass_on(int64 task);
 /* Whether a transaction dropping the extension is under way (needs mutex). */
 #define apiary_drop_pending_locked() (apiary_shared->drops > 0)
 
-/* The task handed to the executor in slot, or 0; the slot forgets it. */
-extern int64 apiary_executor_handed(int slot);
 
 extern PGDLLEXPORT void apiary_launcher_main(Datum main_arg);
 /* The settings of a housekeeping worker's session (launcher.c). */
