@@ -219,8 +219,8 @@ end_drop(void)
 	SpinLockRelease(&apiary_shared->mutex);
 }
 
-static bool
-drop_pending(void)
+bool
+apiary_drop_pending(void)
 {
 	bool		pending;
 
@@ -284,6 +284,9 @@ apiary_on_ddl_command_start(PG_FUNCTION_ARGS)
 	SpinLockRelease(&apiary_shared->mutex);
 	for (int i = 0; i < npids; i++)
 		(void) kill(pids[i], SIGTERM);
+	/* apiary_result's waiters would hold the drop up, waiting in vain */
+	for (int i = 0; i < APIARY_RESULT_CVS; i++)
+		ConditionVariableBroadcast(&apiary_shared->finished[i]);
 	PG_RETURN_VOID();
 }
 
@@ -963,7 +966,7 @@ apiary_launcher_main(Datum main_arg)
 
 		/* executors run on a primary, in a database with apiary installed */
 		installed = !RecoveryInProgress() && extension_installed();
-		housekeeping = installed && !drop_pending();
+		housekeeping = installed && !apiary_drop_pending();
 		if (housekeeping)
 			wanted = apiary_workers;
 		if (wanted > 0 && !crashes_counted)

@@ -109,6 +109,8 @@ extern void apiary_pass_on(int64 task);
 
 /* Whether a transaction dropping the extension is under way (needs mutex). */
 #define apiary_drop_pending_locked() (apiary_shared->drops > 0)
+/* The same, taking the mutex. */
+extern bool apiary_drop_pending(void);
 
 
 extern PGDLLEXPORT void apiary_launcher_main(Datum main_arg);

@@ -21,6 +21,7 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "catalog/pg_collation.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
@@ -387,6 +388,23 @@ apiary_result(PG_FUNCTION_ARGS)
 					 errdetail("The transaction's snapshot would never see the workflow finish."),
 					 errhint("Call apiary_result in a READ COMMITTED transaction.")));
 
+		/*
+		 * A drop of the extension stands the executors down, and waits for
+		 * our lock on apiary.workflows: the workflow would never finish.
+		 */
+		if (apiary_drop_pending())
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("cannot wait for workflow \"%s\": extension apiary is being dropped",
+							text_to_cstring(id)),
+					 errdetail("DROP EXTENSION apiary has stood the executors down.")));
+
+		/*
+		 * On a hot standby no commit here wakes us: replay does not.  Look
+		 * again every 100 ms.
+		 */
+		if (RecoveryInProgress())
+			wait_ms = 100;
 		if (deadline != 0)
 		{
 			long		secs;
@@ -394,7 +412,8 @@ apiary_result(PG_FUNCTION_ARGS)
 
 			TimestampDifference(GetCurrentTimestamp(), deadline, &secs, &usecs);
 			/* an hour at most (WaitLatch takes an int): the loop goes on */
-			wait_ms = Min(secs, 3600) * 1000 + usecs / 1000;
+			wait_ms = Min(Min(secs, 3600) * 1000 + usecs / 1000,
+						  wait_ms < 0 ? LONG_MAX : wait_ms);
 			if (GetCurrentTimestamp() >= deadline)
 				ereport(ERROR,
 						(errcode(ERRCODE_QUERY_CANCELED),

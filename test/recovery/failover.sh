@@ -151,6 +151,8 @@ BEGIN
     'a', apiary_queue('fo_step', jsonb_build_object('w', w, 's', 1)),
     'b', apiary_queue('fo_step', jsonb_build_object('w', w, 's', 2))));
 END $$;
+CREATE FUNCTION fo_pause() RETURNS int LANGUAGE sql
+SET apiary.kind = 'transactional' AS 'SELECT 7 FROM pg_sleep(1)';
 CHECKPOINT;
 SQL
 
@@ -181,6 +183,17 @@ for _ in 1 2 3 4 5 6; do   # the launcher looks once a second: give it 3 s
 done
 [ "$(count_bt p1 'apiary executor')" = "$WORKERS" ] ||
 	fail "the primary runs $(count_bt p1 'apiary executor') executors, not $WORKERS"
+
+# apiary_result on the standby sees a workflow that the primary runs
+# finish (no commit there wakes it); the workflow is then removed again
+p1 -c "SELECT apiary_start('fo_pause', '[]', 'sb-wait')" >/dev/null
+poll_eq 20 1 p2 -c "SELECT count(*) FROM apiary.workflows WHERE id = 'sb-wait'" ||
+	fail "the standby has not got workflow sb-wait"
+# (waiting with no timeout of its own; statement_timeout keeps a hang short)
+out=$(PGOPTIONS="-c statement_timeout=20s" p2 -c "SELECT apiary_result('sb-wait')" 2>&1)
+[ "$out" = 7 ] || fail "apiary_result on the standby: $out"
+p1 -c "DELETE FROM apiary.tasks WHERE workflow = 'sb-wait'" \
+	-c "DELETE FROM apiary.workflows WHERE id = 'sb-wait'" >/dev/null
 
 # --- 4. start the workflows, crash the primary mid-run, promote -----------------
 # Five workflows every 0.1 s, each in a transaction of its own: faster than

@@ -2,7 +2,8 @@
 # The launcher: waits for CREATE EXTENSION, keeps apiary.workers executors
 # running (restarting one that exits), follows apiary.workers on reload
 # (an executor no longer wanted finishes its task first), stands the
-# executors down for DROP EXTENSION, and lets the server stop promptly.
+# executors down for DROP EXTENSION (telling apiary_result's waiters), and
+# lets the server stop promptly.
 set -euo pipefail
 . "$(dirname "$0")/../../script/lib.sh"
 
@@ -167,7 +168,18 @@ if psql_ -c "SET ROLE not_owner" -c "DROP EXTENSION apiary" 2>/dev/null; then
 fi
 sleep 1
 [ "$(pids)" = "$before" ] || fail "a failed drop by another role stopped the executors ($before, then $(pids))"
-psql_ -c "DROP EXTENSION apiary" || fail "DROP EXTENSION failed while workflows ran"
+# a session waiting for a workflow's result, with no timeout, is told of
+# the drop rather than holding it up for good
+wf=$(psql_ -c "SELECT id FROM apiary.workflows WHERE state = 'running' LIMIT 1")
+psql_ -c "SELECT apiary_result('$wf')" >"$dir/waiter.out" 2>&1 &
+waiter=$!
+wait_sql "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE wait_event = 'Extension' AND query LIKE '%apiary_result%')" ||
+	fail "no session waits in apiary_result"
+PGOPTIONS="-c statement_timeout=60s" psql_ -c "DROP EXTENSION apiary" ||
+	fail "DROP EXTENSION failed while workflows ran"
+wait "$waiter" && fail "apiary_result returned while the extension was dropped"
+grep -q "extension apiary is being dropped" "$dir/waiter.out" ||
+	fail "apiary_result's waiter was not told of the drop: $(cat "$dir/waiter.out")"
 wait_for 0
 if tail -n +"$((lines + 1))" "$dir/server.log" | grep -E "deadlock detected|could not open relation"; then
 	fail "the drop and the executors got in each other's way"
