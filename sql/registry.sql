@@ -45,6 +45,7 @@ SELECT apiary_register('stock_of(int)', NULL);
 SELECT apiary_register(NULL);
 SELECT apiary_register('stock_of(int)', max_attempts => 0);
 SELECT apiary_register('stock_of(int)', timeout => '-1 s');
+SELECT apiary_register('stock_of(int)', timeout => '25 days');
 SELECT apiary_register('stock_of(int)', name => '');
 SELECT apiary_register('stock_of(int)', name => E'stock\nof');
 SELECT apiary_register('stock_of(int)', name => E'stock\u0085of');  -- C1 NEXT LINE

@@ -818,8 +818,29 @@ SELECT count(*) AS effects FROM late_effects;
 -- whatever its timeout.
 SELECT apiary_start('late_write', '1', timeout => '0');
 SELECT apiary_start('late_write', '1', timeout => '-1 min');
+SELECT apiary_start('late_write', '1', timeout => '1 month -29 days');
 SELECT apiary_start('late_write', '1', 'late', timeout => '1 h');
 SELECT timeout FROM apiary.workflows WHERE id = 'late';
+
+-- A retry is due later, and an executor naps until then.  Another task
+-- (here one that waits for our lock) taken meanwhile by the executor that
+-- put the retry off, or by the one napping, does not hold the retry up.
+CREATE SEQUENCE flaky_tries;
+CREATE FUNCTION flaky_once() RETURNS int LANGUAGE plpgsql AS $$
+BEGIN
+  IF nextval('flaky_tries') = 1 THEN
+    RAISE EXCEPTION 'the first try fails';
+  END IF;
+  RETURN 1;
+END $$;
+SELECT apiary_register('flaky_once()', 'external');
+SELECT pg_advisory_lock(4242);
+SELECT apiary_start('flaky_once', '[]', 'flaky-once');
+SELECT wait_until($c$(SELECT attempts FROM apiary.tasks WHERE workflow = 'flaky-once') = 1$c$);
+SELECT apiary_start('gated', '7', 'beside-retry');
+SELECT apiary_result('flaky-once', '20 s');
+SELECT pg_advisory_unlock(4242);
+SELECT apiary_result('beside-retry', '60 s');
 
 -- apiary writes its tables directly, by column number.  A column a DBA
 -- adds to one of them stops new work, with an error that says what to do;

@@ -895,10 +895,11 @@ run_task(RunningTask *t, const char *function, Oid fn_owner, Jsonb *args,
 			XLogFlush(GetXLogInsertRecPtr());
 		if (f->max_attempts > 0)
 			max_attempts = f->max_attempts;
-		timeout_ms = f->timeout_ms;
+		/* as apiary_register allows (one registered by an older library may be more) */
+		timeout_ms = Min(f->timeout_ms, INT_MAX);
 		timeout_from = GetCurrentTimestamp();
 		if (timeout_ms > 0)
-			enable_timeout_after(STATEMENT_TIMEOUT, (int) Min(timeout_ms, INT_MAX));
+			enable_timeout_after(STATEMENT_TIMEOUT, (int) timeout_ms);
 		provenance_begin(&prov);
 		PG_TRY();
 		{
@@ -1015,7 +1016,7 @@ retry_or_fail(RunningTask *t, const char *function, ErrorData *edata,
 	{
 		double		delay = retry_delay(first_delay, attempt);
 
-		/* this executor looks for work next, and sleeps until it is due */
+		/* an executor idle at the commit naps until it is due (queue.c) */
 		queue_retry(t->id, delay, t->started, error_jsonb(edata, t->id, function));
 		ereport(LOG,
 				(errcode(edata->sqlerrcode),
@@ -1032,6 +1033,12 @@ retry_or_fail(RunningTask *t, const char *function, ErrorData *edata,
 					(long long) t->id, function, text_to_cstring(t->workflow),
 					edata->message)));
 }
+
+/*
+ * Whether this executor's last look found only tasks due later (a retry's
+ * backoff), and it naps until the first of them: no one else does.
+ */
+static bool watching_due = false;
 
 /*
  * Claim and run one ready task, in a transaction of its own; prefer is a
@@ -1061,6 +1068,7 @@ run_one_task(int64 prefer, long *nap_ms)
 
 	if (!queue_claim(prefer, &task, &next_due))
 	{
+		watching_due = next_due != 0;
 		if (next_due != 0)
 		{
 			long		secs;
@@ -1073,7 +1081,8 @@ run_one_task(int64 prefer, long *nap_ms)
 		CommitTransactionCommand();
 		return false;
 	}
-	apiary_executor_busy(executor_slot, task.id);
+	apiary_executor_busy(executor_slot, task.id, watching_due);
+	watching_due = false;
 
 	t.id = task.id;
 	t.role = task.role;
@@ -1518,7 +1527,8 @@ apiary_executor_main(Datum main_arg)
 		prefer = own ? ready_ids[0] : handed;
 		if (retire && failed_error == NULL)
 		{
-			if (prefer != 0)
+			/* what this executor would have run next, or watched for */
+			if (prefer != 0 || watching_due)
 				apiary_pass_on(prefer);
 			proc_exit(0);
 		}

@@ -463,10 +463,11 @@ apiary_executor_idle(int slot, int64 *handed)
  * task), yet its scan, with the older snapshot, may take another task.
  * Kept, that wake-up would have the new task wait for this one to finish,
  * however many executors sleep: it goes on to another idle executor,
- * unless it was for the task claimed.
+ * unless it was for the task claimed.  So does the watch over tasks due
+ * later of an executor that napped until the first of them.
  */
 void
-apiary_executor_busy(int slot, int64 claimed)
+apiary_executor_busy(int slot, int64 claimed, bool watching_due)
 {
 	ExecutorSlot *s = &apiary_shared->slots[slot];
 	bool		woken;
@@ -481,6 +482,9 @@ apiary_executor_busy(int slot, int64 claimed)
 	SpinLockRelease(&apiary_shared->mutex);
 	if (woken && handed != claimed)
 		wake_idle(1, &handed, 1);
+	/* the executor woken looks, and naps until the first due */
+	if (watching_due)
+		wake_idle(1, NULL, 0);
 }
 
 /*

@@ -97,9 +97,10 @@ extern bool apiary_executor_idle(int slot, int64 *handed);
 
 /*
  * The executor in slot claimed task claimed: it is busy, and passes on a
- * wake-up that came while it looked for work.
+ * wake-up that came while it looked for work, and its watch over tasks due
+ * later if it was napping until the first of them.
  */
-extern void apiary_executor_busy(int slot, int64 claimed);
+extern void apiary_executor_busy(int slot, int64 claimed, bool watching_due);
 
 /*
  * Wake one idle executor that stays, handing it task: an executor leaving

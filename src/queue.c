@@ -1606,7 +1606,14 @@ queue_retry(int64 id, double delay, TimestampTz ran_at, Jsonb *error)
 	/* its claim took its ready row */
 	if (qrel_update(tasks, RelationGetPrimaryKeyIndex(tasks->rel), 1, &key,
 					mutate_retry, &r))
+	{
 		ready_add(id, r.run_after);
+		/*
+		 * This executor may take other work first: an idle one looks, and
+		 * naps until the retry is due.
+		 */
+		apiary_wake_at_commit(1);
+	}
 	qrel_close(tasks);
 }
 

@@ -817,14 +817,21 @@ apiary_register(PG_FUNCTION_ARGS)
 				 errmsg("max_attempts must be at least 1")));
 	if (!PG_ARGISNULL(4))
 	{
-		/* timeouts are kept to the millisecond */
+		/* timeouts are kept to the millisecond, and timed as statement_timeout */
 		Interval	one_ms = {.time = 1000};
+		Interval	max_ms = {.time = INT64CONST(1000) * INT_MAX};
 
 		if (DatumGetInt32(DirectFunctionCall2(interval_cmp, PG_GETARG_DATUM(4),
 											  IntervalPGetDatum(&one_ms))) < 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("timeout must be at least 1 millisecond")));
+		if (DatumGetInt32(DirectFunctionCall2(interval_cmp, PG_GETARG_DATUM(4),
+											  IntervalPGetDatum(&max_ms))) > 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("timeout must be at most %d milliseconds", INT_MAX),
+					 errhint("That is about 24 days, the longest statement_timeout too; register the function without a timeout to let it run longer.")));
 	}
 
 	if (SPI_connect() != SPI_OK_CONNECT)

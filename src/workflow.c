@@ -162,7 +162,9 @@ apiary_start(PG_FUNCTION_ARGS)
 	if (PG_NARGS() > 3 && !PG_ARGISNULL(3))
 	{
 		timeout = PG_GETARG_INTERVAL_P(3);
-		if (interval_usecs(timeout) <= 0)
+		/* a negative part would make its length depend on the date */
+		if (interval_usecs(timeout) <= 0 ||
+			timeout->month < 0 || timeout->day < 0 || timeout->time < 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("workflow timeout must be positive"),
