@@ -842,6 +842,38 @@ SELECT apiary_result('flaky-once', '20 s');
 SELECT pg_advisory_unlock(4242);
 SELECT apiary_result('beside-retry', '60 s');
 
+-- A task queued on a future that failed already is cancelled, as one
+-- queued before the failure is, and the workflow reports that failure:
+-- queue_late, held up by our lock, queues square on the future of
+-- fails_early once that has failed.
+CREATE FUNCTION fails_early() RETURNS int LANGUAGE plpgsql
+SET apiary.kind = 'transactional' AS $$
+BEGIN
+  RAISE EXCEPTION 'gate closed' USING ERRCODE = 'AB001';
+END $$;
+CREATE FUNCTION queue_late(v jsonb) RETURNS jsonb LANGUAGE plpgsql
+SET apiary.kind = 'transactional' AS $$
+BEGIN
+  PERFORM pg_advisory_xact_lock(4242);
+  RETURN apiary_queue('square', jsonb_build_object('x', v->'f'));
+END $$;
+CREATE FUNCTION early_root() RETURNS jsonb LANGUAGE sql
+SET apiary.kind = 'transactional' AS $$
+  SELECT apiary_queue('queue_late', jsonb_build_object('v',
+    jsonb_build_object('f', apiary_queue('fails_early', '[]'))))
+$$;
+SELECT pg_advisory_lock(4242);
+SELECT apiary_start('early_root', '[]', 'early-failure');
+SELECT wait_until($c$EXISTS (SELECT FROM apiary.tasks WHERE workflow = 'early-failure'
+  AND function = 'fails_early' AND state = 'failed')$c$);
+SELECT pg_advisory_unlock(4242);
+\set VERBOSITY terse
+SELECT apiary_result('early-failure', '60 s');
+\set VERBOSITY default
+\echo :LAST_ERROR_SQLSTATE
+SELECT function, state, error->>'sqlstate' AS sqlstate, error->>'cancelled' AS cancelled
+FROM apiary_status('early-failure') ORDER BY task;
+
 -- apiary writes its tables directly, by column number.  A column a DBA
 -- adds to one of them stops new work, with an error that says what to do;
 -- dropped again, it changes nothing, and the executors go on.

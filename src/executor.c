@@ -410,12 +410,17 @@ apiary_queue_jsonb(const char *name, Jsonb *args)
 				continue;
 			st = queue_future(id, running_task->role, running_task->workflow,
 							  false, &foreign, NULL, NULL);
-			if (st == QS_FAILED || st == QS_CANCELLED)
-				ereport(ERROR,
-						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-						 errmsg("future %lld has %s", (long long) id, queue_state_name(st))));
 			if (st == QS_DONE)
 				continue;
+
+			/*
+			 * Failed already, its waiters cancelled: the new task is
+			 * cancelled with them at this task's end, as a future of
+			 * another workflow's that failed is, so that the workflow
+			 * reports the failure itself and not that it came early.
+			 */
+			if (st == QS_FAILED || st == QS_CANCELLED)
+				foreign = true;
 			/* the same future twice is one wait */
 			foreach(lc, waits)
 				seen |= *(int64 *) lfirst(lc) == id;
@@ -825,6 +830,7 @@ run_task(RunningTask *t, const char *function, Oid fn_owner, Jsonb *args,
 	volatile int64 timeout_ms = 0;
 	volatile TimestampTz timeout_from = 0;
 	volatile bool refused = false;	/* by the checks: no retry cures it */
+	ApiaryFunction *volatile held = NULL;	/* released at the end of the call */
 	bool		interrupted = false;
 	bool		unbound = false;
 	ProvenanceFrame prov;
@@ -858,7 +864,7 @@ run_task(RunningTask *t, const char *function, Oid fn_owner, Jsonb *args,
 		if (search_path != NULL && strcmp(search_path, namespace_search_path) != 0)
 			(void) set_config_option("search_path", search_path, PGC_USERSET,
 									 PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
-		f = registry_acquire(function);
+		f = held = registry_acquire(function);
 		kind = f->kind;
 
 		/*
@@ -921,6 +927,7 @@ run_task(RunningTask *t, const char *function, Oid fn_owner, Jsonb *args,
 			provenance_pop(&prov);
 			disable_timeout(STATEMENT_TIMEOUT, false);
 			registry_release(f);
+			held = NULL;
 		}
 		PG_END_TRY();
 		/* the session user can change only outside a restricted context */
@@ -943,6 +950,12 @@ run_task(RunningTask *t, const char *function, Oid fn_owner, Jsonb *args,
 		MemoryContextSwitchTo(cxt);
 		edata = CopyErrorData();
 		FlushErrorState();
+		/* an error between the acquire and the call (a refused owner, say) */
+		if (held != NULL)
+		{
+			registry_release(held);
+			held = NULL;
+		}
 		unbound = bind_binding_task;
 		bind_binding_task = false;
 		/* another cancel, by PostgreSQL's interrupt handling (not a RAISE) */
