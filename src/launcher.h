@@ -113,7 +113,6 @@ extern void apiary_pass_on(int64 task);
 /* The same, taking the mutex. */
 extern bool apiary_drop_pending(void);
 
-
 extern PGDLLEXPORT void apiary_launcher_main(Datum main_arg);
 /* The settings of a housekeeping worker's session (launcher.c). */
 extern void apiary_housekeeping_session(void);
