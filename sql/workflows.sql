@@ -874,6 +874,27 @@ SELECT apiary_result('early-failure', '60 s');
 SELECT function, state, error->>'sqlstate' AS sqlstate, error->>'cancelled' AS cancelled
 FROM apiary_status('early-failure') ORDER BY task;
 
+-- A recorded error's message, detail, hint and context are cut at 1 MB
+-- each (at a character boundary), and say how much was cut; apiary_result
+-- raises what was recorded.
+CREATE FUNCTION fails_long() RETURNS int LANGUAGE plpgsql
+SET apiary.kind = 'transactional' AS $$
+BEGIN
+  RAISE EXCEPTION '%', 'x' || repeat('é', 1500000) USING ERRCODE = 'AB002',
+    DETAIL = repeat('d', 3000000), HINT = 'short';
+END $$;
+SELECT apiary_start('fails_long', '[]', 'long-error');
+DO $$
+BEGIN
+  PERFORM apiary_result('long-error', '60 s');
+EXCEPTION WHEN OTHERS THEN
+  RAISE NOTICE '% message % bytes, ends %, detail % bytes, ends %, hint %', SQLSTATE,
+    octet_length(SQLERRM), right(SQLERRM, 20), octet_length(
+      (SELECT error->>'detail' FROM apiary_status('long-error'))),
+    right((SELECT error->>'detail' FROM apiary_status('long-error')), 20),
+    (SELECT error->>'hint' FROM apiary_status('long-error'));
+END $$;
+
 -- apiary writes its tables directly, by column number.  A column a DBA
 -- adds to one of them stops new work, with an error that says what to do;
 -- dropped again, it changes nothing, and the executors go on.

@@ -54,6 +54,7 @@
 #include "commands/sequence.h"
 #include "commands/trigger.h"
 #include "common/pg_prng.h"
+#include "mb/pg_wchar.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -541,6 +542,14 @@ apiary_task_attempt(PG_FUNCTION_ARGS)
  * ---------------------------------------------------------------------
  */
 
+/*
+ * Longest text of a recorded error's field (message, detail, hint,
+ * context): a longer one is cut at a character boundary, and says so.
+ * Five such fields keep the error far below jsonb's 256 MB, past which it
+ * could not be recorded at all.
+ */
+#define ERROR_FIELD_MAX (1024 * 1024)
+
 /* The error of a failed task, as recorded and as apiary_result raises it. */
 static Jsonb *
 error_jsonb(ErrorData *edata, int64 task, const char *function)
@@ -571,6 +580,14 @@ error_jsonb(ErrorData *edata, int64 task, const char *function)
 		v.type = jbvString;
 		v.val.string.val = (char *) vals[i];
 		v.val.string.len = strlen(vals[i]);
+		if (v.val.string.len > ERROR_FIELD_MAX)
+		{
+			int			keep = pg_mbcliplen(vals[i], v.val.string.len, ERROR_FIELD_MAX);
+
+			v.val.string.val = psprintf("%.*s... (%d bytes cut)", keep, vals[i],
+										v.val.string.len - keep);
+			v.val.string.len = strlen(v.val.string.val);
+		}
 		pushJsonbValue(&state, WJB_KEY, &k);
 		pushJsonbValue(&state, WJB_VALUE, &v);
 	}
