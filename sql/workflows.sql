@@ -895,6 +895,30 @@ EXCEPTION WHEN OTHERS THEN
     (SELECT error->>'hint' FROM apiary_status('long-error'));
 END $$;
 
+-- A task's key is a key for apiary_invoke even when its workflow id is as
+-- long as a key may be (apiary.max_key_size, 1 kB), and the suffix makes it
+-- longer: the call runs once, under that key.
+CREATE FUNCTION keyed_key_of() RETURNS jsonb LANGUAGE plpgsql
+SET apiary.kind = 'transactional' AS $$
+BEGIN
+  RETURN jsonb_build_array(apiary_invoke('key_of', '{}', apiary_task_key()),
+                           apiary_invoke('key_of', '{}', apiary_task_key()));
+END $$;
+SELECT apiary_start('keyed_key_of', '{}', repeat('w', 1024)) = repeat('w', 1024) AS started;
+SELECT length(k) > 1024 AS longer, left(k, 4) AS starts, right(k, 2) AS ends, count(*) AS results
+FROM jsonb_array_elements_text(apiary_result(repeat('w', 1024), '60 s')) k GROUP BY 1, 2, 3;
+SELECT count(*) AS journaled FROM apiary.invocations
+WHERE function = 'key_of' AND key LIKE 'wwww%' AND octet_length(key) > 1024;
+-- other keys over the limit are refused, in a task too
+CREATE FUNCTION long_key() RETURNS jsonb LANGUAGE sql
+SET apiary.kind = 'transactional' AS $$
+  SELECT apiary_invoke('key_of', '{}', apiary_task_key() || 'x')
+$$;
+SELECT apiary_start('long_key', '{}', repeat('v', 1024)) = repeat('v', 1024) AS started;
+\set VERBOSITY terse
+SELECT apiary_result(repeat('v', 1024), '60 s');
+\set VERBOSITY default
+
 -- apiary writes its tables directly, by column number.  A column a DBA
 -- adds to one of them stops new work, with an error that says what to do;
 -- dropped again, it changes nothing, and the executors go on.

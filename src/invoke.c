@@ -208,6 +208,20 @@ note_provenance(ProvenanceFrame *prov, InvokeFrame *frame, ApiaryFunction *f)
 	provenance_note(prov, frame->role, workflow, task, f->name);
 }
 
+/*
+ * Is key the apiary_task_key() of the running task, as its caller has it?
+ * That key may be longer than apiary.max_key_size by its suffix (a
+ * workflow id may be as long as a key), and is accepted all the same.
+ */
+static bool
+own_task_key(text *key)
+{
+	char	   *own = apiary_task_key_cstring();
+
+	return own != NULL && strlen(own) == VARSIZE_ANY_EXHDR(key) &&
+		memcmp(own, VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key)) == 0;
+}
+
 Datum
 apiary_invoke_internal(const char *name, Jsonb *args, text *key, bool *isnull)
 {
@@ -232,7 +246,7 @@ apiary_invoke_internal(const char *name, Jsonb *args, text *key, bool *isnull)
 	check_stack_depth();
 	bind_check_limits(name, args);
 	apiary_check_no_futures("apiary_invoke", args);
-	if (key != NULL && VARSIZE_ANY_EXHDR(key) > apiary_max_key_size)
+	if (key != NULL && VARSIZE_ANY_EXHDR(key) > apiary_max_key_size && !own_task_key(key))
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 				 errmsg("key for apiary function \"%s\" is too long", name),
