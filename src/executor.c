@@ -1557,8 +1557,11 @@ apiary_executor_main(Datum main_arg)
 		prefer = own ? ready_ids[0] : handed;
 		if (retire && failed_error == NULL)
 		{
-			/* what this executor would have run next, or watched for */
-			if (prefer != 0 || watching_due)
+			/*
+			 * what this executor would have run next (handed, or its own,
+			 * also one of more than it noted), or watched for
+			 */
+			if (prefer != 0 || nready > 0 || watching_due)
 				apiary_pass_on(prefer);
 			proc_exit(0);
 		}
