@@ -140,9 +140,22 @@ static RunningTask *running_task = NULL;
  * fault, an abort) also says so in its marker, from a signal handler, so
  * that its task is counted under a new postmaster too: with
  * restart_after_crash off, whatever restarts the server starts one.
+ *
+ * A task can also end its executor in an orderly way: a FATAL error of a C
+ * function, or a superuser's task terminating its own backend.  The
+ * server goes on and the task is pending again, so without a count it
+ * would run again at once, for ever.  Such an exit leaves its marker
+ * naming the task, marked as the task's doing, and the executor the
+ * launcher starts in the slot counts it before it takes work.  An
+ * operator's termination (pg_terminate_backend from another session) or
+ * a shutdown ends the executor with a FATAL of class 57 (operator
+ * intervention) and is not counted: the exit handler tells a SIGTERM the
+ * executor sent itself from one sent by another process.
  */
 #define MARKER_DIR APIARY_DATA_DIR
-#define MARKER_MAGIC 0x41504932	/* "API2" */
+#define MARKER_MAGIC 0x41504933	/* "API3" */
+#define MARKER_SIGNAL 1			/* crashed: the executor died of a signal */
+#define MARKER_FATAL 2			/* crashed: the task ended it with FATAL */
 
 typedef struct Marker
 {
@@ -151,11 +164,17 @@ typedef struct Marker
 	TimestampTz postmaster_started;	/* PgStartTime */
 	int64		task;
 	int64		check;			/* ~task */
-	sig_atomic_t crashed;		/* this executor died of a fatal signal */
+	sig_atomic_t crashed;		/* MARKER_SIGNAL, MARKER_FATAL or 0 */
+	int			fatal_sqlerrcode;	/* MARKER_FATAL: the error's SQLSTATE */
+	char		fatal_message[256]; /* and the start of its message */
 } Marker;
 
 static volatile Marker *marker = NULL;
 static int	executor_slot = -1;
+
+/* A SIGTERM the executor sent itself (a task terminating its backend) */
+static volatile sig_atomic_t terminated_itself = false;
+static emit_log_hook_type prev_emit_log_hook = NULL;
 
 static void marker_write(int64 task);
 static void marker_open(int slot);
@@ -1247,7 +1266,7 @@ static void
 marker_crash_handler(int sig)
 {
 	if (marker != NULL)
-		marker->crashed = 1;
+		marker->crashed = MARKER_SIGNAL;
 	raise(sig);
 }
 
@@ -1265,31 +1284,70 @@ marker_catch_crashes(void)
 		(void) sigaction(fatal[i], &act, NULL);
 }
 
-/* Clear the marker at an orderly exit. */
+/* Note in the marker a FATAL error, which ends the executor. */
+static void
+note_fatal(ErrorData *edata)
+{
+	if (edata->elevel == FATAL && marker != NULL)
+	{
+		const char *msg = edata->message ? edata->message : "";
+		int			len = pg_mbcliplen(msg, strlen(msg), sizeof(marker->fatal_message) - 1);
+
+		marker->fatal_sqlerrcode = edata->sqlerrcode;
+		memcpy((char *) marker->fatal_message, msg, len);
+		marker->fatal_message[len] = '\0';
+	}
+	if (prev_emit_log_hook)
+		prev_emit_log_hook(edata);
+}
+
+/* SIGTERM: as die(), noting whether the executor sent it itself. */
+static void
+executor_sigterm(int sig, siginfo_t *info, void *context)
+{
+	if (info != NULL && info->si_pid == MyProcPid)
+		terminated_itself = true;
+	die(sig);
+}
+
+/*
+ * Clear the marker at an orderly exit, unless the running task ended the
+ * executor itself (with FATAL, not a shutdown's or an operator's): then it
+ * names the task still, for the next executor of the slot to count.
+ */
 static void
 marker_clear_at_exit(int code, Datum arg)
 {
+	if (code != 0 && marker != NULL && marker->task != 0 && marker->fatal_sqlerrcode != 0 &&
+		(ERRCODE_TO_CATEGORY(marker->fatal_sqlerrcode) != ERRCODE_OPERATOR_INTERVENTION ||
+		 terminated_itself))
+	{
+		marker->crashed = MARKER_FATAL;
+		return;
+	}
 	marker_write(0);
 }
 
-/* The task a marker file names, or 0; *crashed: its executor crashed itself. */
+/*
+ * Read a marker file into *m; returns the task it names, or 0 (none, or
+ * not one to count).  m->crashed says how its executor ended itself.
+ */
 static int64
-marker_read(const char *path, bool *crashed)
+marker_read(const char *path, Marker *m)
 {
-	Marker		m;
 	int			fd = open(path, O_RDONLY | PG_BINARY, 0);
 	ssize_t		len;
 
 	if (fd < 0)
 		return 0;
-	len = read(fd, &m, sizeof(m));
+	len = read(fd, m, sizeof(*m));
 	close(fd);
-	if (len != sizeof(m) || m.magic != MARKER_MAGIC || m.database != MyDatabaseId ||
-		(m.postmaster_started != PgStartTime && !m.crashed) ||
-		m.task <= 0 || m.check != ~m.task)
+	if (len != sizeof(*m) || m->magic != MARKER_MAGIC || m->database != MyDatabaseId ||
+		(m->postmaster_started != PgStartTime && !m->crashed) ||
+		m->task <= 0 || m->check != ~m->task)
 		return 0;
-	*crashed = m.crashed != 0;
-	return m.task;
+	m->fatal_message[sizeof(m->fatal_message) - 1] = '\0';
+	return m->task;
 }
 
 /*
@@ -1299,7 +1357,7 @@ marker_read(const char *path, bool *crashed)
 static void
 marker_open(int slot)
 {
-	Marker		m = {MARKER_MAGIC, MyDatabaseId, PgStartTime, 0, ~INT64CONST(0), 0};
+	Marker		m = {MARKER_MAGIC, MyDatabaseId, PgStartTime, 0, ~INT64CONST(0), 0, 0, ""};
 	char		marker_path[MAXPGPATH];
 	int			fd;
 	void	   *p;
@@ -1333,13 +1391,16 @@ marker_open(int slot)
 }
 
 /*
- * A task that was running when the server went down gets a crash counted;
- * at max_attempts crashes it fails instead of taking the server down again,
+ * A task that was running when the server went down, or that ended its
+ * executor itself, gets a crash counted (m: the marker that named it); at
+ * max_attempts crashes it fails instead of taking the server down again,
  * and everything else goes on.
  */
 static void
-count_crash(int64 task)
+count_crash(int64 task, const Marker *m)
 {
+	bool		fatal = m->crashed == MARKER_FATAL;
+
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
@@ -1371,19 +1432,33 @@ count_crash(int64 task)
 			SPI_finish();
 
 			ereport(LOG,
-					(errmsg("apiary task %lld (%s) was running when the server went down (%d of %d)",
+					(errmsg(fatal ? "apiary task %lld (%s) ended its executor with a FATAL error (%d of %d)" :
+							"apiary task %lld (%s) was running when the server went down (%d of %d)",
 							(long long) task, function, crashes, max)));
 			if (crashes >= max)
 			{
 				ErrorData	edata = {0};
 
-				edata.sqlerrcode = ERRCODE_INTERNAL_ERROR;
-				edata.message = crashes == 1 ?
-					psprintf("task %lld was running when the server went down", (long long) task) :
-					psprintf("task %lld was running each of the %d times the server went down",
-							 (long long) task, crashes);
-				edata.hint = "apiary will not run it again: it may have taken the server down. "
-					"Fix the function if so, then call apiary_resume.";
+				if (fatal)
+				{
+					/* the FATAL error itself, as far as the marker kept it */
+					edata.sqlerrcode = m->fatal_sqlerrcode;
+					edata.message = pstrdup(m->fatal_message);
+					edata.detail = psprintf("The task ended its executor with this FATAL error; "
+											"%d of its attempts ended their executor or the server.",
+											crashes);
+					edata.hint = "apiary will not run it again. Fix the function, then call apiary_resume.";
+				}
+				else
+				{
+					edata.sqlerrcode = ERRCODE_INTERNAL_ERROR;
+					edata.message = crashes == 1 ?
+						psprintf("task %lld was running when the server went down", (long long) task) :
+						psprintf("task %lld was running each of the %d times the server went down",
+								 (long long) task, crashes);
+					edata.hint = "apiary will not run it again: it may have taken the server down. "
+						"Fix the function if so, then call apiary_resume.";
+				}
 				record_outcome(task, QS_FAILED, error_jsonb(&edata, task, function), 0);
 				if (nready > 0)
 					apiary_wake_at_commit(nready);
@@ -1393,6 +1468,23 @@ count_crash(int64 task)
 	}
 	PopActiveSnapshot();
 	CommitTransactionCommand();
+}
+
+/* count_crash, logging an error instead of raising it: the caller goes on */
+static void
+count_crash_logged(int64 task, const Marker *m)
+{
+	PG_TRY();
+	{
+		count_crash(task, m);
+	}
+	PG_CATCH();
+	{
+		EmitErrorReport();
+		AbortCurrentTransaction();
+		FlushErrorState();
+	}
+	PG_END_TRY();
 }
 
 /*
@@ -1405,7 +1497,7 @@ void
 apiary_count_crashes(void)
 {
 	int64		tasks[APIARY_MAX_WORKERS] = {0};
-	bool		crashed[APIARY_MAX_WORKERS] = {0};
+	Marker		markers[APIARY_MAX_WORKERS];
 	bool		any_crashed = false;
 
 	if (MakePGDirectory(MARKER_DIR) != 0 && errno != EEXIST)
@@ -1432,30 +1524,16 @@ apiary_count_crashes(void)
 			continue;
 
 		snprintf(path, MAXPGPATH, "%s/executor.%d", MARKER_DIR, slot);
-		tasks[slot] = marker_read(path, &crashed[slot]);
-		any_crashed |= tasks[slot] != 0 && crashed[slot];
+		tasks[slot] = marker_read(path, &markers[slot]);
+		any_crashed |= tasks[slot] != 0 && markers[slot].crashed == MARKER_SIGNAL;
 		if (unlink(path) != 0 && errno != ENOENT)
 			ereport(LOG,
 					(errcode_for_file_access(),
 					 errmsg("could not remove file \"%s\": %m", path)));
 	}
 	for (int slot = 0; slot < APIARY_MAX_WORKERS; slot++)
-	{
-		if (tasks[slot] == 0 || (any_crashed && !crashed[slot]))
-			continue;
-		/* counting must not stop the launcher: on error, log and go on */
-		PG_TRY();
-		{
-			count_crash(tasks[slot]);
-		}
-		PG_CATCH();
-		{
-			EmitErrorReport();
-			AbortCurrentTransaction();
-			FlushErrorState();
-		}
-		PG_END_TRY();
-	}
+		if (tasks[slot] != 0 && (!any_crashed || markers[slot].crashed))
+			count_crash_logged(tasks[slot], &markers[slot]);
 }
 
 /* ---------------------------------------------------------------------
@@ -1503,9 +1581,15 @@ void
 apiary_executor_main(Datum main_arg)
 {
 	int			slot = DatumGetInt32(main_arg);
+	struct sigaction term;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	pqsignal(SIGTERM, die);
+	/* die(), noting who sent the signal */
+	memset(&term, 0, sizeof(term));
+	term.sa_sigaction = executor_sigterm;
+	term.sa_flags = SA_SIGINFO | SA_RESTART;
+	sigfillset(&term.sa_mask);
+	(void) sigaction(SIGTERM, &term, NULL);
 	BackgroundWorkerUnblockSignals();
 
 	if (slot < 0 || slot >= APIARY_MAX_WORKERS || !claim_slot(slot))
@@ -1516,10 +1600,23 @@ apiary_executor_main(Datum main_arg)
 	pgstat_report_appname("apiary executor");
 
 	executor_slot = slot;
+	/* the task the slot's last executor ended itself with, if any */
+	{
+		char		path[MAXPGPATH];
+		Marker		m;
+		int64		task;
+
+		snprintf(path, MAXPGPATH, "%s/executor.%d", MARKER_DIR, slot);
+		task = marker_read(path, &m);
+		if (task != 0 && m.crashed == MARKER_FATAL)
+			count_crash_logged(task, &m);
+	}
 	marker_open(slot);
 	marker_catch_crashes();
-	/* an orderly exit, FATAL included, is no crash */
+	/* an orderly exit is no crash, nor a FATAL that is not the task's */
 	before_shmem_exit(marker_clear_at_exit, (Datum) 0);
+	prev_emit_log_hook = emit_log_hook;
+	emit_log_hook = note_fatal;
 	RegisterSubXactCallback(note_subxact_abort, NULL);
 	queue_keep_open();
 	failed_cxt = AllocSetContextCreate(TopMemoryContext, "apiary failed attempt",

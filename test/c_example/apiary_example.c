@@ -9,6 +9,8 @@
  * text naming its task key.  example_crash() takes its backend down with
  * SIGSEGV, as a buggy C function would; the recovery tests use it to check
  * that such a task is given up after max_attempts crashes.
+ * example_fatal() ends its backend with a FATAL error instead, in an
+ * orderly way; such a task is given up after max_attempts too.
  * example_try(name, args) calls name and catches its error, as a C
  * function may: the call ran in a subtransaction of its own, which apiary
  * rolled back before raising the error.
@@ -36,6 +38,7 @@ PG_MODULE_MAGIC;
 
 PG_FUNCTION_INFO_V1(example_countdown);
 PG_FUNCTION_INFO_V1(example_crash);
+PG_FUNCTION_INFO_V1(example_fatal);
 PG_FUNCTION_INFO_V1(example_try);
 PG_FUNCTION_INFO_V1(example_fragile_in);
 PG_FUNCTION_INFO_V1(example_fragile_out);
@@ -82,6 +85,15 @@ Datum
 example_crash(PG_FUNCTION_ARGS)
 {
 	raise(SIGSEGV);
+	PG_RETURN_INT32(0);
+}
+
+Datum
+example_fatal(PG_FUNCTION_ARGS)
+{
+	ereport(FATAL,
+			(errcode(ERRCODE_DATA_CORRUPTED),
+			 errmsg("example_fatal gives up its backend")));
 	PG_RETURN_INT32(0);
 }
 

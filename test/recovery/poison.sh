@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # A task whose C function crashes the server is given up after max_attempts
 # crashes, instead of crash-looping, and every other workflow goes on.
-# A task running beside it is not counted.  An immediate shutdown is not
+# A task running beside it is not counted.  A task that ends its executor
+# with a FATAL error is given up too; an operator's termination of an
+# executor is not counted.  An immediate shutdown is not
 # a crash: a task running through three of them (more than its
 # max_attempts) is not counted, and completes.  With
 # restart_after_crash off, each crash stops the server and a new
@@ -90,6 +92,55 @@ out=$(psql_ -c "SELECT apiary_start('example_countdown', '2', 'after \"crashes\"
 	-c "SELECT apiary_result('after \"crashes\"', '60 s')" | tail -n 1)
 [[ "$out" == '"done in task after \"crashes\"/'* ]] || fail "workflow after the crashes returned $out"
 
+# A task that ends its executor with a FATAL error (a C function's, or a
+# superuser's task terminating its own backend) is counted as a crash too,
+# and given up after max_attempts with that error; an operator's
+# pg_terminate_backend of an executor running a task is not counted.
+psql_ >/dev/null <<'SQL'
+CREATE FUNCTION example_fatal() RETURNS int
+AS 'apiary_example', 'example_fatal' LANGUAGE C;
+SELECT apiary_register('example_fatal()', max_attempts => 3);
+CREATE FUNCTION end_own_backend() RETURNS int LANGUAGE plpgsql
+SET apiary.kind = 'transactional' AS $$
+BEGIN
+  PERFORM pg_terminate_backend(pg_backend_pid());
+  PERFORM pg_sleep(5);
+  RETURN 1;
+END $$;
+CREATE FUNCTION nap_square(x int) RETURNS int LANGUAGE sql
+SET apiary.kind = 'transactional' AS $$ SELECT x * x FROM pg_sleep(2) $$;
+SELECT apiary_register('nap_square(int)', max_attempts => 2);
+SELECT apiary_start('example_fatal', '{}', 'fatal');
+SELECT apiary_start('end_own_backend', '{}', 'self-terminated');
+SQL
+for wf in fatal self-terminated; do
+	out=$(psql_ -c "SELECT apiary_result('$wf', '120 s')" 2>&1 || true)
+	n=$(psql_ -c "SELECT crashes FROM apiary.tasks WHERE workflow = '$wf'")
+	[ "$n" -eq 3 ] || fail "workflow $wf: $n crashes counted, not 3 ($out)"
+	case $wf in
+	fatal) want="example_fatal gives up its backend" state=XX001 ;;
+	*) want="due to administrator command" state=57P01 ;;
+	esac
+	echo "$out" | grep -q "$want" || fail "apiary_result('$wf') said: $out"
+	[ "$(psql_ -c "SELECT error->>'sqlstate' FROM apiary.tasks WHERE workflow = '$wf'")" = $state ] ||
+		fail "workflow $wf did not record SQLSTATE $state"
+done
+psql_ -c "SELECT apiary_start('nap_square', '5', 'terminated')" >/dev/null
+for i in 1 2 3; do
+	pid=
+	for _ in $(seq 1 200); do
+		pid=$(psql_ -c "SELECT pid FROM pg_stat_activity WHERE backend_type LIKE 'apiary executor%' AND wait_event = 'PgSleep'")
+		[ -n "$pid" ] && break
+		sleep 0.05
+	done
+	[ -n "$pid" ] || fail "nap_square is not running before termination $i"
+	psql_ -c "SELECT pg_terminate_backend($pid, 10000)" >/dev/null
+done
+out=$(psql_ -c "SELECT apiary_result('terminated', '60 s')")
+[ "$out" = 25 ] || fail "nap_square through 3 terminations returned $out"
+[ "$(psql_ -c "SELECT crashes FROM apiary.tasks WHERE workflow = 'terminated'")" -eq 0 ] ||
+	fail "an operator's terminations were counted as crashes"
+
 # immediate shutdowns while slow_square runs
 psql_ -c "SELECT apiary_start('slow_square', '3', 'through-shutdowns')" >/dev/null
 for i in 1 2 3; do
@@ -134,4 +185,4 @@ done
 crashes2=$(psql_ -c "SELECT crashes FROM apiary.tasks WHERE workflow = 'poison-2'")
 [ "$crashes2" -eq 2 ] && [ "$downs" -eq 2 ] ||
 	fail "with restart_after_crash off: $crashes2 crashes counted, the server went down $downs times"
-echo "ok: poison task given up after $crashes crashes, none counted for the task beside it (and after $crashes2 with restart_after_crash off); C API workflows ran; 3 immediate shutdowns counted no crash"
+echo "ok: poison task given up after $crashes crashes, none counted for the task beside it (and after $crashes2 with restart_after_crash off); tasks ending their executor with FATAL given up after 3; C API workflows ran; 3 terminations by an operator and 3 immediate shutdowns counted no crash"
