@@ -1323,6 +1323,7 @@ marker_clear_at_exit(int code, Datum arg)
 		 terminated_itself))
 	{
 		marker->crashed = MARKER_FATAL;
+		pg_atomic_write_u64(&apiary_shared->slots[executor_slot].running, 0);
 		return;
 	}
 	marker_write(0);
