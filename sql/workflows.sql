@@ -933,6 +933,32 @@ SELECT apiary_start('sum_of_squares', '{"a": 1, "b": 2, "c": 3}', 'after-note');
 SELECT apiary_result('after-note', '60 s');
 SELECT state, count(*) FROM apiary_status('after-note') GROUP BY state;
 
+-- A DBA's own indexes on apiary's tables, with expressions or a
+-- predicate, are kept up by apiary's writes like any others (a keyed
+-- call's journal row took the server down before), and table maintenance
+-- changes nothing.
+CREATE INDEX invocations_by_x ON apiary.invocations ((args->>'x'));
+CREATE UNIQUE INDEX invocations_one_never ON apiary.invocations (function)
+  WHERE function = 'never';
+CREATE INDEX tasks_by_x ON apiary.tasks ((args #>> '{}')) WHERE function = 'square';
+SELECT apiary_invoke('square', '{"x": 6}', 'indexed-1'),
+       apiary_invoke('square', '{"x": 7}', 'indexed-2');
+SELECT apiary_start('sum_of_squares', '{"a": 4, "b": 5, "c": 6}', 'indexed');
+SELECT apiary_result('indexed', '60 s');
+SET enable_seqscan = off;
+SET enable_bitmapscan = off;
+SELECT key FROM apiary.invocations WHERE args->>'x' = '7';
+SELECT workflow FROM apiary.tasks WHERE function = 'square' AND args #>> '{}' = '5';
+RESET enable_seqscan;
+RESET enable_bitmapscan;
+VACUUM FULL apiary.tasks;
+CLUSTER apiary.invocations USING invocations_pkey;
+REINDEX TABLE apiary.ready;
+SELECT apiary_start('sum_of_squares', '{"a": 1, "b": 1, "c": 1}', 'maintained');
+SELECT apiary_result('maintained', '60 s');
+SELECT apiary_invoke('square', '{"x": 6}', 'indexed-1');
+DROP INDEX apiary.invocations_by_x, apiary.invocations_one_never, apiary.tasks_by_x;
+
 -- Workflows belong to apiary.database, where the executors run: elsewhere
 -- apiary_start says so instead of queueing work that would never run.
 CREATE DATABASE apiary_elsewhere;

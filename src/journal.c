@@ -40,12 +40,13 @@
 #include "access/htup_details.h"
 #include "access/stratnum.h"
 #include "access/table.h"
+#include "access/tableam.h"
 #include "access/xact.h"
-#include "catalog/indexing.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_namespace.h"
 #include "catalog/pg_type.h"
 #include "common/hashfn.h"
+#include "executor/executor.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "storage/lock.h"
@@ -507,6 +508,9 @@ journal_record(Oid role, text *key, const char *function, Jsonb *args,
 	Datum		values[INV_NATTS];
 	bool		nulls[INV_NATTS] = {0};
 	HeapTuple	tup;
+	EState	   *estate;
+	ResultRelInfo *rri;
+	TupleTableSlot *slot;
 
 	values[INV_ROLE - 1] = ObjectIdGetDatum(role);
 	values[INV_KEY - 1] = PointerGetDatum(key);
@@ -521,12 +525,24 @@ journal_record(Oid role, text *key, const char *function, Jsonb *args,
 	values[INV_FINISHED_AT - 1] = TimestampTzGetDatum(GetCurrentTimestamp());
 
 	/*
-	 * Heap and index insert as for a catalog: the journal has no triggers,
-	 * and its unique index stays the last line against a duplicate key.
+	 * Heap and index insert, without a statement: the journal has no
+	 * triggers, and its unique index stays the last line against a
+	 * duplicate key.  The executor's index insertion, not a catalog's,
+	 * since a DBA's index may have expressions or a predicate.
 	 */
 	journal_check_columns(rel, INV_NATTS);
 	tup = journal_form_tuple(rel, INV_NATTS, values, nulls);
-	CatalogTupleInsert(rel, tup);
+	estate = CreateExecutorState();
+	rri = makeNode(ResultRelInfo);
+	InitResultRelInfo(rri, rel, 0, NULL, 0);
+	ExecOpenIndices(rri, false);
+	slot = ExecInitExtraTupleSlot(estate, RelationGetDescr(rel), &TTSOpsHeapTuple);
+	ExecStoreHeapTuple(tup, slot, false);
+	simple_table_tuple_insert(rel, slot);
+	ExecInsertIndexTuples(rri, slot, estate, false, false, NULL, NIL);
+	ExecCloseIndices(rri);
+	ExecResetTupleTable(estate->es_tupleTable, false);
+	FreeExecutorState(estate);
 	heap_freetuple(tup);
 	table_close(rel, NoLock);
 
