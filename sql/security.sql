@@ -230,6 +230,17 @@ SELECT err($$SELECT apiary_invoke('s_big', '{"n": 2000000}', key => 'too-big')$$
 SELECT count(*) AS recorded FROM apiary.invocations WHERE key = 'too-big';
 -- unkeyed calls record nothing, and are not bounded
 SELECT length(apiary_invoke('s_big', '{"n": 2000000}')::text);
+-- also when the function hands back a value still toasted, as a column
+-- of a table it reads is (such an output was measured by its pointer)
+CREATE TABLE s_docs (id int PRIMARY KEY, doc jsonb);
+ALTER TABLE s_docs ALTER doc SET STORAGE EXTERNAL;
+INSERT INTO s_docs VALUES (1, jsonb_build_object('pad', repeat('x', 2000000)));
+CREATE FUNCTION s_doc(d int) RETURNS jsonb LANGUAGE sql STABLE
+AS $$ SELECT doc FROM s_docs WHERE id = d $$;
+SELECT apiary_register('s_doc(int)', 'readonly');
+SELECT apiary_start('s_doc', '[1]', 'toasted-big');
+SELECT err($$SELECT apiary_result('toasted-big', '60 s')$$);
+SELECT err($$SELECT apiary_invoke('s_doc', '[1]', key => 'toasted-big')$$);
 
 -- Bad input: a clear error and nothing written.
 SELECT err($$SELECT apiary_start(NULL, '{}')$$);

@@ -32,6 +32,7 @@
  */
 #include "postgres.h"
 
+#include "access/detoast.h"
 #include "access/xact.h"
 #include "catalog/objectaccess.h"
 #include "catalog/pg_type.h"
@@ -177,7 +178,8 @@ bind_require_name_args(const void *name, const void *args)
 void
 bind_check_output(const char *name, Datum output, bool isnull)
 {
-	Size		size = isnull ? 0 : VARSIZE_ANY(DatumGetPointer(output));
+	/* as stored, whole: a function may return a value still toasted */
+	Size		size = isnull ? 0 : toast_raw_datum_size(output);
 
 	if (size > (Size) apiary_max_output_size)
 		ereport(ERROR,
