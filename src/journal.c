@@ -158,9 +158,9 @@ pin_search_path(void)
  * until the next ANALYZE while the table grows.  Every lookup here has an index.  The settings are undone before
  * returning, so user functions never see them.
  */
-int
-journal_execute(const char *sql, SPIPlanPtr plan, int nargs, Oid *argtypes,
-				Datum *values, const char *nulls, int expected)
+static int
+execute_as_owner(const char *sql, SPIPlanPtr plan, int nargs, Oid *argtypes,
+				 Datum *values, const char *nulls, int expected, bool latest)
 {
 	JournalUser save;
 	int			nestlevel = pin_search_path();
@@ -174,7 +174,18 @@ journal_execute(const char *sql, SPIPlanPtr plan, int nargs, Oid *argtypes,
 	journal_become_owner(&save);
 	PG_TRY();
 	{
-		if (plan != NULL)
+		if (latest)
+		{
+			SPIPlanPtr	p = SPI_prepare(sql, nargs, argtypes);
+
+			if (p == NULL)
+				elog(ERROR, "SPI_prepare failed for \"%s\": %s",
+					 sql, SPI_result_code_string(SPI_result));
+			rc = SPI_execute_snapshot(p, values, nulls, GetLatestSnapshot(),
+									  InvalidSnapshot, false, true, 0);
+			SPI_freeplan(p);
+		}
+		else if (plan != NULL)
 			rc = SPI_execute_plan(plan, values, nulls, false, 0);
 		else
 			rc = SPI_execute_with_args(sql, nargs, argtypes, values, nulls,
@@ -190,6 +201,24 @@ journal_execute(const char *sql, SPIPlanPtr plan, int nargs, Oid *argtypes,
 	if (rc != expected)
 		elog(ERROR, "SPI_execute failed: %s", SPI_result_code_string(rc));
 	return rc;
+}
+
+int
+journal_execute(const char *sql, SPIPlanPtr plan, int nargs, Oid *argtypes,
+				Datum *values, const char *nulls, int expected)
+{
+	return execute_as_owner(sql, plan, nargs, argtypes, values, nulls, expected, false);
+}
+
+/*
+ * journal_execute for a statement that must see every row committed
+ * before it, under REPEATABLE READ and SERIALIZABLE too, whose snapshot
+ * may be older: it runs with a snapshot taken now.
+ */
+int
+journal_execute_latest(const char *sql, int expected)
+{
+	return execute_as_owner(sql, NULL, 0, NULL, NULL, NULL, expected, true);
 }
 
 /* A plan kept for the life of the backend, to run with journal_execute. */

@@ -27,6 +27,7 @@ extern SPIPlanPtr journal_prepare(const char *sql, int nargs, Oid *argtypes);
 extern int	journal_execute(const char *sql, SPIPlanPtr plan, int nargs,
 							Oid *argtypes, Datum *values, const char *nulls,
 							int expected);
+extern int	journal_execute_latest(const char *sql, int expected);
 
 /*
  * Lock (role, key) until the end of the (sub)transaction, or with to_commit

@@ -698,6 +698,16 @@ store_registration(Oid fn, const char *name, ApiaryKind kind,
 	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	const char *oid_sql;
 
+	/*
+	 * The function first, as a DROP FUNCTION takes it before the registry:
+	 * one that was dropped since it was looked up is gone now.
+	 */
+	LockDatabaseObject(ProcedureRelationId, fn, 0, AccessShareLock);
+	if (!SearchSysCacheExists1(PROCOID, ObjectIdGetDatum(fn)))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("function to register no longer exists"),
+				 errdetail("It was dropped while the registration waited for it.")));
 	lock_registry();
 	adopt_registrations();
 	/* and signatures left behind by a rename that raced a registration */
@@ -864,6 +874,8 @@ apiary_unregister(PG_FUNCTION_ARGS)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
+	/* what the check below finds is what the delete deletes */
+	lock_registry();
 	journal_execute(psprintf("SELECT %s, registered_by::pg_catalog.oid"
 							 " FROM apiary.functions WHERE name OPERATOR(pg_catalog.=) $1",
 							 fn_lookup_sql()),
@@ -1207,12 +1219,17 @@ apiary_on_sql_drop(PG_FUNCTION_ARGS)
 							"  WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass))",
 							NULL, 0, NULL, NULL, NULL, SPI_OK_DELETE);
 		adopt_registrations();
-		journal_execute(psprintf("DELETE FROM apiary.functions"
-								 " WHERE %s OPERATOR(pg_catalog.=) ANY (ARRAY("
-								 "  SELECT objid FROM pg_catalog.pg_event_trigger_dropped_objects()"
-								 "  WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass))",
-								 fn_oid_sql()),
-						NULL, 0, NULL, NULL, NULL, SPI_OK_DELETE);
+
+		/*
+		 * With a snapshot of now: under REPEATABLE READ, the drop's own
+		 * would miss a registration committed since it was taken.
+		 */
+		journal_execute_latest(psprintf("DELETE FROM apiary.functions"
+										" WHERE %s OPERATOR(pg_catalog.=) ANY (ARRAY("
+										"  SELECT objid FROM pg_catalog.pg_event_trigger_dropped_objects()"
+										"  WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass))",
+										fn_oid_sql()),
+							   SPI_OK_DELETE);
 	}
 	SPI_finish();
 	PG_RETURN_VOID();
