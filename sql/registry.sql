@@ -59,6 +59,8 @@ CREATE FUNCTION ident(x anyelement) RETURNS anyelement LANGUAGE sql AS $$ SELECT
 SELECT apiary_register('ident(anyelement)');
 CREATE FUNCTION anon_record() RETURNS record LANGUAGE sql AS $$ SELECT 1, 2 $$;
 SELECT apiary_register('anon_record()');
+CREATE FUNCTION takes_record(r record) RETURNS int LANGUAGE plpgsql AS $$ BEGIN RETURN 1; END $$;
+SELECT apiary_register('takes_record(record)');
 CREATE FUNCTION trig() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
 SELECT apiary_register('trig()');
 

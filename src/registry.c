@@ -317,8 +317,9 @@ check_type(Oid fn, Oid type, bool is_result)
 				 errmsg("cannot register polymorphic function %s",
 						format_procedure(fn)),
 				 errhint("Wrap it in a function with concrete parameter and result types.")));
-	if (get_typtype(type) == TYPTYPE_PSEUDO && type != VOIDOID &&
-		type != RECORDOID)
+	/* a result may be void or a record; no argument can be either */
+	if (get_typtype(type) == TYPTYPE_PSEUDO &&
+		!(is_result && (type == VOIDOID || type == RECORDOID)))
 		ereport(ERROR,
 				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
 				 errmsg("cannot register function %s", format_procedure(fn)),
