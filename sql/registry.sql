@@ -50,6 +50,9 @@ SELECT apiary_register('stock_of(int)', name => '');
 SELECT apiary_register('stock_of(int)', name => E'stock\nof');
 SELECT apiary_register('stock_of(int)', name => E'stock\u0085of');  -- C1 NEXT LINE
 SELECT apiary_register('stock_of(int)', name => repeat('x', 64));
+-- a declared name is the function's own, held to the same rules
+CREATE FUNCTION U&"stock\000Aof"() RETURNS int LANGUAGE sql
+SET apiary.kind = 'readonly' AS $$ SELECT 1 $$;
 
 -- Only plain functions with types that JSON can reach.
 CREATE PROCEDURE restock() LANGUAGE sql AS $$ UPDATE stock SET qty = 10 $$;

@@ -781,6 +781,27 @@ store_registration(Oid fn, const char *name, ApiaryKind kind,
 					NULL, fn_is_signature() ? 8 : 7, types, values, nulls, SPI_OK_INSERT);
 }
 
+/* May name be an apiary function's name? */
+static void
+check_name(const char *name)
+{
+	if (name[0] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("apiary function name must not be empty")));
+	if (names_has_control(name, GetDatabaseEncoding() == PG_UTF8))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("apiary function name must not contain control characters"),
+				 errdetail("Names appear in logs, in pg_stat_activity and in workflow graphs.")));
+	if (strlen(name) >= NAMEDATALEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_NAME_TOO_LONG),
+				 errmsg("apiary function name is too long"),
+				 errdetail("Names are at most %d bytes; this one has %zu.",
+						   NAMEDATALEN - 1, strlen(name))));
+}
+
 Datum
 apiary_register(PG_FUNCTION_ARGS)
 {
@@ -807,21 +828,7 @@ apiary_register(PG_FUNCTION_ARGS)
 		aclcheck_error(ACLCHECK_NOT_OWNER, OBJECT_FUNCTION, format_procedure(fn));
 
 	name = PG_ARGISNULL(2) ? proname : text_to_cstring(PG_GETARG_TEXT_PP(2));
-	if (name[0] == '\0')
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("apiary function name must not be empty")));
-	if (names_has_control(name, GetDatabaseEncoding() == PG_UTF8))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("apiary function name must not contain control characters"),
-				 errdetail("Names appear in logs, in pg_stat_activity and in workflow graphs.")));
-	if (strlen(name) >= NAMEDATALEN)
-		ereport(ERROR,
-				(errcode(ERRCODE_NAME_TOO_LONG),
-				 errmsg("apiary function name is too long"),
-				 errdetail("Names are at most %d bytes; this one has %zu.",
-						   NAMEDATALEN - 1, strlen(name))));
+	check_name(name);
 	if (!PG_ARGISNULL(3) && PG_GETARG_INT32(3) < 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -1003,7 +1010,10 @@ sync_declared(Oid fn)
 				return;
 		}
 		else
+		{
 			name = proname;
+			check_name(name);
+		}
 		store_registration(fn, name, kind, (Datum) 0, true, (Datum) 0, true,
 						   true, owner);
 	}
