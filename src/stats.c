@@ -124,9 +124,14 @@ apiary_stats_init(void)
 	shmem_startup_hook = stats_shmem_startup;
 }
 
-/* Find or add the entry for name; "(other)" when the table is full. */
+/*
+ * Find or add the entry for name ("(other)" when the table is full), and
+ * return it with the table's lock held, shared or exclusive, so that a
+ * reset cannot remove it while the caller updates it; the caller
+ * releases the lock.
+ */
 static StatsEntry *
-stats_entry(const char *name)
+stats_entry_locked(const char *name)
 {
 	StatsKey	key;
 	StatsEntry *e;
@@ -138,9 +143,9 @@ stats_entry(const char *name)
 
 	LWLockAcquire(stats_shared->lock, LW_SHARED);
 	e = hash_search(stats_hash, &key, HASH_FIND, NULL);
-	LWLockRelease(stats_shared->lock);
 	if (e != NULL)
 		return e;
+	LWLockRelease(stats_shared->lock);
 
 	LWLockAcquire(stats_shared->lock, LW_EXCLUSIVE);
 	if (hash_get_num_entries(stats_hash) >= apiary_stats_max)
@@ -161,7 +166,6 @@ stats_entry(const char *name)
 		e->total_ms = 0;
 		sketch_clear(&e->sketch);
 	}
-	LWLockRelease(stats_shared->lock);
 	return e;
 }
 
@@ -177,18 +181,21 @@ apiary_stats_record(const char *name, TimestampTz started, bool error,
 		return;					/* not preloaded */
 	now = GetCurrentTimestamp();
 	us = Max(now - started, 0);
-	e = stats_entry(name);
-	if (e == NULL)
-		return;					/* cannot happen: "(other)" has room */
-	SpinLockAcquire(&e->mutex);
-	e->calls++;
-	if (error)
-		e->errors++;
-	if (retry)
-		e->retries++;
-	e->total_ms += us / 1000.0;
-	sketch_add(&e->sketch, (uint64_t) us);
-	SpinLockRelease(&e->mutex);
+	e = stats_entry_locked(name);
+	/* (NULL cannot happen: "(other)" has room) */
+	if (e != NULL)
+	{
+		SpinLockAcquire(&e->mutex);
+		e->calls++;
+		if (error)
+			e->errors++;
+		if (retry)
+			e->retries++;
+		e->total_ms += us / 1000.0;
+		sketch_add(&e->sketch, (uint64_t) us);
+		SpinLockRelease(&e->mutex);
+	}
+	LWLockRelease(stats_shared->lock);
 }
 
 static void
