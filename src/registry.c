@@ -186,12 +186,20 @@ apiary_system_identifier(PG_FUNCTION_ARGS)
  * ---------------------------------------------------------------------
  */
 
+/*
+ * Invalidations seen so far: one that arrives while an entry is built
+ * (its catalog lookups accept them) finds it not yet in the cache, so
+ * registry_acquire compares the count before and after.
+ */
+static uint64 registry_invalidations = 0;
+
 static void
 invalidate_matching(uint32 hashvalue, bool all)
 {
 	HASH_SEQ_STATUS seq;
 	RegistryEntry *entry;
 
+	registry_invalidations++;
 	if (registry_cache == NULL)
 		return;
 	hash_seq_init(&seq, registry_cache);
@@ -602,6 +610,7 @@ registry_acquire(const char *name)
 	ApiaryFunction *f;
 	ApiaryFunction *old;
 	bool		found;
+	uint64		invalidations;
 
 	if (registry_cache == NULL)
 	{
@@ -634,7 +643,14 @@ registry_acquire(const char *name)
 	}
 
 	/* Build first: if that fails, the cache is left as it was. */
+	invalidations = registry_invalidations;
 	f = build_function(name);
+	/* what it read may be older than a change seen meanwhile: this use only */
+	if (registry_invalidations != invalidations)
+	{
+		f->valid = false;
+		registry_invalidated = true;
+	}
 
 	entry = hash_search(registry_cache, name, HASH_ENTER, &found);
 	old = found ? entry->f : NULL;
