@@ -813,8 +813,12 @@ provenance_step(void)
 		pfree(collector);
 		collector = NULL;
 	}
-	/* a collector that keeps failing is started again every 10 s */
-	if (want && collector == NULL && GetCurrentTimestamp() >= retry_at)
+	/*
+	 * A collector that keeps failing is started again every 10 s; one
+	 * that a launcher before this one started may be running still.
+	 */
+	if (want && collector == NULL && GetCurrentTimestamp() >= retry_at &&
+		!apiary_collector_running())
 	{
 		collector = start_worker("apiary_provenance_main", "apiary provenance", 0);
 		retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 10 * 1000);

@@ -40,7 +40,8 @@ typedef struct ExecutorSlot
 
 typedef struct ApiaryShared
 {
-	slock_t		mutex;			/* protects slots and provenance_failed_* */
+	slock_t		mutex;			/* protects slots, collector_pid and
+								 * provenance_failed_* */
 	ConditionVariable finished[APIARY_RESULT_CVS];	/* see above */
 	pg_atomic_uint64 workflow_changes;	/* cancels and resumes begun */
 	pg_atomic_uint64 ready_deleted; /* apiary.ready rows deleted, ever */
@@ -51,6 +52,7 @@ typedef struct ApiaryShared
 	int			drops;			/* transactions dropping the extension */
 	bool		provenance_keyed;	/* provenance_key was loaded or made */
 	uint8		provenance_key[32]; /* signs provenance messages (provenance.c) */
+	pid_t		collector_pid;	/* the provenance collector's (0: none) */
 	/* the collector's last failure (0: none), until it stores past it */
 	TimestampTz provenance_failed_at;
 	XLogRecPtr	provenance_failed_lsn;

@@ -1544,6 +1544,43 @@ collect(LogicalDecodingContext *ctx, MemoryContext cxt)
 	}
 }
 
+/*
+ * One collector at a time: one started while another runs (by a launcher
+ * started again, which knows nothing of the one before) leaves at once.
+ */
+static bool
+claim_collector(void)
+{
+	bool		ok;
+
+	SpinLockAcquire(&apiary_shared->mutex);
+	ok = apiary_shared->collector_pid == 0 || kill(apiary_shared->collector_pid, 0) != 0;
+	if (ok)
+		apiary_shared->collector_pid = MyProcPid;
+	SpinLockRelease(&apiary_shared->mutex);
+	return ok;
+}
+
+static void
+release_collector(int code, Datum arg)
+{
+	SpinLockAcquire(&apiary_shared->mutex);
+	if (apiary_shared->collector_pid == MyProcPid)
+		apiary_shared->collector_pid = 0;
+	SpinLockRelease(&apiary_shared->mutex);
+}
+
+bool
+apiary_collector_running(void)
+{
+	pid_t		pid;
+
+	SpinLockAcquire(&apiary_shared->mutex);
+	pid = apiary_shared->collector_pid;
+	SpinLockRelease(&apiary_shared->mutex);
+	return pid != 0 && kill(pid, 0) == 0;
+}
+
 void
 apiary_provenance_main(Datum main_arg)
 {
@@ -1553,6 +1590,9 @@ apiary_provenance_main(Datum main_arg)
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
+	if (!claim_collector())
+		proc_exit(0);
+	before_shmem_exit(release_collector, (Datum) 0);
 	BackgroundWorkerInitializeConnection(apiary_database, NULL, 0);
 	pgstat_report_appname("apiary provenance");
 	apiary_housekeeping_session();

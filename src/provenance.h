@@ -54,6 +54,9 @@ extern bool provenance_load_key(uint8 *key);
 extern bool provenance_wanted(void);
 extern PGDLLEXPORT void apiary_provenance_main(Datum main_arg);
 
+/* Is a provenance collector running (started by this launcher or another)? */
+extern bool apiary_collector_running(void);
+
 #define PROVENANCE_SLOT "apiary_provenance"
 
 #endif							/* APIARY_PROVENANCE_H */

@@ -6,6 +6,7 @@
 # processes are killed with kill -9.  After the restart every write appears
 # in apiary.provenance exactly once (the slot kept the WAL; rows decoded
 # again are kept once), and writes made outside apiary do not appear.
+# Before that, two launcher restarts leave one collector running.
 # Then the caps on what the collector holds of one transaction, a row it
 # cannot convert, a collector that fails, and a move of apiary.database
 # to another database.
@@ -34,6 +35,18 @@ END $$;
 SQL
 wait_sql "SELECT state = 'recording' FROM apiary.provenance_status" 100 ||
 	fail "provenance is '$(psql_ -c "SELECT state FROM apiary.provenance_status")', not recording"
+
+# a launcher started again (terminated here; after an error too) finds
+# the collector running, and starts no second one
+for _ in 1 2; do
+	launcher=$(psql_ -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'apiary launcher'")
+	psql_ -c "SELECT pg_terminate_backend($launcher)" >/dev/null
+	wait_sql "SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'apiary launcher' AND pid <> $launcher" 150 ||
+		fail "the launcher did not start again"
+done
+sleep 2
+collectors=$(psql_ -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'apiary provenance'")
+[ "$collectors" -eq 1 ] || fail "$collectors provenance collectors after two launcher restarts"
 
 # the workflows, and writes outside apiary in between
 run_workflows() { # from to
