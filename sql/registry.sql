@@ -50,6 +50,14 @@ SELECT apiary_register('stock_of(int)', name => '');
 SELECT apiary_register('stock_of(int)', name => E'stock\nof');
 SELECT apiary_register('stock_of(int)', name => E'stock\u0085of');  -- C1 NEXT LINE
 SELECT apiary_register('stock_of(int)', name => repeat('x', 64));
+-- Registering is a write: refused in a read-only transaction (a
+-- standby's, say).
+BEGIN READ ONLY;
+SELECT apiary_register('stock_of(int)', name => 'stock_ro');
+ROLLBACK;
+BEGIN READ ONLY;
+SELECT apiary_unregister('inventory');
+ROLLBACK;
 -- a declared name is the function's own, held to the same rules
 CREATE FUNCTION U&"stock\000Aof"() RETURNS int LANGUAGE sql
 SET apiary.kind = 'readonly' AS $$ SELECT 1 $$;

@@ -813,6 +813,17 @@ SELECT pg_advisory_unlock(4747);
 SELECT wait_until($c$EXISTS (SELECT FROM apiary_status('late-chain')
   WHERE error->>'cancelled' = 'by the workflow''s timeout, while running')$c$);
 SELECT function, state, error->>'cancelled' AS cancelled FROM apiary_status('late-chain') ORDER BY task;
+-- Cancel and resume are writes: refused in a read-only transaction (a
+-- standby's, say), before the workflow is looked for.
+BEGIN READ ONLY;
+SELECT apiary_cancel('late-chain');
+ROLLBACK;
+BEGIN READ ONLY;
+SELECT apiary_resume('late-chain');
+ROLLBACK;
+BEGIN READ ONLY;
+SELECT apiary_resume('no-such-workflow');
+ROLLBACK;
 SELECT count(*) AS effects FROM late_effects;
 -- A timeout must be positive; a start of an existing key returns it,
 -- whatever its timeout.

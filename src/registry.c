@@ -836,6 +836,8 @@ apiary_register(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("kind must not be null"),
 				 errhint("Valid kinds are " APIARY_KIND_NAMES ".")));
+	/* (on a standby too: its transactions are read-only) */
+	PreventCommandIfReadOnly("apiary_register()");
 	fn = PG_GETARG_OID(0);
 	kind = parse_kind(text_to_cstring(PG_GETARG_TEXT_PP(1)));
 
@@ -893,6 +895,7 @@ apiary_unregister(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("function name must not be null")));
+	PreventCommandIfReadOnly("apiary_unregister()");
 	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	values[0] = PG_GETARG_DATUM(0);
 

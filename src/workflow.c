@@ -519,6 +519,8 @@ change_workflow(FunctionCallInfo fcinfo, const char *sql, bool cancel)
 	check_id(PG_GETARG_TEXT_PP(0));
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
+	/* (on a standby too: its transactions are read-only) */
+	PreventCommandIfReadOnly(cancel ? "apiary_cancel()" : "apiary_resume()");
 	role = workflow_role(PG_GETARG_TEXT_PP(0));
 	/* the cancel would be rolled back with the task's own effects */
 	if (cancel && apiary_in_task(&task_workflow, &task, &task_role) && role == task_role &&

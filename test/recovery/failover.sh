@@ -194,6 +194,12 @@ out=$(PGOPTIONS="-c statement_timeout=20s" p2 -c "SELECT apiary_result('sb-wait'
 [ "$out" = 7 ] || fail "apiary_result on the standby: $out"
 p1 -c "DELETE FROM apiary.tasks WHERE workflow = 'sb-wait'" \
 	-c "DELETE FROM apiary.workflows WHERE id = 'sb-wait'" >/dev/null
+# changes on the standby are refused as in any read-only transaction
+for stmt in "SELECT apiary_cancel('sb-wait')" "SELECT apiary_resume('sb-wait')" \
+	"SELECT apiary_register('fo_pause()')"; do
+	out=$(p2 -v VERBOSITY=sqlstate -c "$stmt" 2>&1 || true)
+	[ "$out" = "ERROR:  25006" ] || fail "$stmt on the standby: $out"
+done
 
 # --- 4. start the workflows, crash the primary mid-run, promote -----------------
 # Five workflows every 0.1 s, each in a transaction of its own: faster than
