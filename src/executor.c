@@ -404,6 +404,8 @@ apiary_queue_jsonb(const char *name, Jsonb *args)
 		ereport(ERROR,
 				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
 				 errmsg("cannot queue a task in a read-only transaction"),
+				 apiary_xact_read_only() ?
+				 errhint("The task's transaction is read-only: see default_transaction_read_only of apiary.database (ALTER DATABASE) and of the role the executors connect as.") :
 				 errhint("A readonly function cannot queue tasks; register the function that queues as transactional.")));
 	bind_check_limits(name, args);
 
