@@ -825,11 +825,12 @@ BEGIN READ ONLY;
 SELECT apiary_resume('no-such-workflow');
 ROLLBACK;
 SELECT count(*) AS effects FROM late_effects;
--- A timeout must be positive; a start of an existing key returns it,
--- whatever its timeout.
+-- A timeout must be positive, and less than 1000 years; a start of an
+-- existing key returns it, whatever its timeout.
 SELECT apiary_start('late_write', '1', timeout => '0');
 SELECT apiary_start('late_write', '1', timeout => '-1 min');
 SELECT apiary_start('late_write', '1', timeout => '1 month -29 days');
+SELECT apiary_start('late_write', '1', timeout => '178000000 years');
 SELECT apiary_start('late_write', '1', 'late', timeout => '1 h');
 SELECT timeout FROM apiary.workflows WHERE id = 'late';
 

@@ -169,6 +169,12 @@ apiary_start(PG_FUNCTION_ARGS)
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("workflow timeout must be positive"),
 					 errhint("Pass NULL for a workflow without a timeout.")));
+		/* (its deadline must be a timestamp, after a resume too) */
+		if (interval_usecs(timeout) >= 1000.0 * DAYS_PER_YEAR * USECS_PER_DAY)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("workflow timeout must be less than 1000 years"),
+					 errhint("Pass NULL for a workflow without a timeout.")));
 	}
 
 	/* callable now, with these arguments; checked again when it runs */
