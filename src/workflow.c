@@ -234,7 +234,7 @@ workflow_role(text *id)
 				(errcode(ERRCODE_AMBIGUOUS_PARAMETER),
 				 errmsg("workflow id \"%s\" is used by %llu roles", text_to_cstring(id),
 						(unsigned long long) SPI_processed),
-				 errhint("Find the one you mean in apiary.workflows, and SET ROLE to its role.")));
+				 errhint("apiary.workflows shows their roles; a call made as the workflow's own role names it (a superuser may SET ROLE to it).")));
 	if (SPI_processed == 1)
 		role = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	return role;
