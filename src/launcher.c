@@ -759,6 +759,9 @@ names_item(const char *list, const char *item)
 	if (SplitIdentifierString(copy, ',', &names))
 		foreach(lc, names)
 			found = found || strcmp(lfirst(lc), item) == 0;
+	/* (the launcher calls this on every pass, in a long-lived context) */
+	list_free(names);
+	pfree(copy);
 	return found;
 }
 

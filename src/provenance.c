@@ -267,6 +267,7 @@ message_signed(const char *data, size_t size)
  */
 #define IMAGE_VALUE_MAX (1024 * 1024)	/* a larger value is left out */
 #define IMAGE_ROW_MAX (8 * 1024 * 1024) /* a row over this has no image */
+#define IMAGE_JSONB_DEPTH 1000	/* a jsonb value nested deeper is left out */
 #define READS_BYTES_MAX (64 * 1024 * 1024)	/* of the reads of an invocation */
 #define TXN_IMAGES_MAX (64 * 1024 * 1024)	/* of the changes of a transaction */
 
@@ -298,12 +299,41 @@ column_as_text(Form_pg_attribute att)
 }
 
 /*
+ * Is a jsonb value nested deeper than IMAGE_JSONB_DEPTH?  Any role may
+ * store one nested deep enough that parsing its row's JSON (tuple_jsonb)
+ * exceeds the stack depth limit: that would stop the collector at every
+ * restart, or fail the function that read it.  The iterator keeps its
+ * path on the heap.
+ */
+static bool
+jsonb_too_deep(Datum value)
+{
+	Jsonb	   *jb = DatumGetJsonbP(value);
+	JsonbIterator *it = JsonbIteratorInit(&jb->root);
+	JsonbValue	v;
+	JsonbIteratorToken token;
+	int			depth = 0;
+
+	while ((token = JsonbIteratorNext(&it, &v, false)) != WJB_DONE)
+	{
+		if (token == WJB_BEGIN_ARRAY || token == WJB_BEGIN_OBJECT)
+		{
+			if (++depth > IMAGE_JSONB_DEPTH)
+				return true;
+		}
+		else if (token == WJB_END_ARRAY || token == WJB_END_OBJECT)
+			depth--;
+	}
+	return false;
+}
+
+/*
  * A heap tuple as a jsonb object of its columns, or NULL for a row over
- * IMAGE_ROW_MAX.  desc must carry a composite type (a relation's, or
- * blessed).  Left out (null) are values still on disk in TOAST (an
+ * IMAGE_ROW_MAX.  Left out (null) are values still on disk in TOAST (an
  * update's unchanged columns, as decoding gives them: they were not part
- * of the change) and values over IMAGE_VALUE_MAX, which set *trimmed, as
- * does a row left without an image.  Columns of the database's own types,
+ * of the change), values over IMAGE_VALUE_MAX and jsonb values nested
+ * deeper than IMAGE_JSONB_DEPTH, which set *trimmed, as does a row left
+ * without an image.  Columns of the database's own types,
  * and json ones, are strings (column_as_text).
  */
 static Jsonb *
@@ -311,25 +341,30 @@ tuple_jsonb(TupleDesc desc, HeapTuple tuple, bool strip_nulls, bool *trimmed)
 {
 	Datum		json;
 	Jsonb	   *jb;
-	TupleDesc	textdesc = NULL;
+	TupleDesc	recdesc;
+	bool		as_text = false;
 
+	/*
+	 * As an anonymous record: row_to_json would look a relation's row type
+	 * up by opening the relation, and wait for any lock on it (a DBA's
+	 * ALTER TABLE, anyone's LOCK TABLE), holding every later row back.
+	 */
+	recdesc = CreateTupleDescCopy(desc);
+	recdesc->tdtypeid = RECORDOID;
+	recdesc->tdtypmod = -1;
 	for (int i = 0; i < desc->natts; i++)
 		if (column_as_text(TupleDescAttr(desc, i)))
 		{
-			if (textdesc == NULL)
-			{
-				textdesc = CreateTupleDescCopy(desc);
-				textdesc->tdtypeid = RECORDOID;
-				textdesc->tdtypmod = -1;
-			}
-			TupleDescInitEntry(textdesc, i + 1, NameStr(TupleDescAttr(desc, i)->attname),
+			TupleDescInitEntry(recdesc, i + 1, NameStr(TupleDescAttr(desc, i)->attname),
 							   TEXTOID, -1, 0);
+			as_text = true;
 		}
-	if (HeapTupleHasVarWidth(tuple) || textdesc != NULL)
+	recdesc = BlessTupleDesc(recdesc);
+	if (HeapTupleHasVarWidth(tuple) || as_text)
 	{
 		Datum	   *values = palloc(desc->natts * sizeof(Datum));
 		bool	   *nulls = palloc(desc->natts * sizeof(bool));
-		bool		changed = textdesc != NULL;
+		bool		changed = as_text;
 		Size		total = 0;
 
 		heap_deform_tuple(tuple, desc, values, nulls);
@@ -349,7 +384,11 @@ tuple_jsonb(TupleDesc desc, HeapTuple tuple, bool strip_nulls, bool *trimmed)
 					continue;
 				}
 				size = toast_raw_datum_size(values[i]);
-				if (size > IMAGE_VALUE_MAX)
+				if (size > IMAGE_VALUE_MAX ||
+					((att->atttypid == JSONBOID ||
+					  (att->atttypid >= FirstNormalObjectId &&
+					   getBaseType(att->atttypid) == JSONBOID)) &&
+					 jsonb_too_deep(values[i])))
 				{
 					nulls[i] = changed = *trimmed = true;
 					continue;
@@ -370,13 +409,11 @@ tuple_jsonb(TupleDesc desc, HeapTuple tuple, bool strip_nulls, bool *trimmed)
 			*trimmed = true;
 			return NULL;
 		}
-		if (textdesc != NULL)
-			desc = BlessTupleDesc(textdesc);
 		if (changed)
-			tuple = heap_form_tuple(desc, values, nulls);
+			tuple = heap_form_tuple(recdesc, values, nulls);
 	}
 	json = DirectFunctionCall1(row_to_json,
-							   heap_copy_tuple_as_datum(tuple, desc));
+							   heap_copy_tuple_as_datum(tuple, recdesc));
 	jb = DatumGetJsonbP(DirectFunctionCall1(jsonb_in,
 											CStringGetDatum(TextDatumGetCString(json))));
 	if (strip_nulls)
@@ -695,18 +732,14 @@ provenance_ExecutorStart(QueryDesc *qd, int eflags)
 
 	if (recording_reads() && !(eflags & EXEC_FLAG_EXPLAIN_ONLY) && qd->planstate != NULL)
 	{
-		ReadTap    *before = taps;
+		MemoryContextCallback *cb =
+			MemoryContextAlloc(qd->estate->es_query_cxt, sizeof(MemoryContextCallback));
 
+		/* first: the taps live in es_query_cxt, so must leave with it */
+		cb->func = taps_forget;
+		cb->arg = qd->estate;
+		MemoryContextRegisterResetCallback(qd->estate->es_query_cxt, cb);
 		(void) tap_walker(qd->planstate, qd->estate);
-		if (taps != before)
-		{
-			MemoryContextCallback *cb =
-				MemoryContextAlloc(qd->estate->es_query_cxt, sizeof(MemoryContextCallback));
-
-			cb->func = taps_forget;
-			cb->arg = qd->estate;
-			MemoryContextRegisterResetCallback(qd->estate->es_query_cxt, cb);
-		}
 	}
 }
 
@@ -1055,17 +1088,31 @@ plugin_message(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 	if (m != NULL)
 	{
 		ListCell   *lc;
+		List	   *kept = NIL;
 
-		/* the reads' images count against the transaction's */
+		/* the reads count against the transaction's rows and images */
 		foreach(lc, m->reads)
 		{
 			Change	   *c = lfirst(lc);
 			Jsonb	   *jb = c->row;
 
-			keep_image(st, c, jb);
+			if (st->nchanges < TXN_CHANGES_MAX)
+			{
+				st->nchanges++;
+				keep_image(st, c, jb);
+				kept = lappend(kept, c);
+			}
+			else
+			{
+				st->dropped++;
+				pfree(c->relname);
+				pfree(c);
+			}
 			if (jb != NULL)
 				pfree(jb);
 		}
+		list_free(m->reads);
+		m->reads = kept;
 		st->messages = lappend(st->messages, m);
 	}
 	else
@@ -1106,8 +1153,11 @@ attribute(List *messages, XLogRecPtr lsn)
 static bool
 may_read(Oid role, Oid relid)
 {
-	return pg_class_aclcheck(relid, role, ACL_SELECT) == ACLCHECK_OK &&
-		check_enable_rls(relid, role, true) != RLS_ENABLED;
+	bool		missing = false;
+
+	/* (a table the transaction dropped again has no rights to go by) */
+	return pg_class_aclcheck_ext(relid, role, ACL_SELECT, &missing) == ACLCHECK_OK &&
+		!missing && check_enable_rls(relid, role, true) != RLS_ENABLED;
 }
 
 /* Keep a row for storing: copied into out_cxt, the current context. */
@@ -1149,7 +1199,7 @@ plugin_commit(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 		return;
 	if (st->dropped > 0)
 		ereport(WARNING,
-				(errmsg("apiary provenance: transaction %u wrote more than %d rows; the other %d are not recorded",
+				(errmsg("apiary provenance: transaction %u wrote and read more than %d rows; the other %d are not recorded",
 						txn->xid, TXN_CHANGES_MAX, st->dropped)));
 	/* out_cxt outlives this transaction's context: copy what is kept */
 	old = MemoryContextSwitchTo(st->out_cxt);
@@ -1442,6 +1492,11 @@ store_rows(PluginState *st)
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
+	/*
+	 * Durable before the slot moves past them, whatever synchronous_commit
+	 * this session was given.
+	 */
+	XLogFlush(XactLastCommitEnd);
 	replorigin_session_origin = InvalidRepOriginId;
 	pgstat_report_stat(false);
 
@@ -1475,7 +1530,10 @@ forget_failure(XLogRecPtr confirmed)
 	SpinLockRelease(&apiary_shared->mutex);
 }
 
-/* Decode the WAL as it is flushed, and store what it says, for good. */
+/*
+ * Decode the WAL as it is flushed, and store what it says, for good;
+ * returns once provenance is turned off.
+ */
 static void
 collect(LogicalDecodingContext *ctx, MemoryContext cxt)
 {
@@ -1497,15 +1555,7 @@ collect(LogicalDecodingContext *ctx, MemoryContext cxt)
 			}
 		}
 		if (!provenance_wanted())
-		{
-			/* off: nothing may hold WAL back any more */
-			FreeDecodingContext(ctx);
-			ReplicationSlotRelease();
-			ReplicationSlotDrop(PROVENANCE_SLOT, true);
-			ereport(LOG, (errmsg("apiary provenance is off: dropped replication slot \"%s\"",
-								 PROVENANCE_SLOT)));
-			proc_exit(0);
-		}
+			return;				/* off: the caller drops the slot */
 
 		end = GetFlushRecPtr(NULL);
 		if (ctx->reader->EndRecPtr < end)
@@ -1630,4 +1680,12 @@ apiary_provenance_main(Datum main_arg)
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
+
+	/* off: nothing may hold WAL back any more */
+	FreeDecodingContext(ctx);
+	ReplicationSlotRelease();
+	ReplicationSlotDrop(PROVENANCE_SLOT, true);
+	ereport(LOG, (errmsg("apiary provenance is off: dropped replication slot \"%s\"",
+						 PROVENANCE_SLOT)));
+	proc_exit(0);
 }

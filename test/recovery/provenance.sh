@@ -7,7 +7,8 @@
 # in apiary.provenance exactly once (the slot kept the WAL; rows decoded
 # again are kept once), and writes made outside apiary do not appear.
 # Before that, two launcher restarts leave one collector running.
-# Then the caps on what the collector holds of one transaction, a row it
+# Then the caps on what the collector holds of one transaction, rows no
+# role may use to stop or stall the collector, a row it
 # cannot convert, a collector that fails, and a move of apiary.database
 # to another database.
 set -euo pipefail
@@ -137,7 +138,7 @@ wait_sql "SELECT count(*) >= 100000 FROM apiary.provenance WHERE relname = 'publ
 sleep 0.5
 bulk=$(psql_ -c "SELECT count(*) FILTER (WHERE function = 'fill') || ' ' || count(*) FROM apiary.provenance WHERE relname = 'public.bulk'")
 [ "$bulk" = "100000 100000" ] || fail "bulk writes: expected 100000 of fill and none else, found (fill, all) $bulk"
-grep -q "wrote more than 100000 rows; the other 10 are not recorded" "$dir/server.log" || fail "no warning for the rows left out"
+grep -q "wrote and read more than 100000 rows; the other 10 are not recorded" "$dir/server.log" || fail "no warning for the rows left out"
 
 # a value that its type cannot show (an extension's type whose output
 # function fails, from the example module) leaves its row without an image,
@@ -186,6 +187,57 @@ after=$(psql_ -c "SELECT \"row\"->>'f' FROM apiary.provenance WHERE relname = 'p
 [ "$after" = after ] || fail "the write after them was not recorded with its image: '$after'"
 state=$(psql_ -c "SELECT state FROM apiary.provenance_status")
 [ "$state" = recording ] || fail "provenance is '$state', not recording"
+
+# no role's row stops or stalls the collector: a jsonb value nested too
+# deep to parse again (written by a client, and by an apiary function,
+# whose row is recorded without it), a table an apiary function creates,
+# writes and drops in one call (recorded without an image), and a write
+# decoded while another session holds its table locked (rows are converted
+# without locking their tables)
+psql_ >/dev/null <<'SQL'
+CREATE TABLE deep (id int, j jsonb);
+INSERT INTO deep SELECT 1, (repeat('[', 14400) || repeat(']', 14400))::jsonb;
+CREATE FUNCTION put_deep() RETURNS int LANGUAGE sql
+SET apiary.kind = 'transactional' AS $$
+  INSERT INTO deep SELECT 2, (repeat('[', 14400) || repeat(']', 14400))::jsonb RETURNING 1 $$;
+SELECT apiary_invoke('put_deep');
+CREATE FUNCTION stage() RETURNS int LANGUAGE plpgsql
+SET apiary.kind = 'transactional' AS $$
+BEGIN
+  CREATE TABLE staged (id int);
+  INSERT INTO staged VALUES (1);
+  DROP TABLE staged;
+  RETURN 1;
+END $$;
+SELECT apiary_invoke('stage');
+CREATE TABLE held (id int);
+CREATE FUNCTION put_held() RETURNS int LANGUAGE sql
+SET apiary.kind = 'transactional' AS $$ INSERT INTO held VALUES (1) RETURNING 1 $$;
+SQL
+collector=$(psql_ -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'apiary provenance'")
+[ -n "$collector" ] || fail "no provenance collector running"
+kill -STOP "$collector"
+psql_ -c "SELECT apiary_invoke('put_held')" >/dev/null
+psql_ -c "BEGIN" -c "LOCK TABLE held IN ACCESS EXCLUSIVE MODE" -c "SELECT pg_sleep(60)" >/dev/null 2>&1 &
+locker=$!
+wait_sql "SELECT count(*) = 1 FROM pg_locks WHERE relation = 'held'::regclass AND granted" 100 ||
+	fail "the lock on held was not taken"
+psql_ -c "SELECT apiary_invoke('put_odd', '[301, 1, \"while held\", 0]')" >/dev/null
+kill -CONT "$collector"
+recorded=t
+wait_sql "SELECT count(*) = 1 FROM apiary.provenance WHERE relname = 'public.odd' AND \"row\"->>'id' = '301'" 100 ||
+	recorded=f
+psql_ -c "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(60)%' AND pid <> pg_backend_pid()" >/dev/null
+wait "$locker" 2>/dev/null || true
+[ $recorded = t ] || fail "the collector stalled on a row of a table another session held locked"
+held=$(psql_ -c "SELECT count(\"row\") FROM apiary.provenance WHERE relname = 'public.held'")
+[ "$held" -eq 1 ] || fail "the write to the locked table: $held rows with an image, not 1"
+deep=$(psql_ -c "SELECT count(*) || ' ' || count(*) FILTER (WHERE \"row\"->>'id' = '2' AND \"row\"->'j' = 'null') FROM apiary.provenance WHERE relname = 'public.deep'")
+[ "$deep" = "1 1" ] || fail "rows of deep: (recorded, by put_deep without j) $deep, not 1 1"
+staged=$(psql_ -c "SELECT count(*) || ' ' || count(\"row\") FROM apiary.provenance WHERE relname = 'public.staged'")
+[ "$staged" = "1 0" ] || fail "rows of the dropped table: (recorded, with image) $staged, not 1 0"
+state=$(psql_ -c "SELECT state FROM apiary.provenance_status")
+[ "$state" = recording ] || fail "provenance is '$state' after deep, dropped and locked tables, not recording"
 
 # a collector that fails (here on a row a DBA's constraint refuses) is
 # started again and decodes the same WAL again: provenance_status says it
