@@ -48,6 +48,7 @@
 
 #include "access/xact.h"
 #include "access/xlog.h"
+#include "access/xlog_internal.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/prepare.h"
@@ -571,6 +572,24 @@ apiary_task_attempt(PG_FUNCTION_ARGS)
  */
 #define ERROR_FIELD_MAX (1024 * 1024)
 
+/*
+ * Where the WAL inserted so far ends.  GetXLogInsertRecPtr gives where the
+ * next record would begin: at a page boundary, past the next page's
+ * header, which XLogFlush refuses ("xlog flush request ... is not
+ * satisfied") while that page has not been written.
+ */
+static XLogRecPtr
+inserted_wal_end(void)
+{
+	XLogRecPtr	lsn = GetXLogInsertRecPtr();
+	uint32		header = XLogSegmentOffset(lsn, wal_segment_size) < XLOG_BLCKSZ ?
+		SizeOfXLogLongPHD : SizeOfXLogShortPHD;
+
+	if (lsn % XLOG_BLCKSZ == header)
+		lsn -= header;
+	return lsn;
+}
+
 /* The error of a failed task, as recorded and as apiary_result raises it. */
 static Jsonb *
 error_jsonb(ErrorData *edata, int64 task, const char *function)
@@ -904,6 +923,9 @@ run_task(RunningTask *t, const char *function, Oid fn_owner, Jsonb *args,
 									 PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
 		f = held = registry_acquire(function);
 		kind = f->kind;
+		/* its own budget, also for what fails before it runs */
+		if (f->max_attempts > 0)
+			max_attempts = f->max_attempts;
 
 		/*
 		 * The name may have been freed since the task was queued (its
@@ -936,9 +958,7 @@ run_task(RunningTask *t, const char *function, Oid fn_owner, Jsonb *args,
 		 * crash would then queue the call again under another task key.
 		 */
 		if (kind == APIARY_KIND_EXTERNAL)
-			XLogFlush(GetXLogInsertRecPtr());
-		if (f->max_attempts > 0)
-			max_attempts = f->max_attempts;
+			XLogFlush(inserted_wal_end());
 		/* as apiary_register allows (one registered by an older library may be more) */
 		timeout_ms = Min(f->timeout_ms, INT_MAX);
 		timeout_from = GetCurrentTimestamp();
