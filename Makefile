@@ -38,7 +38,7 @@ REGRESS = registry invoke keys nested errors workflows security observability up
 REGRESS_OPTS = --temp-config=$(srcdir)/test/apiary.conf \
 	$(if $(shell $(shell $(PG_CONFIG) --bindir)/postgres --describe-config 2>/dev/null | grep '^output_plugin_libraries'),--temp-config=$(srcdir)/test/output_plugins.conf) \
 	--temp-instance=./tmp_check --port=54329 --encoding=UTF8
-ISOLATION = keys_race prepared registry_cache registry_races
+ISOLATION = keys_race prepared registry_cache registry_races drop_race
 ISOLATION_OPTS = --temp-config=$(srcdir)/test/apiary_isolation.conf \
 	--temp-instance=./tmp_check_iso --port=54330
 

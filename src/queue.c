@@ -240,8 +240,14 @@ qrel_open(const char *name, int natts)
 		return kept[i];
 	if (keep_open)
 		CurrentResourceOwner = TopTransactionResourceOwner;
-	rel = table_open(table_oid(name), RowExclusiveLock);
+	/* (dropped while we waited for its lock: DROP EXTENSION) */
+	rel = try_table_open(table_oid(name), RowExclusiveLock);
 	CurrentResourceOwner = owner;
+	if (rel == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("relation \"apiary.%s\" was dropped meanwhile", name),
+				 errhint("Extension apiary was dropped: create it again to run workflows.")));
 	journal_check_columns(rel, natts);
 	q = MemoryContextAllocZero(keep_open ? TopTransactionContext : CurrentMemoryContext,
 							   sizeof(QRel));
