@@ -383,9 +383,9 @@ apiary_result(PG_FUNCTION_ARGS)
 																	  SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull))))
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("cannot wait for workflow \"%s\" in the transaction that started it",
+					 errmsg("cannot wait for workflow \"%s\" in the transaction that started or changed it",
 							text_to_cstring(id)),
-					 errdetail("Its tasks run only after that transaction commits."),
+					 errdetail("Its tasks run only after that transaction commits (a start, or a resume)."),
 					 errhint("Commit first, then call apiary_result.")));
 		if (IsolationUsesXactSnapshot())
 			ereport(ERROR,
