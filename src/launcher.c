@@ -207,16 +207,25 @@ apiary_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 		drop_level = level - 1;
 }
 
-/* This backend's DROP EXTENSION apiary is over, one way or the other. */
+/*
+ * This backend's DROP EXTENSION apiary is over, one way or the other.  The
+ * launcher looks at once (rolled back, the executors come back without
+ * waiting for its next look).  A stale latch only wakes some process.
+ */
 static void
 end_drop(void)
 {
+	Latch	   *latch;
+
 	if (drop_level == 0 || apiary_shared == NULL)
 		return;
 	drop_level = 0;
 	SpinLockAcquire(&apiary_shared->mutex);
 	apiary_shared->drops--;
 	SpinLockRelease(&apiary_shared->mutex);
+	latch = apiary_shared->launcher_latch;
+	if (latch != NULL)
+		SetLatch(latch);
 }
 
 bool

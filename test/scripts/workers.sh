@@ -198,15 +198,24 @@ RELEASE a;
 SAVEPOINT b;
 SELECT 1 / 0;
 ROLLBACK TO b;
-SELECT pg_sleep(3);
+SELECT pg_sleep(4);
 ROLLBACK;
 SQL
 dropper=$!
 wait_for 0
+wait_sql "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE state = 'active' AND query LIKE 'SELECT pg_sleep(4)%')" 100 ||
+	fail "the dropping session did not get to its pg_sleep"
+# a count of executors proves something only if the drop was still open
+# after it was taken (psql is slow to start on a loaded machine)
+checks=0
 for _ in $(seq 1 20); do
-	[ "$(executors)" -eq 0 ] || fail "executors started while a released drop of apiary was open"
+	n=$(executors)
+	[ "$(psql_ -c "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE 'SELECT pg_sleep(4)%'")" -eq 1 ] || break
+	[ "$n" -eq 0 ] || fail "executors started while a released drop of apiary was open"
+	checks=$((checks + 1))
 	sleep 0.1
 done
+[ "$checks" -gt 0 ] || fail "no count of executors was taken while the drop was open"
 wait "$dropper" || true
 wait_for 2
 if tail -n +"$((lines + 1))" "$dir/server.log" | grep -E "lock timeout|could not open relation"; then
