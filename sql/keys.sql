@@ -101,3 +101,15 @@ SELECT apiary_invoke('record_run', '{"tag": "noted"}', 'noted');
 ALTER TABLE apiary.invocations DROP COLUMN note;
 SELECT apiary_invoke('record_run', '{"tag": "noted"}', 'noted')::int > 0 AS ran;
 SELECT key, function FROM apiary.invocations WHERE key = 'noted';
+
+-- A keyed call writes the journal: not during a parallel operation, where
+-- a function wrongly marked PARALLEL SAFE would make it (a clear error,
+-- where the write itself raised an internal one).
+CREATE FUNCTION keyed_in_parallel() RETURNS jsonb LANGUAGE plpgsql PARALLEL SAFE
+AS $$ BEGIN RETURN apiary_invoke('record_run', '{"tag": "par"}', 'par-key'); END $$;
+SET force_parallel_mode = on;
+SET parallel_setup_cost = 0;
+SELECT keyed_in_parallel();
+RESET force_parallel_mode;
+RESET parallel_setup_cost;
+SELECT keyed_in_parallel()::int > 0 AS ran;

@@ -49,6 +49,26 @@ BEGIN
   END LOOP;
   RETURN n;
 END $$;
+-- queues n tasks after three tries that queue and roll back
+CREATE FUNCTION sec.s_fan_retried(n int) RETURNS int LANGUAGE plpgsql
+SET apiary.kind = 'transactional' AS $$
+BEGIN
+  FOR r IN 1..3 LOOP
+    BEGIN
+      IF r > 1 THEN
+        PERFORM apiary_queue('s_whoami') FROM generate_series(1, n / 2);
+      END IF;
+      BEGIN
+        PERFORM apiary_queue('s_whoami') FROM generate_series(1, n / 2);
+      EXCEPTION WHEN division_by_zero THEN NULL;
+      END;
+      RAISE EXCEPTION 'undone';
+    EXCEPTION WHEN raise_exception THEN NULL;
+    END;
+  END LOOP;
+  PERFORM apiary_queue('s_whoami') FROM generate_series(1, n);
+  RETURN n;
+END $$;
 -- a future made up from an id
 CREATE FUNCTION sec.s_forge(id bigint) RETURNS jsonb LANGUAGE plpgsql
 SET apiary.kind = 'transactional' AS $$
@@ -222,6 +242,10 @@ SELECT err($$SELECT apiary_result('runaway', '60 s')$$);
 SELECT count(*) AS queued_by_runaway FROM apiary.tasks WHERE workflow = 'runaway';
 SELECT apiary_start('s_fan', '{"n": 100}', 'at-the-limit');
 SELECT apiary_result('at-the-limit', '60 s');
+-- what rolled-back subtransactions queued is not counted
+SELECT apiary_start('s_fan_retried', '{"n": 100}', 'retried-fan');
+SELECT apiary_result('retried-fan', '60 s');
+SELECT count(*) AS queued_by_retried_fan FROM apiary.tasks WHERE workflow = 'retried-fan';
 
 -- Outputs to be recorded are bounded by apiary.max_output_size (1 MB here).
 SELECT apiary_start('s_big', '{"n": 2000000}', 'too-big');

@@ -971,6 +971,15 @@ SELECT apiary_result('maintained', '60 s');
 SELECT apiary_invoke('square', '{"x": 6}', 'indexed-1');
 DROP INDEX apiary.invocations_by_x, apiary.invocations_one_never, apiary.tasks_by_x;
 
+-- A failed workflow whose recorded error a superuser cleared or replaced
+-- by hand still reports its failure (a NULL error crashed the server).
+SELECT apiary_start('square', '[3]', 'hand-edited');
+SELECT apiary_result('hand-edited', '60 s');
+UPDATE apiary.workflows SET state = 'failed', error = NULL WHERE id = 'hand-edited';
+SELECT apiary_result('hand-edited', '0');
+UPDATE apiary.workflows SET error = '[1, 2]' WHERE id = 'hand-edited';
+SELECT apiary_result('hand-edited', '0');
+
 -- Workflows belong to apiary.database, where the executors run: elsewhere
 -- apiary_start says so instead of queueing work that would never run.
 CREATE DATABASE apiary_elsewhere;

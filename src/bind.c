@@ -38,6 +38,7 @@
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "lib/stringinfo.h"
+#include "mb/pg_wchar.h"
 #include "nodes/makefuncs.h"
 #include "pgstat.h"
 #include "utils/acl.h"
@@ -157,12 +158,16 @@ report_bind_error(ApiaryFunction *f, BindError err, int bad,
 void
 bind_require_call_args(FunctionCallInfo fcinfo)
 {
-	bind_require_name_args(PG_ARGISNULL(0) ? NULL : "", PG_ARGISNULL(1) ? NULL : "");
+	bind_require_name_args(PG_ARGISNULL(0) ? NULL : "", PG_ARGISNULL(1) ? NULL : "", NULL);
 }
 
-/* The same for the C API (apiary.h), given the values. */
+/*
+ * The same for the C API (apiary.h), given the values.  Its strings come
+ * unchecked, and must be in the database's encoding (22021), as every text
+ * value is; key may be NULL.
+ */
 void
-bind_require_name_args(const void *name, const void *args)
+bind_require_name_args(const char *name, const void *args, const char *key)
 {
 	if (name == NULL)
 		ereport(ERROR,
@@ -173,6 +178,24 @@ bind_require_name_args(const void *name, const void *args)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("arguments must not be null"),
 				 errhint("Pass '{}' to call a function without arguments.")));
+	(void) pg_verifymbstr(name, strlen(name), false);
+	if (key != NULL)
+		(void) pg_verifymbstr(key, strlen(key), false);
+}
+
+/*
+ * What writes apiary's tables, or keeps state of the running task, cannot
+ * run in a parallel worker, nor in its leader while the workers run: a
+ * function marked PARALLEL SAFE or RESTRICTED that calls it.
+ */
+void
+bind_require_not_parallel(const char *what)
+{
+	if (IsInParallelMode())
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TRANSACTION_STATE),
+				 errmsg("%s cannot be called during a parallel operation", what),
+				 errhint("Mark the function that calls it PARALLEL UNSAFE.")));
 }
 
 void

@@ -15,7 +15,9 @@
 
 /* NULL name or args to apiary_invoke, apiary_start, apiary_queue: an error. */
 extern void bind_require_call_args(FunctionCallInfo fcinfo);
-extern void bind_require_name_args(const void *name, const void *args);
+extern void bind_require_name_args(const char *name, const void *args,
+								   const char *key);
+extern void bind_require_not_parallel(const char *what);
 
 /*
  * True from the start of a task's own call (bind_call with direct) until

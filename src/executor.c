@@ -46,6 +46,7 @@
 #include <signal.h>
 #include <sys/mman.h>
 
+#include "access/parallel.h"
 #include "access/xact.h"
 #include "access/xlog.h"
 #include "access/xlog_internal.h"
@@ -197,6 +198,20 @@ static int	nready = 0;
 static bool queued_undone = false;
 
 /*
+ * apiary.max_queued counts the tasks that survive: for each open
+ * subtransaction that queued (innermost last), the running task's count
+ * when it began, restored if it rolls back.
+ */
+#define MAX_QUEUED_MARKS 512
+typedef struct QueuedMark
+{
+	SubTransactionId subid;
+	int			before;
+} QueuedMark;
+static QueuedMark queued_marks[MAX_QUEUED_MARKS];
+static int	nqueued_marks = 0;
+
+/*
  * The task this executor's transaction claimed (0: none) and when its
  * attempt began.  When that transaction fails outside the task's
  * subtransaction, they stay set, with the error in failed_error, until
@@ -216,11 +231,57 @@ note_ready(int64 id)
 }
 
 static void
-note_subxact_abort(SubXactEvent event, SubTransactionId mySubid,
-				   SubTransactionId parentSubid, void *arg)
+note_subxact_end(SubXactEvent event, SubTransactionId mySubid,
+				 SubTransactionId parentSubid, void *arg)
 {
+	QueuedMark *top;
+
 	if (event == SUBXACT_EVENT_ABORT_SUB)
 		queued_undone = true;
+	if (nqueued_marks == 0 || queued_marks[nqueued_marks - 1].subid != mySubid)
+		return;
+	top = &queued_marks[nqueued_marks - 1];
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+	{
+		if (running_task != NULL)
+			running_task->queued = top->before;
+		nqueued_marks--;
+	}
+	else if (event == SUBXACT_EVENT_COMMIT_SUB)
+	{
+		/* its tasks are its parent's now: the parent began with as many */
+		if (parentSubid == TopSubTransactionId ||
+			(nqueued_marks > 1 && top[-1].subid == parentSubid))
+			nqueued_marks--;
+		else
+			top->subid = parentSubid;
+	}
+}
+
+/* Count a task the running task queues, against apiary.max_queued. */
+static void
+count_queued(void)
+{
+	SubTransactionId sub = GetCurrentSubTransactionId();
+
+	if (sub != TopSubTransactionId &&
+		(nqueued_marks == 0 || queued_marks[nqueued_marks - 1].subid != sub))
+	{
+		if (nqueued_marks == MAX_QUEUED_MARKS)
+			ereport(ERROR,
+					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+					 errmsg("cannot queue tasks in more than %d nested subtransactions",
+							MAX_QUEUED_MARKS)));
+		queued_marks[nqueued_marks].subid = sub;
+		queued_marks[nqueued_marks].before = running_task->queued;
+		nqueued_marks++;
+	}
+	if (running_task->queued >= apiary_max_queued)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("a task may queue at most %d tasks", apiary_max_queued),
+				 errhint("Raise apiary.max_queued, or queue the work in stages.")));
+	running_task->queued++;
 }
 
 /* Did the running task queue future itself, ready, and nothing undo it? */
@@ -395,7 +456,8 @@ apiary_queue_jsonb(const char *name, Jsonb *args)
 	int64		task;
 	Oid			fn_owner;
 
-	bind_require_name_args(name, args);
+	bind_require_name_args(name, args, NULL);
+	bind_require_not_parallel("apiary_queue");
 	if (running_task == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -412,11 +474,7 @@ apiary_queue_jsonb(const char *name, Jsonb *args)
 
 	/* callable now, with these arguments; checked again when it runs */
 	fn_owner = bind_check_queued(name, args);
-	if (++running_task->queued > apiary_max_queued)
-		ereport(ERROR,
-				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("a task may queue at most %d tasks", apiary_max_queued),
-				 errhint("Raise apiary.max_queued, or queue the work in stages.")));
+	count_queued();
 
 	/* futures among the top-level values: wait for those not done yet */
 	if (!JB_ROOT_IS_SCALAR(args))
@@ -516,6 +574,12 @@ apiary_task_key_cstring(void)
 {
 	int			call;
 
+	/* a parallel worker knows nothing of its leader's task */
+	if (IsParallelWorker())
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TRANSACTION_STATE),
+				 errmsg("apiary_task_key cannot be called in a parallel worker"),
+				 errhint("Mark the function that calls it PARALLEL RESTRICTED or UNSAFE.")));
 	if (running_task == NULL)
 		return NULL;
 	call = apiary_invoke_ordinal();
@@ -1167,6 +1231,7 @@ run_one_task(int64 prefer, long *nap_ms)
 	claimed_started = t.started;
 	nready = 0;
 	queued_undone = false;
+	nqueued_marks = 0;
 
 	/* what a DBA sees in pg_stat_activity: whose task, of which workflow */
 	{
@@ -1640,7 +1705,7 @@ apiary_executor_main(Datum main_arg)
 	before_shmem_exit(marker_clear_at_exit, (Datum) 0);
 	prev_emit_log_hook = emit_log_hook;
 	emit_log_hook = note_fatal;
-	RegisterSubXactCallback(note_subxact_abort, NULL);
+	RegisterSubXactCallback(note_subxact_end, NULL);
 	queue_keep_open();
 	failed_cxt = AllocSetContextCreate(TopMemoryContext, "apiary failed attempt",
 									   ALLOCSET_SMALL_SIZES);

@@ -223,7 +223,8 @@ own_task_key(text *key)
 }
 
 Datum
-apiary_invoke_internal(const char *name, Jsonb *args, text *key, bool *isnull)
+apiary_invoke_internal(const char *name, Jsonb *args, text *key,
+					   bool own_subxact, bool *isnull)
 {
 	MemoryContext callercxt = CurrentMemoryContext;
 	ResourceOwner callerowner = CurrentResourceOwner;
@@ -240,9 +241,14 @@ apiary_invoke_internal(const char *name, Jsonb *args, text *key, bool *isnull)
 	 * A call made by an apiary function, one apiary_invoke runs or a task's,
 	 * is nested: it runs in a subtransaction of its own, so that its caller
 	 * may catch its error and go on without its effects, as the README
-	 * promises; a C caller's PG_TRY too, which has none of its own.
+	 * promises.  So does every call through the C API (own_subxact): a C
+	 * caller's PG_TRY has no subtransaction of its own, and catching there
+	 * would keep the failed call's writes.
 	 */
-	nested = current_frame != NULL || apiary_in_task(&workflow, &task, NULL);
+	nested = own_subxact || current_frame != NULL ||
+		apiary_in_task(&workflow, &task, NULL);
+	if (nested || key != NULL)
+		bind_require_not_parallel(key != NULL ? "apiary_invoke with a key" : "apiary_invoke");
 	check_stack_depth();
 	bind_check_limits(name, args);
 	apiary_check_no_futures("apiary_invoke", args);
@@ -336,9 +342,9 @@ apiary_invoke_jsonb(const char *name, Jsonb *args, const char *key)
 	bool		isnull;
 	Datum		result;
 
-	bind_require_name_args(name, args);
+	bind_require_name_args(name, args, key);
 	result = apiary_invoke_internal(name, args, key ? cstring_to_text(key) : NULL,
-									&isnull);
+									true, &isnull);
 	return isnull ? NULL : DatumGetJsonbP(result);
 }
 
@@ -353,7 +359,7 @@ apiary_invoke(PG_FUNCTION_ARGS)
 	result = apiary_invoke_internal(text_to_cstring(PG_GETARG_TEXT_PP(0)),
 									PG_GETARG_JSONB_P(1),
 									PG_ARGISNULL(2) ? NULL : PG_GETARG_TEXT_PP(2),
-									&isnull);
+									false, &isnull);
 	if (isnull)
 		PG_RETURN_NULL();
 	PG_RETURN_DATUM(result);

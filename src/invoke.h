@@ -19,7 +19,7 @@ struct ApiaryFunction;
 extern Datum apiary_call(struct ApiaryFunction *f, Jsonb *args, bool direct,
 						 MemoryContext resultcxt, bool *isnull);
 extern Datum apiary_invoke_internal(const char *name, Jsonb *args, text *key,
-									bool *isnull);
+									bool own_subxact, bool *isnull);
 
 /*
  * Whether the transaction itself is read-only (a read-only transaction, a

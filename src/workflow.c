@@ -253,7 +253,8 @@ raise_failure(text *id, Jsonb *error)
 	int			sqlstate = ERRCODE_INTERNAL_ERROR;
 	char	   *where;
 
-	for (int i = 0; i < lengthof(keys); i++)
+	/* (NULL or not an object: only a hand-edited row; "workflow failed") */
+	for (int i = 0; error != NULL && JB_ROOT_IS_OBJECT(error) && i < lengthof(keys); i++)
 	{
 		v = getKeyJsonValueFromContainer(&error->root, keys[i], strlen(keys[i]), NULL);
 		if (v == NULL)
@@ -375,7 +376,7 @@ apiary_result(PG_FUNCTION_ARGS)
 		{
 			Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull);
 
-			raise_failure(id, DatumGetJsonbP(d));
+			raise_failure(id, isnull ? NULL : DatumGetJsonbP(d));
 		}
 
 		/* refuse to wait for what can never become visible */

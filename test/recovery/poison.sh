@@ -58,6 +58,11 @@ out=$(psql_ -c "SELECT apiary_start('example_try', '{\"name\": \"write_then_fail
 [ "$out" = '"caught: refusing 5"' ] || fail "C API catch returned $out"
 [ "$(psql_ -c "SELECT count(*) FROM side")" -eq 0 ] || fail "a failed call caught in C kept its write"
 [ "$(psql_ -c "SELECT count(*) FROM apiary_status('c-try')")" -eq 1 ] || fail "a failed call caught in C kept the task it queued"
+# also called straight from SQL, outside any task: the call made through
+# the C API has a subtransaction of its own there too
+out=$(psql_ -c "SELECT example_try('write_then_fail', '{\"v\": 6}')")
+[[ "$out" == 'caught: '* ]] || fail "C API catch outside a task returned $out"
+[ "$(psql_ -c "SELECT count(*) FROM side")" -eq 0 ] || fail "a failed call caught in C outside a task kept its write"
 
 # the poison task: each run takes the server down; after 2 it is given up.
 # A task running beside it is rolled back by each restart, through no
