@@ -64,6 +64,7 @@
 #include "postmaster/interrupt.h"
 #include "storage/fd.h"
 #include "storage/ipc.h"
+#include "storage/pmsignal.h"
 #include "storage/lock.h"
 #include "common/file_perm.h"
 #include "tcop/tcopprot.h"
@@ -174,8 +175,12 @@ typedef struct Marker
 static volatile Marker *marker = NULL;
 static int	executor_slot = -1;
 
-/* A SIGTERM the executor sent itself (a task terminating its backend) */
+/*
+ * A SIGTERM the executor sent itself (a task terminating its backend), and
+ * one another process sent (an operator, a shutdown, the launcher)
+ */
 static volatile sig_atomic_t terminated_itself = false;
+static volatile sig_atomic_t terminated_by_other = false;
 static emit_log_hook_type prev_emit_log_hook = NULL;
 
 static void marker_write(int64 task);
@@ -951,6 +956,7 @@ run_task(RunningTask *t, const char *function, Oid fn_owner, Jsonb *args,
 	volatile int64 timeout_ms = 0;
 	volatile TimestampTz timeout_from = 0;
 	volatile bool refused = false;	/* by the checks: no retry cures it */
+	volatile bool late_timeout = false;	/* fired after the function returned */
 	ApiaryFunction *volatile held = NULL;	/* released at the end of the call */
 	bool		interrupted = false;
 	bool		unbound = false;
@@ -1047,11 +1053,21 @@ run_task(RunningTask *t, const char *function, Oid fn_owner, Jsonb *args,
 		PG_FINALLY();
 		{
 			provenance_pop(&prov);
-			disable_timeout(STATEMENT_TIMEOUT, false);
+			disable_timeout(STATEMENT_TIMEOUT, true);
+			late_timeout = get_timeout_indicator(STATEMENT_TIMEOUT, true);
 			registry_release(f);
 			held = NULL;
 		}
 		PG_END_TRY();
+
+		/*
+		 * The timeout fired after the function returned in time, and
+		 * before anything looked for interrupts: its cancel, still
+		 * pending, would undo the task's success as an operator's cancel
+		 * (and retry it).
+		 */
+		if (late_timeout)
+			QueryCancelPending = false;
 		/* the session user can change only outside a restricted context */
 		SetUserIdAndSecContext(save_user, save_sec);
 		SetSessionAuthorization(save_user, true);
@@ -1394,20 +1410,28 @@ executor_sigterm(int sig, siginfo_t *info, void *context)
 {
 	if (info != NULL && info->si_pid == MyProcPid)
 		terminated_itself = true;
+	else
+		terminated_by_other = true;
 	die(sig);
 }
 
 /*
  * Clear the marker at an orderly exit, unless the running task ended the
- * executor itself (with FATAL, not a shutdown's or an operator's): then it
- * names the task still, for the next executor of the slot to count.
+ * executor itself: then it names the task still, for the next executor of
+ * the slot to count.  An exit with an error while a task runs is the
+ * task's doing, but for one that a SIGTERM from another process (an
+ * operator, a shutdown, the launcher) or the postmaster's death brought
+ * about, or a FATAL error of class 57 (operator intervention) that the
+ * executor did not send itself.  The FATAL error is in the marker if it
+ * was logged (note_fatal), which log_min_messages may prevent.
  */
 static void
 marker_clear_at_exit(int code, Datum arg)
 {
-	if (code != 0 && marker != NULL && marker->task != 0 && marker->fatal_sqlerrcode != 0 &&
-		(ERRCODE_TO_CATEGORY(marker->fatal_sqlerrcode) != ERRCODE_OPERATOR_INTERVENTION ||
-		 terminated_itself))
+	if (code != 0 && marker != NULL && marker->task != 0 &&
+		(terminated_itself ||
+		 (!terminated_by_other && PostmasterIsAlive() &&
+		  ERRCODE_TO_CATEGORY(marker->fatal_sqlerrcode) != ERRCODE_OPERATOR_INTERVENTION)))
 	{
 		marker->crashed = MARKER_FATAL;
 		pg_atomic_write_u64(&apiary_shared->slots[executor_slot].running, 0);
@@ -1530,8 +1554,10 @@ count_crash(int64 task, const Marker *m)
 				if (fatal)
 				{
 					/* the FATAL error itself, as far as the marker kept it */
-					edata.sqlerrcode = m->fatal_sqlerrcode;
-					edata.message = pstrdup(m->fatal_message);
+					edata.sqlerrcode = m->fatal_sqlerrcode != 0 ? m->fatal_sqlerrcode :
+						ERRCODE_INTERNAL_ERROR;
+					edata.message = m->fatal_sqlerrcode != 0 ? pstrdup(m->fatal_message) :
+						"the task ended its executor with an error that was not logged (log_min_messages)";
 					edata.detail = psprintf("The task ended its executor with this FATAL error; "
 											"%d of its attempts ended their executor or the server.",
 											crashes);

@@ -388,8 +388,12 @@ wake_idle(int n, const int64 *handed, int nhanded)
 		ExecutorSlot *slot = &apiary_shared->slots[i];
 
 		executors |= slot->pid != 0;
-		/* an executor about to retire would take the wake-up with it */
-		if (slot->pid != 0 && slot->idle && !slot->retire)
+		/*
+		 * An executor about to retire would take the wake-up with it; one
+		 * waking itself (settling a failed attempt, idle meanwhile) would
+		 * cut short the nap that spaces its retries, and looks anyway.
+		 */
+		if (slot->pid != 0 && slot->pid != MyProcPid && slot->idle && !slot->retire)
 		{
 			slot->idle = false;
 			if (nlatches < nhanded)

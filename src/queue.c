@@ -1627,7 +1627,20 @@ typedef struct Crash
 {
 	int			crashes;
 	char	   *function;
+	Oid			role;
+	text	   *workflow;
 } Crash;
+
+/* Note whose task it is, and leave it. */
+static bool
+read_crash_owner(Datum *values, bool *nulls, bool *replace, void *arg)
+{
+	Crash	   *c = arg;
+
+	c->role = DatumGetObjectId(values[T_ROLE - 1]);
+	c->workflow = DatumGetTextPCopy(values[T_WORKFLOW - 1]);
+	return false;
+}
 
 static bool
 mutate_crash(Datum *values, bool *nulls, bool *replace, void *arg)
@@ -1648,11 +1661,23 @@ queue_count_crash(int64 id, char **function)
 {
 	QRel	   *tasks;
 	ScanKeyData key;
-	Crash		c = {0, NULL};
+	Crash		c = {0, NULL, InvalidOid, NULL};
 
 	tasks = qrel_open("tasks", T_NATTS);
 	task_key(&key, &id);
-	if (!qrel_update(tasks, RelationGetPrimaryKeyIndex(tasks->rel), 1, &key,
+
+	/*
+	 * The workflow's cancel lock before the task's row, as at every task's
+	 * end: a cancel changes the row after taking its ready row, which a
+	 * count at the limit takes next (the two deadlocked, and the count was
+	 * lost).
+	 */
+	(void) qrel_update(tasks, RelationGetPrimaryKeyIndex(tasks->rel), 1, &key,
+					   read_crash_owner, &c);
+	if (c.workflow != NULL)
+		journal_lock(CANCEL_LOCK_MARKER, c.role, c.workflow, ShareLock, true);
+	if (c.workflow == NULL ||
+		!qrel_update(tasks, RelationGetPrimaryKeyIndex(tasks->rel), 1, &key,
 					 mutate_crash, &c))
 		c.crashes = 0;			/* not pending (any more) */
 	qrel_close(tasks);

@@ -150,6 +150,15 @@ out=$(psql_ -c "SELECT apiary_result('terminated', '60 s')")
 [ "$(psql_ -c "SELECT crashes FROM apiary.tasks WHERE workflow = 'terminated'")" -eq 0 ] ||
 	fail "an operator's terminations were counted as crashes"
 
+# also when the FATAL error is not logged (it was noted by a log hook)
+psql_ -c "ALTER SYSTEM SET log_min_messages = panic" -c "SELECT pg_reload_conf()" >/dev/null
+psql_ -c "SELECT apiary_start('end_own_backend', '{}', 'unlogged')" >/dev/null
+out=$(psql_ -c "SELECT apiary_result('unlogged', '120 s')" 2>&1 || true)
+psql_ -c "ALTER SYSTEM RESET log_min_messages" -c "SELECT pg_reload_conf()" >/dev/null
+[ "$(psql_ -c "SELECT state FROM apiary.tasks WHERE workflow = 'unlogged'")" = failed ] ||
+	fail "a task ending its executor without a logged FATAL is not failed ($out)"
+echo "$out" | grep -q "was not logged" || fail "apiary_result('unlogged') said: $out"
+
 # immediate shutdowns while slow_square runs
 psql_ -c "SELECT apiary_start('slow_square', '3', 'through-shutdowns')" >/dev/null
 for i in 1 2 3; do
@@ -194,4 +203,4 @@ done
 crashes2=$(psql_ -c "SELECT crashes FROM apiary.tasks WHERE workflow = 'poison-2'")
 [ "$crashes2" -eq 2 ] && [ "$downs" -eq 2 ] ||
 	fail "with restart_after_crash off: $crashes2 crashes counted, the server went down $downs times"
-echo "ok: poison task given up after $crashes crashes, none counted for the task beside it (and after $crashes2 with restart_after_crash off); tasks ending their executor with FATAL given up after at least 3; C API workflows ran; 3 terminations by an operator and 3 immediate shutdowns counted no crash"
+echo "ok: poison task given up after $crashes crashes, none counted for the task beside it (and after $crashes2 with restart_after_crash off); tasks ending their executor with FATAL given up after at least 3 (also with the FATAL not logged); C API workflows ran; 3 terminations by an operator and 3 immediate shutdowns counted no crash"
