@@ -285,3 +285,21 @@ CREATE TEMP TABLE scratch_rows (a int);
 CREATE FUNCTION public.scratch_sum(r scratch_rows) RETURNS int LANGUAGE sql AS $$ SELECT r.a $$;
 SELECT apiary_register('public.scratch_sum(scratch_rows)');
 DROP FUNCTION public.scratch_sum(scratch_rows);
+-- A row that came in without its insert trigger (a data-only restore with
+-- --disable-triggers, rows applied as a replica) brings another database's
+-- OID: where it names another function than the signature, or none, the
+-- signature's function is called, and the upkeep takes its OID.
+CREATE FUNCTION restored_one() RETURNS text LANGUAGE sql AS $$ SELECT 'restored one' $$;
+CREATE FUNCTION someone_elses() RETURNS text LANGUAGE sql AS $$ SELECT 'someone else''s' $$;
+CREATE FUNCTION restored_two() RETURNS text LANGUAGE sql AS $$ SELECT 'restored two' $$;
+SET session_replication_role = replica;
+INSERT INTO apiary.functions (name, fn, fn_oid, kind, registered_by)
+VALUES ('restored_one', 'public.restored_one()', 'someone_elses()'::regprocedure, 'readonly', current_user::regrole),
+       ('restored_two', 'public.restored_two()', 4000000000, 'readonly', current_user::regrole);
+RESET session_replication_role;
+SELECT apiary_invoke('restored_one'), apiary_invoke('restored_two');
+SELECT apiary.refresh_signatures();
+SELECT name, fn, fn_oid::regprocedure FROM apiary.functions
+WHERE name LIKE 'restored%' ORDER BY name;
+DROP FUNCTION restored_one(), someone_elses(), restored_two();
+SELECT count(*) FROM apiary.functions WHERE name LIKE 'restored%';

@@ -971,6 +971,30 @@ SELECT apiary_result('maintained', '60 s');
 SELECT apiary_invoke('square', '{"x": 6}', 'indexed-1');
 DROP INDEX apiary.invocations_by_x, apiary.invocations_one_never, apiary.tasks_by_x;
 
+-- A done workflow whose side task failed: resuming the task sets the
+-- workflow's finished_at, from which retention counts (a prune that began
+-- before the resume took the workflow with the task just resumed).
+CREATE FUNCTION side_fails() RETURNS int LANGUAGE plpgsql
+SET apiary.kind = 'transactional' AS $$
+BEGIN
+  RAISE EXCEPTION 'side task fails';
+END $$;
+CREATE FUNCTION leaves_a_side_task() RETURNS int LANGUAGE plpgsql
+SET apiary.kind = 'transactional' AS $$
+BEGIN
+  PERFORM apiary_queue('side_fails');
+  RETURN 1;
+END $$;
+SELECT apiary_start('leaves_a_side_task', '{}', 'with-side-task');
+SELECT apiary_result('with-side-task', '60 s');
+SELECT wait_until($$(SELECT state = 'failed' FROM apiary.tasks
+                     WHERE workflow = 'with-side-task' AND function = 'side_fails')$$);
+CREATE TEMP TABLE side_finished AS
+SELECT finished_at FROM apiary.workflows WHERE id = 'with-side-task';
+SELECT apiary_resume('with-side-task');
+SELECT state, finished_at > (SELECT finished_at FROM side_finished) AS finished_at_moved
+FROM apiary.workflows WHERE id = 'with-side-task';
+
 -- A failed workflow whose recorded error a superuser cleared or replaced
 -- by hand still reports its failure (a NULL error crashed the server).
 SELECT apiary_start('square', '[3]', 'hand-edited');

@@ -146,15 +146,26 @@ fn_oid_sql(void)
 
 /*
  * The function as an OID, NULL when it names none: the registry's OID
- * while it is this cluster's, else the signature's function.
+ * while it is this cluster's and names the function the signature does,
+ * else the signature's function.  A row that came in without the insert
+ * trigger (a data-only restore with --disable-triggers) brings another
+ * database's OID, which may name another function here; a signature that
+ * names none is a rename not seen yet, and the OID stands (as in
+ * apiary.refresh_signatures).
  */
+#define FN_OID_IS_LOCAL \
+	"(SELECT system_identifier FROM apiary.registry_cluster)" \
+	" OPERATOR(pg_catalog.=) apiary.system_identifier()"
 static const char *
 fn_lookup_sql(void)
 {
 	return fn_is_signature() ?
-		"CASE WHEN (SELECT system_identifier FROM apiary.registry_cluster)"
-		" OPERATOR(pg_catalog.=) apiary.system_identifier()"
-		" THEN fn_oid ELSE apiary.resolve_signature(fn) END" :
+		"CASE WHEN " FN_OID_IS_LOCAL
+		" AND (pg_catalog.pg_identify_object('pg_catalog.pg_proc'::pg_catalog.regclass,"
+		"      fn_oid, 0)).identity OPERATOR(pg_catalog.=) fn"
+		" THEN fn_oid"
+		" ELSE coalesce(apiary.resolve_signature(fn),"
+		"               CASE WHEN " FN_OID_IS_LOCAL " THEN fn_oid END) END" :
 		"fn::pg_catalog.oid";
 }
 
