@@ -831,6 +831,8 @@ SELECT apiary_start('late_write', '1', timeout => '0');
 SELECT apiary_start('late_write', '1', timeout => '-1 min');
 SELECT apiary_start('late_write', '1', timeout => '1 month -29 days');
 SELECT apiary_start('late_write', '1', timeout => '178000000 years');
+SELECT apiary_start('late_write', '1', timeout => '1000 years');
+SELECT apiary_start('late_write', '1', timeout => '365250 days');
 SELECT apiary_start('late_write', '1', 'late', timeout => '1 h');
 SELECT timeout FROM apiary.workflows WHERE id = 'late';
 
@@ -1003,6 +1005,11 @@ UPDATE apiary.workflows SET state = 'failed', error = NULL WHERE id = 'hand-edit
 SELECT apiary_result('hand-edited', '0');
 UPDATE apiary.workflows SET error = '[1, 2]' WHERE id = 'hand-edited';
 SELECT apiary_result('hand-edited', '0');
+
+-- (a timeout just under 1000 years is taken)
+BEGIN;
+SELECT apiary_start('late_write', '1', timeout => '999 years 11 months') IS NOT NULL AS started;
+ROLLBACK;
 
 -- Workflows belong to apiary.database, where the executors run: elsewhere
 -- apiary_start says so instead of queueing work that would never run.

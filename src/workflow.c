@@ -62,6 +62,12 @@ require_workers(const char *function)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("%s requires apiary's background workers", function),
 				 errhint("Add apiary to shared_preload_libraries in postgresql.conf, set apiary.database to this database, and restart the server.")));
+	if (apiary_database == NULL || apiary_database[0] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("%s requires apiary's background workers, which apiary.database = '' turns off",
+						function),
+				 errhint("Set apiary.database to this database and restart the server.")));
 	/* the executors run workflows in one database: elsewhere none would */
 	if (!apiary_in_database())
 		ereport(ERROR,
@@ -169,8 +175,12 @@ apiary_start(PG_FUNCTION_ARGS)
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("workflow timeout must be positive"),
 					 errhint("Pass NULL for a workflow without a timeout.")));
-		/* (its deadline must be a timestamp, after a resume too) */
-		if (interval_usecs(timeout) >= 1000.0 * DAYS_PER_YEAR * USECS_PER_DAY)
+		/*
+		 * (its deadline must be a timestamp, after a resume too); a year
+		 * of DAYS_PER_YEAR days, as the limit's, not interval's 360
+		 */
+		if ((timeout->month / (double) MONTHS_PER_YEAR * DAYS_PER_YEAR + timeout->day) * USECS_PER_DAY +
+			timeout->time >= 1000.0 * DAYS_PER_YEAR * USECS_PER_DAY)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("workflow timeout must be less than 1000 years"),
