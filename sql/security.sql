@@ -78,6 +78,8 @@ END $$;
 -- returns n bytes
 CREATE FUNCTION sec.s_big(n int) RETURNS text LANGUAGE sql
 SET apiary.kind = 'transactional' AS $$ SELECT repeat('x', n) $$;
+CREATE FUNCTION sec.s_big_external(n int) RETURNS text LANGUAGE sql
+SET apiary.kind = 'external' AS $$ SELECT repeat('x', n) $$;
 RESET ROLE;
 
 -- A task runs as the role that queued it, not as the executor's superuser.
@@ -252,6 +254,11 @@ SELECT apiary_start('s_big', '{"n": 2000000}', 'too-big');
 SELECT err($$SELECT apiary_result('too-big', '60 s')$$);
 SELECT err($$SELECT apiary_invoke('s_big', '{"n": 2000000}', key => 'too-big')$$);
 SELECT count(*) AS recorded FROM apiary.invocations WHERE key = 'too-big';
+-- an external task's output refused is not retried: it would come again,
+-- after the function's effects outside had been repeated
+SELECT apiary_start('s_big_external', '{"n": 2000000}', 'too-big-external');
+SELECT err($$SELECT apiary_result('too-big-external', '60 s')$$);
+SELECT attempts FROM apiary.tasks WHERE workflow = 'too-big-external';
 -- unkeyed calls record nothing, and are not bounded
 SELECT length(apiary_invoke('s_big', '{"n": 2000000}')::text);
 -- also when the function hands back a value still toasted, as a column

@@ -957,6 +957,7 @@ run_task(RunningTask *t, const char *function, Oid fn_owner, Jsonb *args,
 	volatile TimestampTz timeout_from = 0;
 	volatile bool refused = false;	/* by the checks: no retry cures it */
 	volatile bool late_timeout = false;	/* fired after the function returned */
+	volatile bool checking_output = false;	/* of a function that returned */
 	ApiaryFunction *volatile held = NULL;	/* released at the end of the call */
 	bool		interrupted = false;
 	bool		unbound = false;
@@ -1046,7 +1047,9 @@ run_task(RunningTask *t, const char *function, Oid fn_owner, Jsonb *args,
 				ereport(ERROR,
 						(errcode(ERRCODE_QUERY_CANCELED),
 						 errmsg("canceling statement due to statement timeout")));
+			checking_output = true;
 			bind_check_output(f->name, out, isnull);
+			checking_output = false;
 			end_task_work(guc_level);
 			provenance_note(&prov, t->role, t->workflow, t->id, function);
 		}
@@ -1072,7 +1075,9 @@ run_task(RunningTask *t, const char *function, Oid fn_owner, Jsonb *args,
 		SetUserIdAndSecContext(save_user, save_sec);
 		SetSessionAuthorization(save_user, true);
 		hold_waits(t, out, isnull);
+		checking_output = true;
 		check_returned_future(t, out, isnull, &returned, cxt);
+		checking_output = false;
 
 		/* a workflow cancelled meanwhile takes the task's effects back */
 		cancelled = queue_workflow_cancelled(t->role, t->workflow, t->id, &wf_timed_out);
@@ -1116,8 +1121,15 @@ run_task(RunningTask *t, const char *function, Oid fn_owner, Jsonb *args,
 	 * this executor, say: an operator's, not the function's doing), for
 	 * any task; anything at all for an external one (its effects are
 	 * outside, and it has a stable apiary_task_key for them), but for
-	 * arguments that do not bind to its parameters: the function never ran.
+	 * arguments that do not bind to its parameters (the function never
+	 * ran) and for an output apiary refuses (too large, a future that
+	 * could never finish: it would come again, after the function's
+	 * effects outside had been repeated).
 	 */
+	if (checking_output && edata != NULL &&
+		(edata->sqlerrcode == ERRCODE_PROGRAM_LIMIT_EXCEEDED ||
+		 edata->sqlerrcode == ERRCODE_INVALID_PARAMETER_VALUE))
+		refused = true;
 	retry = edata != NULL && attempt < max_attempts && !refused && !unbound &&
 		(kind == APIARY_KIND_EXTERNAL || interrupted ||
 		 edata->sqlerrcode == ERRCODE_T_R_SERIALIZATION_FAILURE ||
