@@ -286,20 +286,33 @@ CREATE FUNCTION public.scratch_sum(r scratch_rows) RETURNS int LANGUAGE sql AS $
 SELECT apiary_register('public.scratch_sum(scratch_rows)');
 DROP FUNCTION public.scratch_sum(scratch_rows);
 -- A row that came in without its insert trigger (a data-only restore with
--- --disable-triggers, rows applied as a replica) brings another database's
--- OID: where it names another function than the signature, or none, the
--- signature's function is called, and the upkeep takes its OID.
+-- --disable-triggers) brings another database's OID: where it names
+-- another function than the signature, or none, the signature's function
+-- is called if its registrant owns it (not another role's function
+-- created under the signature), and the upkeep takes its OID; OIDs that
+-- chain or swap are all taken back.
 CREATE FUNCTION restored_one() RETURNS text LANGUAGE sql AS $$ SELECT 'restored one' $$;
 CREATE FUNCTION someone_elses() RETURNS text LANGUAGE sql AS $$ SELECT 'someone else''s' $$;
 CREATE FUNCTION restored_two() RETURNS text LANGUAGE sql AS $$ SELECT 'restored two' $$;
-SET session_replication_role = replica;
+CREATE FUNCTION restored_three() RETURNS text LANGUAGE sql AS $$ SELECT 'restored three' $$;
+CREATE ROLE regress_squatter;
+CREATE ROLE regress_registrant;
+CREATE FUNCTION squatted() RETURNS text LANGUAGE sql AS $$ SELECT 'the squatter''s' $$;
+ALTER FUNCTION squatted() OWNER TO regress_squatter;
+ALTER TABLE apiary.functions DISABLE TRIGGER ALL;
 INSERT INTO apiary.functions (name, fn, fn_oid, kind, registered_by)
 VALUES ('restored_one', 'public.restored_one()', 'someone_elses()'::regprocedure, 'readonly', current_user::regrole),
-       ('restored_two', 'public.restored_two()', 4000000000, 'readonly', current_user::regrole);
-RESET session_replication_role;
-SELECT apiary_invoke('restored_one'), apiary_invoke('restored_two');
+       ('restored_two', 'public.restored_two()', 'restored_three()'::regprocedure, 'readonly', current_user::regrole),
+       ('restored_three', 'public.restored_three()', 4000000000, 'readonly', current_user::regrole),
+       ('squatted', 'public.squatted()', 4000000001, 'readonly', 'regress_registrant'::regrole);
+ALTER TABLE apiary.functions ENABLE TRIGGER ALL;
+SELECT apiary_invoke('restored_one'), apiary_invoke('restored_two'), apiary_invoke('restored_three');
+SELECT apiary_invoke('squatted');
 SELECT apiary.refresh_signatures();
 SELECT name, fn, fn_oid::regprocedure FROM apiary.functions
-WHERE name LIKE 'restored%' ORDER BY name;
-DROP FUNCTION restored_one(), someone_elses(), restored_two();
+WHERE name LIKE 'restored%' OR name = 'squatted' ORDER BY name;
+SELECT apiary_invoke('restored_one'), apiary_invoke('restored_two'), apiary_invoke('restored_three');
+DELETE FROM apiary.functions WHERE name = 'squatted';
+DROP FUNCTION restored_one(), someone_elses(), restored_two(), restored_three(), squatted();
+DROP ROLE regress_squatter, regress_registrant;
 SELECT count(*) FROM apiary.functions WHERE name LIKE 'restored%';

@@ -149,23 +149,27 @@ fn_oid_sql(void)
  * while it is this cluster's and names the function the signature does,
  * else the signature's function.  A row that came in without the insert
  * trigger (a data-only restore with --disable-triggers) brings another
- * database's OID, which may name another function here; a signature that
- * names none is a rename not seen yet, and the OID stands (as in
- * apiary.refresh_signatures).
+ * database's OID, which may name another function here, or none: then the
+ * signature's function, if the role that registered it may register it
+ * (it owns it, as apiary_register requires), else none.  A signature that
+ * names no function is a rename not seen yet, and the OID stands.  As in
+ * apiary.refresh_signatures.
  */
-#define FN_OID_IS_LOCAL \
-	"(SELECT system_identifier FROM apiary.registry_cluster)" \
-	" OPERATOR(pg_catalog.=) apiary.system_identifier()"
 static const char *
 fn_lookup_sql(void)
 {
 	return fn_is_signature() ?
-		"CASE WHEN " FN_OID_IS_LOCAL
-		" AND (pg_catalog.pg_identify_object('pg_catalog.pg_proc'::pg_catalog.regclass,"
-		"      fn_oid, 0)).identity OPERATOR(pg_catalog.=) fn"
-		" THEN fn_oid"
-		" ELSE coalesce(apiary.resolve_signature(fn),"
-		"               CASE WHEN " FN_OID_IS_LOCAL " THEN fn_oid END) END" :
+		"CASE WHEN ((SELECT system_identifier FROM apiary.registry_cluster)"
+		"           OPERATOR(pg_catalog.=) apiary.system_identifier()) IS NOT TRUE"
+		"  THEN apiary.resolve_signature(fn)"
+		" WHEN (pg_catalog.pg_identify_object('pg_catalog.pg_proc'::pg_catalog.regclass,"
+		"       fn_oid, 0)).identity OPERATOR(pg_catalog.=) fn"
+		"  THEN fn_oid"
+		" WHEN apiary.resolve_signature(fn) IS NULL THEN fn_oid"
+		" ELSE (SELECT sig.oid FROM pg_catalog.pg_proc sig"
+		"        WHERE sig.oid OPERATOR(pg_catalog.=) apiary.resolve_signature(fn)"
+		"          AND pg_catalog.pg_has_role(registered_by::pg_catalog.oid, sig.proowner, 'USAGE'))"
+		" END" :
 		"fn::pg_catalog.oid";
 }
 

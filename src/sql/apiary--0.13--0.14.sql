@@ -5,38 +5,57 @@
 
 /*
  * A registration row that came in without its insert trigger (a data-only
- * restore with --disable-triggers, or rows applied with
- * session_replication_role = replica) brings another database's fn_oid,
+ * restore with --disable-triggers) brings another database's fn_oid,
  * which may name nothing here, or another function.  Its signature names
  * its function here: where the two disagree and the signature names a
- * function, the OID is foreign and the signature wins.  Where the
- * signature names none, a rename the event trigger did not see (it
- * refreshes the signature in the renaming transaction itself) is the
- * likelier cause, and the signature follows the OID, as before.  The
- * registry's lookups weigh the two the same way (registry.c).
+ * function that the role that registered it may register (one it owns,
+ * as apiary_register requires), the OID is foreign and the signature
+ * wins.  The OIDs so taken back are cleared first, all of them, as
+ * foreign OIDs may swap or chain.  Where the signature names no function,
+ * a rename the event trigger did not see (it refreshes the signature in
+ * the renaming transaction itself) is the likelier cause, and the
+ * signature follows the OID, as before.  The registry's lookups weigh the
+ * two the same way (registry.c).
  */
 CREATE OR REPLACE FUNCTION apiary.refresh_signatures() RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET quote_all_identifiers = off AS $$
+DECLARE
+    foreign_oids text[];
+    r record;
+    f oid;
 BEGIN
     IF (SELECT system_identifier FROM apiary.registry_cluster) <> apiary.system_identifier() THEN
         RETURN;     -- the OIDs are another cluster's: adopt_registrations first
     END IF;
-    IF NOT EXISTS (SELECT FROM apiary.functions
+    foreign_oids := ARRAY(
+        SELECT x.name FROM apiary.functions x
+         WHERE (pg_identify_object('pg_proc'::regclass, x.fn_oid, 0)).identity IS DISTINCT FROM x.fn
+           AND EXISTS (SELECT FROM pg_proc p
+                        WHERE p.oid = apiary.resolve_signature(x.fn)
+                          AND pg_has_role(x.registered_by::oid, p.proowner, 'USAGE')));
+    IF cardinality(foreign_oids) = 0 AND
+       NOT EXISTS (SELECT FROM apiary.functions
                     WHERE (pg_identify_object('pg_proc'::regclass, fn_oid, 0)).identity <> fn
-                       OR ((pg_identify_object('pg_proc'::regclass, fn_oid, 0)).identity IS NULL
-                           AND apiary.resolve_signature(fn) IS NOT NULL)) THEN
+                      AND apiary.resolve_signature(fn) IS NULL) THEN
         RETURN;
     END IF;
     -- as a registration does, and before it: a transaction that goes on
     -- to register must not be left holding a weaker lock
     LOCK TABLE apiary.functions IN SHARE ROW EXCLUSIVE MODE;
-    UPDATE apiary.functions f SET fn_oid = s.found
-      FROM (SELECT name, apiary.resolve_signature(fn) AS found FROM apiary.functions
-             WHERE (pg_identify_object('pg_proc'::regclass, fn_oid, 0)).identity IS DISTINCT FROM fn) s
-     WHERE f.name = s.name AND s.found IS NOT NULL
-       AND NOT EXISTS (SELECT FROM apiary.functions o WHERE o.fn_oid = s.found);
+    UPDATE apiary.functions SET fn_oid = NULL WHERE name = ANY (foreign_oids);
+    FOR r IN SELECT name, fn, registered_by FROM apiary.functions
+              WHERE name = ANY (foreign_oids) ORDER BY name LOOP
+        f := (SELECT p.oid FROM pg_proc p
+               WHERE p.oid = apiary.resolve_signature(r.fn)
+                 AND pg_has_role(r.registered_by::oid, p.proowner, 'USAGE'));
+        -- (two rows that name one function: the first keeps it)
+        IF f IS NOT NULL AND NOT EXISTS (SELECT FROM apiary.functions WHERE fn_oid = f) THEN
+            UPDATE apiary.functions SET fn_oid = f WHERE name = r.name;
+        END IF;
+    END LOOP;
     UPDATE apiary.functions SET fn = (pg_identify_object('pg_proc'::regclass, fn_oid, 0)).identity
-     WHERE (pg_identify_object('pg_proc'::regclass, fn_oid, 0)).identity <> fn;
+     WHERE (pg_identify_object('pg_proc'::regclass, fn_oid, 0)).identity <> fn
+       AND apiary.resolve_signature(fn) IS NULL;
 END $$;
 
 /*
