@@ -51,6 +51,19 @@ SELECT function, calls, errors, retries,
        total_ms >= 0 AS total, mean_ms * calls BETWEEN total_ms * 0.999 AND total_ms * 1.001 AS mean,
        min_ms <= p50_ms AND p50_ms <= p99_ms AND p99_ms <= max_ms AS ordered
 FROM apiary.stats WHERE function LIKE 'obs_%' ORDER BY function;
+-- A failed attempt of a workflow cancelled meanwhile is no retry.
+CREATE FUNCTION obs_conflict() RETURNS int LANGUAGE plpgsql
+SET apiary.kind = 'transactional' AS $$
+BEGIN
+  PERFORM pg_sleep(1);
+  RAISE EXCEPTION 'conflict' USING ERRCODE = '40001';
+END $$;
+SELECT apiary_start('obs_conflict', '{}', 'cancelled-conflict');
+SELECT wait_until($c$EXISTS (SELECT FROM pg_stat_activity
+                             WHERE backend_type = 'apiary executor' AND wait_event = 'PgSleep')$c$);
+SELECT apiary_cancel('cancelled-conflict');
+SELECT wait_until($c$EXISTS (SELECT FROM apiary.stats WHERE function = 'obs_conflict')$c$);
+SELECT calls, errors, retries FROM apiary.stats WHERE function = 'obs_conflict';
 SELECT apiary_stats_reset();
 SELECT count(*) FROM apiary.stats WHERE function LIKE 'obs_%';
 -- resetting is for superusers (and those it is granted to)

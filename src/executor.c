@@ -1134,7 +1134,6 @@ run_task(RunningTask *t, const char *function, Oid fn_owner, Jsonb *args,
 		(kind == APIARY_KIND_EXTERNAL || interrupted ||
 		 edata->sqlerrcode == ERRCODE_T_R_SERIALIZATION_FAILURE ||
 		 edata->sqlerrcode == ERRCODE_T_R_DEADLOCK_DETECTED);
-	apiary_stats_record(function, t->started, edata != NULL, retry);
 
 	/* a task cancelled while it ran is cancelled, however it ended */
 	if (edata != NULL && queue_workflow_cancelled(t->role, t->workflow, t->id, &wf_timed_out))
@@ -1142,6 +1141,7 @@ run_task(RunningTask *t, const char *function, Oid fn_owner, Jsonb *args,
 		cancelled = true;
 		retry = false;
 	}
+	apiary_stats_record(function, t->started, edata != NULL, retry);
 
 	if (cancelled || edata != NULL)
 		nready = 0;				/* what it queued is gone */
@@ -1555,6 +1555,8 @@ count_crash(int64 task, const Marker *m)
 			}
 			SPI_finish();
 
+			/* an attempt, failed, whose duration is unknown */
+			apiary_stats_record(function, 0, true, crashes < max);
 			ereport(LOG,
 					(errmsg(fatal ? "apiary task %lld (%s) ended its executor with a FATAL error (%d of %d)" :
 							"apiary task %lld (%s) was running when the server went down (%d of %d)",

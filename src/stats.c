@@ -14,7 +14,8 @@
  *
  * When the table is full, functions not in it yet are counted together in
  * one row named "(other)", so nothing goes uncounted and the memory stays
- * fixed; apiary_stats_reset() empties the table.
+ * fixed: one row for every database (the table's one spare entry), shown
+ * in each.  apiary_stats_reset() empties the table.
  *
  * Locking: the hash table is under one LWLock, taken shared to find an
  * entry and exclusively only to add one; each entry's counters are under a
@@ -135,7 +136,7 @@ stats_entry_locked(const char *name)
 {
 	StatsKey	key;
 	StatsEntry *e;
-	bool		found;
+	bool		found = true;
 
 	memset(&key, 0, sizeof(key));
 	key.dbid = MyDatabaseId;
@@ -150,9 +151,12 @@ stats_entry_locked(const char *name)
 	LWLockAcquire(stats_shared->lock, LW_EXCLUSIVE);
 	if (hash_get_num_entries(stats_hash) >= apiary_stats_max)
 	{
+		/* (added meanwhile by another backend?) */
 		e = hash_search(stats_hash, &key, HASH_FIND, NULL);
 		if (e == NULL)
 		{
+			/* every database's: one per database would not fit */
+			key.dbid = InvalidOid;
 			memset(key.name, 0, NAMEDATALEN);
 			strlcpy(key.name, OTHER_NAME, NAMEDATALEN);
 		}
@@ -169,18 +173,21 @@ stats_entry_locked(const char *name)
 	return e;
 }
 
+/*
+ * Count an execution of name that began at started; 0: an attempt whose
+ * duration is unknown (it ended its executor), counted without one.
+ */
 void
 apiary_stats_record(const char *name, TimestampTz started, bool error,
 					bool retry)
 {
-	TimestampTz now;
-	int64		us;
+	int64		us = 0;
 	StatsEntry *e;
 
 	if (stats_hash == NULL)
 		return;					/* not preloaded */
-	now = GetCurrentTimestamp();
-	us = Max(now - started, 0);
+	if (started != 0)
+		us = Max(GetCurrentTimestamp() - started, 0);
 	e = stats_entry_locked(name);
 	/* (NULL cannot happen: "(other)" has room) */
 	if (e != NULL)
@@ -191,8 +198,11 @@ apiary_stats_record(const char *name, TimestampTz started, bool error,
 			e->errors++;
 		if (retry)
 			e->retries++;
-		e->total_ms += us / 1000.0;
-		sketch_add(&e->sketch, (uint64_t) us);
+		if (started != 0)
+		{
+			e->total_ms += us / 1000.0;
+			sketch_add(&e->sketch, (uint64_t) us);
+		}
 		SpinLockRelease(&e->mutex);
 	}
 	LWLockRelease(stats_shared->lock);
@@ -226,7 +236,7 @@ apiary_stats(PG_FUNCTION_ARGS)
 		bool		nulls[10] = {0};
 		StatsEntry	copy;
 
-		if (e->key.dbid != MyDatabaseId)
+		if (e->key.dbid != MyDatabaseId && e->key.dbid != InvalidOid)
 			continue;
 		SpinLockAcquire(&e->mutex);
 		copy = *e;
@@ -237,7 +247,8 @@ apiary_stats(PG_FUNCTION_ARGS)
 		values[2] = Int64GetDatum(copy.errors);
 		values[3] = Int64GetDatum(copy.retries);
 		values[4] = Float8GetDatum(copy.total_ms);
-		values[5] = Float8GetDatum(copy.calls > 0 ? copy.total_ms / copy.calls : 0);
+		/* over the executions timed */
+		values[5] = Float8GetDatum(copy.sketch.count > 0 ? copy.total_ms / copy.sketch.count : 0);
 		values[6] = Float8GetDatum(copy.sketch.min_us / 1000.0);
 		values[7] = Float8GetDatum(copy.sketch.max_us / 1000.0);
 		values[8] = Float8GetDatum(sketch_quantile(&copy.sketch, 0.5) / 1000.0);

@@ -134,6 +134,10 @@ for wf in fatal self-terminated; do
 	[ "$(psql_ -c "SELECT error->>'sqlstate' FROM apiary.tasks WHERE workflow = '$wf'")" = $state ] ||
 		fail "workflow $wf did not record SQLSTATE $state"
 done
+# each such attempt counts in apiary.stats, as a call that failed (and
+# a retry, below max_attempts)
+[ "$(psql_ -c "SELECT calls >= 3 AND errors = calls AND retries = 2 FROM apiary.stats WHERE function = 'example_fatal'")" = t ] ||
+	fail "apiary.stats did not count example_fatal's attempts: $(psql_ -c "SELECT calls, errors, retries FROM apiary.stats WHERE function = 'example_fatal'")"
 psql_ -c "SELECT apiary_start('nap_square', '5', 'terminated')" >/dev/null
 for i in 1 2 3; do
 	pid=
