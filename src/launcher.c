@@ -745,8 +745,10 @@ vacuum_ready(void)
 		/* vacuum commits and starts transactions: nothing in theirs lasts */
 		MemoryContextSwitchTo(cxt);
 		stmt = makeNode(VacuumStmt);
-		stmt->options = list_make2(makeDefElem("index_cleanup", (Node *) makeString("on"), -1),
-								   makeDefElem("truncate", (Node *) makeString("off"), -1));
+		/* skip_locked: autovacuum may come in after the unlock */
+		stmt->options = list_make3(makeDefElem("index_cleanup", (Node *) makeString("on"), -1),
+								   makeDefElem("truncate", (Node *) makeString("off"), -1),
+								   makeDefElem("skip_locked", (Node *) makeString("on"), -1));
 		/* by oid alone: a table dropped meanwhile is skipped quietly */
 		stmt->rels = list_make1(makeVacuumRelation(NULL, relid, NIL));
 		stmt->is_vacuumcmd = true;
