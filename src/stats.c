@@ -253,6 +253,9 @@ apiary_stats(PG_FUNCTION_ARGS)
 		values[7] = Float8GetDatum(copy.sketch.max_us / 1000.0);
 		values[8] = Float8GetDatum(sketch_quantile(&copy.sketch, 0.5) / 1000.0);
 		values[9] = Float8GetDatum(sketch_quantile(&copy.sketch, 0.99) / 1000.0);
+		/* no execution timed (each ended its executor): no timings */
+		for (int i = 5; i < 10 && copy.sketch.count == 0; i++)
+			nulls[i] = true;
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	LWLockRelease(stats_shared->lock);
