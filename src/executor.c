@@ -1518,15 +1518,21 @@ marker_open(int slot)
  * A task that was running when the server went down, or that ended its
  * executor itself, gets a crash counted (m: the marker that named it); at
  * max_attempts crashes it fails instead of taking the server down again,
- * and everything else goes on.
+ * and everything else goes on.  bounded: the launcher's count, before it
+ * starts any executor, waits at most a second for a lock (the workflow's,
+ * held by a cancel or resume left prepared, say): everything else must go
+ * on, and the crash goes uncounted.
  */
 static void
-count_crash(int64 task, const Marker *m)
+count_crash(int64 task, const Marker *m, bool bounded)
 {
 	bool		fatal = m->crashed == MARKER_FATAL;
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
+	if (bounded)
+		(void) set_config_option("lock_timeout", "1000", PGC_SUSET, PGC_S_SESSION,
+								 GUC_ACTION_LOCAL, true, 0, false);
 	PushActiveSnapshot(GetTransactionSnapshot());
 	if (queue_installed())
 	{
@@ -1600,11 +1606,11 @@ count_crash(int64 task, const Marker *m)
 
 /* count_crash, logging an error instead of raising it: the caller goes on */
 static void
-count_crash_logged(int64 task, const Marker *m)
+count_crash_logged(int64 task, const Marker *m, bool bounded)
 {
 	PG_TRY();
 	{
-		count_crash(task, m);
+		count_crash(task, m, bounded);
 	}
 	PG_CATCH();
 	{
@@ -1661,7 +1667,7 @@ apiary_count_crashes(void)
 	}
 	for (int slot = 0; slot < APIARY_MAX_WORKERS; slot++)
 		if (tasks[slot] != 0 && (!any_crashed || markers[slot].crashed))
-			count_crash_logged(tasks[slot], &markers[slot]);
+			count_crash_logged(tasks[slot], &markers[slot], true);
 }
 
 /* ---------------------------------------------------------------------
@@ -1737,7 +1743,7 @@ apiary_executor_main(Datum main_arg)
 		snprintf(path, MAXPGPATH, "%s/executor.%d", MARKER_DIR, slot);
 		task = marker_read(path, &m);
 		if (task != 0 && m.crashed == MARKER_FATAL)
-			count_crash_logged(task, &m);
+			count_crash_logged(task, &m, false);
 	}
 	marker_open(slot);
 	marker_catch_crashes();

@@ -15,7 +15,7 @@ set -euo pipefail
 make -s -C "$APIARY_ROOT/test/c_example" >/dev/null 2>&1
 make -s -C "$APIARY_ROOT/test/c_example" install >/dev/null 2>&1
 
-throwaway_server "${PORT:-55473}" "apiary.workers = 2"
+throwaway_server "${PORT:-55473}" "apiary.workers = 2" "max_prepared_transactions = 2"
 fail() { echo "FAIL: $*"; tail -n ${LOGLINES:-30} "$dir/server.log"; exit 1; }
 
 psql_ <<'SQL'
@@ -182,6 +182,28 @@ out=$(psql_ -c "SELECT apiary_result('through-shutdowns', '60 s')")
 counted=$(psql_ -c "SELECT crashes FROM apiary.tasks WHERE workflow = 'through-shutdowns'")
 [ "$counted" -eq 0 ] || fail "immediate shutdowns counted $counted crashes"
 
+# a cancel left prepared holds its workflow's lock: after a crash restart
+# the launcher's count of the task it names waits a second at most, and
+# every other workflow goes on (the launcher waited for good)
+psql_ -c "CREATE FUNCTION held_nap() RETURNS int LANGUAGE sql SET apiary.kind = 'transactional' AS \$\$ SELECT 1 FROM pg_sleep(5) \$\$" \
+	-c "SELECT apiary_start('held_nap', '{}', 'held')" >/dev/null
+pid=
+for _ in $(seq 1 200); do
+	pid=$(psql_ -c "SELECT pid FROM pg_stat_activity WHERE backend_type LIKE 'apiary executor%' AND wait_event = 'PgSleep'")
+	[ -n "$pid" ] && break
+	sleep 0.05
+done
+[ -n "$pid" ] || fail "held_nap is not running"
+psql_ -c "BEGIN" -c "SELECT apiary_cancel('held')" -c "PREPARE TRANSACTION 'held-cancel'" >/dev/null
+kill -9 "$pid"
+for _ in $(seq 1 300); do
+	psql_ -c "SELECT 1" >/dev/null 2>&1 && break
+	sleep 0.1
+done
+out=$(psql_ -c "SELECT apiary_start('square', '6', 'after-held')" -c "SELECT apiary_result('after-held', '60 s')" | tail -n 1)
+[ "$out" = 36 ] || fail "a workflow after a crash restart, beside a prepared cancel, returned $out"
+psql_ -c "COMMIT PREPARED 'held-cancel'" >/dev/null
+
 # restart_after_crash = off: the server goes down at each crash; start it
 psql_ -c "ALTER SYSTEM SET restart_after_crash = off" -c "SELECT pg_reload_conf()" >/dev/null
 psql_ -c "SELECT apiary_start('example_crash', '{}', 'poison-2')" >/dev/null
@@ -207,4 +229,4 @@ done
 crashes2=$(psql_ -c "SELECT crashes FROM apiary.tasks WHERE workflow = 'poison-2'")
 [ "$crashes2" -eq 2 ] && [ "$downs" -eq 2 ] ||
 	fail "with restart_after_crash off: $crashes2 crashes counted, the server went down $downs times"
-echo "ok: poison task given up after $crashes crashes, none counted for the task beside it (and after $crashes2 with restart_after_crash off); tasks ending their executor with FATAL given up after at least 3 (also with the FATAL not logged); C API workflows ran; 3 terminations by an operator and 3 immediate shutdowns counted no crash"
+echo "ok: poison task given up after $crashes crashes, none counted for the task beside it (and after $crashes2 with restart_after_crash off); tasks ending their executor with FATAL given up after at least 3 (also with the FATAL not logged); C API workflows ran; 3 terminations by an operator and 3 immediate shutdowns counted no crash; workflows ran after a crash restart beside a cancel left prepared"
