@@ -138,14 +138,20 @@ done
 # a retry, below max_attempts)
 [ "$(psql_ -c "SELECT calls >= 3 AND errors = calls AND retries = 2 FROM apiary.stats WHERE function = 'example_fatal'")" = t ] ||
 	fail "apiary.stats did not count example_fatal's attempts: $(psql_ -c "SELECT calls, errors, retries FROM apiary.stats WHERE function = 'example_fatal'")"
-psql_ -c "SELECT apiary_start('nap_square', '5', 'terminated')" >/dev/null
-for i in 1 2 3; do
-	pid=
+# napping_executor: the pid of the executor in pg_sleep, once there is one
+# (at most 10 s), else nothing
+napping_executor() {
+	local pid=
 	for _ in $(seq 1 200); do
 		pid=$(psql_ -c "SELECT pid FROM pg_stat_activity WHERE backend_type LIKE 'apiary executor%' AND wait_event = 'PgSleep'")
 		[ -n "$pid" ] && break
 		sleep 0.05
 	done
+	echo "$pid"
+}
+psql_ -c "SELECT apiary_start('nap_square', '5', 'terminated')" >/dev/null
+for i in 1 2 3; do
+	pid=$(napping_executor)
 	[ -n "$pid" ] || fail "nap_square is not running before termination $i"
 	psql_ -c "SELECT pg_terminate_backend($pid, 10000)" >/dev/null
 done
@@ -187,12 +193,7 @@ counted=$(psql_ -c "SELECT crashes FROM apiary.tasks WHERE workflow = 'through-s
 # every other workflow goes on (the launcher waited for good)
 psql_ -c "CREATE FUNCTION held_nap() RETURNS int LANGUAGE sql SET apiary.kind = 'transactional' AS \$\$ SELECT 1 FROM pg_sleep(5) \$\$" \
 	-c "SELECT apiary_start('held_nap', '{}', 'held')" >/dev/null
-pid=
-for _ in $(seq 1 200); do
-	pid=$(psql_ -c "SELECT pid FROM pg_stat_activity WHERE backend_type LIKE 'apiary executor%' AND wait_event = 'PgSleep'")
-	[ -n "$pid" ] && break
-	sleep 0.05
-done
+pid=$(napping_executor)
 [ -n "$pid" ] || fail "held_nap is not running"
 psql_ -c "BEGIN" -c "SELECT apiary_cancel('held')" -c "PREPARE TRANSACTION 'held-cancel'" >/dev/null
 kill -9 "$pid"
