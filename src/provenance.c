@@ -281,21 +281,29 @@ message_signed(const char *data, size_t size)
  * so for json (and json[]): row_to_json embeds it as it is, and json
  * takes what jsonb refuses (a \u0000, a number past numeric's range), so
  * any role's row would stop the collector for good, or fail whichever
- * apiary function read it.
+ * apiary function read it.  A jsonb column (or a domain over jsonb) has
+ * its depth checked (jsonb_too_deep).  Worked out once per row image, as
+ * it may look the type up.
  */
-static bool
-column_as_text(Form_pg_attribute att)
+typedef enum ColumnKind
 {
-	Oid			base;
+	COLUMN_PLAIN,				/* as row_to_json makes it */
+	COLUMN_TEXT,				/* as text (see above) */
+	COLUMN_JSONB				/* jsonb, or a domain over it: its depth checked */
+} ColumnKind;
+
+static ColumnKind
+column_kind(Form_pg_attribute att)
+{
+	Oid			base = att->atttypid;
 
 	if (att->attisdropped)
-		return false;
-	if (att->atttypid == JSONOID || att->atttypid == JSONARRAYOID)
-		return true;
-	if (att->atttypid < FirstNormalObjectId)
-		return false;
-	base = getBaseType(att->atttypid);
-	return base >= FirstNormalObjectId || base == JSONOID || base == JSONARRAYOID;
+		return COLUMN_PLAIN;
+	if (base >= FirstNormalObjectId)
+		base = getBaseType(base);
+	if (base >= FirstNormalObjectId || base == JSONOID || base == JSONARRAYOID)
+		return COLUMN_TEXT;
+	return base == JSONBOID ? COLUMN_JSONB : COLUMN_PLAIN;
 }
 
 /*
@@ -334,7 +342,7 @@ jsonb_too_deep(Datum value)
  * of the change), values over IMAGE_VALUE_MAX and jsonb values nested
  * deeper than IMAGE_JSONB_DEPTH, which set *trimmed, as does a row left
  * without an image.  Columns of the database's own types,
- * and json ones, are strings (column_as_text).
+ * and json ones, are strings (column_kind).
  */
 static Jsonb *
 tuple_jsonb(TupleDesc desc, HeapTuple tuple, bool strip_nulls, bool *trimmed)
@@ -342,6 +350,7 @@ tuple_jsonb(TupleDesc desc, HeapTuple tuple, bool strip_nulls, bool *trimmed)
 	Datum		json;
 	Jsonb	   *jb;
 	TupleDesc	recdesc;
+	ColumnKind *kinds = palloc(desc->natts * sizeof(ColumnKind));
 	bool		as_text = false;
 
 	/*
@@ -353,12 +362,15 @@ tuple_jsonb(TupleDesc desc, HeapTuple tuple, bool strip_nulls, bool *trimmed)
 	recdesc->tdtypeid = RECORDOID;
 	recdesc->tdtypmod = -1;
 	for (int i = 0; i < desc->natts; i++)
-		if (column_as_text(TupleDescAttr(desc, i)))
+	{
+		kinds[i] = column_kind(TupleDescAttr(desc, i));
+		if (kinds[i] == COLUMN_TEXT)
 		{
 			TupleDescInitEntry(recdesc, i + 1, NameStr(TupleDescAttr(desc, i)->attname),
 							   TEXTOID, -1, 0);
 			as_text = true;
 		}
+	}
 	recdesc = BlessTupleDesc(recdesc);
 	if (HeapTupleHasVarWidth(tuple) || as_text)
 	{
@@ -385,17 +397,14 @@ tuple_jsonb(TupleDesc desc, HeapTuple tuple, bool strip_nulls, bool *trimmed)
 				}
 				size = toast_raw_datum_size(values[i]);
 				if (size > IMAGE_VALUE_MAX ||
-					((att->atttypid == JSONBOID ||
-					  (att->atttypid >= FirstNormalObjectId &&
-					   getBaseType(att->atttypid) == JSONBOID)) &&
-					 jsonb_too_deep(values[i])))
+					(kinds[i] == COLUMN_JSONB && jsonb_too_deep(values[i])))
 				{
 					nulls[i] = changed = *trimmed = true;
 					continue;
 				}
 				total += size;
 			}
-			if (column_as_text(att))
+			if (kinds[i] == COLUMN_TEXT)
 			{
 				Oid			output;
 				bool		varlena;
@@ -903,7 +912,7 @@ change_image(PluginState *st, Change *c, Relation rel, HeapTuple tuple, bool key
 	bool		guarded = false;
 
 	for (int i = 0; i < desc->natts && !guarded; i++)
-		guarded = column_as_text(TupleDescAttr(desc, i));
+		guarded = column_kind(TupleDescAttr(desc, i)) == COLUMN_TEXT;
 	if (guarded)
 		BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(st->change_cxt);

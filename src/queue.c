@@ -1627,20 +1627,7 @@ typedef struct Crash
 {
 	int			crashes;
 	char	   *function;
-	Oid			role;
-	text	   *workflow;
 } Crash;
-
-/* Note whose task it is, and leave it. */
-static bool
-read_crash_owner(Datum *values, bool *nulls, bool *replace, void *arg)
-{
-	Crash	   *c = arg;
-
-	c->role = DatumGetObjectId(values[T_ROLE - 1]);
-	c->workflow = DatumGetTextPCopy(values[T_WORKFLOW - 1]);
-	return false;
-}
 
 static bool
 mutate_crash(Datum *values, bool *nulls, bool *replace, void *arg)
@@ -1661,7 +1648,12 @@ queue_count_crash(int64 id, char **function)
 {
 	QRel	   *tasks;
 	ScanKeyData key;
-	Crash		c = {0, NULL, InvalidOid, NULL};
+	Crash		c = {0, NULL};
+	Snapshot	snapshot;
+	QueueTask	task;
+	QueueState	state;
+	TimestampTz run_after;
+	bool		pending;
 
 	tasks = qrel_open("tasks", T_NATTS);
 	task_key(&key, &id);
@@ -1672,11 +1664,13 @@ queue_count_crash(int64 id, char **function)
 	 * count at the limit takes next (the two deadlocked, and the count was
 	 * lost).
 	 */
-	(void) qrel_update(tasks, RelationGetPrimaryKeyIndex(tasks->rel), 1, &key,
-					   read_crash_owner, &c);
-	if (c.workflow != NULL)
-		journal_lock(CANCEL_LOCK_MARKER, c.role, c.workflow, ShareLock, true);
-	if (c.workflow == NULL ||
+	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	pending = read_task(tasks->rel, snapshot, id, &state, &run_after, &task) &&
+		state == QS_PENDING;
+	UnregisterSnapshot(snapshot);
+	if (pending)
+		journal_lock(CANCEL_LOCK_MARKER, task.role, task.workflow, ShareLock, true);
+	if (!pending ||
 		!qrel_update(tasks, RelationGetPrimaryKeyIndex(tasks->rel), 1, &key,
 					 mutate_crash, &c))
 		c.crashes = 0;			/* not pending (any more) */
