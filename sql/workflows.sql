@@ -433,6 +433,37 @@ BEGIN ISOLATION LEVEL SERIALIZABLE;
 SELECT apiary_cancel('left-resumed');
 ROLLBACK;
 
+-- A task that returns a future of its workflow which failed already fails
+-- too, with its effects committed: apiary_resume links it to that future
+-- again, and does not run it a second time.
+UPDATE issuer SET approves = false;
+CREATE FUNCTION pass_on(f jsonb) RETURNS jsonb LANGUAGE plpgsql
+SET apiary.kind = 'transactional' AS $$
+BEGIN
+  -- the future comes inside an array, so this task does not wait for it
+  IF NOT wait_until(format('(SELECT state FROM apiary.tasks WHERE id = %s) = %L',
+                           f->0->'apiary_future', 'failed')) THEN
+    RAISE EXCEPTION 'the future did not fail';
+  END IF;
+  INSERT INTO effects VALUES ('passed on');
+  RETURN f->0;
+END $$;
+CREATE FUNCTION decline_late(cart int) RETURNS jsonb LANGUAGE plpgsql
+SET apiary.kind = 'transactional' AS $$
+BEGIN
+  RETURN apiary_queue('pass_on', jsonb_build_object('f',
+           jsonb_build_array(apiary_queue('decline', to_jsonb(cart)))));
+END $$;
+SELECT apiary_start('decline_late', '9', 'declined-late');
+SELECT apiary_result('declined-late', '60 s');
+\echo :LAST_ERROR_SQLSTATE
+SELECT function, state, error->>'sqlstate' AS sqlstate FROM apiary_status('declined-late') ORDER BY task;
+UPDATE issuer SET approves = true;
+SELECT apiary_resume('declined-late');
+SELECT apiary_result('declined-late', '60 s');
+SELECT function, state, attempts FROM apiary_status('declined-late') ORDER BY task;
+SELECT count(*) FROM effects WHERE what = 'passed on';
+
 -- Tasks run as the role that started them, and workflow ids are per role.
 CREATE FUNCTION whoami() RETURNS text LANGUAGE sql
 SET apiary.kind = 'readonly' AS $$ SELECT current_user::text $$;

@@ -836,10 +836,9 @@ link_to_future(RunningTask *t, const ReturnedFuture *r)
 {
 	if (r->state == QS_DONE)
 		record_outcome(t->id, QS_DONE, r->output, t->started);
-	else if (r->state == QS_FAILED || r->state == QS_CANCELLED)
-		record_outcome(t->id, QS_FAILED, r->error, t->started);
 	else
-		queue_link(t->id, r->id, t->started);
+		queue_link(t->id, r->id, t->started,
+				   r->state == QS_FAILED || r->state == QS_CANCELLED, r->error);
 }
 
 /*

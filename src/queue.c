@@ -1561,18 +1561,33 @@ mutate_link(Datum *values, bool *nulls, bool *replace, void *arg)
 }
 
 void
-queue_link(int64 id, int64 future, TimestampTz ran_at)
+queue_link(int64 id, int64 future, TimestampTz ran_at, bool failed,
+		   Jsonb *error)
 {
 	QRel	   *tasks;
 	ScanKeyData key;
 	Link		l = {future, ran_at};
+	bool		linked;
 
 	tasks = qrel_open("tasks", T_NATTS);
 	task_key(&key, &id);
-	if (qrel_update(tasks, RelationGetPrimaryKeyIndex(tasks->rel), 1, &key,
-					mutate_link, &l))
+	linked = qrel_update(tasks, RelationGetPrimaryKeyIndex(tasks->rel), 1, &key,
+						 mutate_link, &l);
+	if (linked)
 		insert_pair("links", Int64GetDatum(future), Int64GetDatum(id));
 	qrel_close(tasks);
+
+	/* linked all the same, for apiary_resume to link it again */
+	if (linked && failed)
+	{
+		Outcome    *o = palloc0_object(Outcome);
+
+		o->id = id;
+		o->state = QS_FAILED;
+		o->value = error;
+		o->only_from = QS_LINKED;
+		(void) finish(o, NULL, 0);
+	}
 }
 
 typedef struct Retry

@@ -129,8 +129,14 @@ extern int	queue_finish(int64 id, QueueState state, Jsonb *value,
 extern void queue_lock_links(Oid role, text *workflow);
 extern bool queue_depends_on(int64 future, int64 task);
 
-/* The task ran and returned future, which is not done yet. */
-extern void queue_link(int64 id, int64 future, TimestampTz ran_at);
+/*
+ * The task ran and returned future, which is not done yet: it takes the
+ * future's outcome when that comes.  One that failed already (failed, with
+ * its error) fails the task now, linked still: apiary_resume puts the task
+ * back to linked, not to pending, for its attempt has committed.
+ */
+extern void queue_link(int64 id, int64 future, TimestampTz ran_at,
+					   bool failed, Jsonb *error);
 
 /*
  * The task ran and failed with error; run it again after delay seconds.
