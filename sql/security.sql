@@ -194,6 +194,20 @@ COMMIT;
 SET ROLE regress_stranger;
 SELECT err($$SELECT apiary_result('hidden', '60 s')$$);
 RESET ROLE;
+-- ... and on every call, also after another role's call in the same
+-- session has planned it (a default to fill in, or an inlined SQL body).
+SET ROLE regress_owner;
+CREATE FUNCTION sec_hidden.s_default(x int DEFAULT 1) RETURNS int LANGUAGE sql
+SET apiary.kind = 'transactional' AS $$ SELECT x $$;
+CREATE FUNCTION sec.s_inlined() RETURNS text LANGUAGE sql
+SET apiary.kind = 'readonly' AS $$ SELECT 'inlined' $$;
+REVOKE EXECUTE ON FUNCTION sec.s_inlined() FROM PUBLIC;
+SELECT apiary_invoke('s_default'), apiary_invoke('s_inlined');
+RESET ROLE;
+SET ROLE regress_stranger;
+SELECT err($$SELECT apiary_invoke('s_default')$$);
+SELECT err($$SELECT apiary_invoke('s_inlined')$$);
+RESET ROLE;
 -- A registration in a schema the role cannot use does not stand in the
 -- way of its own renames, which the registry looks at.
 CREATE SCHEMA sec_stranger AUTHORIZATION regress_stranger;

@@ -511,7 +511,6 @@ direct_call(ApiaryFunction *f, Datum *values, char *nulls, bool read_only,
 	PgStat_FunctionCallUsage fcusage;
 	Datum		result;
 
-	check_may_call(f);
 	InvokeFunctionExecuteHook(f->fn);
 
 	InitFunctionCallInfoData(*fcinfo, &f->call, f->nargs, f->collation, NULL, NULL);
@@ -641,6 +640,12 @@ bind_call(ApiaryFunction *f, Jsonb *args, bool read_only, bool direct,
 	ErrorContextCallback errcallback;
 	int			rc;
 	Datum		result;
+
+	/*
+	 * Checked on every call, the statement's way included: a plan cached
+	 * by another role's call checks neither again.
+	 */
+	check_may_call(f);
 
 	/* only a task's own call is direct (executor.c) */
 	bind_binding_task = direct;
