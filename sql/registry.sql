@@ -316,3 +316,18 @@ DELETE FROM apiary.functions WHERE name = 'squatted';
 DROP FUNCTION restored_one(), someone_elses(), restored_two(), restored_three(), squatted();
 DROP ROLE regress_squatter, regress_registrant;
 SELECT count(*) FROM apiary.functions WHERE name LIKE 'restored%';
+-- Signatures are compared as the registry keeps them, unquoted, whatever
+-- the session's quote_all_identifiers: a function that changed owners since
+-- its registration is found.
+CREATE ROLE regress_mover;
+CREATE FUNCTION moved() RETURNS text LANGUAGE sql AS $$ SELECT 'moved' $$;
+ALTER FUNCTION moved() OWNER TO regress_mover;
+SET ROLE regress_mover;
+SELECT apiary_register('public.moved()', 'readonly');
+RESET ROLE;
+ALTER FUNCTION moved() OWNER TO CURRENT_USER;
+SET quote_all_identifiers = on;
+SELECT apiary_invoke('moved');
+RESET quote_all_identifiers;
+DROP FUNCTION moved();
+DROP ROLE regress_mover;

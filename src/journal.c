@@ -139,7 +139,9 @@ journal_restore_user(const JournalUser *save)
  * for one of pg_catalog's.  They name everything else by its schema, and
  * spell their operators OPERATOR(pg_catalog.=), but a few constructs (IS
  * DISTINCT FROM, IN, CASE) look theirs up by name, and so would any
- * function of apiary's that does not set its own search_path.
+ * function of apiary's that does not set its own search_path.  Names they
+ * compare with the registry's (pg_identify_object) are unquoted, as it
+ * keeps them, whatever the caller's quote_all_identifiers.
  */
 static int
 pin_search_path(void)
@@ -147,6 +149,8 @@ pin_search_path(void)
 	int			nestlevel = NewGUCNestLevel();
 
 	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET,
+							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("quote_all_identifiers", "off", PGC_USERSET,
 							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 	return nestlevel;
 }
@@ -216,9 +220,10 @@ journal_execute(const char *sql, SPIPlanPtr plan, int nargs, Oid *argtypes,
  * may be older: it runs with a snapshot taken now.
  */
 int
-journal_execute_latest(const char *sql, int expected)
+journal_execute_latest(const char *sql, int nargs, Oid *argtypes,
+					   Datum *values, const char *nulls, int expected)
 {
-	return execute_as_owner(sql, NULL, 0, NULL, NULL, NULL, expected, true);
+	return execute_as_owner(sql, NULL, nargs, argtypes, values, nulls, expected, true);
 }
 
 /* A plan kept for the life of the backend, to run with journal_execute. */

@@ -27,7 +27,10 @@ extern SPIPlanPtr journal_prepare(const char *sql, int nargs, Oid *argtypes);
 extern int	journal_execute(const char *sql, SPIPlanPtr plan, int nargs,
 							Oid *argtypes, Datum *values, const char *nulls,
 							int expected);
-extern int	journal_execute_latest(const char *sql, int expected);
+/* The same with a snapshot taken now, whatever the isolation level. */
+extern int	journal_execute_latest(const char *sql, int nargs, Oid *argtypes,
+								   Datum *values, const char *nulls,
+								   int expected);
 
 /*
  * Lock (role, key) until the end of the (sub)transaction, or with to_commit

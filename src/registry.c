@@ -526,12 +526,17 @@ build_function(const char *name)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 
-	journal_execute(psprintf("SELECT %s, kind, max_attempts,"
-							 " (pg_catalog.date_part('epoch', timeout)"
-							 "  OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8, fn"
-							 " FROM apiary.functions WHERE name OPERATOR(pg_catalog.=) $1",
-							 fn_lookup_sql()),
-					NULL, 1, argtypes, values, NULL, SPI_OK_SELECT);
+	/*
+	 * With a snapshot of now, as the function's own catalog rows are read:
+	 * an entry built from a REPEATABLE READ snapshot would outlive its
+	 * transaction, and the invalidation that made it stale is already seen.
+	 */
+	journal_execute_latest(psprintf("SELECT %s, kind, max_attempts,"
+									" (pg_catalog.date_part('epoch', timeout)"
+									"  OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8, fn"
+									" FROM apiary.functions WHERE name OPERATOR(pg_catalog.=) $1",
+									fn_lookup_sql()),
+						   1, argtypes, values, NULL, SPI_OK_SELECT);
 	if (SPI_processed == 0)
 		report_not_found(name);
 
@@ -1274,7 +1279,7 @@ apiary_on_sql_drop(PG_FUNCTION_ARGS)
 										"  SELECT objid FROM pg_catalog.pg_event_trigger_dropped_objects()"
 										"  WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass))",
 										fn_oid_sql()),
-							   SPI_OK_DELETE);
+							   0, NULL, NULL, NULL, SPI_OK_DELETE);
 	}
 	SPI_finish();
 	PG_RETURN_VOID();
