@@ -1061,10 +1061,19 @@ sync_declared(Oid fn)
 		Oid			argtypes[1] = {OIDOID};
 		Datum		values[1] = {ObjectIdGetDatum(fn)};
 
+		/*
+		 * Looked for first: a DELETE would wait for any registration in
+		 * progress, and invalidate every session's registry, on every
+		 * CREATE FUNCTION in the database.
+		 */
 		adopt_registrations();
-		journal_execute(psprintf("DELETE FROM apiary.functions"
+		journal_execute(psprintf("SELECT FROM apiary.functions"
 								 " WHERE %s OPERATOR(pg_catalog.=) $1 AND declared", fn_oid_sql()),
-						NULL, 1, argtypes, values, NULL, SPI_OK_DELETE);
+						NULL, 1, argtypes, values, NULL, SPI_OK_SELECT);
+		if (SPI_processed > 0)
+			journal_execute(psprintf("DELETE FROM apiary.functions"
+									 " WHERE %s OPERATOR(pg_catalog.=) $1 AND declared", fn_oid_sql()),
+							NULL, 1, argtypes, values, NULL, SPI_OK_DELETE);
 	}
 }
 
