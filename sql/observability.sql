@@ -195,6 +195,28 @@ SELECT wait_until($c$(SELECT count(*) FROM apiary.provenance WHERE relname = 'pu
 SELECT workflow, task IS NOT NULL AS in_task, function, relation, operation, "row"
 FROM apiary.provenance WHERE relname = 'public.obs_items'
 ORDER BY workflow NULLS LAST, at, function, operation, "row"::text;
+-- a TRUNCATE is recorded, a row per table without an image; a write to a
+-- partitioned table is recorded under its partition, with the image for a
+-- role that may read the partitioned table
+CREATE TABLE obs_parts (id int PRIMARY KEY, note text) PARTITION BY RANGE (id);
+CREATE TABLE obs_parts_low PARTITION OF obs_parts FOR VALUES FROM (0) TO (100);
+CREATE TABLE obs_scratch (id int);
+INSERT INTO obs_scratch VALUES (1), (2);
+CREATE ROLE obs_partner;
+GRANT SELECT, INSERT ON obs_parts TO obs_partner;
+CREATE FUNCTION obs_part_write(id int) RETURNS int LANGUAGE sql
+SET apiary.kind = 'transactional' AS $$ INSERT INTO obs_parts VALUES (id, 'via the parent') RETURNING id $$;
+CREATE FUNCTION obs_truncate() RETURNS int LANGUAGE plpgsql
+SET apiary.kind = 'transactional' AS $$ BEGIN TRUNCATE obs_scratch; RETURN 1; END $$;
+SET ROLE obs_partner;
+SELECT apiary_invoke('obs_part_write', '[5]');
+RESET ROLE;
+SELECT apiary_invoke('obs_truncate');
+SELECT wait_until($c$EXISTS (SELECT FROM apiary.provenance WHERE relname = 'public.obs_scratch')$c$);
+SELECT function, relation, operation, "row" FROM apiary.provenance
+WHERE relname IN ('public.obs_parts_low', 'public.obs_scratch') ORDER BY relname;
+DROP TABLE obs_parts, obs_scratch;
+DROP ROLE obs_partner;
 -- any role may write a logical decoding message with apiary's prefix: the
 -- collector takes only those apiary signed.  Neither a message claiming a
 -- write for another workflow, nor one whose sizes point past its end (it

@@ -60,6 +60,7 @@
 #include "access/xlogutils.h"
 #include "catalog/catalog.h"
 #include "catalog/namespace.h"
+#include "catalog/partition.h"
 #include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
 #include "common/file_perm.h"
@@ -956,60 +957,87 @@ change_image(PluginState *st, Change *c, Relation rel, HeapTuple tuple, bool key
  */
 #define TXN_CHANGES_MAX 100000
 
+/*
+ * A change of the transaction to rel, held until its commit says whose it
+ * is (in the transaction's context); NULL for one not recorded: apiary's
+ * own bookkeeping, the catalogs, and changes past the cap.
+ */
+static Change *
+add_change(PluginState *st, Relation rel, XLogRecPtr lsn, const char *operation)
+{
+	Change	   *c;
+
+	if (!OidIsValid(st->apiary_nsp))
+		st->apiary_nsp = get_namespace_oid("apiary", true);
+	if (RelationGetNamespace(rel) == st->apiary_nsp || IsCatalogRelation(rel))
+		return NULL;
+	if (st->nchanges >= TXN_CHANGES_MAX)
+	{
+		st->dropped++;
+		return NULL;
+	}
+	st->nchanges++;
+
+	c = palloc0(sizeof(Change));
+	c->lsn = lsn;
+	c->relid = RelationGetRelid(rel);
+	c->relname = psprintf("%s.%s",
+						  get_namespace_name(RelationGetNamespace(rel)),
+						  RelationGetRelationName(rel));
+	c->operation = operation;
+	st->changes = lappend(st->changes, c);
+	return c;
+}
+
 static void
 plugin_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 			  Relation rel, ReorderBufferChange *change)
 {
 	PluginState *st = ctx->output_plugin_private;
 	MemoryContext old;
-	Change	   *c;
+	const char *operation;
 	HeapTuple	tuple = NULL;
 	bool		key_only = false;
+	Change	   *c;
 
-	if (!OidIsValid(st->apiary_nsp))
-		st->apiary_nsp = get_namespace_oid("apiary", true);
-	/* apiary's own bookkeeping is not provenance */
-	if (RelationGetNamespace(rel) == st->apiary_nsp || IsCatalogRelation(rel))
-		return;
-	if (st->nchanges >= TXN_CHANGES_MAX)
-	{
-		st->dropped++;
-		return;
-	}
-	st->nchanges++;
-
-	old = MemoryContextSwitchTo(st->txn_cxt);
-	c = palloc0(sizeof(Change));
-	c->lsn = change->lsn;
-	c->relid = RelationGetRelid(rel);
-	c->relname = psprintf("%s.%s",
-						  get_namespace_name(RelationGetNamespace(rel)),
-						  RelationGetRelationName(rel));
 	switch (change->action)
 	{
 		case REORDER_BUFFER_CHANGE_INSERT:
-			c->operation = "insert";
+			operation = "insert";
 			if (change->data.tp.newtuple)
 				tuple = &change->data.tp.newtuple->tuple;
 			break;
 		case REORDER_BUFFER_CHANGE_UPDATE:
-			c->operation = "update";
+			operation = "update";
 			if (change->data.tp.newtuple)
 				tuple = &change->data.tp.newtuple->tuple;
 			break;
 		case REORDER_BUFFER_CHANGE_DELETE:
-			c->operation = "delete";
+			operation = "delete";
 			key_only = true;
 			if (change->data.tp.oldtuple)
 				tuple = &change->data.tp.oldtuple->tuple;
 			break;
 		default:
-			MemoryContextSwitchTo(old);
 			return;
 	}
-	if (tuple != NULL)
+	old = MemoryContextSwitchTo(st->txn_cxt);
+	c = add_change(st, rel, change->lsn, operation);
+	if (c != NULL && tuple != NULL)
 		change_image(st, c, rel, tuple, key_only);
-	st->changes = lappend(st->changes, c);
+	MemoryContextSwitchTo(old);
+}
+
+/* A TRUNCATE: one row per table, without an image. */
+static void
+plugin_truncate(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
+				int nrelations, Relation relations[], ReorderBufferChange *change)
+{
+	PluginState *st = ctx->output_plugin_private;
+	MemoryContext old = MemoryContextSwitchTo(st->txn_cxt);
+
+	for (int i = 0; i < nrelations; i++)
+		(void) add_change(st, relations[i], change->lsn, "truncate");
 	MemoryContextSwitchTo(old);
 }
 
@@ -1163,10 +1191,19 @@ static bool
 may_read(Oid role, Oid relid)
 {
 	bool		missing = false;
+	ListCell   *lc;
 
 	/* (a table the transaction dropped again has no rights to go by) */
-	return pg_class_aclcheck_ext(relid, role, ACL_SELECT, &missing) == ACLCHECK_OK &&
-		!missing && check_enable_rls(relid, role, true) != RLS_ENABLED;
+	if (pg_class_aclcheck_ext(relid, role, ACL_SELECT, &missing) == ACLCHECK_OK &&
+		!missing && check_enable_rls(relid, role, true) != RLS_ENABLED)
+		return true;
+	if (missing || !get_rel_relispartition(relid))
+		return false;
+	/* a partition's rows are read through any partitioned table above it */
+	foreach(lc, get_partition_ancestors(relid))
+		if (may_read(role, lfirst_oid(lc)))
+			return true;
+	return false;
 }
 
 /* Keep a row for storing: copied into out_cxt, the current context. */
@@ -1280,6 +1317,7 @@ _PG_output_plugin_init(OutputPluginCallbacks *cb)
 	cb->startup_cb = plugin_startup;
 	cb->begin_cb = plugin_begin;
 	cb->change_cb = plugin_change;
+	cb->truncate_cb = plugin_truncate;
 	cb->commit_cb = plugin_commit;
 	cb->message_cb = plugin_message;
 	cb->filter_by_origin_cb = plugin_filter;
@@ -1373,7 +1411,8 @@ ensure_slot(void)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	journal_execute("SELECT plugin OPERATOR(pg_catalog.=) 'apiary',"
-					" COALESCE(database OPERATOR(pg_catalog.=) pg_catalog.current_database(), false), database"
+					" COALESCE(database OPERATOR(pg_catalog.=) pg_catalog.current_database(), false), database,"
+					" restart_lsn IS NULL OR wal_status OPERATOR(pg_catalog.=) 'lost', confirmed_flush_lsn"
 					" FROM pg_catalog.pg_replication_slots"
 					" WHERE slot_name OPERATOR(pg_catalog.=) '" PROVENANCE_SLOT "'",
 					NULL, 0, NULL, NULL, NULL, SPI_OK_SELECT);
@@ -1398,6 +1437,22 @@ ensure_slot(void)
 		else if (!ours)
 			ereport(LOG, (errmsg("apiary provenance: dropping replication slot \"%s\" of another output plugin",
 								 PROVENANCE_SLOT)));
+
+		/*
+		 * One whose WAL the server removed (max_slot_wal_keep_size) can
+		 * never be decoded again: a new one records what comes next.
+		 */
+		else if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull)))
+		{
+			char	   *from = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5);
+
+			ours = false;
+			ereport(WARNING,
+					(errmsg("apiary provenance: replication slot \"%s\" has lost the WAL it had not decoded; the writes after %s up to now are not recorded",
+							PROVENANCE_SLOT, from ? from : "its start"),
+					 errdetail("The server removed the WAL before the collector decoded it, as max_slot_wal_keep_size allows."),
+					 errhint("The slot is created again.  Raise max_slot_wal_keep_size, or fix what keeps the collector behind.")));
+		}
 	}
 	if (exists && !ours)
 		journal_execute("SELECT pg_catalog.pg_drop_replication_slot('" PROVENANCE_SLOT "')",

@@ -9,8 +9,8 @@
 # Before that, two launcher restarts leave one collector running.
 # Then the caps on what the collector holds of one transaction, rows no
 # role may use to stop or stall the collector, a row it
-# cannot convert, a collector that fails, and a move of apiary.database
-# to another database.
+# cannot convert, a collector that fails, a slot that lost its WAL, and a
+# move of apiary.database to another database.
 set -euo pipefail
 . "$(dirname "$0")/../../script/lib.sh"
 
@@ -262,6 +262,33 @@ wait_sql "SELECT state = 'recording' AND failed_at IS NULL FROM apiary.provenanc
 [ "$(psql_ -c "SELECT count(*) FROM apiary.provenance WHERE relname = 'public.poison'")" -eq 1 ] ||
 	fail "the write the collector failed on was not recorded once it got past"
 
+# a collector kept behind until the server removed the WAL its slot had not
+# decoded (max_slot_wal_keep_size) starts over with a new slot, and says
+# what it could not record; the writes after that are recorded
+psql_ >/dev/null <<'SQL'
+ALTER SYSTEM SET max_slot_wal_keep_size = '1MB';
+SELECT pg_reload_conf();
+ALTER TABLE apiary.provenance_rows ADD CONSTRAINT no_poison CHECK (relname <> 'public.poison') NOT VALID;
+SELECT apiary_invoke('put_poison');
+CREATE TABLE wal_filler (id int);
+SQL
+wait_sql "SELECT failed_at IS NOT NULL FROM apiary.provenance_status" 300 || true
+for _ in $(seq 1 20); do
+	psql_ -c "INSERT INTO wal_filler VALUES (1)" -c "SELECT pg_switch_wal()" -c "CHECKPOINT" >/dev/null
+	[ "$(psql_ -c "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'apiary_provenance'")" = lost ] && break
+done
+[ "$(psql_ -c "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'apiary_provenance'")" = lost ] ||
+	fail "the slot did not lose its WAL"
+psql_ -c "ALTER TABLE apiary.provenance_rows DROP CONSTRAINT no_poison" >/dev/null
+wait_sql "SELECT state = 'recording' AND failed_at IS NULL FROM apiary.provenance_status" 300 ||
+	fail "provenance_status says '$(psql_ -c "SELECT state FROM apiary.provenance_status")' after the slot lost its WAL"
+grep -q 'replication slot "apiary_provenance" has lost the WAL it had not decoded' "$dir/server.log" ||
+	fail "no warning for the writes not recorded"
+psql_ -c "SELECT apiary_invoke('put_poison')" >/dev/null
+wait_sql "SELECT count(*) = 2 FROM apiary.provenance WHERE relname = 'public.poison'" 100 ||
+	fail "$(psql_ -c "SELECT count(*) FROM apiary.provenance WHERE relname = 'public.poison'") writes of poison recorded, not 2 (one before, one after the lost WAL)"
+psql_ -c "ALTER SYSTEM RESET max_slot_wal_keep_size" -c "SELECT pg_reload_conf()" >/dev/null
+
 # apiary.database moved to another database: the slot left in the old one
 # would hold WAL forever, and made the new one's collector fail; it is
 # dropped, and each database's provenance_status tells the truth
@@ -279,4 +306,4 @@ slots=$(psql_ -c "SELECT string_agg(database, ',') FROM pg_replication_slots WHE
 [ "$slots" = moved ] || fail "apiary_provenance slots in databases: '$slots', not just moved"
 old=$(psql_ -c "SELECT state FROM apiary.provenance_status")
 [ "$old" = "not recording: apiary.database is moved" ] || fail "the old database's provenance_status says '$old'"
-echo "ok: $want writes of $N workflows in apiary.provenance exactly once across a kill -9 ($before decoded before it, $((want - before)) after), a transaction of 100,010 writes capped, rows that cannot be converted and images past 64 MB recorded without them, a failing collector shown as failing, and the slot moved with apiary.database"
+echo "ok: $want writes of $N workflows in apiary.provenance exactly once across a kill -9 ($before decoded before it, $((want - before)) after), a transaction of 100,010 writes capped, rows that cannot be converted and images past 64 MB recorded without them, a failing collector shown as failing, a slot that lost its WAL replaced, and the slot moved with apiary.database"
