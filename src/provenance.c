@@ -462,8 +462,9 @@ provenance_pop(ProvenanceFrame *pf)
 /*
  * The invocation returned: in its transaction, say that the changes since
  * it began are its own (and, with provenance = all, what it read).  An
- * invocation in a transaction that wrote nothing and read nothing recorded
- * needs no message.
+ * invocation that read nothing recorded and wrote nothing since it began
+ * (this backend wrote no WAL since: a call in a loop of thousands that
+ * only computes, say) needs no message.
  */
 void
 provenance_note(ProvenanceFrame *pf, Oid role, text *workflow, int64 task,
@@ -474,7 +475,8 @@ provenance_note(ProvenanceFrame *pf, Oid role, text *workflow, int64 task,
 
 	if (!pf->active)
 		return;
-	if (!TransactionIdIsValid(GetTopTransactionIdIfAny()) && pf->nreads == 0)
+	if (pf->nreads == 0 &&
+		(!TransactionIdIsValid(GetTopTransactionIdIfAny()) || XactLastRecEnd <= pf->start))
 		return;
 
 	memset(&hdr, 0, sizeof(hdr));
@@ -1161,22 +1163,70 @@ plugin_message(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 	MemoryContextSwitchTo(old);
 }
 
-/* The innermost invocation whose range holds lsn, or NULL. */
-static Message *
-attribute(List *messages, XLogRecPtr lsn)
+/* Ranges by their start, an outer one before the ranges it holds. */
+static int
+message_range_cmp(const void *a, const void *b)
 {
-	Message    *best = NULL;
+	const Message *x = *(Message *const *) a;
+	const Message *y = *(Message *const *) b;
+
+	if (x->hdr.start != y->hdr.start)
+		return x->hdr.start < y->hdr.start ? -1 : 1;
+	if (x->lsn != y->lsn)
+		return x->lsn > y->lsn ? -1 : 1;
+	return 0;
+}
+
+/*
+ * The innermost invocation whose range holds each change's LSN (NULL:
+ * none), into by[].  The ranges of one transaction nest or follow one
+ * another, as its invocations do, and its changes come in LSN order: one
+ * pass with a stack of the ranges open, not a look at every range for
+ * every change (a transaction of many calls and many writes).  Changes
+ * out of order, should decoding ever give them so, are looked up each.
+ */
+static void
+attribute_all(List *messages, List *changes, Message **by)
+{
+	int			nm = list_length(messages);
+	Message   **sorted = palloc(Max(nm, 1) * sizeof(Message *));
+	Message   **open = palloc(Max(nm, 1) * sizeof(Message *));
+	int			nopen = 0;
+	int			next = 0;
+	int			i = 0;
+	XLogRecPtr	last = InvalidXLogRecPtr;
 	ListCell   *lc;
 
 	foreach(lc, messages)
-	{
-		Message    *m = lfirst(lc);
+		sorted[foreach_current_index(lc)] = lfirst(lc);
+	qsort(sorted, nm, sizeof(Message *), message_range_cmp);
 
-		if (m->hdr.start <= lsn && lsn < m->lsn &&
-			(best == NULL || m->hdr.start > best->hdr.start))
-			best = m;
+	foreach(lc, changes)
+	{
+		XLogRecPtr	lsn = ((Change *) lfirst(lc))->lsn;
+
+		if (lsn < last)
+		{
+			by[i] = NULL;
+			for (int j = 0; j < nm; j++)
+				if (sorted[j]->hdr.start <= lsn && lsn < sorted[j]->lsn)
+					by[i] = sorted[j];	/* the last that holds it: innermost */
+			i++;
+			continue;
+		}
+		last = lsn;
+		while (next < nm && sorted[next]->hdr.start <= lsn)
+		{
+			while (nopen > 0 && open[nopen - 1]->lsn <= sorted[next]->hdr.start)
+				nopen--;
+			open[nopen++] = sorted[next++];
+		}
+		while (nopen > 0 && open[nopen - 1]->lsn <= lsn)
+			nopen--;
+		by[i++] = nopen > 0 ? open[nopen - 1] : NULL;
 	}
-	return best;
+	pfree(sorted);
+	pfree(open);
 }
 
 /*
@@ -1240,6 +1290,7 @@ plugin_commit(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 	ListCell   *lc;
 	int			n = 0;
 	int			losses[IMAGE_FAILED + 1] = {0};
+	Message   **by;
 
 	if (st->messages == NIL)
 		return;
@@ -1268,17 +1319,19 @@ plugin_commit(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 			losses[c->loss]++;
 		}
 	}
+	by = palloc(Max(list_length(st->changes), 1) * sizeof(Message *));
+	attribute_all(st->messages, st->changes, by);
 	foreach(lc, st->changes)
 	{
 		Change	   *c = lfirst(lc);
-		Message    *by = attribute(st->messages, c->lsn);
 
-		if (by != NULL)
+		if (by[foreach_current_index(lc)] != NULL)
 		{
-			keep_row(st, txn, ++n, by, c);
+			keep_row(st, txn, ++n, by[foreach_current_index(lc)], c);
 			losses[c->loss]++;
 		}
 	}
+	pfree(by);
 	MemoryContextSwitchTo(old);
 	if (losses[IMAGE_TRIMMED] > 0)
 		ereport(WARNING,
