@@ -153,10 +153,13 @@ static RunningTask *running_task = NULL;
  * operator's termination (pg_terminate_backend from another session) or
  * a shutdown ends the executor with a FATAL of class 57 (operator
  * intervention) and is not counted: the exit handler tells a SIGTERM the
- * executor sent itself from one sent by another process.
+ * executor sent itself from one sent by another process.  A marker also
+ * names the apiary.tasks its task id is of: a DROP and CREATE EXTENSION
+ * before the count starts task ids over, and the id would name a task
+ * that never ran.
  */
 #define MARKER_DIR APIARY_DATA_DIR
-#define MARKER_MAGIC 0x41504933	/* "API3" */
+#define MARKER_MAGIC 0x41504934	/* "API4" */
 #define MARKER_SIGNAL 1			/* crashed: the executor died of a signal */
 #define MARKER_FATAL 2			/* crashed: the task ended it with FATAL */
 
@@ -164,6 +167,7 @@ typedef struct Marker
 {
 	uint32		magic;
 	Oid			database;
+	Oid			tasks_relid;	/* apiary.tasks's OID: task ids are its */
 	TimestampTz postmaster_started;	/* PgStartTime */
 	int64		task;
 	int64		check;			/* ~task */
@@ -1366,6 +1370,8 @@ marker_write(int64 task)
 {
 	if (marker == NULL)
 		return;
+	if (task != 0)
+		marker->tasks_relid = queue_tasks_relid();
 	marker->task = task;
 	marker->check = ~task;
 	/* and for apiary_status, which shows the task running */
@@ -1480,7 +1486,7 @@ marker_read(const char *path, Marker *m)
 static void
 marker_open(int slot)
 {
-	Marker		m = {MARKER_MAGIC, MyDatabaseId, PgStartTime, 0, ~INT64CONST(0), 0, 0, ""};
+	Marker		m = {MARKER_MAGIC, MyDatabaseId, InvalidOid, PgStartTime, 0, ~INT64CONST(0), 0, 0, ""};
 	char		marker_path[MAXPGPATH];
 	int			fd;
 	void	   *p;
@@ -1533,7 +1539,11 @@ count_crash(int64 task, const Marker *m, bool bounded)
 		(void) set_config_option("lock_timeout", "1000", PGC_SUSET, PGC_S_SESSION,
 								 GUC_ACTION_LOCAL, true, 0, false);
 	PushActiveSnapshot(GetTransactionSnapshot());
-	if (queue_installed())
+	/*
+	 * Not a task of the tables the marker's were: the extension was dropped
+	 * and created again since, and task ids started over.
+	 */
+	if (queue_installed() && m->tasks_relid == queue_tasks_relid())
 	{
 		char	   *function = NULL;
 		int			crashes = queue_count_crash(task, &function);

@@ -228,6 +228,12 @@ table_oid(const char *name)
 	return table_oids[i];
 }
 
+Oid
+queue_tasks_relid(void)
+{
+	return table_oid("tasks");
+}
+
 static QRel *
 qrel_open(const char *name, int natts)
 {

@@ -80,6 +80,12 @@ extern int64 queue_add_workflow(Oid role, text *id, bool generated,
 							   char **recorded_function,
 							   Jsonb **recorded_args);
 
+/*
+ * The OID of apiary.tasks, which a DROP and CREATE EXTENSION changes, as
+ * they start task ids over.
+ */
+extern Oid	queue_tasks_relid(void);
+
 /* Done, failed or cancelled: nothing more will happen to it. */
 extern bool queue_finished_state(QueueState state);
 

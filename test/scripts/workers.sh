@@ -221,6 +221,60 @@ wait_for 2
 if tail -n +"$((lines + 1))" "$dir/server.log" | grep -E "lock timeout|could not open relation"; then
 	fail "the workers got in the way of the open drop"
 fi
+# a task that ended its executor, its count left to the slot's next
+# executor (none came: apiary.workers was lowered), is not charged to the
+# task that has its id after the extension was dropped and created again
+# (one executor, in the first slot, before and after)
+psql_ -c "ALTER SYSTEM SET apiary.workers = 0" -c "SELECT pg_reload_conf()" >/dev/null
+wait_for 0
+psql_ -c "ALTER SYSTEM SET apiary.workers = 1" -c "SELECT pg_reload_conf()" >/dev/null
+wait_for 1
+psql_ >/dev/null <<'SQL'
+CREATE FUNCTION quits() RETURNS int LANGUAGE plpgsql SET apiary.kind = 'transactional' AS $$
+BEGIN
+  PERFORM pg_advisory_xact_lock(78);
+  PERFORM pg_terminate_backend(pg_backend_pid());
+  RETURN 1;
+END $$;
+SQL
+as_pg "$PG_BIN/psql" -h "$dir" -p "$port" -U postgres -X -d postgres -qAt >/dev/null 2>&1 <<'SQL' &
+SET application_name = 'gate';
+SELECT pg_advisory_lock(78);
+SELECT pg_sleep(60);
+SQL
+gate=$!
+wait_sql "SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND objid = 78 AND granted)" 100 ||
+	fail "the gate's lock was not taken"
+psql_ -c "SELECT apiary_start('quits', '{}', 'quits')" >/dev/null
+wait_sql "SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND objid = 78 AND NOT granted)" 100 ||
+	fail "quits did not start"
+quits=$(psql_ -c "SELECT id FROM apiary.tasks WHERE workflow = 'quits'")
+psql_ -c "ALTER SYSTEM SET apiary.workers = 0" -c "SELECT pg_reload_conf()" >/dev/null
+psql_ -c "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'gate'" >/dev/null
+wait "$gate" || true
+wait_for 0
+after=$(psql_ <<SQL
+DROP EXTENSION apiary;
+CREATE EXTENSION apiary;
+ALTER FUNCTION one() SET apiary.kind = 'readonly';
+SELECT setval(pg_get_serial_sequence('apiary.tasks', 'id'), $quits, false);
+SELECT apiary_start('one', '{}', 'after-create');
+SELECT id FROM apiary.tasks WHERE workflow = 'after-create';
+SQL
+)
+[ "$(echo "$after" | tail -n 1)" = "$quits" ] || fail "the new workflow's task is not task $quits: $after"
+lines=$(wc -l <"$dir/server.log")
+psql_ -c "ALTER SYSTEM SET apiary.workers = 1" -c "SELECT pg_reload_conf()" >/dev/null
+wait_for 1
+out=$(psql_ -c "SELECT apiary_result('after-create', '30 s')")
+[ "$out" = 1 ] || fail "the workflow after the new CREATE EXTENSION returned '$out'"
+crashes=$(psql_ -c "SELECT crashes FROM apiary.tasks WHERE id = $quits")
+[ "$crashes" -eq 0 ] || fail "task $quits of the new extension was charged the old task $quits's exit ($crashes crashes)"
+! tail -n +"$((lines + 1))" "$dir/server.log" | grep "ended its executor" ||
+	fail "a crash was counted after the extension was created again"
+psql_ -c "ALTER SYSTEM SET apiary.workers = 2" -c "SELECT pg_reload_conf()" >/dev/null
+wait_for 2
+
 psql_ -c "DROP EXTENSION apiary"
 wait_for 0
 
