@@ -89,6 +89,14 @@ END $$;
 SELECT apiary_start('sum_of_squares', '[1, 2, 3]', 'squares');
 SELECT apiary_result('squares', '60 s');
 SELECT function, state, waiting_for, output FROM apiary_status('squares') ORDER BY task;
+-- An id started already is looked at before the call: another call (here
+-- one whose arguments would not even bind) is 23505, and the same call is
+-- the workflow started, even with its function unregistered since.
+SELECT apiary_start('square', '{"y": 1}', 'squares');
+\echo :LAST_ERROR_SQLSTATE
+ALTER FUNCTION sum_of_squares(int, int, int) RESET apiary.kind;
+SELECT apiary_start('sum_of_squares', '[1, 2, 3]', 'squares');
+ALTER FUNCTION sum_of_squares(int, int, int) SET apiary.kind = 'transactional';
 -- A readonly function may not start a workflow: that is a write.
 CREATE FUNCTION start_square(x int) RETURNS text LANGUAGE sql
 SET apiary.kind = 'readonly' AS $$ SELECT apiary_start('square', to_jsonb(x), 'square-from-readonly') $$;

@@ -909,45 +909,45 @@ find_workflow(Relation rel, Snapshot snapshot, Oid role, text *id,
 	return found;
 }
 
+bool
+queue_find_workflow(Oid role, text *id, char **recorded_function,
+					Jsonb **recorded_args)
+{
+	QRel	   *workflows = qrel_open("workflows", W_NATTS);
+	Snapshot	snapshot;
+	bool		found;
+
+	/* a concurrent start of the same id: wait for it to end, then look */
+	journal_lock(START_LOCK_MARKER, role, id, ExclusiveLock, false);
+	snapshot = RegisterSnapshot(GetTransactionSnapshot());
+	found = find_workflow(workflows->rel, snapshot, role, id,
+						  recorded_function, recorded_args);
+	UnregisterSnapshot(snapshot);
+	if (!found && IsolationUsesXactSnapshot())
+	{
+		/* one committed after our snapshot can be neither seen nor redone */
+		snapshot = RegisterSnapshot(GetLatestSnapshot());
+		if (find_workflow(workflows->rel, snapshot, role, id, NULL, NULL))
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					 errmsg("could not start workflow \"%s\": it was started concurrently",
+							text_to_cstring(id)),
+					 errhint("The transaction might succeed if retried.")));
+		UnregisterSnapshot(snapshot);
+	}
+	qrel_close(workflows);
+	return found;
+}
+
 int64
-queue_add_workflow(Oid role, text *id, bool generated, const char *function,
-				   Oid fn_owner, Jsonb *args, Interval *timeout,
-				   char **recorded_function, Jsonb **recorded_args)
+queue_add_workflow(Oid role, text *id, const char *function, Oid fn_owner,
+				   Jsonb *args, Interval *timeout)
 {
 	QRel	   *workflows;
 	QRel	   *tasks;
-	Snapshot	snapshot;
-	bool		found;
 	int64		root;
 
 	workflows = qrel_open("workflows", W_NATTS);
-	if (!generated)
-	{
-		/* a concurrent start of the same id: wait for it to end, then look */
-		journal_lock(START_LOCK_MARKER, role, id, ExclusiveLock, false);
-		snapshot = RegisterSnapshot(GetTransactionSnapshot());
-		found = find_workflow(workflows->rel, snapshot, role, id,
-							  recorded_function, recorded_args);
-		UnregisterSnapshot(snapshot);
-		if (!found && IsolationUsesXactSnapshot())
-		{
-			/* one committed after our snapshot can be neither seen nor redone */
-			snapshot = RegisterSnapshot(GetLatestSnapshot());
-			if (find_workflow(workflows->rel, snapshot, role, id, NULL, NULL))
-				ereport(ERROR,
-						(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-						 errmsg("could not start workflow \"%s\": it was started concurrently",
-								text_to_cstring(id)),
-						 errhint("The transaction might succeed if retried.")));
-			UnregisterSnapshot(snapshot);
-		}
-		if (found)
-		{
-			qrel_close(workflows);
-			return 0;
-		}
-	}
-
 	tasks = qrel_open("tasks", T_NATTS);
 	root = insert_task(tasks, role, id, 0, function, fn_owner, args, 0);
 	qrel_close(tasks);

@@ -68,17 +68,21 @@ extern int64 queue_add_task(Oid role, text *workflow, int64 parent,
 							List *futures);
 
 /*
- * Start workflow (role, id) with its root task and return the task's id,
- * unless the workflow exists: then return 0 with the recorded call.  Waits
- * for a concurrent start of the same id to end.  A generated id (random)
- * is new: no need to look.  A timeout (NULL: none) sets its deadline that
- * long after its start.
+ * Has (role, id) been started?  Then true, with the recorded call.  Waits
+ * for a concurrent start of the same id to end, and keeps it waiting to
+ * the end of the (sub)transaction: look before queue_add_workflow.
  */
-extern int64 queue_add_workflow(Oid role, text *id, bool generated,
-							   const char *function, Oid fn_owner, Jsonb *args,
-							   Interval *timeout,
-							   char **recorded_function,
-							   Jsonb **recorded_args);
+extern bool queue_find_workflow(Oid role, text *id, char **recorded_function,
+								Jsonb **recorded_args);
+
+/*
+ * Start workflow (role, id), which queue_find_workflow did not find (or
+ * whose id is generated: random, new), with its root task, and return the
+ * task's id.  A timeout (NULL: none) sets its deadline that long after its
+ * start.
+ */
+extern int64 queue_add_workflow(Oid role, text *id, const char *function,
+								Oid fn_owner, Jsonb *args, Interval *timeout);
 
 /*
  * The OID of apiary.tasks, which a DROP and CREATE EXTENSION changes, as

@@ -187,24 +187,31 @@ apiary_start(PG_FUNCTION_ARGS)
 					 errhint("Pass NULL for a workflow without a timeout.")));
 	}
 
+	/*
+	 * An id started already is this call again, whatever became of the
+	 * function since (dropped, revoked), or another call: looked for first.
+	 */
+	if (!PG_ARGISNULL(2) && queue_find_workflow(GetUserId(), id, &fn, &recorded))
+	{
+		if (strcmp(fn, name) != 0 ||
+			!DatumGetBool(DirectFunctionCall2(jsonb_eq, JsonbPGetDatum(recorded),
+											  JsonbPGetDatum(args))))
+			ereport(ERROR,
+					(errcode(ERRCODE_UNIQUE_VIOLATION),
+					 errmsg("workflow \"%s\" was already started with another call",
+							text_to_cstring(id)),
+					 errdetail("It runs %s with arguments %s.", fn,
+							   JsonbToCString(NULL, &recorded->root, 0)),
+					 errhint("Use a new key for a different workflow.")));
+		PG_RETURN_TEXT_P(id);
+	}
+
 	/* callable now, with these arguments; checked again when it runs */
 	fn_owner = bind_check_queued(name, args);
 	apiary_check_no_futures("apiary_start", args);
 
-	root = queue_add_workflow(GetUserId(), id, PG_ARGISNULL(2), name, fn_owner, args, timeout,
-							  &fn, &recorded);
-	if (root != 0)
-		apiary_hand_at_commit(root);
-	else if (strcmp(fn, name) != 0 ||
-			 !DatumGetBool(DirectFunctionCall2(jsonb_eq, JsonbPGetDatum(recorded),
-											   JsonbPGetDatum(args))))
-		ereport(ERROR,
-				(errcode(ERRCODE_UNIQUE_VIOLATION),
-				 errmsg("workflow \"%s\" was already started with another call",
-						text_to_cstring(id)),
-				 errdetail("It runs %s with arguments %s.", fn,
-						   JsonbToCString(NULL, &recorded->root, 0)),
-				 errhint("Use a new key for a different workflow.")));
+	root = queue_add_workflow(GetUserId(), id, name, fn_owner, args, timeout);
+	apiary_hand_at_commit(root);
 	PG_RETURN_TEXT_P(id);
 }
 
