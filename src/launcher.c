@@ -943,7 +943,22 @@ housekeeping_step(bool (*step) (void))
 	}
 	PG_CATCH();
 	{
-		EmitErrorReport();
+		static TimestampTz lock_logged = 0;
+
+		/*
+		 * A lock held for long (VACUUM FULL, LOCK) stops the step that
+		 * needs it each time until it is released: said once a minute.
+		 */
+		if (geterrcode() != ERRCODE_LOCK_NOT_AVAILABLE ||
+			TimestampDifferenceExceeds(lock_logged, GetCurrentTimestamp(), 60 * 1000))
+		{
+			if (geterrcode() == ERRCODE_LOCK_NOT_AVAILABLE)
+			{
+				lock_logged = GetCurrentTimestamp();
+				errhint("The launcher's housekeeping tries again at its next pass; such timeouts are logged once a minute.");
+			}
+			EmitErrorReport();
+		}
 		AbortCurrentTransaction();
 		FlushErrorState();
 	}

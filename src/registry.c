@@ -1330,8 +1330,12 @@ registry_upkeep(void)
 		elog(ERROR, "SPI_connect failed");
 	if (OidIsValid(get_namespace_oid("apiary", true)) && fn_is_signature())
 	{
-		/* not held up for long by a session that holds the registry */
-		(void) set_config_option("lock_timeout", "1000", PGC_USERSET, PGC_S_SESSION,
+		/*
+		 * Not held up for long by a session that holds the registry, and
+		 * gone well before deadlock_timeout: a DROP EXTENSION waiting
+		 * behind this would otherwise be the one to fail (40P01).
+		 */
+		(void) set_config_option("lock_timeout", "100", PGC_USERSET, PGC_S_SESSION,
 								 GUC_ACTION_LOCAL, true, 0, false);
 		adopted = adopt_registrations();
 		journal_execute("SELECT apiary.refresh_signatures()", NULL, 0, NULL, NULL,
