@@ -52,6 +52,15 @@ SELECT jsonb_pretty(apiary_invoke('echo', '{
   "ts": "2024-01-01 12:00:00+00", "n": 12345678901234567890.5, "f": 1.5e3,
   "a": [1, 2, 3], "c": {"x": 1, "y": 2, "z": 3},
   "j": {"raw":   "json"}, "jb": [{"nested": [true, null]}]}'));
+-- A domain over jsonb or json takes the value as its base type would, and
+-- checks its constraint.
+CREATE DOMAIN jdoc AS jsonb CHECK (jsonb_typeof(VALUE) = 'object');
+CREATE DOMAIN jlist AS json;
+CREATE FUNCTION takes_docs(d jdoc, l jlist) RETURNS text LANGUAGE sql
+SET apiary.kind = 'readonly' AS $$ SELECT (d->>'a') || ' ' || l::text $$;
+SELECT apiary_invoke('takes_docs', '{"d": {"a": "x"}, "l": ["y", 1]}');
+SELECT apiary_invoke('takes_docs', '{"d": ["not an object"], "l": []}');
+\echo :LAST_ERROR_SQLSTATE
 -- Strings reach any type through its input function; numbers and booleans
 -- reach text as their JSON text; JSON null is SQL NULL.
 SELECT apiary_invoke('echo', '{

@@ -384,11 +384,8 @@ call_plan(ApiaryFunction *f, const BindMask *mask)
 		switch (p->conversion)
 		{
 			case PARAM_SCALAR:
-				argtypes[nparams - 1] = p->type;
-				appendStringInfo(&call, "$%d", nparams);
-				break;
 			case PARAM_JSON:
-				argtypes[nparams - 1] = JSONOID;
+				argtypes[nparams - 1] = p->type;
 				appendStringInfo(&call, "$%d", nparams);
 				break;
 			case PARAM_JSONB:

@@ -501,6 +501,9 @@ conversion_for(Oid type)
 	if (type == JSONOID)
 		return PARAM_JSON;
 	base = getBaseType(type);
+	/* a domain over either: the JSON text, through the domain's input */
+	if (base == JSONBOID || base == JSONOID)
+		return PARAM_JSON;
 	if (type_is_array(base) || get_typtype(base) == TYPTYPE_COMPOSITE)
 		return PARAM_STRUCTURED;
 	return PARAM_SCALAR;
