@@ -92,6 +92,12 @@ CREATE FUNCTION add_all(VARIADIC xs int[]) RETURNS int LANGUAGE sql
 AS $$ SELECT sum(x)::int FROM unnest(xs) x $$;
 SELECT apiary_register('add_all(int[])');
 SELECT apiary_invoke('add_all', '{"xs": [1, 2, 3]}'), apiary_invoke('add_all', '[[4, 5]]');
+-- By name only with every parameter before it: PostgreSQL resolves no call
+-- that leaves one of them to its default.
+CREATE FUNCTION add_to(base int DEFAULT 10, VARIADIC xs int[] DEFAULT '{}') RETURNS int
+LANGUAGE sql SET apiary.kind = 'readonly' AS $$ SELECT base + coalesce(sum(x)::int, 0) FROM unnest(xs) x $$;
+SELECT apiary_invoke('add_to', '{"base": 1, "xs": [2, 3]}'), apiary_invoke('add_to', '{}');
+SELECT apiary_invoke('add_to', '{"xs": [2, 3]}');
 
 -- Any language: PL/pgSQL here.
 CREATE FUNCTION transfer(src int, dst int, amount numeric) RETURNS jsonb

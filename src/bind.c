@@ -588,6 +588,15 @@ bind_params(ApiaryFunction *f, Jsonb *args, BindMask *mask)
 			report_bind_error(f, err, bad, NULL, 0, n, true);
 			for (int k = 0; k < n; k++)
 				byparam[slot[k]] = &given[k];
+			/* PostgreSQL resolves no call that names a VARIADIC after a gap */
+			if (f->variadic && bind_mask_test(mask, f->nargs - 1))
+				for (int i = 0; i < f->nargs - 1; i++)
+					if (!bind_mask_test(mask, i))
+						ereport(ERROR,
+								(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+								 errmsg("VARIADIC parameter \"%s\" of apiary function \"%s\" cannot be passed by name while parameter \"%s\" before it is left to its default",
+										param_label(f, f->nargs - 1), f->name, param_label(f, i)),
+								 errhint("Pass the parameters before it too.")));
 		}
 		else
 		{
