@@ -61,6 +61,12 @@ SET apiary.kind = 'readonly' AS $$ SELECT (d->>'a') || ' ' || l::text $$;
 SELECT apiary_invoke('takes_docs', '{"d": {"a": "x"}, "l": ["y", 1]}');
 SELECT apiary_invoke('takes_docs', '{"d": ["not an object"], "l": []}');
 \echo :LAST_ERROR_SQLSTATE
+-- A JSON null is a null of the domain, which its NOT NULL refuses.
+CREATE DOMAIN required_int AS int NOT NULL;
+CREATE FUNCTION takes_required(x required_int) RETURNS text LANGUAGE plpgsql
+SET apiary.kind = 'readonly' AS $$ BEGIN RETURN coalesce(x::text, 'null got through'); END $$;
+SELECT apiary_invoke('takes_required', '[null]');
+\echo :LAST_ERROR_SQLSTATE
 -- Strings reach any type through its input function; numbers and booleans
 -- reach text as their JSON text; JSON null is SQL NULL.
 SELECT apiary_invoke('echo', '{

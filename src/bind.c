@@ -267,6 +267,9 @@ convert_value(ApiaryFunction *f, int i, JsonbValue *v, bool *isnull)
 	*isnull = false;
 	if (v->type == jbvNull)
 	{
+		/* a domain's NOT NULL or CHECK may refuse a null, as in a call */
+		if (get_typtype(p->type) == TYPTYPE_DOMAIN)
+			domain_check((Datum) 0, true, p->type, NULL, NULL);
 		*isnull = true;
 		return (Datum) 0;
 	}
