@@ -229,6 +229,12 @@ END $$;
 SELECT apiary_start('feed_text', '{}', 'unbindable');
 SELECT apiary_result('unbindable', '60 s');
 SELECT function, state, attempts FROM apiary_status('unbindable') ORDER BY task;
+-- (arrays and composite values too)
+CREATE FUNCTION ext_ints(xs int[]) RETURNS int LANGUAGE sql AS $$ SELECT xs[1] $$;
+SELECT apiary_register('ext_ints(int[])', 'external', max_attempts => 3);
+SELECT apiary_start('ext_ints', '[["abc"]]', 'unbindable-array');
+SELECT apiary_result('unbindable-array', '60 s');
+SELECT function, state, attempts FROM apiary_status('unbindable-array');
 -- Inside the calls a task makes with apiary_invoke, the key also numbers
 -- the call, so that two calls of an external service are two calls.
 CREATE FUNCTION key_of() RETURNS text LANGUAGE sql AS $$ SELECT apiary_task_key() $$;

@@ -258,6 +258,44 @@ convert_errcontext(void *arg)
 			   param_label(ctx->f, ctx->param), ctx->f->name);
 }
 
+/*
+ * An array or composite value, as jsonb_to_record makes it, before the
+ * call: an error here is the arguments', never the function's (an
+ * external task does not retry it).
+ */
+static Datum
+convert_structured(ApiaryFunction *f, ApiaryParam *p, JsonbValue *v, bool *isnull)
+{
+	Oid			argtypes[1] = {JSONBOID};
+	Datum		values[1] = {JsonbPGetDatum(JsonbValueToJsonb(v))};
+	int			rc;
+	int16		typlen;
+	bool		typbyval;
+
+	if (p->convert == NULL)
+	{
+		char	   *sql = psprintf("SELECT x.v FROM pg_catalog.jsonb_to_record("
+								   "pg_catalog.jsonb_build_object('v', $1)) AS x(v %s)",
+								   format_type_be_qualified(p->type));
+		SPIPlanPtr	plan = SPI_prepare(sql, 1, argtypes);
+
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed for \"%s\": %s",
+				 sql, SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+		p->convert = plan;
+	}
+	rc = SPI_execute_plan(p->convert, values, NULL, false, 1);
+	if (rc != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "unexpected result converting argument \"%s\" of %s: %s",
+			 param_label(f, p - f->params), f->signature, SPI_result_code_string(rc));
+	values[0] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, isnull);
+	if (*isnull)
+		return (Datum) 0;
+	get_typlenbyval(p->type, &typlen, &typbyval);
+	return datumCopy(values[0], typbyval, typlen);
+}
+
 static Datum
 convert_value(ApiaryFunction *f, int i, JsonbValue *v, bool *isnull)
 {
@@ -284,7 +322,7 @@ convert_value(ApiaryFunction *f, int i, JsonbValue *v, bool *isnull)
 						 errmsg("argument \"%s\" of apiary function \"%s\" must be %s, not a JSON %s",
 								param_label(f, i), f->name, format_type_be(p->type),
 								v->type == jbvNumeric ? "number" : "boolean")));
-			return JsonbPGetDatum(JsonbValueToJsonb(v));
+			return convert_structured(f, p, v, isnull);
 		case PARAM_JSONB:
 			return JsonbPGetDatum(JsonbValueToJsonb(v));
 		case PARAM_JSON:
@@ -388,19 +426,13 @@ call_plan(ApiaryFunction *f, const BindMask *mask)
 		{
 			case PARAM_SCALAR:
 			case PARAM_JSON:
+			case PARAM_STRUCTURED:
 				argtypes[nparams - 1] = p->type;
 				appendStringInfo(&call, "$%d", nparams);
 				break;
 			case PARAM_JSONB:
 				argtypes[nparams - 1] = JSONBOID;
 				appendStringInfo(&call, "$%d", nparams);
-				break;
-			case PARAM_STRUCTURED:
-				argtypes[nparams - 1] = JSONBOID;
-				appendStringInfo(&call,
-								 "(SELECT x.v FROM pg_catalog.jsonb_to_record("
-								 "pg_catalog.jsonb_build_object('v', $%d)) AS x(v %s))",
-								 nparams, format_type_be_qualified(p->type));
 				break;
 		}
 	}
@@ -453,8 +485,7 @@ direct_possible(ApiaryFunction *f, const BindMask *mask)
 		{
 			Oid			coll = get_typcollation(f->params[i].type);
 
-			ok = f->params[i].conversion != PARAM_STRUCTURED &&
-				!IsPolymorphicType(f->params[i].type);
+			ok = !IsPolymorphicType(f->params[i].type);
 			if (OidIsValid(coll) && OidIsValid(f->collation) && coll != f->collation)
 				ok = false;		/* the statement would fail, or pick one */
 			if (OidIsValid(coll))

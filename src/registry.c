@@ -265,6 +265,9 @@ free_function(ApiaryFunction *f)
 {
 	for (ApiaryCallPlan *p = f->plans; p != NULL; p = p->next)
 		SPI_freeplan(p->plan);
+	for (int i = 0; i < f->nargs; i++)
+		if (f->params[i].convert != NULL)
+			SPI_freeplan(f->params[i].convert);
 	MemoryContextDelete(f->cxt);
 }
 

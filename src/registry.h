@@ -31,6 +31,7 @@ typedef struct ApiaryParam
 	ParamConversion conversion;
 	FmgrInfo	input;			/* PARAM_SCALAR, PARAM_JSON */
 	Oid			ioparam;
+	SPIPlanPtr	convert;		/* PARAM_STRUCTURED, once prepared */
 } ApiaryParam;
 
 /* A prepared call for one set of bound parameters. */
