@@ -929,11 +929,12 @@ upkeep_step(void)
 
 /*
  * Run one of the launcher's housekeeping steps; an error it raises is
- * logged, and the step is tried again on a later pass: the launcher must
- * go on.  Returns what the step did (false after an error).
+ * logged (a lock timeout once a minute: lock_logged, the step's own), and
+ * the step is tried again on a later pass: the launcher must go on.
+ * Returns what the step did (false after an error).
  */
 static bool
-housekeeping_step(bool (*step) (void))
+housekeeping_step(bool (*step) (void), TimestampTz *lock_logged)
 {
 	volatile bool result = false;
 
@@ -943,18 +944,17 @@ housekeeping_step(bool (*step) (void))
 	}
 	PG_CATCH();
 	{
-		static TimestampTz lock_logged = 0;
-
 		/*
 		 * A lock held for long (VACUUM FULL, LOCK) stops the step that
-		 * needs it each time until it is released: said once a minute.
+		 * needs it each time until it is released: said once a minute
+		 * for each step.
 		 */
 		if (geterrcode() != ERRCODE_LOCK_NOT_AVAILABLE ||
-			TimestampDifferenceExceeds(lock_logged, GetCurrentTimestamp(), 60 * 1000))
+			TimestampDifferenceExceeds(*lock_logged, GetCurrentTimestamp(), 60 * 1000))
 		{
 			if (geterrcode() == ERRCODE_LOCK_NOT_AVAILABLE)
 			{
-				lock_logged = GetCurrentTimestamp();
+				*lock_logged = GetCurrentTimestamp();
 				errhint("The launcher's housekeeping tries again at its next pass; such timeouts are logged once a minute.");
 			}
 			EmitErrorReport();
@@ -975,6 +975,7 @@ apiary_launcher_main(Datum main_arg)
 	TimestampTz next_upkeep = 0;
 	TimestampTz next_vacuum = 0;
 	uint64		vacuumed_at = 0;
+	TimestampTz lock_logged[5] = {0};	/* by step, for housekeeping_step */
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	/*
@@ -1020,25 +1021,25 @@ apiary_launcher_main(Datum main_arg)
 		if (!RecoveryInProgress())
 		{
 			provenance_installed = installed;
-			(void) housekeeping_step(provenance_step);
+			(void) housekeeping_step(provenance_step, &lock_logged[0]);
 		}
 
 		/* the registry's upkeep: once a minute */
 		if (housekeeping && GetCurrentTimestamp() >= next_upkeep)
 		{
-			(void) housekeeping_step(upkeep_step);
+			(void) housekeeping_step(upkeep_step, &lock_logged[1]);
 			next_upkeep = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 60 * 1000);
 		}
 
 		/* retention: once a minute, or at once while there is a backlog */
 		/* also without executors: keyed calls need no workers */
 		if (housekeeping && apiary_retention > 0 && GetCurrentTimestamp() >= next_prune)
-			next_prune = housekeeping_step(prune) ? 0 :
+			next_prune = housekeeping_step(prune, &lock_logged[2]) ? 0 :
 				TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 60 * 1000);
 
 		/* workflows past their deadline: once a second, at once if more are due */
 		timeout = 1000;
-		if (housekeeping && housekeeping_step(apiary_expire_workflows))
+		if (housekeeping && housekeeping_step(apiary_expire_workflows, &lock_logged[3]))
 			timeout = 0;
 
 		/*
@@ -1054,7 +1055,7 @@ apiary_launcher_main(Datum main_arg)
 			if (now >= next_vacuum)
 			{
 				vacuumed_at = pg_atomic_read_u64(&apiary_shared->ready_deleted);
-				(void) housekeeping_step(vacuum_ready);
+				(void) housekeeping_step(vacuum_ready, &lock_logged[4]);
 				next_vacuum = GetCurrentTimestamp();
 				next_vacuum += 9 * (next_vacuum - now);
 			}

@@ -1503,8 +1503,8 @@ ensure_slot(void)
 			ereport(WARNING,
 					(errmsg("apiary provenance: replication slot \"%s\" has lost the WAL it had not decoded; the writes after %s up to now are not recorded",
 							PROVENANCE_SLOT, from ? from : "its start"),
-					 errdetail("The server removed the WAL before the collector decoded it, as max_slot_wal_keep_size allows."),
-					 errhint("The slot is created again.  Raise max_slot_wal_keep_size, or fix what keeps the collector behind.")));
+					 errdetail("The server removed the WAL before the collector decoded it, as max_slot_wal_keep_size allows: the collector was behind, or one transaction wrote more WAL than that (a slot keeps the WAL of every transaction still open)."),
+					 errhint("The slot is created again.  Set max_slot_wal_keep_size above the WAL of the largest transaction and of the collector's lag, or fix what keeps the collector behind.")));
 		}
 	}
 	if (exists && !ours)
