@@ -110,6 +110,23 @@ AS $$ BEGIN RETURN apiary_invoke('record_run', '{"tag": "par"}', 'par-key'); END
 SET force_parallel_mode = on;
 SET parallel_setup_cost = 0;
 SELECT keyed_in_parallel();
+-- (a call without a key reads the registry as of the transaction's
+-- snapshot there: a parallel operation can take no newer one)
+CREATE FUNCTION plain_in_parallel() RETURNS jsonb LANGUAGE plpgsql PARALLEL SAFE
+AS $$ BEGIN RETURN apiary_invoke('parallel_peek'); END $$;
+CREATE FUNCTION parallel_peek() RETURNS text LANGUAGE sql
+SET apiary.kind = 'readonly' AS $$ SELECT 'peeked' $$;
+SELECT plain_in_parallel(), plain_in_parallel();
 RESET force_parallel_mode;
 RESET parallel_setup_cost;
 SELECT keyed_in_parallel()::int > 0 AS ran;
+
+-- A key recorded already returns its output whatever became of its
+-- function since (unregistered here): the retry of a call that committed.
+CREATE FUNCTION short_lived(x int) RETURNS int LANGUAGE sql
+SET apiary.kind = 'transactional' AS $$ SELECT x + 1 $$;
+SELECT apiary_invoke('short_lived', '{"x": 1}', 'short-lived');
+ALTER FUNCTION short_lived(int) RESET apiary.kind;
+SELECT apiary_invoke('short_lived', '{"x": 1}', 'short-lived');
+SELECT apiary_invoke('short_lived', '{"x": 1}', 'short-lived-2');
+DROP FUNCTION short_lived(int);

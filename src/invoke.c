@@ -135,25 +135,32 @@ check_not_running(InvokeFrame *frame)
 	}
 }
 
-/* Run f for one call: the journal, the read-only switch, the function. */
+/*
+ * Run one call: the journal, the function (taken into *held, for the
+ * caller to release), the read-only switch.  A key recorded already
+ * returns its output before the function is looked up: the retry of a
+ * call that committed, whatever became of its function since.
+ */
 static Datum
-invoke_body(ApiaryFunction *f, Jsonb *args, InvokeFrame *frame,
-			MemoryContext resultcxt, bool *isnull)
+invoke_body(const char *name, ApiaryFunction *volatile *held, Jsonb *args,
+			InvokeFrame *frame, MemoryContext resultcxt, bool *isnull)
 {
 	Datum		result = (Datum) 0;
 	TimestampTz started_at = GetCurrentTimestamp();
 	TimestampTz call_started;
+	ApiaryFunction *f;
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 
 	if (frame->key != NULL &&
-		!journal_claim(frame->role, frame->key, f->name, args,
+		!journal_claim(frame->role, frame->key, name, args,
 					   resultcxt, &result, isnull))
 	{
 		SPI_finish();
 		return result;
 	}
+	f = *held = registry_acquire(name);
 	/*
 	 * A call to run and journal: the journal is a write, which a readonly
 	 * function may make (its kind binds its own writes), a read-only
@@ -197,7 +204,7 @@ invoke_body(ApiaryFunction *f, Jsonb *args, InvokeFrame *frame,
  * they belong to the task's workflow too.
  */
 static void
-note_provenance(ProvenanceFrame *prov, InvokeFrame *frame, ApiaryFunction *f)
+note_provenance(ProvenanceFrame *prov, InvokeFrame *frame, const char *name)
 {
 	text	   *workflow = NULL;
 	int64		task = 0;
@@ -205,7 +212,7 @@ note_provenance(ProvenanceFrame *prov, InvokeFrame *frame, ApiaryFunction *f)
 	if (!prov->active)
 		return;
 	(void) apiary_in_task(&workflow, &task, NULL);
-	provenance_note(prov, frame->role, workflow, task, f->name);
+	provenance_note(prov, frame->role, workflow, task, name);
 }
 
 /*
@@ -230,7 +237,6 @@ apiary_invoke_internal(const char *name, Jsonb *args, text *key,
 	ResourceOwner callerowner = CurrentResourceOwner;
 	InvokeFrame frame;
 	ProvenanceFrame prov;
-	ApiaryFunction *f;
 	ApiaryFunction *volatile held = NULL;	/* taken inside PG_TRY */
 	Datum		result = (Datum) 0;
 	text	   *workflow;
@@ -273,19 +279,19 @@ apiary_invoke_internal(const char *name, Jsonb *args, text *key,
 
 	if (!nested)
 	{
-		f = registry_acquire(name);
 		current_frame = &frame;
 		provenance_begin(&prov);
 		PG_TRY();
 		{
-			result = invoke_body(f, args, &frame, callercxt, isnull);
-			note_provenance(&prov, &frame, f);
+			result = invoke_body(name, &held, args, &frame, callercxt, isnull);
+			note_provenance(&prov, &frame, name);
 		}
 		PG_FINALLY();
 		{
 			provenance_pop(&prov);
 			current_frame = frame.parent;
-			registry_release(f);
+			if (held != NULL)
+				registry_release(held);
 		}
 		PG_END_TRY();
 		return result;
@@ -302,10 +308,9 @@ apiary_invoke_internal(const char *name, Jsonb *args, text *key,
 	provenance_begin(&prov);
 	PG_TRY();
 	{
-		held = registry_acquire(name);
 		current_frame = &frame;
-		result = invoke_body(held, args, &frame, callercxt, isnull);
-		note_provenance(&prov, &frame, held);
+		result = invoke_body(name, &held, args, &frame, callercxt, isnull);
+		note_provenance(&prov, &frame, name);
 		provenance_pop(&prov);
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(callercxt);
@@ -332,7 +337,8 @@ apiary_invoke_internal(const char *name, Jsonb *args, text *key,
 	PG_END_TRY();
 
 	current_frame = frame.parent;
-	registry_release(held);
+	if (held != NULL)
+		registry_release(held);
 	return result;
 }
 

@@ -518,6 +518,7 @@ build_function(const char *name)
 {
 	Oid			argtypes[1] = {TEXTOID};
 	Datum		values[1] = {CStringGetTextDatum(name)};
+	char	   *sql;
 	MemoryContext cxt;
 	MemoryContext old;
 	ApiaryFunction *f;
@@ -536,13 +537,18 @@ build_function(const char *name)
 	 * With a snapshot of now, as the function's own catalog rows are read:
 	 * an entry built from a REPEATABLE READ snapshot would outlive its
 	 * transaction, and the invalidation that made it stale is already seen.
+	 * A parallel operation can take no new snapshot: its entry is built
+	 * from the transaction's, for this use only (registry_acquire).
 	 */
-	journal_execute_latest(psprintf("SELECT %s, kind, max_attempts,"
-									" (pg_catalog.date_part('epoch', timeout)"
-									"  OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8, fn"
-									" FROM apiary.functions WHERE name OPERATOR(pg_catalog.=) $1",
-									fn_lookup_sql()),
-						   1, argtypes, values, NULL, SPI_OK_SELECT);
+	sql = psprintf("SELECT %s, kind, max_attempts,"
+				   " (pg_catalog.date_part('epoch', timeout)"
+				   "  OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8, fn"
+				   " FROM apiary.functions WHERE name OPERATOR(pg_catalog.=) $1",
+				   fn_lookup_sql());
+	if (IsInParallelMode())
+		journal_execute(sql, NULL, 1, argtypes, values, NULL, SPI_OK_SELECT);
+	else
+		journal_execute_latest(sql, 1, argtypes, values, NULL, SPI_OK_SELECT);
 	if (SPI_processed == 0)
 		report_not_found(name);
 
@@ -671,8 +677,11 @@ registry_acquire(const char *name)
 	/* Build first: if that fails, the cache is left as it was. */
 	invalidations = registry_invalidations;
 	f = build_function(name);
-	/* what it read may be older than a change seen meanwhile: this use only */
-	if (registry_invalidations != invalidations)
+	/*
+	 * What it read may be older than a change seen meanwhile, or than one
+	 * committed since the transaction began (parallel mode): this use only.
+	 */
+	if (registry_invalidations != invalidations || IsInParallelMode())
 	{
 		f->valid = false;
 		registry_invalidated = true;
