@@ -98,6 +98,10 @@ CREATE FUNCTION add_all(VARIADIC xs int[]) RETURNS int LANGUAGE sql
 AS $$ SELECT sum(x)::int FROM unnest(xs) x $$;
 SELECT apiary_register('add_all(int[])');
 SELECT apiary_invoke('add_all', '{"xs": [1, 2, 3]}'), apiary_invoke('add_all', '[[4, 5]]');
+-- An array of a type with a length takes values of any length, as a call does.
+CREATE FUNCTION chars(cs char[], bs bit[]) RETURNS text LANGUAGE sql
+SET apiary.kind = 'readonly' AS $$ SELECT cs::text || ' ' || bs::text $$;
+SELECT apiary_invoke('chars', '[["abc", "de"], ["101"]]');
 -- By name only with every parameter before it: PostgreSQL resolves no call
 -- that leaves one of them to its default.
 CREATE FUNCTION add_to(base int DEFAULT 10, VARIADIC xs int[] DEFAULT '{}') RETURNS int

@@ -274,9 +274,12 @@ convert_structured(ApiaryFunction *f, ApiaryParam *p, JsonbValue *v, bool *isnul
 
 	if (p->convert == NULL)
 	{
+		/* the type without a typmod: char[] is not character(1)[] */
 		char	   *sql = psprintf("SELECT x.v FROM pg_catalog.jsonb_to_record("
 								   "pg_catalog.jsonb_build_object('v', $1)) AS x(v %s)",
-								   format_type_be_qualified(p->type));
+								   format_type_extended(p->type, -1,
+														FORMAT_TYPE_TYPEMOD_GIVEN |
+														FORMAT_TYPE_FORCE_QUALIFY));
 		SPIPlanPtr	plan = SPI_prepare(sql, 1, argtypes);
 
 		if (plan == NULL)
