@@ -269,8 +269,6 @@ convert_structured(ApiaryFunction *f, ApiaryParam *p, JsonbValue *v, bool *isnul
 	Oid			argtypes[1] = {JSONBOID};
 	Datum		values[1] = {JsonbPGetDatum(JsonbValueToJsonb(v))};
 	int			rc;
-	int16		typlen;
-	bool		typbyval;
 
 	if (p->convert == NULL)
 	{
@@ -293,10 +291,8 @@ convert_structured(ApiaryFunction *f, ApiaryParam *p, JsonbValue *v, bool *isnul
 		elog(ERROR, "unexpected result converting argument \"%s\" of %s: %s",
 			 param_label(f, p - f->params), f->signature, SPI_result_code_string(rc));
 	values[0] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, isnull);
-	if (*isnull)
-		return (Datum) 0;
-	get_typlenbyval(p->type, &typlen, &typbyval);
-	return datumCopy(values[0], typbyval, typlen);
+	/* arrays and composites (and domains over them) are varlena */
+	return *isnull ? (Datum) 0 : datumCopy(values[0], false, -1);
 }
 
 static Datum
