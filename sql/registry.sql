@@ -50,6 +50,7 @@ SELECT apiary_register('stock_of(int)', name => '');
 SELECT apiary_register('stock_of(int)', name => E'stock\nof');
 SELECT apiary_register('stock_of(int)', name => E'stock\u0085of');  -- C1 NEXT LINE
 SELECT apiary_register('stock_of(int)', name => repeat('x', 64));
+SELECT apiary_register('stock_of(int)', name => '(other)');  -- apiary.stats's
 -- Registering is a write: refused in a read-only transaction (a
 -- standby's, say).
 BEGIN READ ONLY;

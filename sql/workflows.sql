@@ -313,6 +313,18 @@ SELECT wait_until($c$(SELECT attempts FROM apiary_status('cancelled-backend')) =
 SELECT pg_advisory_unlock(4246);
 SELECT apiary_result('cancelled-backend', '60 s');
 SELECT state, attempts FROM apiary_status('cancelled-backend');
+-- A workflow id is escaped where pg_stat_activity (and the log) show it:
+-- its own quote or line break cannot make the line name another task.
+CREATE FUNCTION gated_odd(x int) RETURNS int LANGUAGE sql
+SET apiary.kind = 'transactional' AS $$ SELECT x FROM pg_advisory_xact_lock(4247) $$;
+SELECT pg_advisory_lock(4247);
+SELECT apiary_start('gated_odd', '1', E'odd" as someone: else\nline');
+SELECT wait_until($c$EXISTS (SELECT FROM pg_stat_activity WHERE backend_type = 'apiary executor'
+  AND query LIKE '%: gated_odd' AND wait_event_type = 'Lock')$c$);
+SELECT replace(regexp_replace(query, '^apiary task \d+ ', 'apiary task N '), quote_ident(current_user), 'ME') AS activity
+FROM pg_stat_activity WHERE backend_type = 'apiary executor' AND query LIKE '%: gated_odd';
+SELECT pg_advisory_unlock(4247);
+SELECT apiary_result(E'odd" as someone: else\nline', '60 s');
 
 -- apiary_cancel stops a workflow: a task still running rolls back.
 CREATE TABLE effects (what text);

@@ -1169,6 +1169,36 @@ run_task(RunningTask *t, const char *function, Oid fn_owner, Jsonb *args,
 }
 
 /*
+ * A workflow id as the log and pg_stat_activity show it, between double
+ * quotes: any role may choose its ids, and one with a quote or a line
+ * break of its own must not make the line say another role's task runs.
+ * Quotes and backslashes are escaped with a backslash, control
+ * characters (C1 too, in UTF-8) as \xNN or \uNNNN.
+ */
+static char *
+escaped_id(text *id)
+{
+	const unsigned char *s = (const unsigned char *) VARDATA_ANY(id);
+	int			len = VARSIZE_ANY_EXHDR(id);
+	bool		utf8 = GetDatabaseEncoding() == PG_UTF8;
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	for (int i = 0; i < len; i++)
+	{
+		if (s[i] == '"' || s[i] == '\\')
+			appendStringInfo(&buf, "\\%c", s[i]);
+		else if (s[i] < 0x20 || s[i] == 0x7f)
+			appendStringInfo(&buf, "\\x%02x", s[i]);
+		else if (utf8 && s[i] == 0xc2 && i + 1 < len && s[i + 1] >= 0x80 && s[i + 1] <= 0x9f)
+			appendStringInfo(&buf, "\\u%04x", s[++i]);
+		else
+			appendStringInfoChar(&buf, (char) s[i]);
+	}
+	return buf.data;
+}
+
+/*
  * Attempt number attempt of task t failed with edata: when retry, the
  * task runs again after first_delay seconds, doubled for each attempt
  * before (retry_delay); else it fails.
@@ -1196,7 +1226,7 @@ retry_or_fail(RunningTask *t, const char *function, ErrorData *edata,
 	ereport(LOG,
 			(errcode(edata->sqlerrcode),
 			 errmsg("apiary task %lld (%s) of workflow \"%s\" failed: %s",
-					(long long) t->id, function, text_to_cstring(t->workflow),
+					(long long) t->id, function, escaped_id(t->workflow),
 					edata->message)));
 }
 
@@ -1270,7 +1300,7 @@ run_one_task(int64 prefer, long *nap_ms)
 
 		pgstat_report_activity(STATE_RUNNING,
 							   psprintf("apiary task %lld of workflow \"%s\" as %s: %s",
-										(long long) t.id, text_to_cstring(task.workflow),
+										(long long) t.id, escaped_id(task.workflow),
 										role != NULL ? quote_identifier(role) : "(dropped role)",
 										task.function));
 	}

@@ -81,6 +81,7 @@
 #include "launcher.h"
 #include "names.h"
 #include "registry.h"
+#include "stats.h"
 
 PG_FUNCTION_INFO_V1(apiary_register);
 PG_FUNCTION_INFO_V1(apiary_unregister);
@@ -845,6 +846,11 @@ check_name(const char *name)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("apiary function name must not contain control characters"),
 				 errdetail("Names appear in logs, in pg_stat_activity and in workflow graphs.")));
+	if (strcmp(name, APIARY_STATS_OTHER) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("apiary function name \"%s\" is reserved", name),
+				 errdetail("apiary.stats names its row for the functions beyond apiary.stats_max so.")));
 	if (strlen(name) >= NAMEDATALEN)
 		ereport(ERROR,
 				(errcode(ERRCODE_NAME_TOO_LONG),

@@ -44,7 +44,7 @@
 PG_FUNCTION_INFO_V1(apiary_stats);
 PG_FUNCTION_INFO_V1(apiary_stats_reset);
 
-#define OTHER_NAME "(other)"
+#define OTHER_NAME APIARY_STATS_OTHER
 
 typedef struct StatsKey
 {

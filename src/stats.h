@@ -10,6 +10,12 @@
 
 #include "datatype/timestamp.h"
 
+/*
+ * The row of apiary.stats that counts the functions beyond apiary.stats_max:
+ * a name no function may be registered under.
+ */
+#define APIARY_STATS_OTHER "(other)"
+
 /* Called from _PG_init while preloading. */
 extern void apiary_stats_init(void);
 
