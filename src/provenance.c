@@ -1180,10 +1180,10 @@ message_range_cmp(const void *a, const void *b)
 /*
  * The innermost invocation whose range holds each change's LSN (NULL:
  * none), into by[].  The ranges of one transaction nest or follow one
- * another, as its invocations do, and its changes come in LSN order: one
- * pass with a stack of the ranges open, not a look at every range for
- * every change (a transaction of many calls and many writes).  Changes
- * out of order, should decoding ever give them so, are looked up each.
+ * another, as its invocations do, and decoding gives its changes in LSN
+ * order (subtransactions' merged): one pass with a stack of the ranges
+ * open, not a look at every range for every change (a transaction of many
+ * calls and many writes).
  */
 static void
 attribute_all(List *messages, List *changes, Message **by)
@@ -1194,7 +1194,6 @@ attribute_all(List *messages, List *changes, Message **by)
 	int			nopen = 0;
 	int			next = 0;
 	int			i = 0;
-	XLogRecPtr	last = InvalidXLogRecPtr;
 	ListCell   *lc;
 
 	foreach(lc, messages)
@@ -1205,16 +1204,7 @@ attribute_all(List *messages, List *changes, Message **by)
 	{
 		XLogRecPtr	lsn = ((Change *) lfirst(lc))->lsn;
 
-		if (lsn < last)
-		{
-			by[i] = NULL;
-			for (int j = 0; j < nm; j++)
-				if (sorted[j]->hdr.start <= lsn && lsn < sorted[j]->lsn)
-					by[i] = sorted[j];	/* the last that holds it: innermost */
-			i++;
-			continue;
-		}
-		last = lsn;
+		Assert(i == 0 || lsn >= ((Change *) list_nth(changes, i - 1))->lsn);
 		while (next < nm && sorted[next]->hdr.start <= lsn)
 		{
 			while (nopen > 0 && open[nopen - 1]->lsn <= sorted[next]->hdr.start)
