@@ -23,7 +23,8 @@ DATA = src/sql/apiary--0.1.sql src/sql/apiary--0.1--0.2.sql src/sql/apiary--0.2-
 	src/sql/apiary--0.4--0.5.sql src/sql/apiary--0.5--0.6.sql \
 	src/sql/apiary--0.6--0.7.sql src/sql/apiary--0.7--0.8.sql src/sql/apiary--0.8--0.9.sql \
 	src/sql/apiary--0.9--0.10.sql src/sql/apiary--0.10--0.11.sql src/sql/apiary--0.11--0.12.sql \
-	src/sql/apiary--0.12--0.13.sql src/sql/apiary--0.13--0.14.sql
+	src/sql/apiary--0.12--0.13.sql src/sql/apiary--0.13--0.14.sql \
+	src/sql/apiary--0.14--0.15.sql
 PGFILEDESC = "apiary - transactional functions and workflows inside PostgreSQL"
 # the public C API, for functions written in C
 HEADERS_apiary = src/apiary.h

@@ -233,6 +233,7 @@ SELECT apiary_result('owners-only', '60 s');
 SELECT function, state FROM apiary_status('owners-only');
 -- an id two roles use is ambiguous to an administrator
 SELECT err($$SELECT apiary_result('who-sec', '60 s')$$);
+SELECT apiary_graph('who-sec');
 RESET ROLE;
 
 -- A future must come from the same workflow: a forged one is refused.

@@ -673,7 +673,7 @@ BEGIN
   seeded := random();
   f := apiary_queue('look_at_state', jsonb_build_object('seeded', seeded));
   CREATE TEMP TABLE left_behind (x int);
-  PERFORM set_config('datestyle', 'German', false);
+  PERFORM set_config('work_mem', '1234kB', false);
   PERFORM pg_advisory_lock(4242);
   EXECUTE 'PREPARE left_prepared AS SELECT 1';
   PERFORM nextval('state_seq');
@@ -691,7 +691,7 @@ BEGIN
     last := 'not yet defined';
   END;
   RETURN jsonb_build_object('temp table', to_regclass('pg_temp.left_behind') IS NOT NULL,
-                            'datestyle', current_setting('datestyle'),
+                            'work_mem', current_setting('work_mem'),
                             'prepared', (SELECT count(*) FROM pg_prepared_statements),
                             'lastval', last,
                             'seeded random', random() = seeded);
@@ -1067,6 +1067,47 @@ SELECT apiary_result('hand-edited', '0');
 BEGIN;
 SELECT apiary_start('late_write', '1', timeout => '999 years 11 months') IS NOT NULL AS started;
 ROLLBACK;
+
+-- A task takes the settings of the session that queued it, as it takes its
+-- search_path: its arguments and its output convert, and its function
+-- runs, as apiary_invoke's call in that session does; and a task it
+-- queues takes them in turn.
+CREATE FUNCTION zoned(at timestamptz, d date, i interval, b bytea, m money)
+RETURNS jsonb LANGUAGE sql SET apiary.kind = 'transactional' AS $$
+  SELECT jsonb_build_object('at', at, 'day', to_char(d, 'YYYY-MM-DD'), 'd', d,
+                            'i', i, 'b', b, 'f', 0.1::float8 + 0.2, 'm', m,
+                            'tz', current_setting('TimeZone'))
+$$;
+CREATE FUNCTION zoned_child(at text) RETURNS jsonb LANGUAGE sql
+SET apiary.kind = 'transactional' AS $$
+  SELECT apiary_queue('zoned', jsonb_build_object('at', at, 'd', '03/04/2024',
+                      'i', '-1 02:00', 'b', '\x0102', 'm', '1.5'))
+$$;
+SET TimeZone = 'Asia/Tokyo';
+SET DateStyle = 'SQL, DMY';
+SET IntervalStyle = 'sql_standard';
+SET bytea_output = 'escape';
+SET extra_float_digits = 0;
+SELECT apiary_start('zoned', '{"at": "2024-01-02 12:00", "d": "03/04/2024", "i": "-1 02:00", "b": "\\x0102", "m": "1.5"}', 'zoned');
+SELECT apiary_start('zoned_child', '{"at": "2024-01-02 12:00"}', 'zoned-child');
+SELECT apiary_result('zoned', '60 s');
+SELECT apiary_result('zoned', '60 s') = apiary_invoke('zoned', '{"at": "2024-01-02 12:00", "d": "03/04/2024", "i": "-1 02:00", "b": "\\x0102", "m": "1.5"}') AS as_invoked,
+       apiary_result('zoned-child', '60 s') = apiary_result('zoned', '60 s') AS child_too;
+SELECT settings FROM apiary.tasks WHERE workflow = 'zoned';
+RESET TimeZone;
+RESET DateStyle;
+RESET IntervalStyle;
+RESET bytea_output;
+RESET extra_float_digits;
+-- a setting the server no longer takes fails the task, without retries
+CREATE FUNCTION zoned_now() RETURNS text LANGUAGE sql
+SET apiary.kind = 'external' AS $$ SELECT current_setting('TimeZone') $$;
+BEGIN;
+SELECT apiary_start('zoned_now', '{}', 'zoned-gone');
+UPDATE apiary.tasks SET settings[3] = 'Nowhere/Atlantis' WHERE workflow = 'zoned-gone';
+COMMIT;
+SELECT apiary_result('zoned-gone', '60 s');
+SELECT state, attempts FROM apiary_status('zoned-gone');
 
 -- Workflows belong to apiary.database, where the executors run: elsewhere
 -- apiary_start says so instead of queueing work that would never run.

@@ -937,10 +937,33 @@ timed_out(ErrorData *edata, const char *function, int64 timeout_ms,
 	return true;
 }
 
+/*
+ * Take on the settings the task was queued with (for this transaction),
+ * those that differ from this worker's.  (A task queued before 0.15 has
+ * none, and runs with the worker's.)
+ */
 static void
-run_task(RunningTask *t, const char *function, Oid fn_owner, Jsonb *args,
-		 const char *search_path, int attempt)
+apply_settings(const QueueTask *task)
 {
+	for (int i = 0; i < Min(task->nsettings, QUEUE_NSETTINGS); i++)
+	{
+		const char *name = queue_setting_names[i];
+
+		if (task->settings[i] != NULL &&
+			strcmp(task->settings[i], GetConfigOption(name, false, false)) != 0)
+			(void) set_config_option(name, task->settings[i], PGC_USERSET,
+									 PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
+	}
+}
+
+static void
+run_task(RunningTask *t, const QueueTask *task, int attempt)
+{
+	const char *function = task->function;
+	Oid			fn_owner = task->fn_owner;
+	Jsonb	   *args = task->args;
+	const char *search_path = task->search_path;
+
 	MemoryContext cxt = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
 	Oid			save_user;
@@ -977,8 +1000,8 @@ run_task(RunningTask *t, const char *function, Oid fn_owner, Jsonb *args,
 		/*
 		 * The task runs as the role that queued it, never as this worker
 		 * (session_user too, and is_superuser as that role's), with the
-		 * search_path it was queued with (undone with the
-		 * subtransaction; usually it is this worker's own already).  A
+		 * search_path and settings it was queued with (for this
+		 * transaction; usually they are this worker's own already).  A
 		 * role dropped since has no rights left to run it with.
 		 */
 		if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(t->role)))
@@ -995,6 +1018,9 @@ run_task(RunningTask *t, const char *function, Oid fn_owner, Jsonb *args,
 		if (search_path != NULL && strcmp(search_path, namespace_search_path) != 0)
 			(void) set_config_option("search_path", search_path, PGC_USERSET,
 									 PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
+		refused = true;			/* a setting this server no longer takes */
+		apply_settings(task);
+		refused = false;
 		f = held = registry_acquire(function);
 		kind = f->kind;
 		/* its own budget, also for what fails before it runs */
@@ -1307,8 +1333,7 @@ run_one_task(int64 prefer, long *nap_ms)
 	marker_write(t.id);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	run_task(&t, task.function, task.fn_owner, task.args, task.search_path,
-			 task.attempts + 1);
+	run_task(&t, &task, task.attempts + 1);
 	SPI_finish();
 
 	/* this executor runs the first task made ready next; others the rest */

@@ -47,14 +47,17 @@
 #include "catalog/pg_class.h"
 #include "catalog/pg_collation.h"
 #include "catalog/pg_index.h"
+#include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
 #include "commands/sequence.h"
 #include "executor/executor.h"
 #include "miscadmin.h"
 #include "storage/bufmgr.h"
 #include "storage/lmgr.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
+#include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
 #include "utils/jsonb.h"
@@ -74,8 +77,13 @@ enum
 	T_ID = 1, T_ROLE, T_WORKFLOW, T_PARENT, T_FUNCTION, T_ARGS, T_STATE,
 	T_WAITING_FOR, T_LINKED_TO, T_ATTEMPTS, T_CRASHES, T_OUTPUT, T_ERROR,
 	T_RUN_AFTER, T_QUEUED_AT, T_STARTED_AT, T_FINISHED_AT, T_XID,
-	T_SEARCH_PATH, T_FN_OWNER,
-	T_NATTS = T_FN_OWNER
+	T_SEARCH_PATH, T_FN_OWNER, T_SETTINGS,
+	T_NATTS = T_SETTINGS
+};
+
+const char *const queue_setting_names[QUEUE_NSETTINGS] = {
+	"DateStyle", "IntervalStyle", "TimeZone", "bytea_output",
+	"extra_float_digits", "lc_monetary"
 };
 
 /* Columns of apiary.workflows. */
@@ -624,6 +632,22 @@ read_task(Relation tasks, Snapshot snapshot, int64 id, QueueState *state,
 		task->search_path = isnull ? NULL : TextDatumGetCString(d);
 		d = heap_getattr(tup, T_FN_OWNER, desc, &isnull);
 		task->fn_owner = isnull ? InvalidOid : DatumGetObjectId(d);
+		task->settings = NULL;
+		task->nsettings = 0;
+		d = heap_getattr(tup, T_SETTINGS, desc, &isnull);
+		if (!isnull)
+		{
+			Datum	   *elems;
+			bool	   *enulls;
+			int			n;
+
+			deconstruct_array(DatumGetArrayTypeP(d), TEXTOID, -1, false,
+							  TYPALIGN_INT, &elems, &enulls, &n);
+			task->settings = palloc(n * sizeof(char *));
+			for (int i = 0; i < n; i++)
+				task->settings[i] = enulls[i] ? NULL : TextDatumGetCString(elems[i]);
+			task->nsettings = n;
+		}
 	}
 	systable_endscan(scan);
 	return found;
@@ -816,6 +840,18 @@ next_task_id(Relation tasks)
 	return nextval_internal(cached_seq, false);
 }
 
+/* The values of queue_setting_names in this session, as a text[]. */
+static Datum
+settings_datum(void)
+{
+	Datum		values[QUEUE_NSETTINGS];
+
+	for (int i = 0; i < QUEUE_NSETTINGS; i++)
+		values[i] = CStringGetTextDatum(GetConfigOption(queue_setting_names[i], false, false));
+	return PointerGetDatum(construct_array(values, QUEUE_NSETTINGS, TEXTOID, -1,
+										   false, TYPALIGN_INT));
+}
+
 static int64
 insert_task(QRel *tasks, Oid role, text *workflow, int64 parent,
 			const char *function, Oid fn_owner, Jsonb *args, int nwaiting)
@@ -846,6 +882,7 @@ insert_task(QRel *tasks, Oid role, text *workflow, int64 parent,
 	nulls[T_XID - 1] = true;
 	values[T_SEARCH_PATH - 1] = CStringGetTextDatum(namespace_search_path);
 	values[T_FN_OWNER - 1] = ObjectIdGetDatum(fn_owner);
+	values[T_SETTINGS - 1] = settings_datum();
 	qrel_insert(tasks, values, nulls);
 	if (nwaiting == 0)
 		ready_add(id, now);

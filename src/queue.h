@@ -37,7 +37,18 @@ typedef struct QueueTask
 	int			attempts;		/* attempts made before this one */
 	char	   *search_path;	/* when it was queued */
 	Oid			fn_owner;		/* its function's then, or InvalidOid (0.11) */
+	char	  **settings;		/* queue_setting_names' values then, or NULL (0.14) */
+	int			nsettings;
 } QueueTask;
+
+/*
+ * The settings a task runs with, as the session that queued it had them
+ * (apiary.tasks.settings holds their values in this order): those that
+ * change how its arguments and output convert to and from JSON, and how
+ * its function reads and shows dates and times.
+ */
+#define QUEUE_NSETTINGS 6
+extern const char *const queue_setting_names[QUEUE_NSETTINGS];
 
 /* Register the invalidation callback of the tables' cached OIDs (_PG_init). */
 extern void queue_init(void);

@@ -1,0 +1,80 @@
+/* src/sql/apiary--0.14--0.15.sql */
+
+-- complain if script is sourced in psql, rather than via ALTER EXTENSION
+\echo Use "ALTER EXTENSION apiary UPDATE TO '0.15'" to load this file. \quit
+
+/*
+ * A task runs with the settings of the session that queued it, as it
+ * runs with its search_path: its JSON arguments are read, and its output
+ * written, as apiary_invoke in that session would (a timestamp without
+ * an offset in the queuer's TimeZone, an ambiguous date in its
+ * DateStyle), and its function sees them.  The values of DateStyle,
+ * IntervalStyle, TimeZone, bytea_output, extra_float_digits and
+ * lc_monetary, in that order; NULL for a task queued before 0.15, which
+ * runs with its executor's.
+ */
+ALTER TABLE apiary.tasks ADD COLUMN settings pg_catalog.text[];
+COMMENT ON COLUMN apiary.tasks.settings IS
+    'the DateStyle, IntervalStyle, TimeZone, bytea_output, extra_float_digits and lc_monetary of the session that queued the task';
+
+/*
+ * apiary_graph draws what apiary_status reports: a running task as
+ * running (the table says pending until its executor commits), the id
+ * looked up as there (an id several roles use says how to name one), and
+ * the time a task's function ran only for a task that did not return a
+ * future, whose finished_at is its future's.
+ */
+CREATE OR REPLACE FUNCTION @extschema@.apiary_graph(workflow pg_catalog.text)
+RETURNS pg_catalog.text LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    esc CONSTANT text := '["\\]';
+    code text;
+    msg text;
+    hint text;
+BEGIN
+    IF workflow IS NULL THEN
+        RAISE EXCEPTION 'workflow id must not be null' USING ERRCODE = '22004';
+    END IF;
+    BEGIN
+        RETURN (
+        WITH t AS MATERIALIZED (SELECT * FROM @extschema@.apiary_status(apiary_graph.workflow)),
+        nodes AS (
+            SELECT string_agg(format(E'  t%s [label="%s: %s\\n%s%s", fillcolor="%s"];\n',
+                       t.task, t.task, regexp_replace(t.function, esc, '\\\&', 'g'), t.state,
+                       CASE WHEN t.finished_at IS NOT NULL AND t.started_at IS NOT NULL AND t.linked_to IS NULL
+                            THEN format(', %s ms', round((extract(epoch FROM t.finished_at OPERATOR(pg_catalog.-) t.started_at)
+                                                          OPERATOR(pg_catalog.*) 1000)::numeric, 1))
+                            ELSE '' END,
+                       CASE t.state WHEN 'done' THEN '#c8e6c9' WHEN 'failed' THEN '#ffcdd2'
+                                    WHEN 'cancelled' THEN '#e0e0e0' WHEN 'running' THEN '#bbdefb'
+                                    ELSE '#fff9c4' END),
+                       '' ORDER BY t.task) AS lines
+              FROM t),
+        edges AS (
+            SELECT string_agg(e.line, '' ORDER BY e.a, e.b, e.line) AS lines
+              FROM (SELECT t.parent AS a, t.task AS b, format(E'  t%s -> t%s;\n', t.parent, t.task) AS line
+                      FROM t
+                     WHERE t.parent IS NOT NULL
+                    UNION ALL
+                    SELECT w.future, w.task, format(E'  t%s -> t%s [style=dashed, label="argument"];\n', w.future, w.task)
+                      FROM apiary.waits w JOIN t ON t.task OPERATOR(pg_catalog.=) w.task
+                    UNION ALL
+                    SELECT t.linked_to, t.task, format(E'  t%s -> t%s [style=dotted, label="output"];\n', t.linked_to, t.task)
+                      FROM t
+                     WHERE t.linked_to IS NOT NULL) e)
+        SELECT 'digraph "' || regexp_replace(apiary_graph.workflow, esc, '\\\&', 'g') || E'" {\n'
+            || E'  rankdir=LR;\n'
+            || E'  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=10];\n'
+            || coalesce(nodes.lines, '') || coalesce(edges.lines, '') || E'}\n'
+          FROM nodes, edges);
+    EXCEPTION WHEN undefined_object OR ambiguous_parameter THEN
+        -- apiary_status's, without this statement as its context
+        GET STACKED DIAGNOSTICS code = RETURNED_SQLSTATE, msg = MESSAGE_TEXT,
+                                hint = PG_EXCEPTION_HINT;
+        IF hint = '' THEN
+            RAISE EXCEPTION USING ERRCODE = code, MESSAGE = msg;
+        END IF;
+        RAISE EXCEPTION USING ERRCODE = code, MESSAGE = msg, HINT = hint;
+    END;
+END $$;
