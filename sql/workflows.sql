@@ -1068,6 +1068,43 @@ BEGIN;
 SELECT apiary_start('late_write', '1', timeout => '999 years 11 months') IS NOT NULL AS started;
 ROLLBACK;
 
+-- A task can neither resume its own workflow (that would undo a cancel
+-- made while it runs, and its effects would commit) nor read its result,
+-- which cannot come before it ends.
+CREATE FUNCTION resume_self() RETURNS int LANGUAGE sql
+SET apiary.kind = 'transactional' AS $$
+  SELECT apiary_resume(split_part(apiary_task_key(), '/', 1));
+  SELECT 1
+$$;
+CREATE FUNCTION await_own() RETURNS jsonb LANGUAGE sql
+SET apiary.kind = 'transactional' AS $$
+  SELECT apiary_result(split_part(apiary_task_key(), '/', 1), '0')
+$$;
+SELECT apiary_start('resume_self', '{}', 'self-resume');
+SELECT apiary_result('self-resume', '60 s');
+SELECT apiary_start('await_own', '{}', 'await-own');
+SELECT apiary_result('await-own', '60 s');
+
+-- A workflow's timeout bounds the tasks its root left unfinished too: the
+-- root's result stands, and they are cancelled at the deadline.
+CREATE FUNCTION leave_late() RETURNS int LANGUAGE plpgsql
+SET apiary.kind = 'transactional' AS $$
+BEGIN
+  PERFORM apiary_queue('late_write', '3');
+  RETURN 1;
+END $$;
+SELECT pg_advisory_lock(4747);
+SELECT apiary_start('leave_late', '{}', 'late-leftover', timeout => '2 s');
+SELECT apiary_result('late-leftover', '60 s');
+SELECT wait_until($c$EXISTS (SELECT FROM apiary_status('late-leftover')
+  WHERE function = 'late_write' AND state = 'cancelled')$c$);
+SELECT pg_advisory_unlock(4747);
+SELECT wait_until($c$EXISTS (SELECT FROM apiary_status('late-leftover')
+  WHERE error->>'cancelled' = 'by the workflow''s timeout, while running')$c$);
+SELECT function, state, error->>'cancelled' AS cancelled FROM apiary_status('late-leftover') ORDER BY task;
+SELECT state, output FROM apiary.workflows WHERE id = 'late-leftover';
+SELECT count(*) AS effects FROM late_effects WHERE x = 3;
+
 -- A task takes the settings of the session that queued it, as it takes its
 -- search_path: its arguments and its output convert, and its function
 -- runs, as apiary_invoke's call in that session does; and a task it

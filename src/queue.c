@@ -595,11 +595,12 @@ ready_find(Relation ready, int64 task, TimestampTz run_after, ItemPointer tid)
 
 /*
  * Read task's row with snapshot: false if there is none; else its state
- * and run_after, and, when task is not NULL, what the executor needs.
+ * and run_after, when task is not NULL what the executor needs, and when
+ * error is not NULL its error.
  */
 static bool
 read_task(Relation tasks, Snapshot snapshot, int64 id, QueueState *state,
-		  TimestampTz *run_after, QueueTask *task)
+		  TimestampTz *run_after, QueueTask *task, Jsonb **error)
 {
 	TupleDesc	desc = RelationGetDescr(tasks);
 	ScanKeyData key;
@@ -649,6 +650,12 @@ read_task(Relation tasks, Snapshot snapshot, int64 id, QueueState *state,
 			task->nsettings = n;
 		}
 	}
+	if (found && error != NULL)
+	{
+		Datum		d = heap_getattr(tup, T_ERROR, desc, &isnull);
+
+		*error = isnull ? NULL : DatumGetJsonbPCopy(d);
+	}
 	systable_endscan(scan);
 	return found;
 }
@@ -684,7 +691,7 @@ release_task(Relation tasks, LOCKTAG *tag, int64 id)
 
 	journal_unlock_to_commit(tag, ExclusiveLock);
 	snapshot = RegisterSnapshot(GetLatestSnapshot());
-	pending = read_task(tasks, snapshot, id, &state, &run_after, NULL) &&
+	pending = read_task(tasks, snapshot, id, &state, &run_after, NULL, NULL) &&
 		state == QS_PENDING;
 	UnregisterSnapshot(snapshot);
 	if (pending)
@@ -721,7 +728,7 @@ claim(Relation tasks, Relation ready, ItemPointer tid, TimestampTz row_due,
 		return false;
 	}
 	snapshot = RegisterSnapshot(GetLatestSnapshot());
-	pending = read_task(tasks, snapshot, id, &state, &run_after, task) &&
+	pending = read_task(tasks, snapshot, id, &state, &run_after, task, NULL) &&
 		state == QS_PENDING;
 	UnregisterSnapshot(snapshot);
 	if (pending && run_after != row_due && ready_find(ready, id, run_after, &own))
@@ -743,7 +750,7 @@ take_task(Relation tasks, Relation ready, Snapshot snapshot, int64 id,
 	TimestampTz run_after;
 	ItemPointerData tid;
 
-	return read_task(tasks, snapshot, id, &state, &run_after, NULL) &&
+	return read_task(tasks, snapshot, id, &state, &run_after, NULL, NULL) &&
 		state == QS_PENDING && run_after <= now &&
 		ready_find(ready, id, run_after, &tid) &&
 		claim(tasks, ready, &tid, run_after, id, task);
@@ -1322,7 +1329,7 @@ unready(Relation tasks, int64 id)
 		return false;
 	ready = qrel_open("ready", R_NATTS);
 	snapshot = RegisterSnapshot(GetLatestSnapshot());
-	taken = read_task(tasks, snapshot, id, &state, &run_after, NULL) &&
+	taken = read_task(tasks, snapshot, id, &state, &run_after, NULL, NULL) &&
 		state == QS_PENDING && ready_find(ready->rel, id, run_after, &tid) &&
 		ready_delete(ready->rel, &tid, true);
 	UnregisterSnapshot(snapshot);
@@ -1723,7 +1730,7 @@ queue_count_crash(int64 id, char **function)
 	 * lost).
 	 */
 	snapshot = RegisterSnapshot(GetLatestSnapshot());
-	pending = read_task(tasks->rel, snapshot, id, &state, &run_after, &task) &&
+	pending = read_task(tasks->rel, snapshot, id, &state, &run_after, &task, NULL) &&
 		state == QS_PENDING;
 	UnregisterSnapshot(snapshot);
 	if (pending)
@@ -1741,6 +1748,9 @@ queue_count_crash(int64 id, char **function)
  * Cancelling
  * ---------------------------------------------------------------------
  */
+
+/* A task's error's "cancelled" when the workflow's deadline cancelled it */
+#define TIMEOUT_REASON "by the workflow's timeout"
 
 bool
 queue_workflow_cancelled(Oid role, text *workflow, int64 task, bool *timed_out)
@@ -1826,9 +1836,20 @@ queue_workflow_cancelled(Oid role, text *workflow, int64 task, bool *timed_out)
 		QRel	   *tasks = qrel_open("tasks", T_NATTS);
 		QueueState	own;
 		TimestampTz run_after;
+		Jsonb	   *error;
 
-		cancelled = read_task(tasks->rel, snapshot, task, &own, &run_after, NULL) &&
+		cancelled = read_task(tasks->rel, snapshot, task, &own, &run_after, NULL, &error) &&
 			own == QS_CANCELLED;
+		/* by the deadline, which left the workflow's result standing */
+		if (cancelled && error != NULL)
+		{
+			JsonbValue *why = getKeyJsonValueFromContainer(&error->root, "cancelled",
+														   strlen("cancelled"), NULL);
+
+			*timed_out = why != NULL && why->type == jbvString &&
+				why->val.string.len == strlen(TIMEOUT_REASON) &&
+				memcmp(why->val.string.val, TIMEOUT_REASON, why->val.string.len) == 0;
+		}
 		qrel_close(tasks);
 	}
 	UnregisterSnapshot(snapshot);

@@ -300,6 +300,20 @@ raise_failure(text *id, Jsonb *error)
 			 errcontext("%s", where)));
 }
 
+/* Is this a task of workflow id of role? */
+static bool
+in_own_workflow(Oid role, text *id)
+{
+	text	   *task_workflow;
+	int64		task;
+	Oid			task_role;
+
+	return apiary_in_task(&task_workflow, &task, &task_role) && role == task_role &&
+		DatumGetBool(DirectFunctionCall2Coll(texteq, C_COLLATION_OID,
+											 PointerGetDatum(task_workflow),
+											 PointerGetDatum(id)));
+}
+
 Datum
 apiary_result(PG_FUNCTION_ARGS)
 {
@@ -313,6 +327,7 @@ apiary_result(PG_FUNCTION_ARGS)
 	bool		polls = false;
 	text	   *task_workflow;
 	int64		task;
+	bool		in_task;
 
 	require_workers("apiary_result");
 	if (PG_ARGISNULL(0))
@@ -340,7 +355,8 @@ apiary_result(PG_FUNCTION_ARGS)
 	 * A task that waits holds its executor, and what it waits for may need
 	 * that executor: with every executor so held, nothing runs again.
 	 */
-	if (apiary_in_task(&task_workflow, &task, NULL) && !polls)
+	in_task = apiary_in_task(&task_workflow, &task, NULL);
+	if (in_task && !polls)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("apiary_result cannot wait in a function running as an apiary task"),
@@ -395,6 +411,12 @@ apiary_result(PG_FUNCTION_ARGS)
 
 			raise_failure(id, isnull ? NULL : DatumGetJsonbP(d));
 		}
+		if (in_task && in_own_workflow(role, id))
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("a task cannot read the result of its own workflow"),
+					 errdetail("The workflow finishes only after this task."),
+					 errhint("Return the value, or a future of it, to make it the task's output.")));
 
 		/* refuse to wait for what can never become visible */
 		if (TransactionIdIsCurrentTransactionId(DatumGetTransactionId(
@@ -532,9 +554,6 @@ change_workflow(FunctionCallInfo fcinfo, const char *sql, bool cancel)
 	Datum		values[2];
 	bool		isnull;
 	Oid			role;
-	Oid			task_role;
-	text	   *task_workflow;
-	int64		task;
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
@@ -546,15 +565,17 @@ change_workflow(FunctionCallInfo fcinfo, const char *sql, bool cancel)
 	/* (on a standby too: its transactions are read-only) */
 	PreventCommandIfReadOnly(cancel ? "apiary_cancel()" : "apiary_resume()");
 	role = workflow_role(PG_GETARG_TEXT_PP(0));
-	/* the cancel would be rolled back with the task's own effects */
-	if (cancel && apiary_in_task(&task_workflow, &task, &task_role) && role == task_role &&
-		DatumGetBool(DirectFunctionCall2Coll(texteq, C_COLLATION_OID,
-											 PointerGetDatum(task_workflow),
-											 PG_GETARG_DATUM(0))))
+	/*
+	 * A cancel would be rolled back with the task's own effects; a resume
+	 * would undo a cancel made while the task runs, which then commits.
+	 */
+	if (in_own_workflow(role, PG_GETARG_TEXT_PP(0)))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("a task cannot cancel its own workflow"),
-				 errhint("Raise an error to fail the workflow, or return.")));
+				 errmsg(cancel ? "a task cannot cancel its own workflow" :
+						"a task cannot resume its own workflow"),
+				 errhint(cancel ? "Raise an error to fail the workflow, or return." :
+						 "Queue the work again with apiary_queue.")));
 
 	/*
 	 * Both go by the workflow's tasks as they are once the lock is held: a

@@ -78,3 +78,26 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = code, MESSAGE = msg, HINT = hint;
     END;
 END $$;
+
+/*
+ * A workflow's timeout bounds all its tasks: one whose root finished
+ * before its deadline keeps its result, and the tasks it left unfinished
+ * (queued, not waited for) are cancelled at the deadline, as apiary_cancel
+ * of a finished workflow cancels them.  They had run on past it.
+ */
+CREATE OR REPLACE FUNCTION apiary.expire_workflow(wf_role pg_catalog.oid, wf_id pg_catalog.text)
+RETURNS pg_catalog.bool LANGUAGE plpgsql
+-- housekeeping yields (as apiary.prune does)
+SET lock_timeout = '100ms'
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    wf_timeout interval;
+BEGIN
+    UPDATE apiary.workflows SET deadline = NULL
+     WHERE role = wf_role AND id = wf_id AND deadline <= clock_timestamp()
+    RETURNING timeout INTO wf_timeout;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    RETURN apiary.cancel_workflow(wf_role, wf_id, wf_timeout);
+END $$;
