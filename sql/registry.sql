@@ -147,6 +147,9 @@ VALUES ('lost', 'no_such_function(int)', 'external', false, current_user::regrol
 -- An unknown kind is rejected by the setting's own check.
 CREATE FUNCTION bad_kind() RETURNS int LANGUAGE sql
 SET apiary.kind = 'eventual' AS $$ SELECT 1 $$;
+-- An empty one is refused too, as apiary_register refuses it.
+CREATE FUNCTION empty_kind() RETURNS int LANGUAGE sql
+SET apiary.kind = '' AS $$ SELECT 1 $$;
 
 -- A declared name that is taken fails the CREATE FUNCTION as a whole.
 CREATE SCHEMA other;

@@ -145,8 +145,10 @@ report_bind_error(ApiaryFunction *f, BindError err, int bad,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("a single value cannot be bound to apiary function \"%s\"",
 							f->name),
-					 errdetail("A JSON scalar binds a function that takes one parameter; it takes %d.",
-							   f->nargs),
+					 f->nargs == 0 ?
+					 errdetail("A JSON scalar binds a function's first parameter; it takes none.") :
+					 errdetail("A JSON scalar binds the first parameter of a function with at most one parameter without a default; it has %d.",
+							   f->nargs - f->ndefaults),
 					 all_named(f)
 					 ? errhint("Pass a JSON object to bind by name, or an array to bind by position.")
 					 : errhint("Pass a JSON array to bind by position: not every parameter has a name.")));

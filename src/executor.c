@@ -963,7 +963,6 @@ run_task(RunningTask *t, const QueueTask *task, int attempt)
 	Oid			fn_owner = task->fn_owner;
 	Jsonb	   *args = task->args;
 	const char *search_path = task->search_path;
-
 	MemoryContext cxt = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
 	Oid			save_user;

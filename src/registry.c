@@ -988,7 +988,10 @@ apiary_registry_changed(PG_FUNCTION_ARGS)
  * ---------------------------------------------------------------------
  */
 
-/* The value of "SET apiary.kind" in a function's definition, or NULL. */
+/*
+ * The value of "SET apiary.kind" in a function's definition, or NULL.  An
+ * empty one is invalid, as apiary_register's kind would be.
+ */
 static char *
 declared_kind(HeapTuple proctup)
 {
@@ -1011,7 +1014,7 @@ declared_kind(HeapTuple proctup)
 		if (strncmp(item, KIND_SETTING, strlen(KIND_SETTING)) == 0)
 			kind = item + strlen(KIND_SETTING);
 	}
-	return (kind && kind[0] != '\0') ? kind : NULL;
+	return kind;
 }
 
 static void
