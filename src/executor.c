@@ -1774,10 +1774,37 @@ claim_slot(int slot)
 	return ok;
 }
 
+/*
+ * Has this executor outgrown apiary.executor_max_memory?  What the
+ * sessions of its tasks cache stays (plans, catalog entries, and the time
+ * zones of PostgreSQL, one for each TimeZone a task ran with, which
+ * nothing evicts), and it runs every role's tasks, for days: past the
+ * limit it makes way, between tasks, for a fresh one, which the launcher
+ * starts at once.  Looked at every OUTGROWN_EVERY tasks.
+ */
+#define OUTGROWN_EVERY 64
+
+static bool
+outgrown(void)
+{
+	Size		held;
+
+	if (apiary_executor_max_memory <= 0)
+		return false;
+	held = MemoryContextMemAllocated(TopMemoryContext, true) / 1024;
+	if (held <= (Size) apiary_executor_max_memory)
+		return false;
+	ereport(LOG,
+			(errmsg("apiary executor %d makes way for a fresh one: it holds %zu kB, more than apiary.executor_max_memory",
+					executor_slot, held)));
+	return true;
+}
+
 void
 apiary_executor_main(Datum main_arg)
 {
 	int			slot = DatumGetInt32(main_arg);
+	int			tasks_run = 0;	/* since outgrown() last looked */
 	struct sigaction term;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
@@ -1848,6 +1875,11 @@ apiary_executor_main(Datum main_arg)
 		 * tasks.
 		 */
 		retire = apiary_executor_idle(slot, own ? NULL : &handed);
+		if (!retire && tasks_run >= OUTGROWN_EVERY)
+		{
+			tasks_run = 0;
+			retire = outgrown();
+		}
 		prefer = own ? ready_ids[0] : handed;
 		if (retire && failed_error == NULL)
 		{
@@ -1892,6 +1924,9 @@ apiary_executor_main(Datum main_arg)
 			nap_ms = 1000L;
 		}
 		PG_END_TRY();
+
+		if (ran)
+			tasks_run++;
 
 		/*
 		 * Background workers report their statistics themselves, at most

@@ -43,6 +43,7 @@ int			apiary_max_key_size = 1024;
 int			apiary_stats_max = 1000;
 int			apiary_retention = 7 * 24 * 3600;
 int			apiary_ready_vacuum_threshold = 1000;
+int			apiary_executor_max_memory = 256 * 1024;	/* kB */
 int			apiary_provenance = APIARY_PROVENANCE_OFF;
 int			apiary_provenance_max_reads = 10000;
 int			apiary_provenance_nice = 10;
@@ -216,6 +217,16 @@ apiary_define_gucs(void)
 							0, APIARY_MAX_WORKERS,
 							PGC_SIGHUP,
 							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("apiary.executor_max_memory",
+							"Memory after which an executor is replaced by a fresh one, between tasks.",
+							"An executor keeps what its tasks' sessions cache (plans, catalog entries, time zones) for all roles; 0: no limit.",
+							&apiary_executor_max_memory,
+							256 * 1024,
+							0, INT_MAX,
+							PGC_SIGHUP,
+							GUC_UNIT_KB,
 							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("apiary.stats_max",

@@ -31,6 +31,7 @@ extern int	apiary_max_key_size;
 extern int	apiary_stats_max;
 extern int	apiary_retention;
 extern int	apiary_ready_vacuum_threshold;
+extern int	apiary_executor_max_memory;
 
 typedef enum ApiaryProvenance
 {

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The launcher: waits for CREATE EXTENSION, keeps apiary.workers executors
-# running (restarting one that exits), follows apiary.workers on reload
+# running (restarting one that exits, and replacing one that outgrows
+# apiary.executor_max_memory), follows apiary.workers on reload
 # (an executor no longer wanted finishes its task first), stands the
 # executors down for DROP EXTENSION (telling apiary_result's waiters), and
 # lets the server stop promptly.
@@ -273,6 +274,30 @@ crashes=$(psql_ -c "SELECT crashes FROM apiary.tasks WHERE id = $quits")
 ! tail -n +"$((lines + 1))" "$dir/server.log" | grep "ended its executor" ||
 	fail "a crash was counted after the extension was created again"
 psql_ -c "ALTER SYSTEM SET apiary.workers = 2" -c "SELECT pg_reload_conf()" >/dev/null
+wait_for 2
+
+# an executor that outgrows apiary.executor_max_memory makes way, between
+# tasks, for a fresh one: tasks queued with a thousand time zones (each
+# cached for good by PostgreSQL, in each executor that runs one) all run,
+# each once
+psql_ -c "CREATE TABLE zone_runs (zone text)" \
+	-c "CREATE FUNCTION zone_run() RETURNS void LANGUAGE sql SET apiary.kind = 'transactional' AS \$\$ INSERT INTO zone_runs VALUES (current_setting('TimeZone')) \$\$" >/dev/null
+lines=$(wc -l <"$dir/server.log")
+psql_ -c "ALTER SYSTEM SET apiary.executor_max_memory = '8MB'" -c "SELECT pg_reload_conf()" >/dev/null
+psql_ -c "DO \$\$ BEGIN FOR i IN 1..1000 LOOP
+	-- hours: i seconds east (a quarter second over, as PostgreSQL truncates)
+	PERFORM set_config('TimeZone', ((i + 0.25) / 3600.0)::text, true);
+	PERFORM apiary_start('zone_run', '{}');
+END LOOP; END \$\$" >/dev/null
+for _ in $(seq 1 600); do
+	[ "$(psql_ -c "SELECT count(*) FROM zone_runs")" -ge 1000 ] && break
+	sleep 0.1
+done
+runs=$(psql_ -c "SELECT count(*) || ' ' || count(DISTINCT zone) FROM zone_runs")
+[ "$runs" = "1000 1000" ] || fail "tasks of a thousand time zones ran as '$runs' (runs, distinct zones)"
+tail -n +"$((lines + 1))" "$dir/server.log" | grep -q "makes way for a fresh one" ||
+	fail "no executor made way at apiary.executor_max_memory"
+psql_ -c "ALTER SYSTEM RESET apiary.executor_max_memory" -c "SELECT pg_reload_conf()" >/dev/null
 wait_for 2
 
 psql_ -c "DROP EXTENSION apiary"
