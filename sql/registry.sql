@@ -147,9 +147,13 @@ VALUES ('lost', 'no_such_function(int)', 'external', false, current_user::regrol
 -- An unknown kind is rejected by the setting's own check.
 CREATE FUNCTION bad_kind() RETURNS int LANGUAGE sql
 SET apiary.kind = 'eventual' AS $$ SELECT 1 $$;
--- An empty one is refused too, as apiary_register refuses it.
+-- An empty one registers nothing, as RESET would, and says so, also at
+-- each later ALTER, which it does not stop.
 CREATE FUNCTION empty_kind() RETURNS int LANGUAGE sql
 SET apiary.kind = '' AS $$ SELECT 1 $$;
+ALTER FUNCTION empty_kind() STABLE;
+SELECT count(*) AS registered FROM apiary.functions WHERE name = 'empty_kind';
+DROP FUNCTION empty_kind();
 
 -- A declared name that is taken fails the CREATE FUNCTION as a whole.
 CREATE SCHEMA other;

@@ -1068,9 +1068,9 @@ BEGIN;
 SELECT apiary_start('late_write', '1', timeout => '999 years 11 months') IS NOT NULL AS started;
 ROLLBACK;
 
--- A task can neither resume its own workflow (that would undo a cancel
--- made while it runs, and its effects would commit) nor read its result,
--- which cannot come before it ends.
+-- A task cannot resume its own workflow (that would undo a cancel made
+-- while it runs, and its effects would commit); reading the workflow's
+-- result times out, saying that it may be waiting for the task.
 CREATE FUNCTION resume_self() RETURNS int LANGUAGE sql
 SET apiary.kind = 'transactional' AS $$
   SELECT apiary_resume(split_part(apiary_task_key(), '/', 1));

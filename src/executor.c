@@ -1851,9 +1851,9 @@ apiary_executor_main(Datum main_arg)
 		volatile bool ran = false;
 		long		nap_ms = 1000L;
 		bool		own = nready > 0 && nready <= MAX_READY;
-		int64		handed;
+		int64		handed = 0;
 		int64		prefer;
-		bool		retire;
+		bool		retire = false;
 
 		/*
 		 * A cancel (pg_cancel_backend) that comes between tasks has no
@@ -1871,15 +1871,17 @@ apiary_executor_main(Datum main_arg)
 		/*
 		 * Idle before the snapshot: a commit after it wakes us (launcher.c),
 		 * and one before it handed us its task, unless we have our own next
-		 * step to run.  Fewer executors wanted: this one goes, between
-		 * tasks.
+		 * step to run.  Fewer executors wanted, or this one outgrown: it
+		 * goes, between tasks (outgrown, before it is idle: no wake-up is
+		 * handed to it).
 		 */
-		retire = apiary_executor_idle(slot, own ? NULL : &handed);
-		if (!retire && tasks_run >= OUTGROWN_EVERY)
+		if (failed_error == NULL && tasks_run >= OUTGROWN_EVERY)
 		{
 			tasks_run = 0;
 			retire = outgrown();
 		}
+		if (!retire)
+			retire = apiary_executor_idle(slot, own ? NULL : &handed);
 		prefer = own ? ready_ids[0] : handed;
 		if (retire && failed_error == NULL)
 		{

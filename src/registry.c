@@ -988,10 +988,7 @@ apiary_registry_changed(PG_FUNCTION_ARGS)
  * ---------------------------------------------------------------------
  */
 
-/*
- * The value of "SET apiary.kind" in a function's definition, or NULL.  An
- * empty one is invalid, as apiary_register's kind would be.
- */
+/* The value of "SET apiary.kind" in a function's definition, or NULL. */
 static char *
 declared_kind(HeapTuple proctup)
 {
@@ -1027,6 +1024,20 @@ sync_declared(Oid fn)
 		return;
 	kind_name = declared_kind(tup);
 	ReleaseSysCache(tup);
+
+	/*
+	 * An empty kind declares nothing, as RESET would; said, not refused:
+	 * an error here would refuse every later ALTER of such a function.
+	 */
+	if (kind_name != NULL && kind_name[0] == '\0')
+	{
+		ereport(WARNING,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("SET apiary.kind = '' registers nothing: function %s is not registered by it",
+						format_procedure(fn)),
+				 errhint("Give it a kind (valid kinds are " APIARY_KIND_NAMES "), or ALTER FUNCTION ... RESET apiary.kind.")));
+		kind_name = NULL;
+	}
 
 	if (kind_name != NULL)
 	{

@@ -411,12 +411,6 @@ apiary_result(PG_FUNCTION_ARGS)
 
 			raise_failure(id, isnull ? NULL : DatumGetJsonbP(d));
 		}
-		if (in_task && in_own_workflow(role, id))
-			ereport(ERROR,
-					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("a task cannot read the result of its own workflow"),
-					 errdetail("The workflow finishes only after this task."),
-					 errhint("Return the value, or a future of it, to make it the task's output.")));
 
 		/* refuse to wait for what can never become visible */
 		if (TransactionIdIsCurrentTransactionId(DatumGetTransactionId(
@@ -462,6 +456,12 @@ apiary_result(PG_FUNCTION_ARGS)
 			/* an hour at most (WaitLatch takes an int): the loop goes on */
 			wait_ms = Min(Min(secs, 3600) * 1000 + usecs / 1000,
 						  wait_ms < 0 ? LONG_MAX : wait_ms);
+			if (GetCurrentTimestamp() >= deadline && in_task && in_own_workflow(role, id))
+				ereport(ERROR,
+						(errcode(ERRCODE_QUERY_CANCELED),
+						 errmsg("timed out waiting for workflow \"%s\"", text_to_cstring(id)),
+						 errdetail("The workflow is this task's own: while its output waits for this task, it cannot finish before this task has."),
+						 errhint("Return the value, or a future of it, to make it the task's output.")));
 			if (GetCurrentTimestamp() >= deadline)
 				ereport(ERROR,
 						(errcode(ERRCODE_QUERY_CANCELED),

@@ -83,7 +83,9 @@ END $$;
  * A workflow's timeout bounds all its tasks: one whose root finished
  * before its deadline keeps its result, and the tasks it left unfinished
  * (queued, not waited for) are cancelled at the deadline, as apiary_cancel
- * of a finished workflow cancels them.  They had run on past it.
+ * of a finished workflow cancels them.  They had run on past it.  Looked
+ * for first, by the index on (role, workflow): most finished workflows
+ * have none.
  */
 CREATE OR REPLACE FUNCTION apiary.expire_workflow(wf_role pg_catalog.oid, wf_id pg_catalog.text)
 RETURNS pg_catalog.bool LANGUAGE plpgsql
@@ -91,13 +93,69 @@ RETURNS pg_catalog.bool LANGUAGE plpgsql
 SET lock_timeout = '100ms'
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
+    wf_state text;
     wf_timeout interval;
 BEGIN
     UPDATE apiary.workflows SET deadline = NULL
      WHERE role = wf_role AND id = wf_id AND deadline <= clock_timestamp()
-    RETURNING timeout INTO wf_timeout;
-    IF NOT FOUND THEN
+    RETURNING state, timeout INTO wf_state, wf_timeout;
+    IF NOT FOUND OR (wf_state <> 'running' AND NOT EXISTS (
+            SELECT FROM apiary.tasks
+             WHERE role = wf_role AND workflow = wf_id
+               AND state IN ('pending', 'waiting', 'linked'))) THEN
         RETURN false;
     END IF;
     RETURN apiary.cancel_workflow(wf_role, wf_id, wf_timeout);
+END $$;
+
+/*
+ * The cancel's update of the tasks, in two statements that each go by an
+ * index: as one, its OR read the whole of apiary.tasks for each cancel
+ * (and for each deadline).
+ */
+CREATE OR REPLACE FUNCTION apiary.cancel_workflow(wf_role pg_catalog.oid, wf_id pg_catalog.text,
+                                                  timed_out pg_catalog.interval)
+RETURNS pg_catalog.bool LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    taken int8[];
+    reason jsonb := jsonb_build_object('sqlstate', '57014', 'cancelled',
+                                       CASE WHEN timed_out IS NULL THEN 'by apiary_cancel'
+                                            ELSE 'by the workflow''s timeout' END);
+BEGIN
+    UPDATE apiary.workflows
+       SET state = 'cancelled', finished_at = clock_timestamp(), deadline = NULL,
+           error = CASE WHEN timed_out IS NULL
+                        THEN jsonb_build_object('sqlstate', '57014',
+                                                'message', format('workflow "%s" was cancelled', wf_id))
+                        ELSE jsonb_build_object('sqlstate', '57014',
+                                                'message', format('workflow "%s" timed out', wf_id),
+                                                'detail', format('It did not finish within its timeout of %s, and was cancelled.', timed_out),
+                                                'hint', 'apiary_resume runs its cancelled tasks again, with the same time to finish.',
+                                                'timeout', timed_out)
+                   END
+     WHERE role = wf_role AND id = wf_id AND state = 'running';
+    IF NOT FOUND AND NOT EXISTS (SELECT FROM apiary.workflows WHERE role = wf_role AND id = wf_id) THEN
+        RETURN false;
+    END IF;
+    WITH gone AS (
+        DELETE FROM apiary.ready r
+         WHERE r.ctid = ANY (ARRAY(
+               SELECT x.ctid FROM apiary.ready x JOIN apiary.tasks t ON t.id = x.task
+                WHERE t.role = wf_role AND t.workflow = wf_id
+                  FOR UPDATE OF x SKIP LOCKED))
+        RETURNING r.task)
+    SELECT array_agg(task) INTO taken FROM gone;
+    -- pending tasks whose ready row an executor holds are running: they
+    -- are cancelled here too, and find it at their end
+    UPDATE apiary.tasks
+       SET state = 'cancelled', finished_at = clock_timestamp(), error = reason
+     WHERE id = ANY (taken) AND state = 'pending';
+    UPDATE apiary.tasks
+       SET state = 'cancelled', finished_at = clock_timestamp(), error = reason
+     WHERE id = ANY (ARRAY(SELECT id FROM apiary.tasks
+                            WHERE role = wf_role AND workflow = wf_id
+                              AND state IN ('pending', 'waiting', 'linked')
+                              FOR UPDATE SKIP LOCKED));
+    RETURN true;
 END $$;
