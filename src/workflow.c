@@ -327,7 +327,6 @@ apiary_result(PG_FUNCTION_ARGS)
 	bool		polls = false;
 	text	   *task_workflow;
 	int64		task;
-	bool		in_task;
 
 	require_workers("apiary_result");
 	if (PG_ARGISNULL(0))
@@ -355,8 +354,7 @@ apiary_result(PG_FUNCTION_ARGS)
 	 * A task that waits holds its executor, and what it waits for may need
 	 * that executor: with every executor so held, nothing runs again.
 	 */
-	in_task = apiary_in_task(&task_workflow, &task, NULL);
-	if (in_task && !polls)
+	if (apiary_in_task(&task_workflow, &task, NULL) && !polls)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("apiary_result cannot wait in a function running as an apiary task"),
@@ -456,18 +454,18 @@ apiary_result(PG_FUNCTION_ARGS)
 			/* an hour at most (WaitLatch takes an int): the loop goes on */
 			wait_ms = Min(Min(secs, 3600) * 1000 + usecs / 1000,
 						  wait_ms < 0 ? LONG_MAX : wait_ms);
-			if (GetCurrentTimestamp() >= deadline && in_task && in_own_workflow(role, id))
-				ereport(ERROR,
-						(errcode(ERRCODE_QUERY_CANCELED),
-						 errmsg("timed out waiting for workflow \"%s\"", text_to_cstring(id)),
-						 errdetail("The workflow is this task's own: while its output waits for this task, it cannot finish before this task has."),
-						 errhint("Return the value, or a future of it, to make it the task's output.")));
 			if (GetCurrentTimestamp() >= deadline)
+			{
+				bool		own = in_own_workflow(role, id);
+
 				ereport(ERROR,
 						(errcode(ERRCODE_QUERY_CANCELED),
 						 errmsg("timed out waiting for workflow \"%s\"", text_to_cstring(id)),
+						 own ? errdetail("The workflow is this task's own: while its output waits for this task, it cannot finish before this task has.") : 0,
+						 own ? errhint("Return the value, or a future of it, to make it the task's output.") :
 						 errhint("The workflow goes on; call apiary_result again, or see apiary_status('%s').",
 								 text_to_cstring(id))));
+			}
 		}
 		(void) ConditionVariableTimedSleep(finished, wait_ms,
 										   PG_WAIT_EXTENSION);
